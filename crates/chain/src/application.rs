@@ -1,0 +1,785 @@
+//! The consensus application: build, verify and execute blocks.
+//!
+//! [`Chain`] is shared by the consensus engine (through [`App`], which proposes and verifies
+//! blocks), the [`Finalizer`] (which executes finalized blocks in height order and appends
+//! them to the block log), and the API (which submits transactions and reads state).
+//!
+//! Blocks that were proposed or verified but not yet finalized keep their state writes in
+//! memory, keyed by block digest, so that a child can be built or checked on an unfinalized
+//! parent. Finalization folds the writes into the finalized state and drops every sibling.
+
+use crate::{
+    log::{BlockLog, Record},
+    mempool::{AdmissionError, Mempool},
+    state::{self, Delta, Overlay, Reader, State},
+};
+use commonware_consensus::Block as _;
+use commonware_consensus::{
+    Application, Heightable,
+    marshal::{Update, ancestry::Ancestry},
+    simplex::types::Context,
+    types::Height,
+};
+use commonware_cryptography::{BatchEntry, BatchVerifier, Digested, Digestible as _};
+use commonware_runtime::{Blob, Clock};
+use commonware_utils::Acknowledgement;
+use ehrchain_types::{
+    Block, Digest, PrivateKey, PublicKey, TRANSACTION_NAMESPACE, Transaction,
+    limits::{BLOCK_SIZE_BYTES_MAX, BLOCK_TRANSACTIONS_MAX},
+};
+use futures::StreamExt;
+use rand::CryptoRng;
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// The signing scheme of consensus votes and certificates.
+pub type Scheme = commonware_consensus::simplex::scheme::ed25519::Scheme;
+
+/// A finalization certificate for one block.
+pub type Finalization = commonware_consensus::simplex::types::Finalization<Scheme, Digest>;
+
+/// Most transaction ids whose signatures this node remembers having checked.
+pub const VERIFIED_IDS_MAX: usize = 1_000_000;
+
+/// Most transactions waiting to be gossiped to peers.
+pub const OUTBOX_TRANSACTIONS_MAX: usize = 100_000;
+
+/// How far ahead of the local clock a block's timestamp may be before we wait.
+pub const TIMESTAMP_AHEAD_MAX: Duration = Duration::from_secs(5);
+
+/// Settings of the application that every validator must share.
+#[derive(Clone, Debug)]
+pub struct ChainConfig {
+    pub chain_id: u64,
+    pub genesis: Block,
+    /// Most transactions this node puts in one block (at most `BLOCK_TRANSACTIONS_MAX`).
+    pub block_transactions_max: usize,
+    pub mempool_transactions_max: usize,
+}
+
+/// Why a submitted transaction was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(#[from] ehrchain_types::Error),
+    #[error("{0}")]
+    Admission(#[from] AdmissionError),
+    #[error("transaction already committed")]
+    AlreadyCommitted,
+}
+
+/// Where a committed transaction is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub height: u64,
+    pub index: u32,
+}
+
+/// Summary of the finalized chain.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub chain_id: u64,
+    pub height: u64,
+    pub digest: Digest,
+    pub state_root: Digest,
+    pub timestamp_ms: u64,
+    pub transactions: u64,
+    pub mempool: usize,
+}
+
+struct Pending {
+    height: u64,
+    parent: Digest,
+    timestamp_ms: u64,
+    root: Digest,
+    delta: Arc<Delta>,
+}
+
+struct Inner {
+    state: State,
+    height: u64,
+    digest: Digest,
+    root: Digest,
+    timestamp_ms: u64,
+    transactions: u64,
+    pending: HashMap<Digest, Pending>,
+    mempool: Mempool,
+    verified: HashSet<Digest>,
+    verified_order: VecDeque<Digest>,
+    committed: HashMap<Digest, Location>,
+    outbox: Vec<Transaction>,
+    locations: Vec<(u64, u64)>,
+}
+
+impl Inner {
+    fn remember_verified(&mut self, id: Digest) {
+        if self.verified.insert(id) {
+            self.verified_order.push_back(id);
+            while self.verified_order.len() > VERIFIED_IDS_MAX {
+                if let Some(old) = self.verified_order.pop_front() {
+                    self.verified.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The deltas from `digest` back to the finalized tip, newest first; `None` if `digest`
+    /// is neither finalized nor pending.
+    fn chain_to(&self, digest: &Digest) -> Option<Vec<&Delta>> {
+        let mut deltas = Vec::new();
+        let mut cursor = *digest;
+        loop {
+            if cursor == self.digest {
+                return Some(deltas);
+            }
+            let pending = self.pending.get(&cursor)?;
+            deltas.push(pending.delta.as_ref());
+            cursor = pending.parent;
+        }
+    }
+
+    fn known(&self, digest: &Digest) -> bool {
+        *digest == self.digest || self.pending.contains_key(digest)
+    }
+
+    /// Root, height and timestamp of a known block.
+    fn summary(&self, digest: &Digest) -> Option<(u64, Digest, u64)> {
+        if *digest == self.digest {
+            return Some((self.height, self.root, self.timestamp_ms));
+        }
+        self.pending
+            .get(digest)
+            .map(|p| (p.height, p.root, p.timestamp_ms))
+    }
+}
+
+/// Shared handle to the chain's state, mempool and log index.
+pub struct Chain<B: Blob> {
+    config: Arc<ChainConfig>,
+    inner: Arc<Mutex<Inner>>,
+    blob: Arc<Mutex<Option<Arc<B>>>>,
+    committed_height: tokio::sync::watch::Sender<u64>,
+}
+
+impl<B: Blob> Clone for Chain<B> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            inner: self.inner.clone(),
+            blob: self.blob.clone(),
+            committed_height: self.committed_height.clone(),
+        }
+    }
+}
+
+fn to_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Check signatures of transactions not yet known to be valid, in one batch.
+fn verify_signatures(
+    rng: &mut impl CryptoRng,
+    chain_id: u64,
+    transactions: &[&Transaction],
+) -> Result<(), ehrchain_types::Error> {
+    for tx in transactions {
+        if tx.body.chain_id != chain_id {
+            return Err(ehrchain_types::Error::WrongChain(
+                tx.body.chain_id,
+                chain_id,
+            ));
+        }
+    }
+    if transactions.is_empty() {
+        return Ok(());
+    }
+    let ok = PublicKey::verify_batch(
+        rng,
+        transactions,
+        |_, tx| BatchEntry {
+            namespace: TRANSACTION_NAMESPACE,
+            message: tx.body_bytes(),
+            public_key: &tx.body.signer,
+            signature: &tx.signature,
+        },
+        &commonware_parallel::Sequential,
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(ehrchain_types::Error::BadSignature)
+    }
+}
+
+impl<B: Blob> Chain<B> {
+    /// Rebuild the chain from the stored records (genesis first).
+    pub fn restore(config: ChainConfig, records: &[Record]) -> Result<Self, String> {
+        let genesis = &config.genesis;
+        let mut inner = Inner {
+            state: State::default(),
+            height: 0,
+            digest: genesis.digest(),
+            root: genesis.header.state_root,
+            timestamp_ms: genesis.header.timestamp_ms,
+            transactions: 0,
+            pending: HashMap::new(),
+            mempool: Mempool::new(config.mempool_transactions_max),
+            verified: HashSet::new(),
+            verified_order: VecDeque::new(),
+            committed: HashMap::new(),
+            outbox: Vec::new(),
+            locations: Vec::new(),
+        };
+        for record in records.iter().skip(1) {
+            let block = Block::decode(&record.block)
+                .map_err(|e| format!("stored block {} does not decode: {e}", record.height))?;
+            if block.header.parent != inner.digest || block.height() != inner.height + 1 {
+                return Err(format!(
+                    "stored block {} does not extend the chain",
+                    record.height
+                ));
+            }
+            let delta = state::execute(&inner.state, &block)
+                .map_err(|e| format!("stored block {} does not execute: {e}", record.height))?;
+            let root = state::next_root(&inner.root, block.height(), &delta);
+            if root != block.header.state_root {
+                return Err(format!(
+                    "stored block {} has a wrong state root",
+                    record.height
+                ));
+            }
+            commit(&mut inner, &block, delta, root);
+        }
+        if let Some(first) = records.first() {
+            let stored = Block::decode(&first.block).map_err(|e| e.to_string())?;
+            if stored.digest() != genesis.digest() {
+                return Err("the block log belongs to another genesis".into());
+            }
+        }
+        let (committed_height, _) = tokio::sync::watch::channel(inner.height);
+        Ok(Self {
+            config: Arc::new(config),
+            inner: Arc::new(Mutex::new(inner)),
+            blob: Arc::new(Mutex::new(None)),
+            committed_height,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("chain state lock poisoned")
+    }
+
+    pub fn config(&self) -> &ChainConfig {
+        &self.config
+    }
+
+    pub fn status(&self) -> Status {
+        let inner = self.lock();
+        Status {
+            chain_id: self.config.chain_id,
+            height: inner.height,
+            digest: inner.digest,
+            state_root: inner.root,
+            timestamp_ms: inner.timestamp_ms,
+            transactions: inner.transactions,
+            mempool: inner.mempool.len(),
+        }
+    }
+
+    /// Decode, check and admit a transaction from a client.
+    pub fn submit(&self, bytes: &[u8]) -> Result<Digest, SubmitError> {
+        let tx = Transaction::decode(bytes)?;
+        tx.verify(self.config.chain_id)?;
+        self.admit(tx, true)
+    }
+
+    /// Admit transactions whose signatures were checked by the caller.
+    fn admit(&self, tx: Transaction, gossip: bool) -> Result<Digest, SubmitError> {
+        let id = tx.id();
+        let mut inner = self.lock();
+        if inner.committed.contains_key(&id) {
+            return Err(SubmitError::AlreadyCommitted);
+        }
+        let Inner { mempool, state, .. } = &mut *inner;
+        mempool.insert(tx.clone(), state)?;
+        inner.remember_verified(id);
+        if gossip && inner.outbox.len() < OUTBOX_TRANSACTIONS_MAX {
+            inner.outbox.push(tx);
+        }
+        Ok(id)
+    }
+
+    /// Admit a batch received from a peer: checked in one signature batch, never re-gossiped.
+    pub fn admit_from_peer(
+        &self,
+        rng: &mut impl CryptoRng,
+        transactions: Vec<Transaction>,
+    ) -> usize {
+        let fresh: Vec<Transaction> = {
+            let inner = self.lock();
+            transactions
+                .into_iter()
+                .filter(|tx| {
+                    !inner.mempool.contains(&tx.id()) && !inner.committed.contains_key(&tx.id())
+                })
+                .collect()
+        };
+        let refs: Vec<&Transaction> = fresh.iter().collect();
+        if verify_signatures(rng, self.config.chain_id, &refs).is_err() {
+            // One bad signature spoils the batch: fall back to checking each, keep the good.
+            let mut admitted = 0;
+            for tx in fresh {
+                if tx.verify(self.config.chain_id).is_ok() && self.admit(tx, false).is_ok() {
+                    admitted += 1;
+                }
+            }
+            return admitted;
+        }
+        fresh
+            .into_iter()
+            .filter(|tx| self.admit(tx.clone(), false).is_ok())
+            .count()
+    }
+
+    /// Take the transactions waiting to be gossiped.
+    pub fn take_outbox(&self, max: usize) -> Vec<Transaction> {
+        let mut inner = self.lock();
+        let count = inner.outbox.len().min(max);
+        inner.outbox.drain(..count).collect()
+    }
+
+    /// Where a committed transaction is, if it is committed.
+    pub fn location(&self, id: &Digest) -> Option<Location> {
+        self.lock().committed.get(id).copied()
+    }
+
+    /// Whether a transaction waits in the mempool.
+    pub fn is_pending(&self, id: &Digest) -> bool {
+        self.lock().mempool.contains(id)
+    }
+
+    /// The next nonce of `signer` in the finalized state.
+    pub fn nonce(&self, signer: &PublicKey) -> u64 {
+        self.lock().state.nonce(signer)
+    }
+
+    /// The record of an anchored digest.
+    pub fn anchor(&self, digest: &Digest) -> Option<state::AnchorRecord> {
+        self.lock().state.anchor(digest).cloned()
+    }
+
+    /// Read a stored block and its finalization.
+    pub async fn record(&self, height: u64) -> Option<Record> {
+        let location = self.lock().locations.get(height as usize).copied()?;
+        let blob = self.blob.lock().expect("blob lock").clone()?;
+        crate::log::read_at(&*blob, height, location).await.ok()
+    }
+
+    /// Wait until the committed height reaches `height` or `timeout` passes (in the caller's
+    /// runtime); returns the committed height.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed_height.subscribe()
+    }
+
+    /// Make sure the state after `digest` is known, executing unknown ancestors from the
+    /// ancestry stream (newest first). Returns false if an ancestor is invalid.
+    async fn ensure_known(
+        &self,
+        rng: &mut impl CryptoRng,
+        first: Digested<Block>,
+        ancestry: &mut impl Ancestry<Block>,
+    ) -> bool {
+        let mut unknown = Vec::new();
+        let mut cursor = first;
+        loop {
+            {
+                let inner = self.lock();
+                if inner.known(&cursor.digest()) {
+                    break;
+                }
+                if cursor.height() <= Height::new(inner.height) {
+                    // Conflicts with the finalized chain.
+                    return false;
+                }
+            }
+            let parent = cursor.parent();
+            unknown.push(cursor);
+            match ancestry.next().await {
+                Some(next) if next.digest() == parent => cursor = next,
+                _ => return false,
+            }
+        }
+        for block in unknown.into_iter().rev() {
+            if self.check_and_stage(rng, block.inner()).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Check a block whose parent is known and remember its writes.
+    fn check_and_stage(&self, rng: &mut impl CryptoRng, block: &Block) -> Result<(), String> {
+        let unchecked: Vec<&Transaction> = {
+            let inner = self.lock();
+            if inner.pending.contains_key(&block.digest()) {
+                return Ok(());
+            }
+            block
+                .transactions
+                .iter()
+                .filter(|tx| !inner.verified.contains(&tx.id()))
+                .collect()
+        };
+        verify_signatures(rng, self.config.chain_id, &unchecked).map_err(|e| e.to_string())?;
+        let mut inner = self.lock();
+        for tx in &unchecked {
+            inner.remember_verified(tx.id());
+        }
+        let header = &block.header;
+        if header.chain_id != self.config.chain_id {
+            return Err("wrong chain id".into());
+        }
+        let (parent_height, parent_root, parent_time) = inner
+            .summary(&header.parent)
+            .ok_or_else(|| "unknown parent".to_string())?;
+        if header.height != parent_height + 1 {
+            return Err("height does not follow parent".into());
+        }
+        if header.timestamp_ms < parent_time {
+            return Err("timestamp before parent".into());
+        }
+        let deltas = inner
+            .chain_to(&header.parent)
+            .ok_or_else(|| "parent not on the finalized chain".to_string())?;
+        let overlay = Overlay {
+            base: &inner.state,
+            deltas,
+        };
+        let delta = state::execute(&overlay, block).map_err(|e| e.to_string())?;
+        let root = state::next_root(&parent_root, header.height, &delta);
+        if root != header.state_root {
+            return Err("state root mismatch".into());
+        }
+        inner.pending.insert(
+            block.digest(),
+            Pending {
+                height: header.height,
+                parent: header.parent,
+                timestamp_ms: header.timestamp_ms,
+                root,
+                delta: Arc::new(delta),
+            },
+        );
+        Ok(())
+    }
+
+    /// Build a block on `parent` from the mempool.
+    fn build(&self, parent: &Digest, proposer: PublicKey, now_ms: u64) -> Option<Block> {
+        let mut inner = self.lock();
+        let (parent_height, parent_root, parent_time) = inner.summary(parent)?;
+        let deltas = inner.chain_to(parent)?;
+        let overlay = Overlay {
+            base: &inner.state,
+            deltas,
+        };
+        let limit = self
+            .config
+            .block_transactions_max
+            .min(BLOCK_TRANSACTIONS_MAX);
+        let candidates = inner.mempool.select(
+            &overlay,
+            limit,
+            BLOCK_SIZE_BYTES_MAX - ehrchain_types::block::HEADER_SIZE_BYTES,
+        );
+        let height = parent_height + 1;
+        let mut delta = Delta::default();
+        let mut transactions = Vec::with_capacity(candidates.len());
+        for tx in candidates {
+            // A candidate can still fail (an anchor taken by a sibling); leave it out.
+            if state::apply(&overlay, &mut delta, height, &tx).is_ok() {
+                transactions.push(tx);
+            }
+        }
+        let root = state::next_root(&parent_root, height, &delta);
+        let block = Block::new(
+            self.config.chain_id,
+            height,
+            *parent,
+            now_ms.max(parent_time),
+            proposer,
+            root,
+            transactions,
+        );
+        inner.pending.insert(
+            block.digest(),
+            Pending {
+                height,
+                parent: *parent,
+                timestamp_ms: block.header.timestamp_ms,
+                root,
+                delta: Arc::new(delta),
+            },
+        );
+        Some(block)
+    }
+}
+
+/// Fold a finalized block into the state.
+fn commit(inner: &mut Inner, block: &Block, delta: Delta, root: Digest) {
+    let height = block.height();
+    inner.state.commit(delta);
+    inner.height = height;
+    inner.digest = block.digest();
+    inner.root = root;
+    inner.timestamp_ms = block.header.timestamp_ms;
+    inner.transactions += block.transactions.len() as u64;
+    for (index, tx) in block.transactions.iter().enumerate() {
+        inner.committed.insert(
+            tx.id(),
+            Location {
+                height,
+                index: index as u32,
+            },
+        );
+        inner.verified.remove(&tx.id());
+    }
+    let Inner { mempool, state, .. } = inner;
+    mempool.remove_committed(&block.transactions, state);
+    inner.pending.retain(|_, p| p.height > height);
+}
+
+/// The consensus-facing side of the chain: proposes and verifies blocks.
+pub struct App<B: Blob> {
+    chain: Chain<B>,
+}
+
+impl<B: Blob> Clone for App<B> {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+        }
+    }
+}
+
+impl<B: Blob> App<B> {
+    pub const fn new(chain: Chain<B>) -> Self {
+        Self { chain }
+    }
+}
+
+impl<E, B> Application<E> for App<B>
+where
+    E: Clock + CryptoRng + Send + 'static,
+    B: Blob,
+{
+    type SigningScheme = Scheme;
+    type Context = Context<Digest, PublicKey>;
+    type Block = Block;
+    type Input = ();
+
+    async fn propose(
+        &mut self,
+        (mut runtime, context): (E, Self::Context),
+        mut ancestry: impl Ancestry<Self::Block>,
+        _input: (),
+    ) -> Option<Digested<Self::Block>> {
+        let parent = ancestry.next().await?;
+        let parent_digest = parent.digest();
+        if !self
+            .chain
+            .ensure_known(&mut runtime, parent, &mut ancestry)
+            .await
+        {
+            return None;
+        }
+        let now_ms = to_ms(runtime.current());
+        let block = self.chain.build(&parent_digest, context.leader, now_ms)?;
+        let digest = block.digest();
+        Some(Digested::precomputed(block, digest))
+    }
+
+    async fn verify(
+        &mut self,
+        (mut runtime, context): (E, Self::Context),
+        mut ancestry: impl Ancestry<Self::Block>,
+    ) -> bool {
+        let Some(block) = ancestry.next().await else {
+            return false;
+        };
+        if block.inner().header.proposer != context.leader {
+            return false;
+        }
+        // A block from the future waits for our clock instead of being judged now.
+        let ahead = block
+            .inner()
+            .header
+            .timestamp_ms
+            .saturating_sub(to_ms(runtime.current()) + TIMESTAMP_AHEAD_MAX.as_millis() as u64);
+        if ahead > 0 {
+            runtime.sleep(Duration::from_millis(ahead)).await;
+        }
+        let Some(parent) = ancestry.next().await else {
+            return false;
+        };
+        if parent.digest() != block.inner().header.parent {
+            return false;
+        }
+        if !self
+            .chain
+            .ensure_known(&mut runtime, parent, &mut ancestry)
+            .await
+        {
+            return false;
+        }
+        match self.chain.check_and_stage(&mut runtime, block.inner()) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(height = block.height().get(), reason, "rejected proposal");
+                false
+            }
+        }
+    }
+}
+
+/// Executes finalized blocks in order, appends them to the log, and acknowledges them.
+pub struct Finalizer<B: Blob> {
+    chain: Chain<B>,
+    log: BlockLog<B>,
+}
+
+/// Marshal's reports, forwarded to the finalizer task. Marshal dispatches at most
+/// `max_pending_acks` blocks before an acknowledgement, which bounds this queue.
+pub type FinalizerReporter = crate::reporter::Forwarder<Update<Block>>;
+
+impl<B: Blob> Finalizer<B> {
+    pub fn new(chain: Chain<B>, log: BlockLog<B>) -> Self {
+        {
+            *chain.blob.lock().expect("blob lock") = Some(log.blob());
+            let mut inner = chain.lock();
+            inner.locations = (0..log.len())
+                .map(|h| log.location(h).expect("indexed"))
+                .collect();
+        }
+        Self { chain, log }
+    }
+
+    /// Process one finalized block. Storage failure halts the node: a validator that cannot
+    /// persist what it acknowledges must not go on.
+    pub async fn finalize(
+        &mut self,
+        rng: &mut impl CryptoRng,
+        block: &Block,
+        finalization: Option<Finalization>,
+    ) {
+        let height = block.height();
+        if height < self.log.len() {
+            return;
+        }
+        assert_eq!(
+            height,
+            self.log.len(),
+            "marshal delivers blocks without gaps"
+        );
+        let (delta, root) = {
+            let staged = {
+                let mut inner = self.chain.lock();
+                assert_eq!(
+                    block.header.parent, inner.digest,
+                    "a finalized block must extend the finalized chain"
+                );
+                inner.pending.remove(&block.digest()).map(|p| {
+                    (
+                        Arc::try_unwrap(p.delta).unwrap_or_else(|d| (*d).clone()),
+                        p.root,
+                    )
+                })
+            };
+            match staged {
+                Some(staged) => staged,
+                None => {
+                    // Not seen before (we were behind): check it fully now.
+                    let unchecked: Vec<&Transaction> = block.transactions.iter().collect();
+                    verify_signatures(rng, self.chain.config.chain_id, &unchecked).expect(
+                        "a finalized block carries a bad signature: more than f validators are faulty",
+                    );
+                    let inner = self.chain.lock();
+                    let delta = state::execute(&inner.state, block).expect(
+                        "a finalized block does not execute: more than f validators are faulty",
+                    );
+                    let root = state::next_root(&inner.root, height, &delta);
+                    (delta, root)
+                }
+            }
+        };
+        assert_eq!(
+            root, block.header.state_root,
+            "a finalized block has a wrong state root: more than f validators are faulty"
+        );
+        let finalization_bytes = finalization
+            .map(|f| commonware_codec::Encode::encode(&f).to_vec())
+            .unwrap_or_default();
+        if let Err(error) = self
+            .log
+            .append(height, &block.encode(), &finalization_bytes)
+            .await
+        {
+            panic!("cannot persist finalized block {height}: {error}");
+        }
+        let location = self.log.location(height).expect("just appended");
+        {
+            let mut inner = self.chain.lock();
+            inner.locations.push(location);
+            commit(&mut inner, block, delta, root);
+        }
+        self.chain.committed_height.send_replace(height);
+    }
+
+    pub fn chain(&self) -> &Chain<B> {
+        &self.chain
+    }
+
+    pub const fn log(&self) -> &BlockLog<B> {
+        &self.log
+    }
+}
+
+/// Drive a finalizer from marshal's updates until the channel closes.
+pub async fn run_finalizer<B: Blob, R: CryptoRng>(
+    mut finalizer: Finalizer<B>,
+    mut rng: R,
+    mut updates: crate::reporter::Receiver<Update<Block>>,
+    marshal: commonware_consensus::marshal::core::Mailbox<
+        Scheme,
+        commonware_consensus::marshal::standard::Standard<Block>,
+    >,
+) {
+    while let Some(update) = updates.next().await {
+        let Update::Block(block, ack) = update else {
+            continue;
+        };
+        let height = block.height();
+        if height.get() >= finalizer.log.len() && height.get() > 0 {
+            let finalization = marshal.get_finalization(height).await;
+            finalizer
+                .finalize(&mut rng, block.inner(), finalization)
+                .await;
+        }
+        ack.acknowledge();
+    }
+}
+
+/// The state root of the empty chain, for building the genesis block.
+pub fn genesis_root(chain_id: u64) -> Digest {
+    state::genesis_root(chain_id)
+}
+
+/// Helper for tests and tools: sign with a validator's key.
+pub fn key_public(key: &PrivateKey) -> PublicKey {
+    use commonware_cryptography::Signer;
+    key.public_key()
+}

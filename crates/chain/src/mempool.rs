@@ -1,0 +1,225 @@
+//! A bounded pool of verified transactions waiting for a block.
+//!
+//! Admission checks size, chain id and signature once; a transaction in the pool is never
+//! verified again by this node. Block building takes transactions in arrival order whose nonce
+//! is the next one for their signer on top of the parent state.
+
+use crate::state::{Reader, Rejection};
+use ehrchain_types::{Digest, PublicKey, Transaction};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Why the mempool refused a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("mempool is full ({0} transactions); retry later")]
+    Full(usize),
+    #[error("transaction already pending")]
+    Duplicate,
+    #[error("{0}")]
+    Rejected(#[from] Rejection),
+    #[error("nonce {got} is too far ahead of the signer's next nonce {expected}")]
+    NonceGap { expected: u64, got: u64 },
+}
+
+/// Largest gap between a signer's next nonce and an admitted transaction's nonce.
+pub const NONCE_AHEAD_MAX: u64 = 1_024;
+
+pub struct Mempool {
+    capacity: usize,
+    by_id: HashMap<Digest, Transaction>,
+    by_signer: HashMap<PublicKey, BTreeMap<u64, Digest>>,
+    order: VecDeque<Digest>,
+}
+
+impl Mempool {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            by_id: HashMap::new(),
+            by_signer: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn contains(&self, id: &Digest) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Admit an already signature-checked transaction, given the finalized state.
+    pub fn insert(&mut self, tx: Transaction, state: &impl Reader) -> Result<(), AdmissionError> {
+        let expected = state.nonce(&tx.body.signer);
+        if tx.body.nonce < expected {
+            return Err(Rejection::StaleNonce {
+                expected,
+                got: tx.body.nonce,
+            }
+            .into());
+        }
+        if tx.body.nonce > expected + NONCE_AHEAD_MAX {
+            return Err(AdmissionError::NonceGap {
+                expected,
+                got: tx.body.nonce,
+            });
+        }
+        let id = tx.id();
+        if self.by_id.contains_key(&id) {
+            return Err(AdmissionError::Duplicate);
+        }
+        let slots = self.by_signer.entry(tx.body.signer.clone()).or_default();
+        if slots.contains_key(&tx.body.nonce) {
+            // Another transaction with the same nonce is pending; first come, first served.
+            return Err(AdmissionError::Duplicate);
+        }
+        if self.by_id.len() >= self.capacity {
+            return Err(AdmissionError::Full(self.capacity));
+        }
+        slots.insert(tx.body.nonce, id);
+        self.by_id.insert(id, tx);
+        self.order.push_back(id);
+        Ok(())
+    }
+
+    /// Pick up to `limit` transactions that apply, in order, on top of `state`.
+    pub fn select(
+        &self,
+        state: &impl Reader,
+        limit: usize,
+        bytes_limit: usize,
+    ) -> Vec<Transaction> {
+        let mut next: HashMap<&PublicKey, u64> = HashMap::new();
+        let mut picked = Vec::new();
+        let mut bytes = 0usize;
+        for id in &self.order {
+            if picked.len() >= limit {
+                break;
+            }
+            let Some(tx) = self.by_id.get(id) else {
+                continue;
+            };
+            let signer = &tx.body.signer;
+            let expected = *next.entry(signer).or_insert_with(|| state.nonce(signer));
+            if tx.body.nonce != expected {
+                continue;
+            }
+            // Take this signer's consecutive run so that out-of-order arrivals still fill blocks.
+            let slots = &self.by_signer[signer];
+            let mut nonce = expected;
+            while let Some(id) = slots.get(&nonce) {
+                let tx = &self.by_id[id];
+                let size = tx.bytes().len() + 4;
+                if picked.len() >= limit || bytes + size > bytes_limit {
+                    break;
+                }
+                bytes += size;
+                picked.push(tx.clone());
+                nonce += 1;
+            }
+            next.insert(signer, nonce);
+        }
+        picked
+    }
+
+    /// Drop transactions that a finalized block included, and any made stale by it.
+    pub fn remove_committed(&mut self, committed: &[Transaction], state: &impl Reader) {
+        for tx in committed {
+            self.by_id.remove(&tx.id());
+            let signer = &tx.body.signer;
+            let next = state.nonce(signer);
+            if let Some(slots) = self.by_signer.get_mut(signer) {
+                let stale: Vec<u64> = slots.range(..next).map(|(n, _)| *n).collect();
+                for nonce in stale {
+                    if let Some(id) = slots.remove(&nonce) {
+                        self.by_id.remove(&id);
+                    }
+                }
+                if slots.is_empty() {
+                    self.by_signer.remove(signer);
+                }
+            }
+        }
+        // Compact the arrival queue lazily: ids no longer present are skipped by `select`.
+        if self.order.len() > 2 * self.by_id.len() + 1024 {
+            self.order.retain(|id| self.by_id.contains_key(id));
+        }
+        while let Some(front) = self.order.front() {
+            if self.by_id.contains_key(front) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::State;
+    use commonware_cryptography::Signer;
+    use ehrchain_types::{Payload, PrivateKey, TransactionBody, sha256};
+
+    fn tx(key: &PrivateKey, nonce: u64) -> Transaction {
+        TransactionBody {
+            chain_id: 1,
+            signer: key.public_key(),
+            nonce,
+            payload: Payload::Anchor {
+                label: 0,
+                digest: sha256(&[key.public_key().as_ref(), &nonce.to_be_bytes()]),
+            },
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn bounded_and_ordered() {
+        let state = State::default();
+        let mut pool = Mempool::new(3);
+        let key = PrivateKey::from_seed(1);
+        // Arrive out of order; selection still yields 0, 1, 2.
+        pool.insert(tx(&key, 2), &state).unwrap();
+        pool.insert(tx(&key, 0), &state).unwrap();
+        pool.insert(tx(&key, 1), &state).unwrap();
+        assert_eq!(
+            pool.insert(tx(&key, 3), &state),
+            Err(AdmissionError::Full(3))
+        );
+        assert_eq!(
+            pool.insert(tx(&key, 1), &state),
+            Err(AdmissionError::Duplicate)
+        );
+        let picked = pool.select(&state, 10, usize::MAX);
+        let nonces: Vec<u64> = picked.iter().map(|t| t.body.nonce).collect();
+        assert_eq!(nonces, vec![0, 1, 2]);
+        assert_eq!(pool.select(&state, 2, usize::MAX).len(), 2);
+    }
+
+    #[test]
+    fn committed_and_stale_are_removed() {
+        let mut state = State::default();
+        let mut pool = Mempool::new(10);
+        let key = PrivateKey::from_seed(1);
+        for nonce in 0..4 {
+            pool.insert(tx(&key, nonce), &state).unwrap();
+        }
+        let committed: Vec<Transaction> = (0..2).map(|n| tx(&key, n)).collect();
+        let mut delta = crate::state::Delta::default();
+        for t in &committed {
+            crate::state::apply(&state, &mut delta, 1, t).unwrap();
+        }
+        state.commit(delta);
+        pool.remove_committed(&committed, &state);
+        assert_eq!(pool.len(), 2);
+        assert!(matches!(
+            pool.insert(tx(&key, 0), &state),
+            Err(AdmissionError::Rejected(Rejection::StaleNonce { .. }))
+        ));
+    }
+}

@@ -1,0 +1,57 @@
+//! The genesis file: the chain id, the consortium's validators and the first block.
+
+use crate::{Block, Digest, Error, PublicKey, limits::VALIDATORS_MAX, merkle, public_key_from_hex};
+use serde::{Deserialize, Serialize};
+
+/// One consortium member's validator.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GenesisValidator {
+    /// Human name of the member institution, never PHI.
+    pub name: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    /// Address its peers dial, `host:port`.
+    pub p2p_address: String,
+}
+
+/// Contents of `genesis.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Genesis {
+    pub chain_id: u64,
+    /// Time of the genesis block, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    pub validators: Vec<GenesisValidator>,
+}
+
+impl Genesis {
+    /// Check the file and return the validators' public keys, in file order.
+    pub fn validator_keys(&self) -> Result<Vec<PublicKey>, Error> {
+        if self.validators.is_empty() || self.validators.len() > VALIDATORS_MAX {
+            return Err(Error::OutOfRange("validator count"));
+        }
+        let mut keys = Vec::with_capacity(self.validators.len());
+        for validator in &self.validators {
+            let key = public_key_from_hex(&validator.public_key).ok_or(Error::InvalidPublicKey)?;
+            if keys.contains(&key) {
+                return Err(Error::OutOfRange("duplicate validator key"));
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// The height-0 block every validator starts from. Its state root is the root of the empty
+    /// state, and its proposer is the first validator.
+    pub fn block(&self, empty_state_root: Digest) -> Result<Block, Error> {
+        let keys = self.validator_keys()?;
+        Ok(Block::new(
+            self.chain_id,
+            0,
+            merkle::root(&[]),
+            self.timestamp_ms,
+            keys[0].clone(),
+            empty_state_root,
+            Vec::new(),
+        ))
+    }
+}

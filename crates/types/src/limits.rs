@@ -1,0 +1,36 @@
+//! Named maxima for everything the ledger decodes or queues.
+
+/// Largest encoded transaction (body and signature).
+pub const TRANSACTION_SIZE_BYTES_MAX: usize = 4 * 1024;
+
+/// Largest opaque payload carried by one transaction.
+pub const PAYLOAD_SIZE_BYTES_MAX: usize = 2 * 1024;
+
+/// Most transactions one block may carry.
+pub const BLOCK_TRANSACTIONS_MAX: usize = 16_384;
+
+/// Largest encoded block.
+pub const BLOCK_SIZE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most validators a genesis may name.
+pub const VALIDATORS_MAX: usize = 64;
+
+/// Largest request body the HTTP API accepts.
+pub const REQUEST_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most transactions one mempool holds.
+pub const MEMPOOL_TRANSACTIONS_MAX: usize = 200_000;
+
+/// Most transactions one gossip message carries.
+pub const GOSSIP_BATCH_TRANSACTIONS_MAX: usize = 2_048;
+
+/// Largest gossip message.
+pub const GOSSIP_MESSAGE_BYTES_MAX: usize =
+    4 + GOSSIP_BATCH_TRANSACTIONS_MAX * (4 + TRANSACTION_SIZE_BYTES_MAX);
+
+const _: () = assert!(PAYLOAD_SIZE_BYTES_MAX < TRANSACTION_SIZE_BYTES_MAX);
+const _: () = assert!(
+    BLOCK_TRANSACTIONS_MAX * (4 + crate::transaction::TRANSACTION_SIZE_BYTES_MIN)
+        <= BLOCK_SIZE_BYTES_MAX
+);
+const _: () = assert!(crate::block::HEADER_SIZE_BYTES < BLOCK_SIZE_BYTES_MAX);
