@@ -1,1 +1,343 @@
-//! placeholder
+//! Serve the chain over HTTP: status, blocks, transaction submission, proofs.
+//!
+//! This is the only crate that knows HTTP. Errors come back as JSON `{"error": "..."}` with a
+//! 4xx status that names the problem; they never carry request contents.
+
+pub mod proof;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use commonware_codec::{Decode, Encode};
+use commonware_cryptography::certificate::Verifier as _;
+use commonware_runtime::Blob;
+use ehrchain_chain::{Chain, Finalization, Scheme, SubmitError};
+use ehrchain_types::{
+    Block, CONSENSUS_NAMESPACE, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX,
+    merkle,
+};
+use proof::{InclusionProof, PROOF_HEADERS_MAX};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::{sync::Arc, time::Duration};
+
+/// Longest a client may ask to wait for its transaction to commit.
+pub const WAIT_MAX: Duration = Duration::from_secs(30);
+
+pub struct ApiState<B: Blob> {
+    pub chain: Chain<B>,
+    pub genesis: Genesis,
+}
+
+/// An API error: a status and a message that is safe to show (no PHI, no internals).
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
+    Router::new()
+        .route("/chain/status", get(status::<B>))
+        .route("/chain/blocks/{height}", get(block::<B>))
+        .route("/chain/transactions", post(submit::<B>))
+        .route("/chain/transactions/batch", post(submit_batch::<B>))
+        .route("/chain/transactions/{hash}", get(transaction::<B>))
+        .route("/chain/blocks/{height}/transactions", get(block_ids::<B>))
+        .route("/chain/accounts/{key}", get(account::<B>))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
+    let status = state.chain.status();
+    Json(json!({
+        "chain_id": status.chain_id,
+        "height": status.height,
+        "last_block_hash": hex::encode(status.digest),
+        "state_root": hex::encode(status.state_root),
+        "timestamp_ms": status.timestamp_ms,
+        "transactions": status.transactions,
+        "mempool": status.mempool,
+        "validators": state.genesis.validators.iter().map(|v| json!({
+            "name": v.name,
+            "public_key": v.public_key,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn payload_json(payload: &Payload) -> Value {
+    match payload {
+        Payload::Anchor { label, digest } => json!({
+            "kind": "anchor",
+            "label": label,
+            "digest": hex::encode(digest),
+        }),
+    }
+}
+
+async fn load_block<B: Blob>(chain: &Chain<B>, height: u64) -> Result<(Block, Vec<u8>)> {
+    let record = chain.record(height).await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no block at height {height}"),
+        )
+    })?;
+    let block = Block::decode(&record.block).map_err(|_| {
+        tracing::error!(
+            height,
+            "stored block does not decode; run `ehrchain verify`"
+        );
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stored block is damaged")
+    })?;
+    Ok((block, record.finalization))
+}
+
+async fn block<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(height): Path<u64>,
+) -> Result<Json<Value>> {
+    let (block, finalization) = load_block(&state.chain, height).await?;
+    let header = &block.header;
+    Ok(Json(json!({
+        "height": header.height,
+        "hash": hex::encode(block.digest()),
+        "parent": hex::encode(header.parent),
+        "timestamp_ms": header.timestamp_ms,
+        "proposer": hex::encode(header.proposer.as_ref()),
+        "tx_root": hex::encode(header.tx_root),
+        "state_root": hex::encode(header.state_root),
+        "header": hex::encode(header.encode()),
+        "finalization": (!finalization.is_empty()).then(|| hex::encode(&finalization)),
+        "transactions": block.transactions.iter().map(|tx| json!({
+            "hash": hex::encode(tx.id()),
+            "signer": hex::encode(tx.body.signer.as_ref()),
+            "nonce": tx.body.nonce,
+            "payload": payload_json(&tx.body.payload),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Accepts the canonical transaction bytes (`application/octet-stream`) or JSON
+/// `{"transaction": "<hex>"}`.
+async fn submit<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let bytes = if is_json {
+        #[derive(Deserialize)]
+        struct Submission {
+            transaction: String,
+        }
+        let submission: Submission = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "expected {\"transaction\": \"<hex>\"}",
+            )
+        })?;
+        hex::decode(submission.transaction)
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "transaction is not hex"))?
+    } else {
+        body.to_vec()
+    };
+    match state.chain.submit(&bytes) {
+        Ok(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "hash": hex::encode(id), "status": "pending" })),
+        )),
+        Err(error) => {
+            let status = match &error {
+                SubmitError::Invalid(ehrchain_types::Error::TransactionTooLarge(..)) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                SubmitError::Invalid(ehrchain_types::Error::BadSignature)
+                | SubmitError::Invalid(ehrchain_types::Error::WrongChain(..)) => {
+                    StatusCode::UNAUTHORIZED
+                }
+                SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
+                SubmitError::AlreadyCommitted => StatusCode::CONFLICT,
+                SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Full(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                SubmitError::Admission(_) => StatusCode::CONFLICT,
+            };
+            Err(ApiError::new(
+                status,
+                format!("transaction rejected: {error}"),
+            ))
+        }
+    }
+}
+
+/// Bulk import: the body is `count u32 | (len u32 | transaction)*`, as peers gossip it.
+async fn submit_batch<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let transactions = ehrchain_chain::engine::decode_batch(&body)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "malformed transaction batch"))?;
+    let results = state
+        .chain
+        .admit_batch(&mut rand::rng(), transactions, true);
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let rejected: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(index, r)| {
+            r.as_ref()
+                .err()
+                .map(|e| json!({"index": index, "error": e.to_string()}))
+        })
+        .take(100)
+        .collect();
+    Ok(Json(json!({ "accepted": accepted, "rejected": rejected })))
+}
+
+/// The ids of a block's transactions as raw 32-byte digests, for tools that follow the chain.
+async fn block_ids<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(height): Path<u64>,
+) -> Result<Response> {
+    let (block, _) = load_block(&state.chain, height).await?;
+    let mut bytes = Vec::with_capacity(block.transactions.len() * 32);
+    for id in block.transaction_ids() {
+        bytes.extend_from_slice(id.as_ref());
+    }
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    /// Wait up to this many milliseconds for the transaction to commit.
+    wait_ms: Option<u64>,
+}
+
+async fn transaction<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(hash): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<Value>> {
+    let id = digest_from_hex(&hash)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "hash must be 64 hex characters"))?;
+    let chain = &state.chain;
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(0)).min(WAIT_MAX);
+    let mut committed = chain.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    let location = loop {
+        if let Some(location) = chain.location(&id) {
+            break Some(location);
+        }
+        if tokio::time::timeout_at(deadline, committed.changed())
+            .await
+            .is_err()
+        {
+            break None;
+        }
+    };
+    let Some(location) = location else {
+        let status = if chain.is_pending(&id) {
+            "pending"
+        } else {
+            "unknown"
+        };
+        let code = if status == "pending" {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        if code == StatusCode::NOT_FOUND {
+            return Err(ApiError::new(code, "transaction unknown to this node"));
+        }
+        return Ok(Json(json!({ "hash": hash, "status": status })));
+    };
+    let proof = build_proof(state.as_ref(), &id, location.height, location.index).await?;
+    Ok(Json(json!({
+        "hash": hex::encode(id),
+        "status": "committed",
+        "height": location.height,
+        "index": location.index,
+        "proof": proof,
+    })))
+}
+
+/// Build an inclusion proof; `None` while no finalization certificate covers the block yet.
+pub async fn build_proof<B: Blob>(
+    state: &ApiState<B>,
+    id: &ehrchain_types::Digest,
+    height: u64,
+    index: u32,
+) -> Result<Option<InclusionProof>> {
+    let (block, mut finalization) = load_block(&state.chain, height).await?;
+    let merkle_path = merkle::prove(&block.transaction_ids(), index)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot build proof"))?;
+    let mut headers = vec![hex::encode(block.header.encode())];
+    let mut next = height + 1;
+    while finalization.is_empty() {
+        if headers.len() >= PROOF_HEADERS_MAX {
+            return Ok(None);
+        }
+        let Ok((block, cert)) = load_block(&state.chain, next).await else {
+            return Ok(None);
+        };
+        headers.push(hex::encode(block.header.encode()));
+        finalization = cert;
+        next += 1;
+    }
+    // Re-encode through the type so a damaged stored certificate fails here, not at the client.
+    let participants = commonware_utils::ordered::Set::try_from(
+        state
+            .genesis
+            .validator_keys()
+            .expect("genesis checked at start"),
+    )
+    .expect("unique validators");
+    let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
+    let decoded = Finalization::decode_cfg(
+        commonware_codec::Copying(&finalization),
+        &verifier.certificate_codec_config(),
+    )
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stored certificate is damaged",
+        )
+    })?;
+    Ok(Some(InclusionProof {
+        chain_id: state.genesis.chain_id,
+        transaction: hex::encode(id),
+        position: index,
+        merkle_path: hex::encode(merkle_path),
+        headers,
+        finalization: hex::encode(decoded.encode()),
+    }))
+}
+
+async fn account<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>> {
+    let key = ehrchain_types::public_key_from_hex(&key)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "key must be 64 hex characters"))?;
+    Ok(Json(json!({ "next_nonce": state.chain.nonce(&key) })))
+}

@@ -112,6 +112,8 @@ struct Inner {
     committed: HashMap<Digest, Location>,
     outbox: Vec<Transaction>,
     locations: Vec<(u64, u64)>,
+    /// Digest of every finalized block, by height.
+    digests: Vec<Digest>,
 }
 
 impl Inner {
@@ -143,6 +145,11 @@ impl Inner {
 
     fn known(&self, digest: &Digest) -> bool {
         *digest == self.digest || self.pending.contains_key(digest)
+    }
+
+    /// Whether `digest` at `height` is a finalized block.
+    fn finalized(&self, height: u64, digest: &Digest) -> bool {
+        self.digests.get(height as usize) == Some(digest)
     }
 
     /// Root, height and timestamp of a known block.
@@ -234,6 +241,7 @@ impl<B: Blob> Chain<B> {
             committed: HashMap::new(),
             outbox: Vec::new(),
             locations: Vec::new(),
+            digests: vec![genesis.digest()],
         };
         for record in records.iter().skip(1) {
             let block = Block::decode(&record.block)
@@ -320,30 +328,32 @@ impl<B: Blob> Chain<B> {
         rng: &mut impl CryptoRng,
         transactions: Vec<Transaction>,
     ) -> usize {
-        let fresh: Vec<Transaction> = {
-            let inner = self.lock();
-            transactions
-                .into_iter()
-                .filter(|tx| {
-                    !inner.mempool.contains(&tx.id()) && !inner.committed.contains_key(&tx.id())
-                })
-                .collect()
-        };
-        let refs: Vec<&Transaction> = fresh.iter().collect();
-        if verify_signatures(rng, self.config.chain_id, &refs).is_err() {
-            // One bad signature spoils the batch: fall back to checking each, keep the good.
-            let mut admitted = 0;
-            for tx in fresh {
-                if tx.verify(self.config.chain_id).is_ok() && self.admit(tx, false).is_ok() {
-                    admitted += 1;
-                }
-            }
-            return admitted;
-        }
-        fresh
-            .into_iter()
-            .filter(|tx| self.admit(tx.clone(), false).is_ok())
+        self.admit_batch(rng, transactions, false)
+            .iter()
+            .filter(|r| r.is_ok())
             .count()
+    }
+
+    /// Admit a batch from a client (gossiped on) or a peer, checking signatures in one batch.
+    /// One result per transaction, in order.
+    pub fn admit_batch(
+        &self,
+        rng: &mut impl CryptoRng,
+        transactions: Vec<Transaction>,
+        gossip: bool,
+    ) -> Vec<Result<Digest, SubmitError>> {
+        let refs: Vec<&Transaction> = transactions.iter().collect();
+        let batch_ok = verify_signatures(rng, self.config.chain_id, &refs).is_ok();
+        transactions
+            .into_iter()
+            .map(|tx| {
+                if !batch_ok {
+                    // One bad signature spoils the batch: check each to keep the good ones.
+                    tx.verify(self.config.chain_id)?;
+                }
+                self.admit(tx, gossip)
+            })
+            .collect()
     }
 
     /// Take the transactions waiting to be gossiped.
@@ -403,6 +413,11 @@ impl<B: Blob> Chain<B> {
                     break;
                 }
                 if cursor.height() <= Height::new(inner.height) {
+                    if inner.finalized(cursor.height().get(), &cursor.digest()) {
+                        // Finalized while we were walking: whatever follows it was checked
+                        // or is checked below against the current tip.
+                        break;
+                    }
                     // Conflicts with the finalized chain.
                     return false;
                 }
@@ -441,6 +456,14 @@ impl<B: Blob> Chain<B> {
             inner.remember_verified(tx.id());
         }
         let header = &block.header;
+        if header.height <= inner.height {
+            // Finalized while it waited to be checked: valid exactly if it is the finalized one.
+            return if inner.finalized(header.height, &block.digest()) {
+                Ok(())
+            } else {
+                Err("conflicts with the finalized chain".into())
+            };
+        }
         if header.chain_id != self.config.chain_id {
             return Err("wrong chain id".into());
         }
@@ -538,6 +561,7 @@ fn commit(inner: &mut Inner, block: &Block, delta: Delta, root: Digest) {
     inner.root = root;
     inner.timestamp_ms = block.header.timestamp_ms;
     inner.transactions += block.transactions.len() as u64;
+    inner.digests.push(block.digest());
     for (index, tx) in block.transactions.iter().enumerate() {
         inner.committed.insert(
             tx.id(),

@@ -69,6 +69,10 @@ impl Mempool {
                 got: tx.body.nonce,
             });
         }
+        let ehrchain_types::Payload::Anchor { digest, .. } = &tx.body.payload;
+        if state.anchored(digest) {
+            return Err(Rejection::AlreadyAnchored.into());
+        }
         let id = tx.id();
         if self.by_id.contains_key(&id) {
             return Err(AdmissionError::Duplicate);

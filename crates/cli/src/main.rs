@@ -1,1 +1,187 @@
-fn main() {}
+//! `ehrchain`: the command-line interface for every operation on the chain.
+
+mod bench;
+mod client;
+mod config;
+mod dev;
+mod logging;
+mod network;
+mod node;
+mod verify;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(
+    name = "ehrchain",
+    version,
+    about = "A consortium blockchain for electronic health records"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set up a network: keys, genesis and one config per validator.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+    /// Run one validator with its HTTP API.
+    ///
+    /// Example: ehrchain node --config net/node-0/config.toml
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a whole local network on loopback until Ctrl-C.
+    ///
+    /// Example: ehrchain dev --validators 4 --dir .dev
+    Dev {
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        #[arg(long, default_value = ".dev")]
+        dir: PathBuf,
+        /// First p2p port; validator i listens on this + i.
+        #[arg(long, default_value_t = 30_300)]
+        p2p_port: u16,
+        /// First API port; validator i serves on this + i.
+        #[arg(long, default_value_t = 8_700)]
+        api_port: u16,
+    },
+    /// Re-check a stored chain from genesis: hash links, Merkle roots, state roots,
+    /// finalization and transaction signatures. Exits 0 if intact, 2 naming the first bad block.
+    ///
+    /// Example: ehrchain verify --data-dir .dev/node-0/data
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Print a node's chain status as JSON.
+    ///
+    /// Example: ehrchain status --api http://127.0.0.1:8700
+    Status {
+        #[arg(long)]
+        api: String,
+    },
+    /// Make a new Ed25519 key file (mode 0600) and print its public key.
+    ///
+    /// Example: ehrchain keygen --out alice.key
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Submit transactions.
+    Tx {
+        #[command(subcommand)]
+        command: client::TxCommand,
+    },
+    /// Fetch and check inclusion proofs.
+    Proof {
+        #[command(subcommand)]
+        command: client::ProofCommand,
+    },
+    /// Drive signed transactions into a local network and report throughput and latency.
+    ///
+    /// Example: ehrchain bench --validators 4 --transactions 100000
+    Bench(bench::Args),
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Write validator keys, genesis.json and DIR/node-<i>/config.toml.
+    ///
+    /// Example: ehrchain network init --validators 4 --dir net
+    Init {
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        chain_id: u64,
+        #[arg(long, default_value_t = 30_300)]
+        p2p_port: u16,
+        #[arg(long, default_value_t = 8_700)]
+        api_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Network {
+            command:
+                NetworkCommand::Init {
+                    validators,
+                    dir,
+                    chain_id,
+                    p2p_port,
+                    api_port,
+                },
+        } => {
+            let nodes = network::init(&network::InitOptions {
+                validators,
+                dir,
+                chain_id,
+                p2p_port,
+                api_port,
+            })?;
+            for node in nodes {
+                println!("{}", node.display());
+            }
+        }
+        Command::Node { config } => node::run(&config)?,
+        Command::Dev {
+            validators,
+            dir,
+            p2p_port,
+            api_port,
+        } => dev::run(validators, &dir, p2p_port, api_port)?,
+        Command::Verify { data_dir } => {
+            let progress = std::io::stderr().is_terminal();
+            match verify::verify(&data_dir, progress)? {
+                Ok(report) => {
+                    println!(
+                        "chain intact: {} blocks, {} transactions verified in {:.2} s ({:.0} transactions/s)",
+                        report.blocks,
+                        report.transactions,
+                        report.seconds,
+                        report.transactions as f64 / report.seconds.max(1e-9)
+                    );
+                }
+                Err(damage) => {
+                    println!("block {} is damaged: {}", damage.height, damage.reason);
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        Command::Status { api } => {
+            let status = client::get_json(&format!("{}/chain/status", api.trim_end_matches('/')))?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+        Command::Keygen { out } => {
+            let seed = config::random_seed();
+            config::write_key(&out, &seed)?;
+            let key = ehrchain_types::private_key_from_seed(&seed).expect("32-byte seed");
+            println!("{}", ehrchain_chain::application::key_public(&key));
+        }
+        Command::Tx { command } => return client::tx(command),
+        Command::Proof { command } => return client::proof(command),
+        Command::Bench(args) => bench::run(args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

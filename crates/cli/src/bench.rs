@@ -1,0 +1,249 @@
+//! `ehrchain bench`: committed signed transactions per second on a local network, with
+//! commit latency measured per transaction from submission to its block being finalized.
+
+use crate::client::get_json;
+use anyhow::{Context, Result, bail};
+use commonware_cryptography::Signer as _;
+use ehrchain_types::{Digest, Payload, PrivateKey, Transaction, TransactionBody, sha256};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Transactions to submit in total.
+    #[arg(long, default_value_t = 100_000)]
+    transactions: usize,
+    /// Offered load, transactions per second, spread over all validators.
+    #[arg(long, default_value_t = 12_000)]
+    rate: usize,
+    /// Distinct signing clients (each signs with consecutive nonces).
+    #[arg(long, default_value_t = 256)]
+    clients: usize,
+    /// Network directory; a fresh one under the system temp directory by default.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 31_300)]
+    p2p_port: u16,
+    #[arg(long, default_value_t = 9_700)]
+    api_port: u16,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn sign_all(args: &Args, chain_id: u64) -> Vec<Transaction> {
+    let keys: Vec<PrivateKey> = (0..args.clients)
+        .map(|i| PrivateKey::from_seed(900_000 + i as u64))
+        .collect();
+    let run = crate::config::random_seed();
+    let per_thread = args.transactions.div_ceil(2);
+    let keys = Arc::new(keys);
+    let handles: Vec<_> = (0..2)
+        .map(|thread| {
+            let keys = keys.clone();
+            let total = args.transactions;
+            std::thread::spawn(move || {
+                let start = thread * per_thread;
+                let end = (start + per_thread).min(total);
+                (start..end)
+                    .map(|i| {
+                        let key = &keys[i % keys.len()];
+                        TransactionBody {
+                            chain_id,
+                            signer: ehrchain_chain::application::key_public(key),
+                            nonce: (i / keys.len()) as u64,
+                            payload: Payload::Anchor {
+                                label: 0,
+                                digest: sha256(&[&run, &(i as u64).to_be_bytes()]),
+                            },
+                        }
+                        .sign(key)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<Transaction> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("signer thread"))
+        .collect();
+    // Submission order: by nonce round, so every client's nonces arrive in order.
+    all.sort_by_key(|tx| tx.body.nonce);
+    all
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ehrchain-bench-{}", std::process::id()))
+    });
+    let configs = crate::network::init(&crate::network::InitOptions {
+        validators: args.validators,
+        dir: dir.clone(),
+        chain_id: 1,
+        p2p_port: args.p2p_port,
+        api_port: args.api_port,
+    })?;
+    let apis: Vec<String> = configs
+        .iter()
+        .map(|c| {
+            Ok(format!(
+                "http://{}",
+                crate::config::NodeConfig::load(c)?.api_listen
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
+    let result = drive(&args, &apis);
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn drive(args: &Args, apis: &[String]) -> Result<()> {
+    // Wait for every node to serve and the chain to make its first block.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = apis.iter().all(|api| {
+            get_json(&format!("{api}/chain/status")).is_ok_and(|s| s["height"].as_u64() >= Some(1))
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the network did not start within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "signing {} transactions from {} clients...",
+        args.transactions, args.clients
+    );
+    let transactions = sign_all(args, 1);
+    let ids: Vec<Digest> = transactions.iter().map(Transaction::id).collect();
+    let submitted: Arc<Mutex<HashMap<Digest, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(ids.len())));
+    let start_height = get_json(&format!("{}/chain/status", apis[0]))?["height"]
+        .as_u64()
+        .context("no height")?;
+
+    // Submitter: open loop at the offered rate, batches of up to 1,000 round-robin over nodes.
+    let submitter = {
+        let submitted = submitted.clone();
+        let apis = apis.to_vec();
+        let rate = args.rate.max(1);
+        std::thread::spawn(move || -> Result<usize> {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let tick = Duration::from_millis(50);
+            let per_tick = (rate / 20).max(1);
+            let began = Instant::now();
+            let mut rejected = 0usize;
+            for (round, chunk) in transactions.chunks(per_tick).enumerate() {
+                let due = began + tick * round as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                for (part, batch) in chunk.chunks(1_000).enumerate() {
+                    let api = &apis[(round + part) % apis.len()];
+                    let body = ehrchain_chain::engine::encode_batch(batch);
+                    {
+                        let now = Instant::now();
+                        let mut map = submitted.lock().expect("lock");
+                        for tx in batch {
+                            map.insert(tx.id(), now);
+                        }
+                    }
+                    let mut response = agent
+                        .post(format!("{api}/chain/transactions/batch"))
+                        .header("content-type", "application/octet-stream")
+                        .send(&body[..])?;
+                    let answer: serde_json::Value = response.body_mut().read_json()?;
+                    rejected += batch.len() - answer["accepted"].as_u64().unwrap_or(0) as usize;
+                }
+            }
+            Ok(rejected)
+        })
+    };
+
+    // Follower: read each new block's transaction ids from node 0.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut latencies = Vec::with_capacity(ids.len());
+    let mut next = start_height + 1;
+    let began = Instant::now();
+    let mut last_commit = began;
+    let idle_limit = Duration::from_secs(30);
+    let mut idle_since = Instant::now();
+    while latencies.len() < ids.len() {
+        let height = get_json(&format!("{}/chain/status", apis[0]))?["height"]
+            .as_u64()
+            .unwrap_or(0);
+        if height < next {
+            if idle_since.elapsed() > idle_limit {
+                eprintln!("no new block for {} s; stopping", idle_limit.as_secs());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        idle_since = Instant::now();
+        while next <= height {
+            let mut response = agent
+                .get(format!("{}/chain/blocks/{next}/transactions", apis[0]))
+                .call()?;
+            let bytes = response
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024 * 1024)
+                .read_to_vec()?;
+            let now = Instant::now();
+            let map = submitted.lock().expect("lock");
+            for chunk in bytes.chunks_exact(32) {
+                let id = Digest::from(<[u8; 32]>::try_from(chunk).expect("32 bytes"));
+                if let Some(at) = map.get(&id) {
+                    latencies.push(now.duration_since(*at));
+                    last_commit = now;
+                }
+            }
+            next += 1;
+        }
+    }
+    let rejected = submitter.join().expect("submitter thread")?;
+    let committed = latencies.len();
+    latencies.sort();
+    let seconds = last_commit.duration_since(began).as_secs_f64().max(1e-9);
+    println!(
+        "{{\"validators\":{},\"offered_rate\":{},\"submitted\":{},\"rejected\":{},\"committed\":{},\"seconds\":{:.2},\"committed_per_second\":{:.0},\"latency_ms_p50\":{},\"latency_ms_p99\":{},\"blocks\":{}}}",
+        args.validators,
+        args.rate,
+        args.transactions,
+        rejected,
+        committed,
+        seconds,
+        committed as f64 / seconds,
+        percentile(&latencies, 0.50).as_millis(),
+        percentile(&latencies, 0.99).as_millis(),
+        next - start_height - 1,
+    );
+    Ok(())
+}

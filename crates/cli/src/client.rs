@@ -1,0 +1,203 @@
+//! Commands that talk to a node's HTTP API.
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use ehrchain_api::proof::InclusionProof;
+use ehrchain_types::{Payload, TransactionBody, digest_from_hex};
+use serde_json::Value;
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Subcommand)]
+pub enum TxCommand {
+    /// Anchor a SHA-256 digest on chain, signed with KEY; prints the transaction status.
+    ///
+    /// Example: ehrchain tx anchor --api http://127.0.0.1:8700 --key alice.key --digest <64 hex> --wait
+    Anchor {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        digest: String,
+        #[arg(long, default_value_t = 0)]
+        label: u16,
+        /// Wait until the transaction is committed and print its proof.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a transaction's status and, once committed, its inclusion proof.
+    ///
+    /// Example: ehrchain tx status --api http://127.0.0.1:8700 --hash <64 hex>
+    Status {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        hash: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProofCommand {
+    /// Save the inclusion proof of a committed transaction as JSON.
+    ///
+    /// Example: ehrchain proof get --api http://127.0.0.1:8700 --hash <64 hex> --out proof.json
+    Get {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        hash: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a proof offline against the validators named in a genesis file.
+    ///
+    /// Example: ehrchain proof verify --proof proof.json --genesis net/genesis.json
+    Verify {
+        #[arg(long)]
+        proof: PathBuf,
+        #[arg(long)]
+        genesis: PathBuf,
+    },
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// GET a JSON document; a non-2xx answer becomes an error carrying the server's message.
+pub fn get_json(url: &str) -> Result<Value> {
+    let mut response = agent()
+        .get(url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{url}: {status}: {}",
+            body["error"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(body)
+}
+
+fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
+    let mut response = agent()
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .send(&bytes[..])
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(body)
+}
+
+pub fn tx(command: TxCommand) -> Result<ExitCode> {
+    match command {
+        TxCommand::Anchor {
+            api,
+            key,
+            digest,
+            label,
+            wait,
+        } => {
+            let api = api.trim_end_matches('/');
+            let key = crate::config::read_key(&key)?;
+            let signer = ehrchain_chain::application::key_public(&key);
+            let digest = digest_from_hex(&digest).context("--digest must be 64 hex characters")?;
+            let status = get_json(&format!("{api}/chain/status"))?;
+            let chain_id = status["chain_id"]
+                .as_u64()
+                .context("status lacks chain_id")?;
+            let account = get_json(&format!("{api}/chain/accounts/{signer}"))?;
+            let nonce = account["next_nonce"]
+                .as_u64()
+                .context("account lacks next_nonce")?;
+            let tx = TransactionBody {
+                chain_id,
+                signer,
+                nonce,
+                payload: Payload::Anchor { label, digest },
+            }
+            .sign(&key);
+            let accepted = post_bytes(&format!("{api}/chain/transactions"), tx.bytes().to_vec())?;
+            let hash = accepted["hash"]
+                .as_str()
+                .context("no hash in answer")?
+                .to_string();
+            if wait {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                loop {
+                    let status =
+                        get_json(&format!("{api}/chain/transactions/{hash}?wait_ms=10000"))?;
+                    if status["status"] == "committed" && !status["proof"].is_null() {
+                        println!("{}", serde_json::to_string_pretty(&status)?);
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        bail!("transaction {hash} not committed within 120 s");
+                    }
+                }
+            } else {
+                println!("{}", serde_json::to_string_pretty(&accepted)?);
+            }
+        }
+        TxCommand::Status { api, hash } => {
+            let status = get_json(&format!(
+                "{}/chain/transactions/{hash}",
+                api.trim_end_matches('/')
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn proof(command: ProofCommand) -> Result<ExitCode> {
+    match command {
+        ProofCommand::Get { api, hash, out } => {
+            let status = get_json(&format!(
+                "{}/chain/transactions/{hash}?wait_ms=10000",
+                api.trim_end_matches('/')
+            ))?;
+            if status["proof"].is_null() {
+                bail!(
+                    "transaction {hash} has no proof yet (status: {})",
+                    status["status"]
+                );
+            }
+            std::fs::write(&out, serde_json::to_string_pretty(&status["proof"])?)?;
+            println!("{}", out.display());
+        }
+        ProofCommand::Verify { proof, genesis } => {
+            let genesis = crate::config::load_genesis(&genesis)?;
+            let text = std::fs::read_to_string(&proof)
+                .with_context(|| format!("cannot read {}", proof.display()))?;
+            let proof: InclusionProof = serde_json::from_str(&text).context("not a proof file")?;
+            match proof.verify(&genesis) {
+                Ok(verified) => println!(
+                    "valid: transaction {} is in block {} at height {}, finalized at height {}",
+                    hex::encode(verified.transaction),
+                    hex::encode(verified.block),
+                    verified.height,
+                    verified.finalized_height
+                ),
+                Err(error) => {
+                    println!("invalid: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,73 @@
+//! `ehrchain network init`: keys, genesis and per-node configs for a new network.
+
+use crate::config::{NodeConfig, random_seed, write_key};
+use anyhow::{Context, Result, bail};
+use ehrchain_types::{
+    Genesis, genesis::GenesisValidator, limits::VALIDATORS_MAX, private_key_from_seed,
+};
+use std::path::PathBuf;
+
+pub struct InitOptions {
+    pub validators: usize,
+    pub dir: PathBuf,
+    pub chain_id: u64,
+    pub p2p_port: u16,
+    pub api_port: u16,
+}
+
+/// Write the network; returns the config path of each node.
+pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
+    if options.validators == 0 || options.validators > VALIDATORS_MAX {
+        bail!("--validators must be between 1 and {VALIDATORS_MAX}");
+    }
+    let dir = &options.dir;
+    if dir.join("genesis.json").exists() {
+        bail!(
+            "{} already holds a network; choose another --dir",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut validators = Vec::new();
+    let mut configs = Vec::new();
+    for index in 0..options.validators {
+        let node_dir = dir.join(format!("node-{index}"));
+        std::fs::create_dir_all(&node_dir)?;
+        let seed = random_seed();
+        write_key(&node_dir.join("validator.key"), &seed)?;
+        let key = private_key_from_seed(&seed).expect("32-byte seed");
+        let p2p_port = options.p2p_port + index as u16;
+        let api_port = options.api_port + index as u16;
+        validators.push(GenesisValidator {
+            name: format!("member-{index}"),
+            public_key: ehrchain_chain::application::key_public(&key).to_string(),
+            p2p_address: format!("127.0.0.1:{p2p_port}"),
+        });
+        let config = NodeConfig {
+            name: format!("member-{index}"),
+            genesis: "../genesis.json".into(),
+            key_file: "validator.key".into(),
+            data_dir: "data".into(),
+            p2p_listen: format!("127.0.0.1:{p2p_port}").parse()?,
+            api_listen: format!("127.0.0.1:{api_port}").parse()?,
+            block_transactions_max: 8_192,
+            mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
+            log_format: "pretty".into(),
+        };
+        let path = node_dir.join("config.toml");
+        std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+        configs.push(path);
+    }
+    let genesis = Genesis {
+        chain_id: options.chain_id,
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64,
+        validators,
+    };
+    std::fs::write(
+        dir.join("genesis.json"),
+        serde_json::to_string_pretty(&genesis)?,
+    )?;
+    Ok(configs)
+}

@@ -1,0 +1,153 @@
+//! `ehrchain node`: run one validator with its HTTP API.
+
+use crate::config::{NodeConfig, load_genesis, read_key};
+use anyhow::{Context, Result};
+use commonware_cryptography::{ChaCha20Poly1305, Signer};
+use commonware_p2p::{Address, AddressableManager, authenticated::lookup};
+use commonware_runtime::{Quota, Runner, Supervisor, tokio as cw_tokio};
+use commonware_stream::{
+    cups::{self, Cups},
+    sake::{self, Sake},
+};
+use commonware_utils::{NZU32, NZUsize, ordered::Map};
+use ehrchain_api::{ApiState, router};
+use ehrchain_chain::{
+    ChainConfig,
+    engine::{self, Channels, EngineConfig, Timing, channel},
+};
+use ehrchain_types::{P2P_NAMESPACE, PublicKey};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+/// Per-peer, per-channel message rate. Blocks and gossip batch their contents, so a few
+/// hundred messages per second carry the chain; the network preallocates an inbound slot for
+/// every message of one burst from every peer, so this also sets memory use.
+pub const CHANNEL_MESSAGES_PER_SECOND_MAX: u32 = 1_000;
+
+/// File in the data directory that records which genesis the data belongs to.
+pub const GENESIS_COPY: &str = "genesis.json";
+
+pub fn run(config_path: &std::path::Path) -> Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    crate::logging::init(&config.log_format);
+    let genesis = load_genesis(&config.genesis)?;
+    let signer = read_key(&config.key_file)?;
+    let validators = genesis.validator_keys()?;
+    let me = signer.public_key();
+    anyhow::ensure!(
+        validators.contains(&me),
+        "this node's key is not a validator in {}",
+        config.genesis.display()
+    );
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let copy = config.data_dir.join(GENESIS_COPY);
+    let genesis_text = serde_json::to_string_pretty(&genesis)?;
+    match std::fs::read_to_string(&copy) {
+        Ok(existing) => {
+            let existing: ehrchain_types::Genesis = serde_json::from_str(&existing)?;
+            anyhow::ensure!(
+                existing == genesis,
+                "data directory {} belongs to another genesis",
+                config.data_dir.display()
+            );
+        }
+        Err(_) => std::fs::write(&copy, genesis_text)?,
+    }
+    let peers: Vec<(PublicKey, Address)> = genesis
+        .validators
+        .iter()
+        .zip(&validators)
+        .map(|(v, key)| {
+            let address: SocketAddr = v
+                .p2p_address
+                .parse()
+                .with_context(|| format!("bad p2p address of {}", v.name))?;
+            Ok((key.clone(), address.into()))
+        })
+        .collect::<Result<_>>()?;
+    let block = genesis.block(ehrchain_chain::application::genesis_root(genesis.chain_id))?;
+    let chain_config = ChainConfig {
+        chain_id: genesis.chain_id,
+        genesis: block,
+        block_transactions_max: config
+            .block_transactions_max
+            .min(ehrchain_types::limits::BLOCK_TRANSACTIONS_MAX),
+        mempool_transactions_max: config.mempool_transactions_max,
+    };
+    tracing::info!(name = %config.name, key = %me, p2p = %config.p2p_listen, api = %config.api_listen, "starting validator");
+
+    let runtime = cw_tokio::Config::new().with_storage_directory(&config.data_dir);
+    let executor = cw_tokio::Runner::new(runtime);
+    executor.start(|context| async move {
+        let max_message = engine::max_message_size(validators.len());
+        let mut p2p = lookup::Config::local(
+            Cups::<_, ChaCha20Poly1305>::new(
+                Sake {
+                    signer: signer.clone(),
+                    synchrony_bound: Duration::from_secs(5),
+                    max_handshake_age: Duration::from_secs(10),
+                    version: sake::Version::V1,
+                },
+                cups::Version::V1,
+            ),
+            P2P_NAMESPACE,
+            config.p2p_listen,
+            commonware_p2p::authenticated::peer_set_limit(&validators, &me),
+            max_message,
+            NZUsize!(1_024),
+        );
+        // The consortium is one fixed peer set (until governance changes it), and every
+        // channel's inbound mailbox is preallocated per retained peer: keep one set.
+        p2p.tracked_peer_sets = NZUsize!(1);
+        let (mut network, mut oracle) = lookup::Network::new(context.child("network"), p2p);
+        let peer_map: Map<PublicKey, Address> =
+            Map::try_from(peers).expect("validator keys are unique");
+        let _ = oracle.track(0, peer_map);
+        let quota = Quota::per_second(NZU32!(CHANNEL_MESSAGES_PER_SECOND_MAX));
+        let channels = Channels {
+            votes: network.register(channel::VOTES, quota),
+            certificates: network.register(channel::CERTIFICATES, quota),
+            resolver: network.register(channel::RESOLVER, quota),
+            backfill: network.register(channel::BACKFILL, quota),
+            broadcast: network.register(channel::BROADCAST, quota),
+            gossip: network.register(channel::GOSSIP, quota),
+        };
+        let network_handle = network.start();
+        let (chain, mut handles) = engine::start(
+            context.child("validator"),
+            EngineConfig {
+                signer,
+                validators: validators.clone(),
+                chain: chain_config,
+                timing: Timing::default(),
+                mailbox_size: 4_096,
+                partition_prefix: "ehrchain".into(),
+            },
+            channels,
+            oracle.clone(),
+            oracle,
+        )
+        .await;
+        handles.push(network_handle);
+
+        let state = Arc::new(ApiState { chain, genesis });
+        let app = router(state);
+        let listener = match tokio::net::TcpListener::bind(config.api_listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, address = %config.api_listen, "cannot listen for the API");
+                std::process::exit(1);
+            }
+        };
+        tracing::info!(address = %config.api_listen, "API listening");
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "API server stopped");
+            }
+        });
+        let (result, index, _) = futures::future::select_all(handles).await;
+        tracing::error!(index, ?result, "a validator task stopped; shutting down");
+        std::process::exit(1);
+    });
+    Ok(())
+}
