@@ -99,17 +99,18 @@ impl Checker {
         if block.header.timestamp_ms < parent_time {
             return Err(damage("timestamp goes backwards"));
         }
-        let ok = PublicKey::verify_batch(
-            &mut self.rng,
-            &block.transactions,
-            |_, tx| BatchEntry {
-                namespace: TRANSACTION_NAMESPACE,
-                message: tx.body_bytes(),
-                public_key: &tx.body.signer,
-                signature: &tx.signature,
-            },
-            &commonware_parallel::Sequential,
-        );
+        let ok = block.transactions.is_empty()
+            || PublicKey::verify_batch(
+                &mut self.rng,
+                &block.transactions,
+                |_, tx| BatchEntry {
+                    namespace: TRANSACTION_NAMESPACE,
+                    message: tx.body_bytes(),
+                    public_key: &tx.body.signer,
+                    signature: &tx.signature,
+                },
+                &commonware_parallel::Sequential,
+            );
         if !ok {
             return Err(damage("a transaction signature does not verify"));
         }

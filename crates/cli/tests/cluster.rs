@@ -1,0 +1,292 @@
+//! Four `ehrchain node` processes on loopback, as a consortium would run them.
+//!
+//! The journey: the network finalizes blocks; a client's signed transaction is committed and
+//! its inclusion proof checks offline; bad input (a replay, another chain's transaction, a bad
+//! signature, an oversized transaction) is refused with a clear 4xx; one validator is killed
+//! with SIGKILL and the other three keep finalizing; the killed validator restarts from its
+//! data directory and catches up from its peers, including a transaction committed while it
+//! was down; `ehrchain verify` passes on every stored chain; and one flipped byte in a stored
+//! block makes `verify` name that block and exit non-zero.
+
+use commonware_cryptography::Signer;
+use ehrchain_types::{Payload, PrivateKey, Transaction, TransactionBody, sha256};
+use serde_json::Value;
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output},
+    time::{Duration, Instant},
+};
+
+const EXE: &str = env!("CARGO_BIN_EXE_ehrchain");
+const P2P_PORT: u16 = 34_400;
+const API_PORT: u16 = 9_960;
+
+struct Cluster {
+    dir: PathBuf,
+    nodes: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn api(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", API_PORT + index as u16)
+    }
+
+    fn start(&mut self, index: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("node-{index}.log"))).unwrap();
+        let child = Command::new(EXE)
+            .args(["node", "--config"])
+            .arg(self.dir.join(format!("node-{index}/config.toml")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        self.nodes[index] = Some(child);
+    }
+
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].take() {
+            child.kill().expect("SIGKILL");
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> Option<(u16, Value)> {
+    let mut response = agent().get(url).call().ok()?;
+    let status = response.status().as_u16();
+    Some((
+        status,
+        response.body_mut().read_json().unwrap_or(Value::Null),
+    ))
+}
+
+fn post(url: &str, body: &[u8]) -> (u16, Value) {
+    let mut response = agent()
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .send(body)
+        .expect("reach node");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_json().unwrap_or(Value::Null),
+    )
+}
+
+fn height(api: &str) -> Option<u64> {
+    get(&format!("{api}/chain/status")).and_then(|(_, v)| v["height"].as_u64())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn anchor(key: &PrivateKey, chain_id: u64, nonce: u64, tag: &str) -> Transaction {
+    TransactionBody {
+        chain_id,
+        signer: key.public_key(),
+        nonce,
+        payload: Payload::Anchor {
+            label: 1,
+            digest: sha256(&[tag.as_bytes()]),
+        },
+    }
+    .sign(key)
+}
+
+fn verify(data_dir: &Path) -> Output {
+    Command::new(EXE)
+        .args(["verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run verify")
+}
+
+fn committed_height(api: &str, hash: &str) -> u64 {
+    let mut found = None;
+    wait_until("commit", Duration::from_secs(60), || {
+        found = get(&format!("{api}/chain/transactions/{hash}?wait_ms=2000"))
+            .filter(|(_, v)| v["status"] == "committed")
+            .and_then(|(_, v)| v["height"].as_u64());
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+#[test]
+fn consortium_survives_a_crash_and_detects_tampering() {
+    let dir = std::env::temp_dir().join(format!("ehrchain-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let init = Command::new(EXE)
+        .args(["network", "init", "--validators", "4", "--dir"])
+        .arg(&dir)
+        .args([
+            "--p2p-port",
+            &P2P_PORT.to_string(),
+            "--api-port",
+            &API_PORT.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut cluster = Cluster {
+        dir: dir.clone(),
+        nodes: (0..4).map(|_| None).collect(),
+    };
+    for index in 0..4 {
+        cluster.start(index);
+    }
+    let api0 = cluster.api(0);
+    wait_until("first blocks", Duration::from_secs(60), || {
+        (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 3))
+    });
+
+    // A committed transaction with a proof that checks offline.
+    let client = PrivateKey::from_seed(77);
+    let tx = anchor(&client, 1, 0, "first");
+    let (status, answer) = post(&format!("{api0}/chain/transactions"), tx.bytes());
+    assert_eq!(status, 202, "{answer}");
+    let hash = answer["hash"].as_str().unwrap().to_string();
+    let first_height = committed_height(&api0, &hash);
+    let proof_file = dir.join("proof.json");
+    let out = Command::new(EXE)
+        .args([
+            "proof",
+            "get",
+            "--api",
+            &cluster.api(1),
+            "--hash",
+            &hash,
+            "--out",
+        ])
+        .arg(&proof_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(EXE)
+        .args(["proof", "verify", "--proof"])
+        .arg(&proof_file)
+        .arg("--genesis")
+        .arg(dir.join("genesis.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid"));
+
+    // Bad input is refused with a reason.
+    let (status, answer) = post(&format!("{api0}/chain/transactions"), tx.bytes());
+    assert_eq!(status, 409, "replay: {answer}");
+    let other_chain = anchor(&client, 2, 1, "other chain");
+    let (status, answer) = post(&format!("{api0}/chain/transactions"), other_chain.bytes());
+    assert_eq!(status, 401, "wrong chain: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("chain"));
+    let mut forged = anchor(&client, 1, 1, "forged").bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (status, answer) = post(&format!("{api0}/chain/transactions"), &forged);
+    assert_eq!(status, 401, "bad signature: {answer}");
+    let oversized = vec![1u8; ehrchain_types::limits::TRANSACTION_SIZE_BYTES_MAX + 1];
+    let (status, answer) = post(&format!("{api0}/chain/transactions"), &oversized);
+    assert_eq!(status, 413, "oversized: {answer}");
+    let (status, _) = post(&format!("{api0}/chain/transactions"), b"\x01\x02");
+    assert_eq!(status, 400);
+
+    // Kill one validator; the other three keep finalizing and commit new work.
+    cluster.kill(3);
+    let before = height(&api0).unwrap();
+    wait_until("progress without node 3", Duration::from_secs(60), || {
+        height(&api0).is_some_and(|h| h >= before + 5)
+    });
+    let tx = anchor(&client, 1, 1, "while node 3 was down");
+    let (status, answer) = post(
+        &format!("{}/chain/transactions", cluster.api(1)),
+        tx.bytes(),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let down_hash = answer["hash"].as_str().unwrap().to_string();
+    let down_height = committed_height(&api0, &down_hash);
+
+    // Restart it: it replays its own log and catches up from its peers.
+    cluster.start(3);
+    let api3 = cluster.api(3);
+    wait_until("node 3 catches up", Duration::from_secs(90), || {
+        height(&api3).is_some_and(|h| h >= down_height + 2)
+    });
+    assert_eq!(committed_height(&api3, &down_hash), down_height);
+    assert_eq!(committed_height(&api3, &hash), first_height);
+
+    // Every stored chain verifies.
+    let tip = height(&api0).unwrap();
+    wait_until("node 3 at the tip", Duration::from_secs(60), || {
+        height(&api3).is_some_and(|h| h >= tip)
+    });
+    for index in 0..4 {
+        cluster.kill(index);
+    }
+    for index in 0..4 {
+        let out = verify(&dir.join(format!("node-{index}/data")));
+        assert!(
+            out.status.success(),
+            "node {index}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Flip one byte of the first transaction's signature in node 0's stored block.
+    let log_dir = dir.join("node-0/data/ehrchain-blocks");
+    let log_file = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    let signature = anchor(&client, 1, 0, "first").signature_bytes();
+    let at = bytes
+        .windows(signature.len())
+        .position(|w| w == signature.as_slice())
+        .expect("signature stored in the log");
+    bytes[at + 10] ^= 0x01;
+    std::fs::write(&log_file, &bytes).unwrap();
+    let out = verify(&dir.join("node-0/data"));
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("block {first_height} is damaged")),
+        "verify said: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
