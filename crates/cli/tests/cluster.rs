@@ -5,7 +5,7 @@
 //! signature, an oversized transaction) is refused with a clear 4xx; one validator is killed
 //! with SIGKILL and the other three keep finalizing; the killed validator restarts from its
 //! data directory and catches up from its peers, including a transaction committed while it
-//! was down; `ehrchain verify` passes on every stored chain; and one flipped byte in a stored
+//! was down; an outsider whose key is not in the genesis cannot join; `ehrchain verify` passes on every stored chain; and one flipped byte in a stored
 //! block makes `verify` name that block and exit non-zero.
 
 use commonware_cryptography::Signer;
@@ -133,6 +133,51 @@ fn committed_height(api: &str, hash: &str) -> u64 {
     found.unwrap()
 }
 
+/// Kills its process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_outsider(dir: &Path) -> Guard {
+    let outsider_dir = dir.join("outsider");
+    std::fs::create_dir_all(&outsider_dir).unwrap();
+    let out = Command::new(EXE)
+        .args(["keygen", "--out"])
+        .arg(outsider_dir.join("validator.key"))
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut genesis: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("genesis.json")).unwrap()).unwrap();
+    genesis["validators"][3]["public_key"] = Value::String(key);
+    std::fs::write(outsider_dir.join("genesis.json"), genesis.to_string()).unwrap();
+    let config = format!(
+        "name = \"outsider\"\ngenesis = \"genesis.json\"\nkey_file = \"validator.key\"\n\
+         data_dir = \"data\"\np2p_listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:{}\"\n",
+        P2P_PORT + 3,
+        API_PORT + 10
+    );
+    std::fs::write(outsider_dir.join("config.toml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("outsider.log")).unwrap();
+    let child = Command::new(EXE)
+        .args(["node", "--config"])
+        .arg(outsider_dir.join("config.toml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    wait_until("outsider API", Duration::from_secs(30), || {
+        height(&format!("http://127.0.0.1:{}", API_PORT + 10)).is_some()
+    });
+    guard
+}
+
 #[test]
 fn consortium_survives_a_crash_and_detects_tampering() {
     let dir = std::env::temp_dir().join(format!("ehrchain-cluster-{}", std::process::id()));
@@ -226,9 +271,21 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     // Kill one validator; the other three keep finalizing and commit new work.
     cluster.kill(3);
     let before = height(&api0).unwrap();
+
+    // Meanwhile an outsider with a key the consortium does not know takes node 3's address
+    // and claims its seat in a doctored genesis: the validators refuse its connections, so it
+    // never receives a block.
+    let outsider = start_outsider(&dir);
     wait_until("progress without node 3", Duration::from_secs(60), || {
         height(&api0).is_some_and(|h| h >= before + 5)
     });
+    let outsider_api = format!("http://127.0.0.1:{}", API_PORT + 10);
+    assert_eq!(
+        height(&outsider_api),
+        Some(0),
+        "an outsider must not sync the chain"
+    );
+    drop(outsider);
     let tx = anchor(&client, 1, 1, "while node 3 was down");
     let (status, answer) = post(
         &format!("{}/chain/transactions", cluster.api(1)),

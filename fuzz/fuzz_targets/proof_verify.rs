@@ -1,0 +1,18 @@
+//! Untrusted proof files checked offline: malformed proofs are refused, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let genesis = ehrchain_types::Genesis {
+        chain_id: 1,
+        timestamp_ms: 0,
+        validators: vec![ehrchain_types::genesis::GenesisValidator {
+            name: "member-0".into(),
+            public_key: "8f477cecaf285b01194fa6e2df7988e64c0530443ed69e7ab2a451ac1b701d08".into(),
+            p2p_address: "127.0.0.1:1".into(),
+        }],
+    };
+    if let Ok(proof) = serde_json::from_slice::<ehrchain_api::proof::InclusionProof>(data) {
+        let _ = proof.verify(&genesis);
+    }
+});
