@@ -1,4 +1,8 @@
 //! `ehrchain verify`: re-check a stored chain from genesis, offline.
+//!
+//! Records are checked in windows: decoding, signatures and certificates of a window are
+//! checked on every core at once (they depend on nothing else), then the window is applied
+//! in order for the hash links and the state roots.
 
 use anyhow::{Context, Result};
 use commonware_codec::Decode;
@@ -15,6 +19,9 @@ use ehrchain_types::{
 use indicatif::{ProgressBar, ProgressStyle};
 use std::{path::Path, time::Instant};
 
+/// Records checked together; bounds the memory verify holds at once.
+const WINDOW_RECORDS_MAX: usize = 256;
+
 /// The first problem found, naming the block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
@@ -30,48 +37,76 @@ pub struct Report {
     pub seconds: f64,
 }
 
-struct Checker {
-    genesis_digest: Digest,
-    verifier: Scheme,
-    state: State,
-    previous: Option<(Digest, Digest, u64)>,
-    /// The previous block's digest had no certificate of its own yet.
-    previous_uncertified: bool,
-    transactions: u64,
-    rng: rand::rngs::ThreadRng,
+/// A record that passed every check that needs no other record.
+struct Checked {
+    block: Block,
+    certified: bool,
 }
 
-impl Checker {
-    fn check(&mut self, record: &Record) -> Result<(), Damage> {
-        let height = record.height;
+/// Decode a record, and check its transaction signatures and its certificate.
+fn check_alone(verifier: &Scheme, record: &Record) -> Result<Checked, Damage> {
+    let height = record.height;
+    let damage = |reason: &str| Damage {
+        height,
+        reason: reason.to_string(),
+    };
+    let block =
+        Block::decode(&record.block).map_err(|e| damage(&format!("does not decode: {e}")))?;
+    if block.height() != height {
+        return Err(damage("stored under the wrong height"));
+    }
+    let mut rng = rand::rng();
+    let certified = if record.finalization.is_empty() {
+        false
+    } else {
+        let finalization = Finalization::decode_cfg(
+            commonware_codec::Copying(&record.finalization),
+            &verifier.certificate_codec_config(),
+        )
+        .map_err(|_| damage("finalization certificate does not decode"))?;
+        if finalization.proposal.payload != block.digest() {
+            return Err(damage("block does not match its finalization certificate"));
+        }
+        if !finalization.verify(&mut rng, verifier, &commonware_parallel::Sequential) {
+            return Err(damage("finalization certificate signatures do not verify"));
+        }
+        true
+    };
+    let signatures_ok = block.transactions.is_empty()
+        || PublicKey::verify_batch(
+            &mut rng,
+            &block.transactions,
+            |_, tx| BatchEntry {
+                namespace: TRANSACTION_NAMESPACE,
+                message: tx.body_bytes(),
+                public_key: &tx.body.signer,
+                signature: &tx.signature,
+            },
+            &commonware_parallel::Sequential,
+        );
+    if !signatures_ok {
+        return Err(damage("a transaction signature does not verify"));
+    }
+    Ok(Checked { block, certified })
+}
+
+struct Chain {
+    genesis_digest: Digest,
+    state: State,
+    previous: Option<(Digest, Digest, u64)>,
+    /// The previous block had no certificate of its own.
+    previous_uncertified: bool,
+    transactions: u64,
+}
+
+impl Chain {
+    /// Apply one checked block in order: hash link, time, transactions, state root.
+    fn apply(&mut self, checked: Checked) -> Result<(), Damage> {
+        let Checked { block, certified } = checked;
+        let height = block.height();
         let damage = |reason: &str| Damage {
             height,
             reason: reason.to_string(),
-        };
-        let block =
-            Block::decode(&record.block).map_err(|e| damage(&format!("does not decode: {e}")))?;
-        if block.height() != height {
-            return Err(damage("stored under the wrong height"));
-        }
-        let certified = if record.finalization.is_empty() {
-            false
-        } else {
-            let finalization = Finalization::decode_cfg(
-                commonware_codec::Copying(&record.finalization),
-                &self.verifier.certificate_codec_config(),
-            )
-            .map_err(|_| damage("finalization certificate does not decode"))?;
-            if finalization.proposal.payload != block.digest() {
-                return Err(damage("block does not match its finalization certificate"));
-            }
-            if !finalization.verify(
-                &mut self.rng,
-                &self.verifier,
-                &commonware_parallel::Sequential,
-            ) {
-                return Err(damage("finalization certificate signatures do not verify"));
-            }
-            true
         };
         let Some((parent_digest, parent_root, parent_time)) = self.previous else {
             if block.digest() != self.genesis_digest {
@@ -99,21 +134,6 @@ impl Checker {
         if block.header.timestamp_ms < parent_time {
             return Err(damage("timestamp goes backwards"));
         }
-        let ok = block.transactions.is_empty()
-            || PublicKey::verify_batch(
-                &mut self.rng,
-                &block.transactions,
-                |_, tx| BatchEntry {
-                    namespace: TRANSACTION_NAMESPACE,
-                    message: tx.body_bytes(),
-                    public_key: &tx.body.signer,
-                    signature: &tx.signature,
-                },
-                &commonware_parallel::Sequential,
-            );
-        if !ok {
-            return Err(damage("a transaction signature does not verify"));
-        }
         let delta = state::execute(&self.state, &block)
             .map_err(|e| damage(&format!("a transaction does not apply: {e}")))?;
         let root = state::next_root(&parent_root, height, &delta);
@@ -130,6 +150,36 @@ impl Checker {
     }
 }
 
+/// Check a window of consecutive records: the stateless part on every core, then in order.
+fn check_window(
+    verifier: &Scheme,
+    chain: &mut Chain,
+    window: &[Record],
+    threads: usize,
+) -> Result<(), Damage> {
+    let chunk = window.len().div_ceil(threads.max(1)).max(1);
+    let results: Vec<Result<Checked, Damage>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = window
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|record| check_alone(verifier, record))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("verify thread"))
+            .collect()
+    });
+    for result in results {
+        chain.apply(result?)?;
+    }
+    Ok(())
+}
+
 /// Verify the chain stored in `data_dir`. `Ok(Err(damage))` names the first bad block.
 pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Report, Damage>> {
     let genesis_path = data_dir.join(crate::node::GENESIS_COPY);
@@ -140,6 +190,7 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
     let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
     let genesis_block =
         genesis.block(ehrchain_chain::application::genesis_root(genesis.chain_id))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let data_dir = data_dir.to_path_buf();
     let executor = cw_tokio::Runner::new(cw_tokio::Config::new().with_storage_directory(&data_dir));
     executor.start(|context| async move {
@@ -153,26 +204,34 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
                 .expect("valid template"),
         );
         let started = Instant::now();
-        let mut checker = Checker {
+        let mut chain = Chain {
             genesis_digest: genesis_block.digest(),
-            verifier,
             state: State::default(),
             previous: None,
             previous_uncertified: false,
             transactions: 0,
-            rng: rand::rng(),
         };
-        let mut damage = None;
+        let mut damage: Option<Damage> = None;
+        let mut window = Vec::with_capacity(WINDOW_RECORDS_MAX);
         let scanned = BlockLog::scan(&context, "ehrchain", |record| {
             if damage.is_some() {
                 return;
             }
-            if let Err(found) = checker.check(&record) {
-                damage = Some(found);
+            window.push(record);
+            if window.len() == WINDOW_RECORDS_MAX {
+                if let Err(found) = check_window(&verifier, &mut chain, &window, threads) {
+                    damage = Some(found);
+                }
+                bar.inc(window.len() as u64);
+                window.clear();
             }
-            bar.inc(1);
         })
         .await;
+        if damage.is_none()
+            && let Err(found) = check_window(&verifier, &mut chain, &window, threads)
+        {
+            damage = Some(found);
+        }
         bar.finish_and_clear();
         if let Some(damage) = damage {
             return Ok(Err(damage));
@@ -180,7 +239,7 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
         match scanned {
             Ok(blocks) => Ok(Ok(Report {
                 blocks,
-                transactions: checker.transactions,
+                transactions: chain.transactions,
                 seconds: started.elapsed().as_secs_f64(),
             })),
             Err(ehrchain_chain::log::Error::Malformed { height, reason, .. }) => Ok(Err(Damage {

@@ -40,6 +40,11 @@ fn faults_keep_safety_and_exactly_once() {
         if let Err(failure) = check(seed, &outcome) {
             panic!("{failure}; replay with EHRCHAIN_SEED={seed}");
         }
+        let replay = run(seed, &scenario);
+        assert_eq!(
+            outcome.trace, replay.trace,
+            "seed {seed} did not replay exactly; replay with EHRCHAIN_SEED={seed}"
+        );
         let heights: Vec<usize> = outcome.chains.values().map(Vec::len).collect();
         eprintln!(
             "seed {seed}: heights {heights:?}, {} transactions",
