@@ -32,6 +32,8 @@ pub const WAIT_MAX: Duration = Duration::from_secs(30);
 pub struct ApiState<B: Blob> {
     pub chain: Chain<B>,
     pub genesis: Genesis,
+    /// Renders the node's Prometheus metrics (consensus, network, storage).
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
@@ -55,6 +57,7 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
     Router::new()
         .route("/chain/status", get(status::<B>))
+        .route("/metrics", get(metrics::<B>))
         .route("/chain/blocks/{height}", get(block::<B>))
         .route("/chain/transactions", post(submit::<B>))
         .route("/chain/transactions/batch", post(submit_batch::<B>))
@@ -63,6 +66,56 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/chain/accounts/{key}", get(account::<B>))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
+}
+
+async fn metrics<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
+    let status = state.chain.status();
+    let mut text = (state.metrics)();
+    // The engine's registry is OpenMetrics, which ends with "# EOF": ours go before it.
+    let eof = text.trim_end().ends_with("# EOF");
+    if eof {
+        text.truncate(text.trim_end().len() - "# EOF".len());
+    }
+    for (name, kind, help, value) in [
+        (
+            "ehrchain_height",
+            "gauge",
+            "Height of the last finalized block.",
+            status.height,
+        ),
+        (
+            "ehrchain_transactions",
+            "counter",
+            "Transactions committed since genesis.",
+            status.transactions,
+        ),
+        (
+            "ehrchain_mempool",
+            "gauge",
+            "Transactions waiting in the mempool.",
+            status.mempool as u64,
+        ),
+    ] {
+        let sample = if kind == "counter" {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        };
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{sample} {value}\n"
+        ));
+    }
+    if eof {
+        text.push_str("# EOF\n");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {

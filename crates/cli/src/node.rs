@@ -130,7 +130,12 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         .await;
         handles.push(network_handle);
 
-        let state = Arc::new(ApiState { chain, genesis });
+        let metrics_context = context.child("api");
+        let state = Arc::new(ApiState {
+            chain,
+            genesis,
+            metrics: Box::new(move || commonware_runtime::Metrics::encode(&metrics_context)),
+        });
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {
             Ok(listener) => listener,

@@ -210,6 +210,17 @@ fn consortium_survives_a_crash_and_detects_tampering() {
         (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 3))
     });
 
+    // Operators scrape Prometheus metrics from the API port.
+    let metrics = agent()
+        .get(format!("{api0}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("ehrchain_height "), "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"));
+
     // A committed transaction with a proof that checks offline.
     let client = PrivateKey::from_seed(77);
     let tx = anchor(&client, 1, 0, "first");
