@@ -261,7 +261,7 @@ impl<B: Blob> Chain<B> {
                     record.height
                 ));
             }
-            commit(&mut inner, &block, delta, root);
+            commit(&mut inner, &block, Arc::new(delta), root);
         }
         if let Some(first) = records.first() {
             let stored = Block::decode(&first.block).map_err(|e| e.to_string())?;
@@ -553,9 +553,13 @@ impl<B: Blob> Chain<B> {
 }
 
 /// Fold a finalized block into the state.
-fn commit(inner: &mut Inner, block: &Block, delta: Delta, root: Digest) {
+fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
     let height = block.height();
-    inner.state.commit(delta);
+    // Drop this height's pending entries first, so the delta is usually ours alone to move.
+    inner.pending.retain(|_, p| p.height > height);
+    inner
+        .state
+        .commit(Arc::try_unwrap(delta).unwrap_or_else(|shared| (*shared).clone()));
     inner.height = height;
     inner.digest = block.digest();
     inner.root = root;
@@ -574,7 +578,6 @@ fn commit(inner: &mut Inner, block: &Block, delta: Delta, root: Digest) {
     }
     let Inner { mempool, state, .. } = inner;
     mempool.remove_committed(&block.transactions, state);
-    inner.pending.retain(|_, p| p.height > height);
 }
 
 /// The consensus-facing side of the chain: proposes and verifies blocks.
@@ -711,17 +714,17 @@ impl<B: Blob> Finalizer<B> {
         );
         let (delta, root) = {
             let staged = {
-                let mut inner = self.chain.lock();
+                let inner = self.chain.lock();
                 assert_eq!(
                     block.header.parent, inner.digest,
                     "a finalized block must extend the finalized chain"
                 );
-                inner.pending.remove(&block.digest()).map(|p| {
-                    (
-                        Arc::try_unwrap(p.delta).unwrap_or_else(|d| (*d).clone()),
-                        p.root,
-                    )
-                })
+                // Keep the entry until the commit below: children are verified against it
+                // while the block is being written.
+                inner
+                    .pending
+                    .get(&block.digest())
+                    .map(|p| (p.delta.clone(), p.root))
             };
             match staged {
                 Some(staged) => staged,
@@ -736,7 +739,7 @@ impl<B: Blob> Finalizer<B> {
                         "a finalized block does not execute: more than f validators are faulty",
                     );
                     let root = state::next_root(&inner.root, height, &delta);
-                    (delta, root)
+                    (Arc::new(delta), root)
                 }
             }
         };
