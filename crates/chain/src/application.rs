@@ -188,8 +188,8 @@ fn to_ms(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Check signatures of transactions not yet known to be valid, in one batch.
-fn verify_signatures(
+/// Check the chain id and the signatures of `transactions`, in one batch.
+pub fn verify_signatures(
     rng: &mut impl CryptoRng,
     chain_id: u64,
     transactions: &[&Transaction],

@@ -6,16 +6,14 @@
 
 use anyhow::{Context, Result};
 use commonware_codec::Decode;
-use commonware_cryptography::{BatchEntry, BatchVerifier, certificate::Verifier as _};
+use commonware_cryptography::certificate::Verifier as _;
 use commonware_runtime::{Runner, tokio as cw_tokio};
 use ehrchain_chain::{
     Finalization, Scheme,
     log::{BlockLog, Record},
     state::{self, State},
 };
-use ehrchain_types::{
-    Block, CONSENSUS_NAMESPACE, Digest, Genesis, PublicKey, TRANSACTION_NAMESPACE,
-};
+use ehrchain_types::{Block, CONSENSUS_NAMESPACE, Digest, Genesis};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::{path::Path, time::Instant};
 
@@ -44,7 +42,7 @@ struct Checked {
 }
 
 /// Decode a record, and check its transaction signatures and its certificate.
-fn check_alone(verifier: &Scheme, record: &Record) -> Result<Checked, Damage> {
+fn check_alone(verifier: &Scheme, chain_id: u64, record: &Record) -> Result<Checked, Damage> {
     let height = record.height;
     let damage = |reason: &str| Damage {
         height,
@@ -72,21 +70,9 @@ fn check_alone(verifier: &Scheme, record: &Record) -> Result<Checked, Damage> {
         }
         true
     };
-    let signatures_ok = block.transactions.is_empty()
-        || PublicKey::verify_batch(
-            &mut rng,
-            &block.transactions,
-            |_, tx| BatchEntry {
-                namespace: TRANSACTION_NAMESPACE,
-                message: tx.body_bytes(),
-                public_key: &tx.body.signer,
-                signature: &tx.signature,
-            },
-            &commonware_parallel::Sequential,
-        );
-    if !signatures_ok {
-        return Err(damage("a transaction signature does not verify"));
-    }
+    let transactions: Vec<&ehrchain_types::Transaction> = block.transactions.iter().collect();
+    ehrchain_chain::application::verify_signatures(&mut rng, chain_id, &transactions)
+        .map_err(|e| damage(&format!("a transaction is invalid: {e}")))?;
     Ok(Checked { block, certified })
 }
 
@@ -153,6 +139,7 @@ impl Chain {
 /// Check a window of consecutive records: the stateless part on every core, then in order.
 fn check_window(
     verifier: &Scheme,
+    chain_id: u64,
     chain: &mut Chain,
     window: &[Record],
     threads: usize,
@@ -164,7 +151,7 @@ fn check_window(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|record| check_alone(verifier, record))
+                        .map(|record| check_alone(verifier, chain_id, record))
                         .collect::<Vec<_>>()
                 })
             })
@@ -191,6 +178,7 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
     let genesis_block =
         genesis.block(ehrchain_chain::application::genesis_root(genesis.chain_id))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chain_id = genesis.chain_id;
     let data_dir = data_dir.to_path_buf();
     let executor = cw_tokio::Runner::new(cw_tokio::Config::new().with_storage_directory(&data_dir));
     executor.start(|context| async move {
@@ -219,7 +207,8 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
             }
             window.push(record);
             if window.len() == WINDOW_RECORDS_MAX {
-                if let Err(found) = check_window(&verifier, &mut chain, &window, threads) {
+                if let Err(found) = check_window(&verifier, chain_id, &mut chain, &window, threads)
+                {
                     damage = Some(found);
                 }
                 bar.inc(window.len() as u64);
@@ -228,7 +217,7 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
         })
         .await;
         if damage.is_none()
-            && let Err(found) = check_window(&verifier, &mut chain, &window, threads)
+            && let Err(found) = check_window(&verifier, chain_id, &mut chain, &window, threads)
         {
             damage = Some(found);
         }
