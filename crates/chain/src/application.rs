@@ -765,14 +765,6 @@ impl<B: Blob> Finalizer<B> {
         }
         self.chain.committed_height.send_replace(height);
     }
-
-    pub fn chain(&self) -> &Chain<B> {
-        &self.chain
-    }
-
-    pub const fn log(&self) -> &BlockLog<B> {
-        &self.log
-    }
 }
 
 /// Drive a finalizer from marshal's updates until the channel closes.

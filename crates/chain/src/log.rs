@@ -211,14 +211,6 @@ impl<B: Blob> BlockLog<B> {
         Ok(())
     }
 
-    /// A reader that can fetch records while appends continue.
-    pub fn reader(&self) -> LogReader<B> {
-        LogReader {
-            blob: self.blob.clone(),
-            index: self.index.clone(),
-        }
-    }
-
     /// Offset and length of `height`, for readers that keep their own index copy.
     pub fn location(&self, height: u64) -> Option<(u64, u64)> {
         self.index.get(height as usize).copied()
@@ -227,12 +219,6 @@ impl<B: Blob> BlockLog<B> {
     pub fn blob(&self) -> Arc<B> {
         self.blob.clone()
     }
-}
-
-/// Read-only access to records, shared with the API.
-pub struct LogReader<B: Blob> {
-    blob: Arc<B>,
-    index: Vec<(u64, u64)>,
 }
 
 /// Read the record at a known location.
@@ -249,16 +235,6 @@ pub async fn read_at<B: Blob>(
     Ok(record)
 }
 
-impl<B: Blob> LogReader<B> {
-    pub async fn read(&self, height: u64) -> Result<Record, Error> {
-        let location = *self
-            .index
-            .get(height as usize)
-            .ok_or(Error::Missing(height))?;
-        read_at(&*self.blob, height, location).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,8 +248,8 @@ mod tests {
                 assert!(records.is_empty());
                 log.append(0, b"genesis", b"").await.unwrap();
                 log.append(1, b"one", b"cert").await.unwrap();
-                let reader = log.reader();
-                assert_eq!(reader.read(1).await.unwrap().block, b"one");
+                let record = read_at(&*log.blob(), 1, log.location(1).unwrap()).await;
+                assert_eq!(record.unwrap().block, b"one");
                 // Simulate a torn append: half a record at the tail.
                 let blob = log.blob();
                 blob.write_at(log.end, vec![b'E', b'H'], WriteOptions::default())
