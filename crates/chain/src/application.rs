@@ -390,8 +390,7 @@ impl<B: Blob> Chain<B> {
         crate::log::read_at(&*blob, height, location).await.ok()
     }
 
-    /// Wait until the committed height reaches `height` or `timeout` passes (in the caller's
-    /// runtime); returns the committed height.
+    /// Watch the committed height, so a caller can wait for a transaction to commit.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed_height.subscribe()
     }

@@ -155,8 +155,6 @@ where
         config.signer.clone(),
     )
     .expect("this node's key must be one of the validators");
-    let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants.clone());
-    let _ = verifier;
     let public_key = crate::application::key_public(&config.signer);
     let prefix = config.partition_prefix.as_str();
     let page_cache = CacheRef::new(NZU16!(16_384), NZUsize!(1_024));

@@ -68,12 +68,8 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// GET a JSON document; a non-2xx answer becomes an error carrying the server's message.
-pub fn get_json(url: &str) -> Result<Value> {
-    let mut response = agent()
-        .get(url)
-        .call()
-        .with_context(|| format!("cannot reach {url}"))?;
+/// Read a JSON answer; a non-2xx answer becomes an error carrying the server's message.
+fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
     let status = response.status();
     let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
     if !status.is_success() {
@@ -85,21 +81,22 @@ pub fn get_json(url: &str) -> Result<Value> {
     Ok(body)
 }
 
+/// GET a JSON document.
+pub fn get_json(url: &str) -> Result<Value> {
+    let response = agent()
+        .get(url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    answer(url, response)
+}
+
 fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
-    let mut response = agent()
+    let response = agent()
         .post(url)
         .header("content-type", "application/octet-stream")
         .send(&bytes[..])
         .with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("no detail")
-        );
-    }
-    Ok(body)
+    answer(url, response)
 }
 
 pub fn tx(command: TxCommand) -> Result<ExitCode> {
