@@ -4,6 +4,7 @@
 //! 4xx status that names the problem; they never carry request contents.
 
 pub mod proof;
+pub mod records;
 
 use axum::{
     Json, Router,
@@ -34,6 +35,8 @@ pub struct ApiState<B: Blob> {
     pub genesis: Genesis,
     /// Renders the node's Prometheus metrics (consensus, network, storage).
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// The node's off-chain store of record envelopes and wrapped keys.
+    pub store: Arc<ehrchain_storage::BlobStore>,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
@@ -64,6 +67,7 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/chain/transactions/{hash}", get(transaction::<B>))
         .route("/chain/blocks/{height}/transactions", get(block_ids::<B>))
         .route("/chain/accounts/{key}", get(account::<B>))
+        .merge(records::routes::<B>())
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -131,6 +135,7 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
         "validators": state.genesis.validators.iter().map(|v| json!({
             "name": v.name,
             "public_key": v.public_key,
+            "encryption_key": v.encryption_key,
         })).collect::<Vec<_>>(),
     }))
 }
@@ -141,6 +146,38 @@ fn payload_json(payload: &Payload) -> Value {
             "kind": "anchor",
             "label": label,
             "digest": hex::encode(digest),
+        }),
+        Payload::RegisterPatient {
+            patient,
+            key,
+            encryption_key,
+        } => json!({
+            "kind": "register_patient",
+            "patient": hex::encode(patient),
+            "key": key.to_string(),
+            "encryption_key": hex::encode(encryption_key),
+        }),
+        Payload::EnrollClinician {
+            clinician,
+            encryption_key,
+        } => json!({
+            "kind": "enroll_clinician",
+            "clinician": clinician.to_string(),
+            "encryption_key": hex::encode(encryption_key),
+        }),
+        Payload::RecordAnchor(anchor) => json!({
+            "kind": "record_anchor",
+            "record": hex::encode(anchor.record),
+            "version": anchor.version,
+            "patient": hex::encode(anchor.patient),
+            "resource_type": anchor.resource_type,
+            "ciphertext_hash": hex::encode(anchor.ciphertext_hash),
+            "ciphertext_size": anchor.ciphertext_size,
+            "timestamp_ms": anchor.timestamp_ms,
+        }),
+        Payload::ErasePatient { patient } => json!({
+            "kind": "erase_patient",
+            "patient": hex::encode(patient),
         }),
     }
 }
@@ -219,28 +256,34 @@ async fn submit<B: Blob>(
             StatusCode::ACCEPTED,
             Json(json!({ "hash": hex::encode(id), "status": "pending" })),
         )),
-        Err(error) => {
-            let status = match &error {
-                SubmitError::Invalid(ehrchain_types::Error::TransactionTooLarge(..)) => {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                }
-                SubmitError::Invalid(ehrchain_types::Error::BadSignature)
-                | SubmitError::Invalid(ehrchain_types::Error::WrongChain(..)) => {
-                    StatusCode::UNAUTHORIZED
-                }
-                SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
-                SubmitError::AlreadyCommitted => StatusCode::CONFLICT,
-                SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Full(_)) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-                SubmitError::Admission(_) => StatusCode::CONFLICT,
-            };
-            Err(ApiError::new(
-                status,
-                format!("transaction rejected: {error}"),
-            ))
-        }
+        Err(error) => Err(submit_error(&error)),
     }
+}
+
+/// The HTTP answer to a refused transaction. The reason names a rule, never content.
+pub(crate) fn submit_error(error: &SubmitError) -> ApiError {
+    use ehrchain_chain::{mempool::AdmissionError, state::Rejection};
+    let status = match error {
+        SubmitError::Invalid(ehrchain_types::Error::TransactionTooLarge(..)) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        SubmitError::Invalid(ehrchain_types::Error::BadSignature)
+        | SubmitError::Invalid(ehrchain_types::Error::WrongChain(..)) => StatusCode::UNAUTHORIZED,
+        SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SubmitError::AlreadyCommitted => StatusCode::CONFLICT,
+        SubmitError::Admission(AdmissionError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::Unauthorized(_))) => {
+            StatusCode::FORBIDDEN
+        }
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::UnknownPatient)) => {
+            StatusCode::NOT_FOUND
+        }
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::PatientErased)) => {
+            StatusCode::GONE
+        }
+        SubmitError::Admission(_) => StatusCode::CONFLICT,
+    };
+    ApiError::new(status, format!("transaction rejected: {error}"))
 }
 
 /// Bulk import: the body is `count u32 | (len u32 | transaction)*`, as peers gossip it.

@@ -58,6 +58,8 @@ pub struct ChainConfig {
     /// Most transactions this node puts in one block (at most `BLOCK_TRANSACTIONS_MAX`).
     pub block_transactions_max: usize,
     pub mempool_transactions_max: usize,
+    /// The member institutions from genesis, with their encryption keys.
+    pub institutions: Vec<(PublicKey, [u8; 32])>,
 }
 
 /// Why a submitted transaction was not accepted.
@@ -228,7 +230,7 @@ impl<B: Blob> Chain<B> {
     pub fn restore(config: ChainConfig, records: &[Record]) -> Result<Self, String> {
         let genesis = &config.genesis;
         let mut inner = Inner {
-            state: State::default(),
+            state: State::new(&config.institutions),
             height: 0,
             digest: genesis.digest(),
             root: genesis.header.state_root,
@@ -388,6 +390,11 @@ impl<B: Blob> Chain<B> {
         let location = self.lock().locations.get(height as usize).copied()?;
         let blob = self.blob.lock().expect("blob lock").clone()?;
         crate::log::read_at(&*blob, height, location).await.ok()
+    }
+
+    /// Read the finalized state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.lock().state)
     }
 
     /// Watch the committed height, so a caller can wait for a transaction to commit.

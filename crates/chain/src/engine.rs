@@ -46,6 +46,8 @@ pub mod channel {
     pub const BACKFILL: u64 = 3;
     pub const BROADCAST: u64 = 4;
     pub const GOSSIP: u64 = 5;
+    /// Record envelopes and wrapped keys between peers (see `records`).
+    pub const BLOBS: u64 = 6;
 }
 
 /// One epoch spans the whole chain until governance changes the validator set.
@@ -100,7 +102,8 @@ pub fn max_message_size(validators: usize) -> u32 {
     let consensus = simplex::max_payload_size::<Scheme, ehrchain_types::Digest>(participants);
     let marshal = marshal::max_payload_size::<Standard<Block>, Scheme>(participants, &());
     let gossip = ehrchain_types::limits::GOSSIP_MESSAGE_BYTES_MAX;
-    commonware_p2p::max_message_size(&[consensus, marshal, gossip])
+    let blobs = crate::records::BLOB_MESSAGE_BYTES_MAX;
+    commonware_p2p::max_message_size(&[consensus, marshal, gossip, blobs])
 }
 
 fn archive_config<C>(

@@ -4,7 +4,22 @@ pub mod application;
 pub mod engine;
 pub mod log;
 pub mod mempool;
+pub mod records;
 pub mod reporter;
 pub mod state;
 
 pub use application::{Chain, ChainConfig, Finalization, Scheme, Status, SubmitError};
+
+/// The member institutions named by a genesis, with their encryption keys. A validator
+/// without an encryption key gets all zeroes, for which no one can unwrap: records are then
+/// not wrapped for that institution.
+pub fn institutions(
+    genesis: &ehrchain_types::Genesis,
+) -> Result<Vec<(ehrchain_types::PublicKey, [u8; 32])>, ehrchain_types::Error> {
+    let keys = genesis.validator_keys()?;
+    Ok(keys
+        .into_iter()
+        .zip(genesis.encryption_keys())
+        .map(|(key, encryption)| (key, encryption.unwrap_or([0; 32])))
+        .collect())
+}

@@ -69,9 +69,15 @@ impl Mempool {
                 got: tx.body.nonce,
             });
         }
-        let ehrchain_types::Payload::Anchor { digest, .. } = &tx.body.payload;
-        if state.anchored(digest) {
+        if let ehrchain_types::Payload::Anchor { digest, .. } = &tx.body.payload
+            && state.anchored(digest)
+        {
             return Err(Rejection::AlreadyAnchored.into());
+        }
+        if tx.body.nonce == expected {
+            // The signer's next transaction: check it fully against the finalized state so
+            // that an unauthorized or impossible request is refused now, with its reason.
+            crate::state::apply(state, &mut crate::state::Delta::default(), 0, &tx)?;
         }
         let id = tx.id();
         if self.by_id.contains_key(&id) {

@@ -1,7 +1,8 @@
 //! The application state and its deterministic state transition.
 //!
-//! The state is what finalized transactions have done: each signer's next nonce, and the
-//! registry of anchored digests. It is executed identically on every validator: iteration is
+//! The state is what finalized transactions have done: each signer's next nonce, the registry
+//! of anchored digests, the identities (institutions from genesis, clinicians, patients), and
+//! the on-chain facts of every record version. It is executed identically on every validator: iteration is
 //! over `BTreeMap`s, nothing reads a clock or a random source.
 //!
 //! The state root is a commitment chain: `root_h = SHA-256("ehrchain-state-v1" | root_{h-1} |
@@ -9,7 +10,10 @@
 //! validators with the same root have applied the same writes in the same order from the same
 //! genesis, so they hold the same state.
 
-use ehrchain_types::{Block, Digest, Error as TypesError, Payload, PublicKey, Transaction, sha256};
+use ehrchain_types::{
+    Block, Digest, Error as TypesError, PatientId, Payload, PublicKey, RecordAnchor, RecordId,
+    Transaction, sha256,
+};
 use std::collections::BTreeMap;
 
 /// Why a transaction cannot be applied on top of a state.
@@ -21,6 +25,20 @@ pub enum Rejection {
     FutureNonce { expected: u64, got: u64 },
     #[error("digest already anchored")]
     AlreadyAnchored,
+    #[error("the signer's role may not do this: {0}")]
+    Unauthorized(&'static str),
+    #[error("unknown patient")]
+    UnknownPatient,
+    #[error("the patient's records were erased")]
+    PatientErased,
+    #[error("already registered")]
+    AlreadyRegistered,
+    #[error("wrong record version: expected {expected}, got {got}")]
+    WrongVersion { expected: u32, got: u32 },
+    #[error("a record keeps its patient and resource type across versions")]
+    RecordMismatch,
+    #[error("record too large: size={0} bytes, limit={1} bytes")]
+    RecordTooLarge(u64, u64),
     #[error("{0}")]
     Invalid(#[from] TypesError),
 }
@@ -34,10 +52,75 @@ pub struct AnchorRecord {
     pub transaction: Digest,
 }
 
+/// Largest record envelope an anchor may describe.
+pub const RECORD_CIPHERTEXT_BYTES_MAX: u64 = 9 * 1024 * 1024;
+
+/// What an identity is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A consortium member (from genesis).
+    Institution,
+    /// A clinician enrolled by `institution`.
+    Clinician { institution: PublicKey },
+    /// A patient: the key registered with their pseudonymous id.
+    Patient { patient: PatientId },
+}
+
+impl Role {
+    fn code(&self) -> u8 {
+        match self {
+            Self::Institution => 1,
+            Self::Clinician { .. } => 2,
+            Self::Patient { .. } => 3,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Institution => "institution",
+            Self::Clinician { .. } => "clinician",
+            Self::Patient { .. } => "patient",
+        }
+    }
+}
+
+/// A registered identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Role,
+    /// X25519 key that data keys are wrapped for.
+    pub encryption_key: [u8; 32],
+}
+
+/// A registered patient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatientEntry {
+    pub key: PublicKey,
+    pub encryption_key: [u8; 32],
+    /// The home institution, which registered the patient (and holds a custodial key).
+    pub home: PublicKey,
+    pub registered_height: u64,
+    /// Height of the erasure, once erased. The tombstone: the hashes stay, the data goes.
+    pub erased_height: Option<u64>,
+}
+
+/// The on-chain facts of one record version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordVersion {
+    pub anchor: RecordAnchor,
+    pub author: PublicKey,
+    pub height: u64,
+    pub transaction: Digest,
+}
+
 /// A state read interface, so execution can run over the finalized state plus overlays.
 pub trait Reader {
     fn nonce(&self, signer: &PublicKey) -> u64;
     fn anchored(&self, digest: &Digest) -> bool;
+    fn identity(&self, key: &PublicKey) -> Option<Identity>;
+    fn patient(&self, patient: &PatientId) -> Option<PatientEntry>;
+    /// The newest version of a record.
+    fn latest(&self, record: &RecordId) -> Option<RecordVersion>;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -45,6 +128,19 @@ pub trait Reader {
 pub struct Delta {
     pub nonces: BTreeMap<PublicKey, u64>,
     pub anchors: BTreeMap<Digest, AnchorRecord>,
+    pub identities: BTreeMap<PublicKey, Identity>,
+    pub patients: BTreeMap<PatientId, PatientEntry>,
+    pub versions: BTreeMap<(RecordId, u32), RecordVersion>,
+}
+
+fn latest_in(
+    versions: &BTreeMap<(RecordId, u32), RecordVersion>,
+    record: &RecordId,
+) -> Option<RecordVersion> {
+    versions
+        .range((*record, 0)..=(*record, u32::MAX))
+        .next_back()
+        .map(|(_, v)| v.clone())
 }
 
 impl Delta {
@@ -63,6 +159,39 @@ impl Delta {
             bytes.extend_from_slice(record.signer.as_ref());
             bytes.extend_from_slice(&record.height.to_be_bytes());
             bytes.extend_from_slice(record.transaction.as_ref());
+        }
+        bytes.extend_from_slice(&(self.identities.len() as u64).to_be_bytes());
+        for (key, identity) in &self.identities {
+            bytes.extend_from_slice(key.as_ref());
+            bytes.push(identity.role.code());
+            match &identity.role {
+                Role::Institution => {}
+                Role::Clinician { institution } => bytes.extend_from_slice(institution.as_ref()),
+                Role::Patient { patient } => bytes.extend_from_slice(patient),
+            }
+            bytes.extend_from_slice(&identity.encryption_key);
+        }
+        bytes.extend_from_slice(&(self.patients.len() as u64).to_be_bytes());
+        for (id, patient) in &self.patients {
+            bytes.extend_from_slice(id);
+            bytes.extend_from_slice(patient.key.as_ref());
+            bytes.extend_from_slice(&patient.encryption_key);
+            bytes.extend_from_slice(patient.home.as_ref());
+            bytes.extend_from_slice(&patient.registered_height.to_be_bytes());
+            bytes.extend_from_slice(&patient.erased_height.map_or(u64::MAX, |h| h).to_be_bytes());
+        }
+        bytes.extend_from_slice(&(self.versions.len() as u64).to_be_bytes());
+        for ((record, version), entry) in &self.versions {
+            bytes.extend_from_slice(record);
+            bytes.extend_from_slice(&version.to_be_bytes());
+            bytes.extend_from_slice(&entry.anchor.patient);
+            bytes.push(entry.anchor.resource_type);
+            bytes.extend_from_slice(entry.anchor.ciphertext_hash.as_ref());
+            bytes.extend_from_slice(&entry.anchor.ciphertext_size.to_be_bytes());
+            bytes.extend_from_slice(&entry.anchor.timestamp_ms.to_be_bytes());
+            bytes.extend_from_slice(entry.author.as_ref());
+            bytes.extend_from_slice(&entry.height.to_be_bytes());
+            bytes.extend_from_slice(entry.transaction.as_ref());
         }
         sha256(&[&bytes])
     }
@@ -101,6 +230,165 @@ impl<R: Reader> Reader for Layered<'_, R> {
     fn anchored(&self, digest: &Digest) -> bool {
         self.delta.anchors.contains_key(digest) || self.base.anchored(digest)
     }
+
+    fn identity(&self, key: &PublicKey) -> Option<Identity> {
+        match self.delta.identities.get(key) {
+            Some(identity) => Some(identity.clone()),
+            None => self.base.identity(key),
+        }
+    }
+
+    fn patient(&self, patient: &PatientId) -> Option<PatientEntry> {
+        match self.delta.patients.get(patient) {
+            Some(entry) => Some(entry.clone()),
+            None => self.base.patient(patient),
+        }
+    }
+
+    fn latest(&self, record: &RecordId) -> Option<RecordVersion> {
+        latest_in(&self.delta.versions, record).or_else(|| self.base.latest(record))
+    }
+}
+
+/// Check a payload's authorization and preconditions and record its writes.
+fn apply_payload(
+    view: &impl Reader,
+    delta: &mut Delta,
+    height: u64,
+    tx: &Transaction,
+) -> Result<(), Rejection> {
+    let signer = &tx.body.signer;
+    match &tx.body.payload {
+        Payload::Anchor { label, digest } => {
+            if view.anchored(digest) {
+                return Err(Rejection::AlreadyAnchored);
+            }
+            delta.anchors.insert(
+                *digest,
+                AnchorRecord {
+                    label: *label,
+                    signer: signer.clone(),
+                    height,
+                    transaction: tx.id(),
+                },
+            );
+        }
+        Payload::RegisterPatient {
+            patient,
+            key,
+            encryption_key,
+        } => {
+            if view.identity(signer).map(|i| i.role) != Some(Role::Institution) {
+                return Err(Rejection::Unauthorized(
+                    "only a member institution registers patients",
+                ));
+            }
+            if view.patient(patient).is_some() || view.identity(key).is_some() {
+                return Err(Rejection::AlreadyRegistered);
+            }
+            delta.identities.insert(
+                key.clone(),
+                Identity {
+                    role: Role::Patient { patient: *patient },
+                    encryption_key: *encryption_key,
+                },
+            );
+            delta.patients.insert(
+                *patient,
+                PatientEntry {
+                    key: key.clone(),
+                    encryption_key: *encryption_key,
+                    home: signer.clone(),
+                    registered_height: height,
+                    erased_height: None,
+                },
+            );
+        }
+        Payload::EnrollClinician {
+            clinician,
+            encryption_key,
+        } => {
+            if view.identity(signer).map(|i| i.role) != Some(Role::Institution) {
+                return Err(Rejection::Unauthorized(
+                    "only a member institution enrols clinicians",
+                ));
+            }
+            if view.identity(clinician).is_some() {
+                return Err(Rejection::AlreadyRegistered);
+            }
+            delta.identities.insert(
+                clinician.clone(),
+                Identity {
+                    role: Role::Clinician {
+                        institution: signer.clone(),
+                    },
+                    encryption_key: *encryption_key,
+                },
+            );
+        }
+        Payload::RecordAnchor(anchor) => {
+            match view.identity(signer).map(|i| i.role) {
+                Some(Role::Institution | Role::Clinician { .. }) => {}
+                _ => {
+                    return Err(Rejection::Unauthorized(
+                        "only an institution or an enrolled clinician writes records",
+                    ));
+                }
+            }
+            let patient = view
+                .patient(&anchor.patient)
+                .ok_or(Rejection::UnknownPatient)?;
+            if patient.erased_height.is_some() {
+                return Err(Rejection::PatientErased);
+            }
+            if anchor.ciphertext_size > RECORD_CIPHERTEXT_BYTES_MAX {
+                return Err(Rejection::RecordTooLarge(
+                    anchor.ciphertext_size,
+                    RECORD_CIPHERTEXT_BYTES_MAX,
+                ));
+            }
+            let expected = match view.latest(&anchor.record) {
+                None => 1,
+                Some(previous) => {
+                    if previous.anchor.patient != anchor.patient
+                        || previous.anchor.resource_type != anchor.resource_type
+                    {
+                        return Err(Rejection::RecordMismatch);
+                    }
+                    previous.anchor.version + 1
+                }
+            };
+            if anchor.version != expected {
+                return Err(Rejection::WrongVersion {
+                    expected,
+                    got: anchor.version,
+                });
+            }
+            delta.versions.insert(
+                (anchor.record, anchor.version),
+                RecordVersion {
+                    anchor: anchor.clone(),
+                    author: signer.clone(),
+                    height,
+                    transaction: tx.id(),
+                },
+            );
+        }
+        Payload::ErasePatient { patient } => {
+            let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+            if &entry.key != signer && &entry.home != signer {
+                return Err(Rejection::Unauthorized(
+                    "only the patient or their home institution asks for erasure",
+                ));
+            }
+            if entry.erased_height.is_some() {
+                return Err(Rejection::PatientErased);
+            }
+            entry.erased_height = Some(height);
+            delta.patients.insert(*patient, entry);
+        }
+    }
+    Ok(())
 }
 
 /// Check one transaction against `base + delta` and, if it applies, record its writes.
@@ -111,7 +399,10 @@ pub fn apply(
     height: u64,
     tx: &Transaction,
 ) -> Result<(), Rejection> {
-    let view = Layered { base, delta };
+    let view = Layered {
+        base,
+        delta: &*delta,
+    };
     let expected = view.nonce(&tx.body.signer);
     if tx.body.nonce < expected {
         return Err(Rejection::StaleNonce {
@@ -125,22 +416,13 @@ pub fn apply(
             got: tx.body.nonce,
         });
     }
-    match &tx.body.payload {
-        Payload::Anchor { label, digest } => {
-            if view.anchored(digest) {
-                return Err(Rejection::AlreadyAnchored);
-            }
-            delta.anchors.insert(
-                *digest,
-                AnchorRecord {
-                    label: *label,
-                    signer: tx.body.signer.clone(),
-                    height,
-                    transaction: tx.id(),
-                },
-            );
-        }
-    }
+    // Payload checks write into a scratch delta so a rejection leaves nothing half-applied.
+    let mut writes = Delta::default();
+    apply_payload(&view, &mut writes, height, tx)?;
+    delta.anchors.extend(writes.anchors);
+    delta.identities.extend(writes.identities);
+    delta.patients.extend(writes.patients);
+    delta.versions.extend(writes.versions);
     delta.nonces.insert(tx.body.signer.clone(), expected + 1);
     Ok(())
 }
@@ -159,12 +441,70 @@ pub fn execute(base: &impl Reader, block: &Block) -> Result<Delta, Rejection> {
 pub struct State {
     nonces: BTreeMap<PublicKey, u64>,
     anchors: BTreeMap<Digest, AnchorRecord>,
+    identities: BTreeMap<PublicKey, Identity>,
+    patients: BTreeMap<PatientId, PatientEntry>,
+    versions: BTreeMap<(RecordId, u32), RecordVersion>,
+    /// Derived index: the records of each patient.
+    patient_records: BTreeMap<(PatientId, RecordId), ()>,
 }
 
 impl State {
+    /// The state at genesis: the member institutions and their encryption keys.
+    pub fn new(institutions: &[(PublicKey, [u8; 32])]) -> Self {
+        let mut state = Self::default();
+        for (key, encryption_key) in institutions {
+            state.identities.insert(
+                key.clone(),
+                Identity {
+                    role: Role::Institution,
+                    encryption_key: *encryption_key,
+                },
+            );
+        }
+        state
+    }
+
     pub fn commit(&mut self, delta: Delta) {
         self.nonces.extend(delta.nonces);
         self.anchors.extend(delta.anchors);
+        self.identities.extend(delta.identities);
+        self.patients.extend(delta.patients);
+        for (key, version) in delta.versions {
+            self.patient_records
+                .insert((version.anchor.patient, key.0), ());
+            self.versions.insert(key, version);
+        }
+    }
+
+    /// Every version of a record, oldest first.
+    pub fn versions(&self, record: &RecordId) -> Vec<RecordVersion> {
+        self.versions
+            .range((*record, 0)..=(*record, u32::MAX))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The records of a patient, in id order.
+    pub fn patient_records(&self, patient: &PatientId) -> Vec<RecordId> {
+        self.patient_records
+            .range((*patient, [0; 16])..=(*patient, [u8::MAX; 16]))
+            .map(|((_, record), ())| *record)
+            .collect()
+    }
+
+    /// All patients, in id order.
+    pub fn patients(&self) -> impl Iterator<Item = (&PatientId, &PatientEntry)> {
+        self.patients.iter()
+    }
+
+    /// All record versions, in key order.
+    pub fn all_versions(&self) -> impl Iterator<Item = &RecordVersion> {
+        self.versions.values()
+    }
+
+    /// All identities, in key order.
+    pub fn identities(&self) -> impl Iterator<Item = (&PublicKey, &Identity)> {
+        self.identities.iter()
     }
 
     pub fn anchor(&self, digest: &Digest) -> Option<&AnchorRecord> {
@@ -183,6 +523,18 @@ impl Reader for State {
 
     fn anchored(&self, digest: &Digest) -> bool {
         self.anchors.contains_key(digest)
+    }
+
+    fn identity(&self, key: &PublicKey) -> Option<Identity> {
+        self.identities.get(key).cloned()
+    }
+
+    fn patient(&self, patient: &PatientId) -> Option<PatientEntry> {
+        self.patients.get(patient).cloned()
+    }
+
+    fn latest(&self, record: &RecordId) -> Option<RecordVersion> {
+        latest_in(&self.versions, record)
     }
 }
 
@@ -204,6 +556,27 @@ impl Reader for Overlay<'_> {
 
     fn anchored(&self, digest: &Digest) -> bool {
         self.deltas.iter().any(|d| d.anchors.contains_key(digest)) || self.base.anchored(digest)
+    }
+
+    fn identity(&self, key: &PublicKey) -> Option<Identity> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.identities.get(key).cloned())
+            .or_else(|| self.base.identity(key))
+    }
+
+    fn patient(&self, patient: &PatientId) -> Option<PatientEntry> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.patients.get(patient).cloned())
+            .or_else(|| self.base.patient(patient))
+    }
+
+    fn latest(&self, record: &RecordId) -> Option<RecordVersion> {
+        self.deltas
+            .iter()
+            .find_map(|d| latest_in(&d.versions, record))
+            .or_else(|| self.base.latest(record))
     }
 }
 

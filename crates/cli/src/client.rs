@@ -60,7 +60,7 @@ pub enum ProofCommand {
     },
 }
 
-fn agent() -> ureq::Agent {
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(60)))
@@ -69,7 +69,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// Read a JSON answer; a non-2xx answer becomes an error carrying the server's message.
-fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
+pub fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
     let status = response.status();
     let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
     if !status.is_success() {
@@ -90,7 +90,7 @@ pub fn get_json(url: &str) -> Result<Value> {
     answer(url, response)
 }
 
-fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
+pub fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
     let response = agent()
         .post(url)
         .header("content-type", "application/octet-stream")

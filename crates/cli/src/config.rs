@@ -28,6 +28,63 @@ pub struct NodeConfig {
     /// "pretty" for people, "json" for log collectors.
     #[serde(default = "default_log_format")]
     pub log_format: String,
+    /// Where record envelopes and wrapped keys live; local disk unless configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_store: Option<BlobStoreConfig>,
+}
+
+/// `[blob_store]`: an S3-compatible bucket (Garage, MinIO, AWS S3, ...) instead of the data
+/// directory. The secret may be left out here and given as `EHRCHAIN_S3_SECRET_ACCESS_KEY`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobStoreConfig {
+    /// "s3" (the only alternative to the default local store).
+    pub kind: String,
+    pub endpoint: String,
+    pub bucket: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+    /// Key prefix inside the bucket; defaults to the node's name.
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn default_region() -> String {
+    "garage".into()
+}
+
+impl BlobStoreConfig {
+    /// Open the configured store; uploads are staged under `data_dir`.
+    pub fn open(&self, node_name: &str, data_dir: &Path) -> Result<ehrchain_storage::BlobStore> {
+        if self.kind != "s3" {
+            bail!("blob_store.kind must be \"s3\" (leave [blob_store] out for local disk)");
+        }
+        let secret = if self.secret_access_key.is_empty() {
+            std::env::var("EHRCHAIN_S3_SECRET_ACCESS_KEY")
+                .context("blob_store.secret_access_key is empty and EHRCHAIN_S3_SECRET_ACCESS_KEY is not set")?
+        } else {
+            self.secret_access_key.clone()
+        };
+        let prefix = if self.prefix.is_empty() {
+            node_name.to_owned()
+        } else {
+            self.prefix.clone()
+        };
+        Ok(ehrchain_storage::BlobStore::s3(
+            &ehrchain_storage::S3Config {
+                endpoint: self.endpoint.clone(),
+                bucket: self.bucket.clone(),
+                region: self.region.clone(),
+                access_key_id: self.access_key_id.clone(),
+                secret_access_key: secret,
+                prefix,
+            },
+            &data_dir.join("records").join("staging"),
+        )?)
+    }
 }
 
 const fn default_block_transactions_max() -> usize {
@@ -89,6 +146,12 @@ pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<()> {
 
 /// Read a key file; refuses files that others can read.
 pub fn read_key(path: &Path) -> Result<PrivateKey> {
+    let seed = read_seed(path)?;
+    private_key_from_seed(&seed).context("key file does not hold a 32-byte seed")
+}
+
+/// Read a key file's 32-byte seed (signing and encryption keys both derive from it).
+pub fn read_seed(path: &Path) -> Result<[u8; 32]> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::metadata(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
@@ -101,7 +164,8 @@ pub fn read_key(path: &Path) -> Result<PrivateKey> {
     }
     let text = std::fs::read_to_string(path)?;
     let seed = hex::decode(text.trim()).context("key file is not hex")?;
-    private_key_from_seed(&seed).context("key file does not hold a 32-byte seed")
+    seed.try_into()
+        .map_err(|_| anyhow::anyhow!("key file does not hold a 32-byte seed"))
 }
 
 /// A fresh random seed.

@@ -7,6 +7,7 @@ mod dev;
 mod logging;
 mod network;
 mod node;
+mod records;
 mod verify;
 
 use anyhow::Result;
@@ -84,6 +85,21 @@ enum Command {
     Proof {
         #[command(subcommand)]
         command: client::ProofCommand,
+    },
+    /// Write, read and check encrypted FHIR records.
+    Record {
+        #[command(subcommand)]
+        command: records::RecordCommand,
+    },
+    /// Register patients, show them, and erase their records.
+    Patient {
+        #[command(subcommand)]
+        command: records::PatientCommand,
+    },
+    /// Enrol clinicians and show identities.
+    Identity {
+        #[command(subcommand)]
+        command: records::IdentityCommand,
     },
     /// Drive signed transactions into a local network and report throughput and latency.
     ///
@@ -181,6 +197,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Tx { command } => return client::tx(command),
         Command::Proof { command } => return client::proof(command),
+        Command::Record { command } => return records::record(command),
+        Command::Patient { command } => return records::patient(command),
+        Command::Identity { command } => return records::identity(command),
         Command::Bench(args) => bench::run(args)?,
     }
     Ok(ExitCode::SUCCESS)

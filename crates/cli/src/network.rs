@@ -42,6 +42,9 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
             name: format!("member-{index}"),
             public_key: ehrchain_chain::application::key_public(&key).to_string(),
             p2p_address: format!("127.0.0.1:{p2p_port}"),
+            encryption_key: ehrchain_crypto::EncryptionKey::from_seed(&seed)
+                .public()
+                .to_hex(),
         });
         let config = NodeConfig {
             name: format!("member-{index}"),
@@ -53,6 +56,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
             block_transactions_max: 8_192,
             mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
             log_format: "pretty".into(),
+            blob_store: None,
         };
         let path = node_dir.join("config.toml");
         std::fs::write(&path, toml::to_string_pretty(&config)?)?;

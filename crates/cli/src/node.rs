@@ -73,8 +73,15 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             .block_transactions_max
             .min(ehrchain_types::limits::BLOCK_TRANSACTIONS_MAX),
         mempool_transactions_max: config.mempool_transactions_max,
+        institutions: ehrchain_chain::institutions(&genesis)?,
     };
-    tracing::info!(name = %config.name, key = %me, p2p = %config.p2p_listen, api = %config.api_listen, "starting validator");
+    let store = match &config.blob_store {
+        Some(blob_store) => blob_store.open(&config.name, &config.data_dir)?,
+        None => ehrchain_storage::BlobStore::local(&config.data_dir.join("records"))?,
+    };
+    let store = Arc::new(store);
+    let others: Vec<PublicKey> = validators.iter().filter(|k| **k != me).cloned().collect();
+    tracing::info!(name = %config.name, key = %me, blob_store = store.kind(), p2p = %config.p2p_listen, api = %config.api_listen, "starting validator");
 
     let runtime = cw_tokio::Config::new().with_storage_directory(&config.data_dir);
     let executor = cw_tokio::Runner::new(runtime);
@@ -112,6 +119,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             broadcast: network.register(channel::BROADCAST, quota),
             gossip: network.register(channel::GOSSIP, quota),
         };
+        let blob_channel = network.register(channel::BLOBS, quota);
         let network_handle = network.start();
         let (chain, mut handles) = engine::start(
             context.child("validator"),
@@ -129,12 +137,15 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         )
         .await;
         handles.push(network_handle);
+        let keeper = ehrchain_chain::records::Records::new(chain.clone(), store.clone(), others);
+        tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
 
         let metrics_context = context.child("api");
         let state = Arc::new(ApiState {
             chain,
             genesis,
             metrics: Box::new(move || commonware_runtime::Metrics::encode(&metrics_context)),
+            store,
         });
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {

@@ -81,6 +81,7 @@ fn genesis(keys: &[PrivateKey]) -> (Genesis, Block) {
                 name: format!("member-{i}"),
                 public_key: format!("{}", key.public_key()),
                 p2p_address: "127.0.0.1:0".into(),
+                encryption_key: String::new(),
             })
             .collect(),
     };
@@ -128,6 +129,7 @@ async fn start_validator(
             genesis: block.clone(),
             block_transactions_max: 1_000,
             mempool_transactions_max: 10_000,
+            institutions: Vec::new(),
         },
         timing: Timing::default(),
         mailbox_size: 1_024,

@@ -12,6 +12,10 @@ pub struct GenesisValidator {
     pub public_key: String,
     /// Address its peers dial, `host:port`.
     pub p2p_address: String,
+    /// The institution's X25519 public key (hex) that record data keys are wrapped for. It is
+    /// derived from the validator's seed (`ehrchain-crypto`), so the node can unwrap.
+    #[serde(default)]
+    pub encryption_key: String,
 }
 
 /// Contents of `genesis.json`.
@@ -38,6 +42,14 @@ impl Genesis {
             keys.push(key);
         }
         Ok(keys)
+    }
+
+    /// Each validator institution's encryption key, in file order (`None` when absent).
+    pub fn encryption_keys(&self) -> Vec<Option<[u8; 32]>> {
+        self.validators
+            .iter()
+            .map(|v| hex::decode(&v.encryption_key).ok()?.try_into().ok())
+            .collect()
     }
 
     /// The height-0 block every validator starts from. Its state root is the root of the empty

@@ -11,7 +11,7 @@ pub mod transaction;
 
 pub use block::{Block, BlockHeader};
 pub use genesis::Genesis;
-pub use transaction::{Payload, Transaction, TransactionBody};
+pub use transaction::{PatientId, Payload, RecordAnchor, RecordId, Transaction, TransactionBody};
 
 pub use commonware_cryptography::{
     ed25519::{PrivateKey, PublicKey, Signature},

@@ -28,14 +28,62 @@ pub enum Payload {
     /// Anchor a 32-byte digest under a numeric label: the ledger records who anchored it and
     /// when, and answers inclusion proofs for it. It carries no content, only the hash.
     Anchor { label: u16, digest: Digest },
+    /// A home institution registers a patient under a pseudonymous id, with the patient's
+    /// signing key (custodial or self-held) and the X25519 key their data keys are wrapped for.
+    RegisterPatient {
+        patient: PatientId,
+        key: PublicKey,
+        encryption_key: [u8; 32],
+    },
+    /// An institution enrols one of its clinicians.
+    EnrollClinician {
+        clinician: PublicKey,
+        encryption_key: [u8; 32],
+    },
+    /// A new version of an encrypted record exists off chain. Only pseudonymous ids, the
+    /// resource type and the ciphertext's hash and size: nothing that identifies a patient or
+    /// reveals clinical content. The signer is the author.
+    RecordAnchor(RecordAnchor),
+    /// The patient (or their home institution on their behalf) asks for erasure: every node
+    /// deletes the ciphertexts and wrapped keys of the patient's records.
+    ErasePatient { patient: PatientId },
+}
+
+/// A pseudonymous patient id (random, assigned at registration; also the FHIR Patient id).
+pub type PatientId = [u8; 16];
+
+/// A record id (random, assigned at creation; also the FHIR resource id).
+pub type RecordId = [u8; 16];
+
+/// The on-chain facts about one record version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordAnchor {
+    pub record: RecordId,
+    pub version: u32,
+    pub patient: PatientId,
+    /// The FHIR resource type, as a category byte (see `ehrchain-fhir`).
+    pub resource_type: u8,
+    /// SHA-256 of the envelope (the ciphertext) in the blob store.
+    pub ciphertext_hash: Digest,
+    pub ciphertext_size: u64,
+    /// When the author wrote it, by the author's clock (milliseconds since the Unix epoch).
+    pub timestamp_ms: u64,
 }
 
 impl Payload {
     const KIND_ANCHOR: u8 = 1;
+    const KIND_REGISTER_PATIENT: u8 = 2;
+    const KIND_ENROLL_CLINICIAN: u8 = 3;
+    const KIND_RECORD_ANCHOR: u8 = 4;
+    const KIND_ERASE_PATIENT: u8 = 5;
 
     fn kind(&self) -> u8 {
         match self {
             Self::Anchor { .. } => Self::KIND_ANCHOR,
+            Self::RegisterPatient { .. } => Self::KIND_REGISTER_PATIENT,
+            Self::EnrollClinician { .. } => Self::KIND_ENROLL_CLINICIAN,
+            Self::RecordAnchor(_) => Self::KIND_RECORD_ANCHOR,
+            Self::ErasePatient { .. } => Self::KIND_ERASE_PATIENT,
         }
     }
 
@@ -45,6 +93,32 @@ impl Payload {
                 out.extend_from_slice(&label.to_be_bytes());
                 out.extend_from_slice(digest.as_ref());
             }
+            Self::RegisterPatient {
+                patient,
+                key,
+                encryption_key,
+            } => {
+                out.extend_from_slice(patient);
+                out.extend_from_slice(key.as_ref());
+                out.extend_from_slice(encryption_key);
+            }
+            Self::EnrollClinician {
+                clinician,
+                encryption_key,
+            } => {
+                out.extend_from_slice(clinician.as_ref());
+                out.extend_from_slice(encryption_key);
+            }
+            Self::RecordAnchor(anchor) => {
+                out.extend_from_slice(&anchor.record);
+                out.extend_from_slice(&anchor.version.to_be_bytes());
+                out.extend_from_slice(&anchor.patient);
+                out.push(anchor.resource_type);
+                out.extend_from_slice(anchor.ciphertext_hash.as_ref());
+                out.extend_from_slice(&anchor.ciphertext_size.to_be_bytes());
+                out.extend_from_slice(&anchor.timestamp_ms.to_be_bytes());
+            }
+            Self::ErasePatient { patient } => out.extend_from_slice(patient),
         }
     }
 
@@ -54,6 +128,27 @@ impl Payload {
             Self::KIND_ANCHOR => Self::Anchor {
                 label: reader.u16()?,
                 digest: reader.digest()?,
+            },
+            Self::KIND_REGISTER_PATIENT => Self::RegisterPatient {
+                patient: reader.array()?,
+                key: reader.public_key()?,
+                encryption_key: reader.array()?,
+            },
+            Self::KIND_ENROLL_CLINICIAN => Self::EnrollClinician {
+                clinician: reader.public_key()?,
+                encryption_key: reader.array()?,
+            },
+            Self::KIND_RECORD_ANCHOR => Self::RecordAnchor(RecordAnchor {
+                record: reader.array()?,
+                version: reader.u32()?,
+                patient: reader.array()?,
+                resource_type: reader.u8()?,
+                ciphertext_hash: reader.digest()?,
+                ciphertext_size: reader.u64()?,
+                timestamp_ms: reader.u64()?,
+            }),
+            Self::KIND_ERASE_PATIENT => Self::ErasePatient {
+                patient: reader.array()?,
             },
             other => return Err(Error::UnknownPayload(other)),
         };
@@ -265,6 +360,45 @@ mod tests {
             Transaction::decode(&version),
             Err(Error::UnsupportedVersion(9, 1))
         );
+    }
+
+    #[test]
+    fn every_payload_round_trips() {
+        let key = key(3);
+        let payloads = [
+            Payload::RegisterPatient {
+                patient: [1; 16],
+                key: key.public_key(),
+                encryption_key: [2; 32],
+            },
+            Payload::EnrollClinician {
+                clinician: key.public_key(),
+                encryption_key: [3; 32],
+            },
+            Payload::RecordAnchor(RecordAnchor {
+                record: [4; 16],
+                version: 2,
+                patient: [1; 16],
+                resource_type: 2,
+                ciphertext_hash: sha256(&[b"c"]),
+                ciphertext_size: 4096,
+                timestamp_ms: 1_700_000_000_000,
+            }),
+            Payload::ErasePatient { patient: [1; 16] },
+        ];
+        for payload in payloads {
+            let tx = TransactionBody {
+                chain_id: 1,
+                signer: key.public_key(),
+                nonce: 0,
+                payload,
+            }
+            .sign(&key);
+            assert_eq!(Transaction::decode(tx.bytes()).unwrap(), tx);
+            for cut in 0..tx.bytes().len() {
+                assert!(Transaction::decode(&tx.bytes()[..cut]).is_err());
+            }
+        }
     }
 
     #[test]

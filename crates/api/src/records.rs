@@ -1,0 +1,403 @@
+//! Encrypted records over HTTP: upload an envelope with its anchor, read versions, envelopes
+//! and wrapped keys. Everything here is ciphertext or pseudonymous metadata; plaintext never
+//! passes through these routes.
+//!
+//! Upload body (`POST /records`, `application/octet-stream`):
+//! ```text
+//! tx_len u32 | transaction [tx_len] | wrap_count u16 | wraps [wrap_count x 112] | envelope [rest]
+//! ```
+
+use crate::{ApiError, ApiState, Result, submit_error};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use commonware_runtime::Blob;
+use ehrchain_chain::state::{PatientEntry, RecordVersion, Role};
+use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, WRAP_BYTES, Wrap, envelope_hash};
+use ehrchain_types::{
+    Payload, Transaction, limits::TRANSACTION_SIZE_BYTES_MAX, public_key_from_hex,
+};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Most wraps one upload carries (its first readers).
+pub const UPLOAD_WRAPS_MAX: usize = 64;
+
+/// Largest upload body.
+pub const UPLOAD_BYTES_MAX: usize =
+    4 + TRANSACTION_SIZE_BYTES_MAX + 2 + UPLOAD_WRAPS_MAX * WRAP_BYTES + ENVELOPE_SIZE_BYTES_MAX;
+
+/// A decoded upload.
+#[derive(Debug)]
+pub struct Upload {
+    pub transaction: Vec<u8>,
+    pub wraps: Vec<Wrap>,
+    pub envelope: Vec<u8>,
+}
+
+impl Upload {
+    pub fn encode(transaction: &[u8], wraps: &[Wrap], envelope: &[u8]) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(6 + transaction.len() + wraps.len() * WRAP_BYTES + envelope.len());
+        out.extend_from_slice(&(transaction.len() as u32).to_be_bytes());
+        out.extend_from_slice(transaction);
+        out.extend_from_slice(&(wraps.len() as u16).to_be_bytes());
+        for wrap in wraps {
+            out.extend_from_slice(&wrap.encode());
+        }
+        out.extend_from_slice(envelope);
+        out
+    }
+
+    /// Decode an upload from untrusted bytes, with limits.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, &'static str> {
+        if bytes.len() > UPLOAD_BYTES_MAX {
+            return Err("upload too large");
+        }
+        let tx_len = u32::from_be_bytes(
+            bytes
+                .get(..4)
+                .ok_or("truncated upload")?
+                .try_into()
+                .expect("4"),
+        ) as usize;
+        if tx_len > TRANSACTION_SIZE_BYTES_MAX {
+            return Err("transaction too large");
+        }
+        let transaction = bytes.get(4..4 + tx_len).ok_or("truncated upload")?.to_vec();
+        let rest = &bytes[4 + tx_len..];
+        let count = u16::from_be_bytes(
+            rest.get(..2)
+                .ok_or("truncated upload")?
+                .try_into()
+                .expect("2"),
+        ) as usize;
+        if count == 0 || count > UPLOAD_WRAPS_MAX {
+            return Err("an upload carries between 1 and 64 wrapped keys");
+        }
+        let wraps_end = 2 + count * WRAP_BYTES;
+        let wraps = rest
+            .get(2..wraps_end)
+            .ok_or("truncated upload")?
+            .chunks(WRAP_BYTES)
+            .map(|c| Wrap::decode(c).map_err(|_| "malformed wrapped key"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let envelope = rest[wraps_end..].to_vec();
+        if envelope.is_empty() {
+            return Err("the upload has no envelope");
+        }
+        Ok(Self {
+            transaction,
+            wraps,
+            envelope,
+        })
+    }
+}
+
+pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
+    Router::new()
+        .route(
+            "/records",
+            post(upload::<B>).layer(DefaultBodyLimit::max(UPLOAD_BYTES_MAX)),
+        )
+        .route("/records/{record}", get(history::<B>))
+        .route("/records/{record}/{version}/envelope", get(envelope::<B>))
+        .route(
+            "/records/{record}/{version}/wraps/{recipient}",
+            get(wrap::<B>),
+        )
+        .route("/patients/{patient}", get(patient::<B>))
+        .route("/identities/{key}", get(identity::<B>))
+}
+
+fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{what} must be 32 hex characters"),
+            )
+        })
+}
+
+fn bad(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Stage an upload, then submit its anchor. If the anchor is refused the upload is dropped:
+/// no blob without an anchor. Only a final anchor moves it into the store.
+async fn upload<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let upload = Upload::decode(&body).map_err(bad)?;
+    let tx = Transaction::decode(&upload.transaction)
+        .map_err(|e| submit_error(&ehrchain_chain::SubmitError::Invalid(e)))?;
+    let Payload::RecordAnchor(anchor) = &tx.body.payload else {
+        return Err(bad("the transaction of an upload must be a record anchor"));
+    };
+    if anchor.ciphertext_size != upload.envelope.len() as u64
+        || envelope_hash(&upload.envelope)
+            != <[u8; 32]>::try_from(anchor.ciphertext_hash.as_ref()).expect("32")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the envelope does not match the hash and size in its anchor",
+        ));
+    }
+    let hash = state
+        .store
+        .stage(upload.envelope, &upload.wraps)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot stage an upload");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the blob store is unavailable",
+            )
+        })?;
+    match state.chain.submit(&upload.transaction) {
+        Ok(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "hash": hex::encode(id),
+                "record": hex::encode(anchor.record),
+                "version": anchor.version,
+                "ciphertext_hash": hex::encode(hash),
+                "status": "pending",
+            })),
+        )),
+        Err(error) => {
+            if let Err(error) = state.store.unstage(&hash) {
+                tracing::error!(%error, "cannot drop a refused upload");
+            }
+            Err(submit_error(&error))
+        }
+    }
+}
+
+fn version_json(v: &RecordVersion) -> Value {
+    json!({
+        "version": v.anchor.version,
+        "resource_type": v.anchor.resource_type,
+        "ciphertext_hash": hex::encode(v.anchor.ciphertext_hash),
+        "ciphertext_size": v.anchor.ciphertext_size,
+        "timestamp_ms": v.anchor.timestamp_ms,
+        "author": v.author.to_string(),
+        "height": v.height,
+        "transaction": hex::encode(v.transaction),
+    })
+}
+
+/// The versions of a record and the patient's entry, or the HTTP error for a missing or
+/// erased record.
+fn lookup<B: Blob>(
+    state: &ApiState<B>,
+    record: &[u8; 16],
+) -> Result<(Vec<RecordVersion>, PatientEntry)> {
+    let (versions, patient) = state.chain.read(|s| {
+        let versions = s.versions(record);
+        let patient = versions.first().and_then(|v| {
+            s.patients()
+                .find(|(id, _)| **id == v.anchor.patient)
+                .map(|(_, p)| p.clone())
+        });
+        (versions, patient)
+    });
+    let patient = patient.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such record"))?;
+    Ok((versions, patient))
+}
+
+fn gone() -> ApiError {
+    ApiError::new(StatusCode::GONE, "the patient's records were erased")
+}
+
+async fn history<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(record): Path<String>,
+) -> Result<Json<Value>> {
+    let record = id16(&record, "record id")?;
+    let (versions, patient) = lookup(&state, &record)?;
+    Ok(Json(json!({
+        "record": hex::encode(record),
+        "patient": hex::encode(versions[0].anchor.patient),
+        "erased_height": patient.erased_height,
+        "versions": versions.iter().map(version_json).collect::<Vec<_>>(),
+    })))
+}
+
+fn pick(versions: &[RecordVersion], version: u32) -> Result<&RecordVersion> {
+    versions
+        .iter()
+        .find(|v| v.anchor.version == version)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such version"))
+}
+
+async fn envelope<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path((record, version)): Path<(String, u32)>,
+) -> Result<Response> {
+    let record = id16(&record, "record id")?;
+    let (versions, patient) = lookup(&state, &record)?;
+    if patient.erased_height.is_some() {
+        return Err(gone());
+    }
+    let hash: [u8; 32] = pick(&versions, version)?
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32");
+    match state.store.get_blob(&hash).await {
+        Ok(Some(bytes)) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        Ok(None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node does not hold the envelope yet; retry shortly or ask another node",
+        )),
+        Err(error) => {
+            tracing::error!(%error, "blob store read failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the blob store is unavailable",
+            ))
+        }
+    }
+}
+
+async fn wrap<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path((record, version, recipient)): Path<(String, u32, String)>,
+) -> Result<Response> {
+    let record = id16(&record, "record id")?;
+    let recipient: [u8; 32] = hex::decode(&recipient)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("recipient must be a 64-hex-character X25519 public key"))?;
+    let (versions, patient) = lookup(&state, &record)?;
+    if patient.erased_height.is_some() {
+        return Err(gone());
+    }
+    pick(&versions, version)?;
+    let wraps = state
+        .store
+        .get_wraps(&record, version)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "blob store read failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the blob store is unavailable",
+            )
+        })?;
+    let wrap = wraps
+        .iter()
+        .find(|w| w.recipient.0 == recipient)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no key is wrapped for this recipient",
+            )
+        })?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        wrap.encode().to_vec(),
+    )
+        .into_response())
+}
+
+async fn patient<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(patient): Path<String>,
+) -> Result<Json<Value>> {
+    let id = id16(&patient, "patient id")?;
+    let found = state.chain.read(|s| {
+        let entry = s
+            .patients()
+            .find(|(p, _)| **p == id)
+            .map(|(_, e)| e.clone())?;
+        let home = s
+            .identities()
+            .find(|(k, _)| **k == entry.home)
+            .map(|(_, i)| i.encryption_key);
+        Some((entry, home, s.patient_records(&id)))
+    });
+    let (entry, home_key, records) =
+        found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown patient"))?;
+    Ok(Json(json!({
+        "patient": hex::encode(id),
+        "key": entry.key.to_string(),
+        "encryption_key": hex::encode(entry.encryption_key),
+        "home": entry.home.to_string(),
+        "home_encryption_key": home_key.map(hex::encode),
+        "registered_height": entry.registered_height,
+        "erased_height": entry.erased_height,
+        "records": records.iter().map(hex::encode).collect::<Vec<_>>(),
+    })))
+}
+
+async fn identity<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(key): Path<String>,
+) -> Result<Json<Value>> {
+    let key = public_key_from_hex(&key)
+        .ok_or_else(|| bad("key must be a 64-hex-character Ed25519 public key"))?;
+    let found = state.chain.read(|s| {
+        let identity = s
+            .identities()
+            .find(|(k, _)| **k == key)
+            .map(|(_, i)| i.clone())?;
+        let institution_key = match &identity.role {
+            Role::Clinician { institution } => s
+                .identities()
+                .find(|(k, _)| *k == institution)
+                .map(|(_, i)| i.encryption_key),
+            _ => None,
+        };
+        Some((identity, institution_key))
+    });
+    let (identity, institution_key) =
+        found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown identity"))?;
+    let mut answer = json!({
+        "key": key.to_string(),
+        "role": identity.role.name(),
+        "encryption_key": hex::encode(identity.encryption_key),
+    });
+    match identity.role {
+        Role::Clinician { institution } => {
+            answer["institution"] = json!(institution.to_string());
+            answer["institution_encryption_key"] = json!(institution_key.map(hex::encode));
+        }
+        Role::Patient { patient } => answer["patient"] = json!(hex::encode(patient)),
+        Role::Institution => {}
+    }
+    Ok(Json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_round_trip_and_garbage_is_refused() {
+        let wrap = Wrap::decode(&[3; WRAP_BYTES]).unwrap();
+        let bytes = Upload::encode(&[1; 200], std::slice::from_ref(&wrap), &[9; 50]);
+        let upload = Upload::decode(&bytes).unwrap();
+        assert_eq!(upload.transaction, vec![1; 200]);
+        assert_eq!(upload.wraps, vec![wrap.clone()]);
+        assert_eq!(upload.envelope, vec![9; 50]);
+        for cut in 0..(4 + 200 + 2 + WRAP_BYTES + 1) {
+            assert!(Upload::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        assert!(Upload::decode(&Upload::encode(&[1; 10], &[], &[1])).is_err());
+        assert!(Upload::decode(&Upload::encode(&[1; 5000], &[wrap], &[1])).is_err());
+    }
+}

@@ -1,0 +1,482 @@
+//! Keep each node's off-chain store in step with the chain.
+//!
+//! For every final record anchor, the node moves the staged upload into its store, or fetches
+//! the envelope and its wraps from a peer over the authenticated p2p network, checking the
+//! envelope against the anchored hash before keeping it. For every final erasure, it deletes
+//! the envelopes and wraps of all the patient's records. At start-up it reconciles the store
+//! with the state, so deletions survive a crash and missing blobs are fetched again.
+
+use crate::{Chain, state::State};
+use commonware_p2p::{Receiver, Recipients, Sender};
+use commonware_runtime::Blob;
+use ehrchain_crypto::{WRAP_BYTES, Wrap, envelope_hash};
+use ehrchain_storage::BlobStore;
+use ehrchain_types::{Block, Digest, PatientId, Payload, PublicKey, RecordId};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+/// Most blobs asked for in one request.
+pub const FETCH_ITEMS_MAX: usize = 64;
+
+/// Largest message on the blob channel: one full envelope and its wraps, plus framing.
+pub const BLOB_MESSAGE_BYTES_MAX: usize = 3
+    + ehrchain_crypto::ENVELOPE_SIZE_BYTES_MAX
+    + 32
+    + 1
+    + 8
+    + ehrchain_storage::WRAPS_PER_VERSION_MAX * WRAP_BYTES;
+
+/// Most missing blobs remembered for fetching.
+pub const MISSING_MAX: usize = 1_000_000;
+
+/// How often missing blobs are asked for.
+const FETCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Most requests sent per interval.
+const REQUESTS_PER_TICK_MAX: usize = 8;
+
+/// A blob asked for and not received is asked for again (of the next peer) after this long.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
+/// How long an upload may stay staged without its anchor becoming final.
+pub const STAGED_AGE_MAX: Duration = Duration::from_secs(600);
+
+const REQUEST: u8 = 1;
+const RESPONSE: u8 = 2;
+
+/// What a node still needs: a record version's envelope and wraps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Wanted {
+    hash: [u8; 32],
+    record: RecordId,
+    version: u32,
+}
+
+fn encode_request(items: &[Wanted]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + items.len() * 52);
+    out.push(REQUEST);
+    out.extend_from_slice(&(items.len() as u16).to_be_bytes());
+    for item in items {
+        out.extend_from_slice(&item.hash);
+        out.extend_from_slice(&item.record);
+        out.extend_from_slice(&item.version.to_be_bytes());
+    }
+    out
+}
+
+/// A decoded message from a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    Request(Vec<([u8; 32], RecordId, u32)>),
+    Response(Vec<([u8; 32], Vec<u8>, Vec<Wrap>)>),
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N).map(|b| b.try_into().expect("length"))
+    }
+}
+
+/// Decode a blob-channel message from an untrusted peer, with limits; `None` if malformed.
+pub fn decode_message(bytes: &[u8]) -> Option<Message> {
+    if bytes.len() > BLOB_MESSAGE_BYTES_MAX {
+        return None;
+    }
+    let mut cursor = Cursor(bytes);
+    let kind = cursor.array::<1>()?[0];
+    let count = u16::from_be_bytes(cursor.array()?) as usize;
+    if count > FETCH_ITEMS_MAX {
+        return None;
+    }
+    let message = match kind {
+        REQUEST => {
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                items.push((
+                    cursor.array()?,
+                    cursor.array()?,
+                    u32::from_be_bytes(cursor.array()?),
+                ));
+            }
+            Message::Request(items)
+        }
+        RESPONSE => {
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                let hash: [u8; 32] = cursor.array()?;
+                let envelope_len = u32::from_be_bytes(cursor.array()?) as usize;
+                if envelope_len > ehrchain_crypto::ENVELOPE_SIZE_BYTES_MAX {
+                    return None;
+                }
+                let envelope = cursor.take(envelope_len)?.to_vec();
+                let wraps_len = u32::from_be_bytes(cursor.array()?) as usize;
+                if !wraps_len.is_multiple_of(WRAP_BYTES)
+                    || wraps_len / WRAP_BYTES > ehrchain_storage::WRAPS_PER_VERSION_MAX
+                {
+                    return None;
+                }
+                let wraps = cursor
+                    .take(wraps_len)?
+                    .chunks(WRAP_BYTES)
+                    .map(|c| Wrap::decode(c).ok())
+                    .collect::<Option<Vec<_>>>()?;
+                items.push((hash, envelope, wraps));
+            }
+            Message::Response(items)
+        }
+        _ => return None,
+    };
+    cursor.0.is_empty().then_some(message)
+}
+
+fn encode_response(items: &[([u8; 32], Vec<u8>, Vec<Wrap>)]) -> Vec<u8> {
+    let mut out = vec![RESPONSE];
+    out.extend_from_slice(&(items.len() as u16).to_be_bytes());
+    for (hash, envelope, wraps) in items {
+        out.extend_from_slice(hash);
+        out.extend_from_slice(&(envelope.len() as u32).to_be_bytes());
+        out.extend_from_slice(envelope);
+        out.extend_from_slice(&((wraps.len() * WRAP_BYTES) as u32).to_be_bytes());
+        for wrap in wraps {
+            out.extend_from_slice(&wrap.encode());
+        }
+    }
+    out
+}
+
+/// Fail-stop on a storage error: a node that cannot keep its store in step must not go on
+/// answering as if it had.
+fn halt(error: ehrchain_storage::Error) -> ! {
+    tracing::error!(%error, "blob store failed; halting the node");
+    std::process::exit(3);
+}
+
+/// The keeper of one node's off-chain store.
+pub struct Records<B: Blob> {
+    chain: Chain<B>,
+    store: Arc<BlobStore>,
+    /// What this node still needs, with when it was last asked for.
+    missing: BTreeMap<Wanted, Option<std::time::Instant>>,
+    peers: Vec<PublicKey>,
+    next_peer: usize,
+}
+
+impl<B: Blob> Records<B> {
+    pub fn new(chain: Chain<B>, store: Arc<BlobStore>, peers: Vec<PublicKey>) -> Self {
+        Self {
+            chain,
+            store,
+            missing: BTreeMap::new(),
+            peers,
+            next_peer: 0,
+        }
+    }
+
+    /// Bring the store in line with the finalized state: erase what erasures require,
+    /// promote staged uploads, and list what must be fetched.
+    pub async fn reconcile(&mut self) {
+        let (erase, keep) = self.chain.read(plan);
+        for (hash, record, version) in erase {
+            self.erase_version(&hash, &record, version).await;
+        }
+        for wanted in keep {
+            self.acquire(wanted).await;
+        }
+        if !self.missing.is_empty() {
+            tracing::info!(
+                missing = self.missing.len(),
+                "record blobs to fetch from peers"
+            );
+        }
+    }
+
+    async fn erase_version(&self, hash: &[u8; 32], record: &RecordId, version: u32) {
+        if let Err(e) = self.store.delete_blob(hash).await {
+            halt(e)
+        }
+        if let Err(e) = self.store.delete_wraps(record, version).await {
+            halt(e)
+        }
+        if let Err(e) = self.store.unstage(hash) {
+            halt(e)
+        }
+    }
+
+    async fn acquire(&mut self, wanted: Wanted) {
+        match self
+            .store
+            .promote(&wanted.hash, &wanted.record, wanted.version)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => match self.store.has_blob(&wanted.hash).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if self.missing.len() < MISSING_MAX {
+                        self.missing.insert(wanted, None);
+                    }
+                }
+                Err(e) => halt(e),
+            },
+            Err(e) => halt(e),
+        }
+    }
+
+    /// Apply one finalized block's record side effects.
+    pub async fn on_block(&mut self, block: &Block) {
+        for tx in &block.transactions {
+            match &tx.body.payload {
+                Payload::RecordAnchor(anchor) => {
+                    let erased = self.chain.read(|s| {
+                        s.patients()
+                            .any(|(id, p)| id == &anchor.patient && p.erased_height.is_some())
+                    });
+                    let hash: [u8; 32] = anchor.ciphertext_hash.as_ref().try_into().expect("32");
+                    if erased {
+                        self.erase_version(&hash, &anchor.record, anchor.version)
+                            .await;
+                    } else {
+                        self.acquire(Wanted {
+                            hash,
+                            record: anchor.record,
+                            version: anchor.version,
+                        })
+                        .await;
+                    }
+                }
+                Payload::ErasePatient { patient } => self.erase_patient(patient).await,
+                _ => {}
+            }
+        }
+    }
+
+    async fn erase_patient(&mut self, patient: &PatientId) {
+        let versions = self.chain.read(|state| {
+            state
+                .patient_records(patient)
+                .iter()
+                .flat_map(|record| state.versions(record))
+                .map(|v| {
+                    (
+                        hash_of(&v.anchor.ciphertext_hash),
+                        v.anchor.record,
+                        v.anchor.version,
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        for (hash, record, version) in &versions {
+            self.missing.retain(|w, _| w.hash != *hash);
+            self.erase_version(hash, record, *version).await;
+        }
+        tracing::info!(versions = versions.len(), "erasure carried out");
+    }
+
+    /// Requests for what is missing and not asked for recently, spread over the peers.
+    fn next_requests(&mut self) -> Vec<(PublicKey, Vec<u8>)> {
+        if self.missing.is_empty() || self.peers.is_empty() {
+            return Vec::new();
+        }
+        let now = std::time::Instant::now();
+        let due: Vec<Wanted> = self
+            .missing
+            .iter()
+            .filter(|(_, asked)| asked.is_none_or(|at| now.duration_since(at) > ASK_AGAIN_AFTER))
+            .map(|(w, _)| *w)
+            .take(FETCH_ITEMS_MAX * REQUESTS_PER_TICK_MAX)
+            .collect();
+        let mut requests = Vec::new();
+        for chunk in due.chunks(FETCH_ITEMS_MAX) {
+            for wanted in chunk {
+                self.missing.insert(*wanted, Some(now));
+            }
+            let peer = self.peers[self.next_peer % self.peers.len()].clone();
+            self.next_peer = self.next_peer.wrapping_add(1);
+            requests.push((peer, encode_request(chunk)));
+        }
+        requests
+    }
+
+    /// Answer a peer's request from the store (or the staging area).
+    async fn answer(&self, items: Vec<([u8; 32], RecordId, u32)>) -> Vec<u8> {
+        let mut found = Vec::new();
+        let mut size = 3;
+        for (hash, record, version) in items {
+            let (envelope, wraps) = match self.store.get_blob(&hash).await {
+                Ok(Some(envelope)) => match self.store.get_wraps(&record, version).await {
+                    Ok(wraps) => (envelope, wraps),
+                    Err(e) => halt(e),
+                },
+                Ok(None) => match self.store.staged(&hash) {
+                    Ok(Some(staged)) => staged,
+                    Ok(None) => continue,
+                    Err(e) => halt(e),
+                },
+                Err(e) => halt(e),
+            };
+            let item_size = 32 + 8 + envelope.len() + wraps.len() * WRAP_BYTES;
+            if size + item_size > BLOB_MESSAGE_BYTES_MAX {
+                break;
+            }
+            size += item_size;
+            found.push((hash, envelope, wraps));
+        }
+        encode_response(&found)
+    }
+
+    /// Keep what a peer sent if it is something we asked for and it matches its anchor.
+    async fn accept(&mut self, items: Vec<([u8; 32], Vec<u8>, Vec<Wrap>)>) {
+        for (hash, envelope, wraps) in items {
+            let Some(wanted) = self.missing.keys().find(|w| w.hash == hash).copied() else {
+                continue;
+            };
+            if envelope_hash(&envelope) != hash {
+                tracing::warn!(hash = %hex::encode(hash), "a peer sent a blob that does not match its anchor; rejected");
+                continue;
+            }
+            if let Err(e) = self
+                .store
+                .add_wraps(&wanted.record, wanted.version, &wraps)
+                .await
+            {
+                halt(e)
+            }
+            if let Err(e) = self.store.put_blob(envelope).await {
+                halt(e)
+            }
+            self.missing.remove(&wanted);
+        }
+    }
+
+    pub fn missing(&self) -> usize {
+        self.missing.len()
+    }
+}
+
+fn hash_of(digest: &Digest) -> [u8; 32] {
+    digest.as_ref().try_into().expect("32-byte digest")
+}
+
+/// A record version by envelope hash, record id and version number.
+type Version = ([u8; 32], RecordId, u32);
+
+/// Split the state's record versions into those to erase and those to hold.
+fn plan(state: &State) -> (Vec<Version>, Vec<Wanted>) {
+    let erased: std::collections::BTreeSet<PatientId> = state
+        .patients()
+        .filter(|(_, p)| p.erased_height.is_some())
+        .map(|(id, _)| *id)
+        .collect();
+    let mut erase = Vec::new();
+    let mut keep = Vec::new();
+    for version in state.all_versions() {
+        let hash = hash_of(&version.anchor.ciphertext_hash);
+        if erased.contains(&version.anchor.patient) {
+            erase.push((hash, version.anchor.record, version.anchor.version));
+        } else {
+            keep.push(Wanted {
+                hash,
+                record: version.anchor.record,
+                version: version.anchor.version,
+            });
+        }
+    }
+    (erase, keep)
+}
+
+/// Run the keeper: reconcile, then follow finalized blocks, fetch what is missing, answer
+/// peers, and sweep stale uploads.
+pub async fn run<B, S, R>(mut records: Records<B>, (mut sender, mut receiver): (S, R))
+where
+    B: Blob,
+    S: Sender<PublicKey = PublicKey>,
+    R: Receiver<PublicKey = PublicKey>,
+{
+    records.reconcile().await;
+    let mut heights = records.chain.subscribe();
+    let mut done = records.chain.status().height;
+    let mut fetch = tokio::time::interval(FETCH_INTERVAL);
+    let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            changed = heights.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let height = *heights.borrow_and_update();
+                while done < height {
+                    done += 1;
+                    let Some(record) = records.chain.record(done).await else {
+                        done -= 1;
+                        break;
+                    };
+                    let block = Block::decode(&record.block).expect("a committed block decodes");
+                    records.on_block(&block).await;
+                }
+            }
+            message = receiver.recv() => {
+                let Ok((peer, bytes)) = message else { return };
+                match decode_message(bytes.as_ref()) {
+                    Some(Message::Request(items)) => {
+                        let answer = records.answer(items).await;
+                        let _ = sender.send(Recipients::One(peer), answer, false);
+                    }
+                    Some(Message::Response(items)) => records.accept(items).await,
+                    None => tracing::warn!(%peer, "malformed blob-channel message"),
+                }
+            }
+            _ = fetch.tick() => {
+                for (peer, request) in records.next_requests() {
+                    let _ = sender.send(Recipients::One(peer), request, false);
+                }
+            }
+            _ = sweep.tick() => {
+                match records.store.sweep_staged(STAGED_AGE_MAX, |_| false) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "swept uploads whose anchors never became final"),
+                    Err(e) => halt(e),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let request = encode_request(&[Wanted {
+            hash: [1; 32],
+            record: [2; 16],
+            version: 3,
+        }]);
+        assert_eq!(
+            decode_message(&request),
+            Some(Message::Request(vec![([1; 32], [2; 16], 3)]))
+        );
+        let wrap = Wrap::decode(&[7; WRAP_BYTES]).unwrap();
+        let response = encode_response(&[([4; 32], vec![5; 10], vec![wrap.clone()])]);
+        assert_eq!(
+            decode_message(&response),
+            Some(Message::Response(vec![([4; 32], vec![5; 10], vec![wrap])]))
+        );
+        for cut in 0..response.len() {
+            assert!(decode_message(&response[..cut]).is_none());
+        }
+        assert!(decode_message(&[9, 0, 0]).is_none());
+        let mut too_many = vec![REQUEST];
+        too_many.extend_from_slice(&((FETCH_ITEMS_MAX + 1) as u16).to_be_bytes());
+        assert!(decode_message(&too_many).is_none());
+    }
+}

@@ -1,0 +1,625 @@
+//! `ehrchain record|patient|identity`: write and read encrypted records from the client side.
+//!
+//! The CLI validates, seals and wraps on the user's machine: the node receives only the
+//! envelope, the wrapped keys and the signed anchor, and never the plaintext. Reading
+//! fetches the envelope and the key wrapped for the user's own key, checks the envelope
+//! against its on-chain hash, and decrypts locally.
+
+use crate::client::{agent, answer, get_json, post_bytes};
+use anyhow::{Context, Result, bail, ensure};
+use clap::Subcommand;
+use ehrchain_crypto::{Binding, EncryptionKey, EncryptionPublicKey, Wrap};
+use ehrchain_types::{
+    PrivateKey, PublicKey, RecordAnchor, TransactionBody, digest_from_hex, sha256,
+};
+use serde_json::Value;
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+#[derive(Subcommand)]
+pub enum RecordCommand {
+    /// Validate a FHIR R4 resource, encrypt it for the patient, the author's institution
+    /// and the author, store it and anchor it; prints the record id and version.
+    ///
+    /// Example: ehrchain record put --api http://127.0.0.1:8700 --key clinician.key --file obs.json
+    /// Update (a new version): ehrchain record put ... --record <id> --file obs-v2.json
+    Put {
+        #[arg(long)]
+        api: String,
+        /// The author's key file (a clinician or an institution).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        /// Record id to update; a new record when absent.
+        #[arg(long)]
+        record: Option<String>,
+        /// Extra readers' X25519 keys (hex) to wrap the data key for.
+        #[arg(long = "reader")]
+        readers: Vec<String>,
+    },
+    /// Fetch a record version, check it against its anchor, decrypt it with KEY and print
+    /// the FHIR JSON exactly as written.
+    ///
+    /// Example: ehrchain record get --api http://127.0.0.1:8700 --key patient.key --record <id>
+    Get {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        record: String,
+        /// Version to read; the newest when absent.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Print a record's versions: hashes, sizes, authors, heights and transactions.
+    ///
+    /// Example: ehrchain record history --api http://127.0.0.1:8700 --record <id>
+    History {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        record: String,
+    },
+    /// Check that the stored envelope matches its on-chain anchor (anyone can; no key needed).
+    ///
+    /// Example: ehrchain record verify --api http://127.0.0.1:8700 --record <id> --version 1
+    Verify {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        record: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PatientCommand {
+    /// Register a patient at their home institution, with a new key written to OUT (mode
+    /// 0600); prints the pseudonymous patient id.
+    ///
+    /// Example: ehrchain patient register --api http://127.0.0.1:8700 --key net/node-0/validator.key --out alice.key
+    Register {
+        #[arg(long)]
+        api: String,
+        /// The home institution's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the patient's new key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Erase a patient's records everywhere (crypto-shredding), signed by the patient or their
+    /// home institution. The chain keeps a tombstone and the hashes.
+    ///
+    /// Example: ehrchain patient erase --api http://127.0.0.1:8700 --key alice.key --patient <id>
+    Erase {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        patient: String,
+    },
+    /// Print a patient's registration and record ids.
+    ///
+    /// Example: ehrchain patient show --api http://127.0.0.1:8700 --patient <id>
+    Show {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        patient: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IdentityCommand {
+    /// Enrol a clinician at an institution, with a new key written to OUT (mode 0600).
+    ///
+    /// Example: ehrchain identity enroll --api http://127.0.0.1:8700 --key net/node-0/validator.key --out dr-bauer.key
+    Enroll {
+        #[arg(long)]
+        api: String,
+        /// The institution's key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print an identity's role and keys.
+    ///
+    /// Example: ehrchain identity show --api http://127.0.0.1:8700 --key-file dr-bauer.key
+    Show {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+}
+
+/// A signing identity loaded from a key file.
+pub struct Signer {
+    pub key: PrivateKey,
+    pub public: PublicKey,
+    pub encryption: EncryptionKey,
+}
+
+impl Signer {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let seed = crate::config::read_seed(path)?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let key = ehrchain_types::private_key_from_seed(seed).expect("32-byte seed");
+        Self {
+            public: ehrchain_chain::application::key_public(&key),
+            encryption: EncryptionKey::from_seed(seed),
+            key,
+        }
+    }
+}
+
+/// A node's API with the chain id and a signer's next nonce.
+pub struct Session {
+    pub api: String,
+    pub chain_id: u64,
+}
+
+impl Session {
+    pub fn open(api: &str) -> Result<Self> {
+        let api = api.trim_end_matches('/').to_owned();
+        let status = get_json(&format!("{api}/chain/status"))?;
+        let chain_id = status["chain_id"]
+            .as_u64()
+            .context("status lacks chain_id")?;
+        Ok(Self { api, chain_id })
+    }
+
+    pub fn nonce(&self, signer: &PublicKey) -> Result<u64> {
+        let account = get_json(&format!("{}/chain/accounts/{signer}", self.api))?;
+        account["next_nonce"]
+            .as_u64()
+            .context("account lacks next_nonce")
+    }
+
+    pub fn sign(
+        &self,
+        signer: &Signer,
+        payload: ehrchain_types::Payload,
+    ) -> Result<ehrchain_types::Transaction> {
+        Ok(TransactionBody {
+            chain_id: self.chain_id,
+            signer: signer.public.clone(),
+            nonce: self.nonce(&signer.public)?,
+            payload,
+        }
+        .sign(&signer.key))
+    }
+
+    /// Submit a signed transaction and wait until it is committed.
+    pub fn submit_and_wait(&self, tx: &ehrchain_types::Transaction) -> Result<Value> {
+        post_bytes(
+            &format!("{}/chain/transactions", self.api),
+            tx.bytes().to_vec(),
+        )?;
+        self.wait(&hex::encode(tx.id()))
+    }
+
+    pub fn wait(&self, hash: &str) -> Result<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = get_json(&format!(
+                "{}/chain/transactions/{hash}?wait_ms=10000",
+                self.api
+            ))?;
+            if status["status"] == "committed" {
+                return Ok(status);
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "transaction {hash} not committed within 120 s"
+            );
+        }
+    }
+}
+
+fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{what} must be 32 hex characters"))
+}
+
+fn key32(value: &Value, what: &str) -> Result<EncryptionPublicKey> {
+    let text = value.as_str().with_context(|| format!("no {what}"))?;
+    let bytes: [u8; 32] = hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{what} is not 64 hex characters"))?;
+    Ok(EncryptionPublicKey(bytes))
+}
+
+fn random16() -> [u8; 16] {
+    let seed = crate::config::random_seed();
+    seed[..16].try_into().expect("16")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything needed to write one record version, computed on the client.
+pub struct Prepared {
+    pub upload: Vec<u8>,
+    pub record: [u8; 16],
+    pub version: u32,
+    pub transaction: ehrchain_types::Transaction,
+}
+
+/// Validate, seal, wrap and sign one record version. `readers` are the X25519 keys to wrap
+/// for (the patient's, the institution's, the author's, ...).
+pub fn prepare(
+    chain_id: u64,
+    author: &Signer,
+    nonce: u64,
+    json: &[u8],
+    record: Option<[u8; 16]>,
+    version: u32,
+    readers: &[EncryptionPublicKey],
+) -> Result<Prepared> {
+    let resource = match ehrchain_fhir::validate(json) {
+        Ok(resource) => resource,
+        Err(issues) => {
+            let outcome = ehrchain_fhir::operation_outcome(&issues);
+            bail!(
+                "the resource is not valid FHIR R4:\n{}",
+                serde_json::to_string_pretty(&outcome)?
+            );
+        }
+    };
+    let patient = id16(
+        resource
+            .patient
+            .as_deref()
+            .context("the resource names no patient")?,
+        "the patient id in the resource",
+    )?;
+    let record = match (record, resource.resource_type) {
+        (Some(record), _) => record,
+        // A Patient's record id is the patient id, so Patient/{id} is both.
+        (None, ehrchain_fhir::ResourceType::Patient) => patient,
+        (None, _) => random16(),
+    };
+    let binding = Binding {
+        record,
+        version,
+        patient,
+    };
+    let (envelope, hash, wraps) = ehrchain_crypto::seal_for(&binding, json, readers)?;
+    let transaction = TransactionBody {
+        chain_id,
+        signer: author.public.clone(),
+        nonce,
+        payload: ehrchain_types::Payload::RecordAnchor(RecordAnchor {
+            record,
+            version,
+            patient,
+            resource_type: resource.resource_type.code(),
+            ciphertext_hash: ehrchain_types::Digest::from(hash),
+            ciphertext_size: envelope.len() as u64,
+            timestamp_ms: now_ms(),
+        }),
+    }
+    .sign(&author.key);
+    let upload = ehrchain_api::records::Upload::encode(transaction.bytes(), &wraps, &envelope);
+    Ok(Prepared {
+        upload,
+        record,
+        version,
+        transaction,
+    })
+}
+
+/// The readers a new record version is wrapped for: the patient, the author's institution
+/// and the author, plus any extra.
+pub fn readers_for(
+    api: &str,
+    author: &Signer,
+    patient: &[u8; 16],
+) -> Result<Vec<EncryptionPublicKey>> {
+    let patient = get_json(&format!("{api}/patients/{}", hex::encode(patient)))?;
+    ensure!(
+        patient["erased_height"].is_null(),
+        "the patient's records were erased"
+    );
+    let identity = get_json(&format!("{api}/identities/{}", author.public))?;
+    let mut readers = vec![key32(&patient["encryption_key"], "patient encryption key")?];
+    match identity["role"].as_str() {
+        Some("clinician") => {
+            readers.push(key32(
+                &identity["institution_encryption_key"],
+                "institution encryption key",
+            )?);
+            readers.push(author.encryption.public());
+        }
+        Some("institution") => readers.push(author.encryption.public()),
+        _ => bail!("only an institution or an enrolled clinician writes records"),
+    }
+    Ok(readers)
+}
+
+fn upload_and_wait(session: &Session, prepared: &Prepared) -> Result<Value> {
+    post_bytes(&format!("{}/records", session.api), prepared.upload.clone())?;
+    session.wait(&hex::encode(prepared.transaction.id()))
+}
+
+fn latest_version(api: &str, record: &[u8; 16]) -> Result<Option<u32>> {
+    let url = format!("{api}/records/{}", hex::encode(record));
+    let response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    if response.status() == 404 {
+        return Ok(None);
+    }
+    let history = answer(&url, response)?;
+    Ok(history["versions"]
+        .as_array()
+        .and_then(|v| v.last())
+        .and_then(|v| v["version"].as_u64())
+        .map(|v| v as u32))
+}
+
+fn get_bytes(url: &str) -> Result<Vec<u8>> {
+    let mut response = agent()
+        .get(url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        bail!(
+            "{url}: {status}: {}",
+            body["error"].as_str().unwrap_or("no detail")
+        );
+    }
+    let bytes = response
+        .body_mut()
+        .with_config()
+        .limit(ehrchain_api::records::UPLOAD_BYTES_MAX as u64)
+        .read_to_vec()?;
+    Ok(bytes)
+}
+
+/// Fetch a version's envelope and check it against the on-chain hash.
+fn fetch_checked(api: &str, record: &[u8; 16], version: Option<u32>) -> Result<(Value, Vec<u8>)> {
+    let history = get_json(&format!("{api}/records/{}", hex::encode(record)))?;
+    let versions = history["versions"].as_array().context("no versions")?;
+    let entry = match version {
+        Some(v) => versions
+            .iter()
+            .find(|e| e["version"].as_u64() == Some(u64::from(v))),
+        None => versions.last(),
+    }
+    .context("no such version")?
+    .clone();
+    let number = entry["version"].as_u64().context("no version")?;
+    let envelope = get_bytes(&format!(
+        "{api}/records/{}/{number}/envelope",
+        hex::encode(record)
+    ))?;
+    let anchored =
+        digest_from_hex(entry["ciphertext_hash"].as_str().unwrap_or("")).context("bad hash")?;
+    ensure!(
+        sha256(&[&envelope]) == anchored,
+        "the envelope served does not match its on-chain hash: refusing it"
+    );
+    let mut entry = entry;
+    entry["patient"] = history["patient"].clone();
+    Ok((entry, envelope))
+}
+
+pub fn record(command: RecordCommand) -> Result<ExitCode> {
+    match command {
+        RecordCommand::Put {
+            api,
+            key,
+            file,
+            record,
+            readers,
+        } => {
+            let session = Session::open(&api)?;
+            let author = Signer::load(&key)?;
+            let json =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let record = record.as_deref().map(|r| id16(r, "--record")).transpose()?;
+            let version = match record {
+                Some(r) => {
+                    latest_version(&session.api, &r)?.context("no such record to update")? + 1
+                }
+                None => 1,
+            };
+            let resource = ehrchain_fhir::validate(&json).map_err(|issues| {
+                anyhow::anyhow!(
+                    "the resource is not valid FHIR R4:\n{}",
+                    serde_json::to_string_pretty(&ehrchain_fhir::operation_outcome(&issues))
+                        .unwrap_or_default()
+                )
+            })?;
+            let patient = id16(
+                resource
+                    .patient
+                    .as_deref()
+                    .context("the resource names no patient")?,
+                "patient id",
+            )?;
+            let mut wrap_for = readers_for(&session.api, &author, &patient)?;
+            for reader in &readers {
+                wrap_for.push(key32(&Value::from(reader.as_str()), "--reader")?);
+            }
+            let nonce = session.nonce(&author.public)?;
+            let prepared = prepare(
+                session.chain_id,
+                &author,
+                nonce,
+                &json,
+                record,
+                version,
+                &wrap_for,
+            )?;
+            let status = upload_and_wait(&session, &prepared)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "record": hex::encode(prepared.record),
+                    "version": prepared.version,
+                    "transaction": hex::encode(prepared.transaction.id()),
+                    "height": status["height"],
+                }))?
+            );
+        }
+        RecordCommand::Get {
+            api,
+            key,
+            record,
+            version,
+        } => {
+            let api = api.trim_end_matches('/');
+            let reader = Signer::load(&key)?;
+            let record = id16(&record, "--record")?;
+            let (entry, envelope) = fetch_checked(api, &record, version)?;
+            let number = entry["version"].as_u64().context("no version")? as u32;
+            let wrap = get_bytes(&format!(
+                "{api}/records/{}/{number}/wraps/{}",
+                hex::encode(record),
+                reader.encryption.public().to_hex()
+            ))?;
+            let wrap = Wrap::decode(&wrap)?;
+            let patient = id16(entry["patient"].as_str().unwrap_or(""), "patient")?;
+            let binding = Binding {
+                record,
+                version: number,
+                patient,
+            };
+            let plain =
+                ehrchain_crypto::open_for(&binding, &envelope, &[wrap], &reader.encryption)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&plain)?;
+            println!();
+        }
+        RecordCommand::History { api, record } => {
+            let record = id16(&record, "--record")?;
+            let history = get_json(&format!(
+                "{}/records/{}",
+                api.trim_end_matches('/'),
+                hex::encode(record)
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&history)?);
+        }
+        RecordCommand::Verify {
+            api,
+            record,
+            version,
+        } => {
+            let record = id16(&record, "--record")?;
+            match fetch_checked(api.trim_end_matches('/'), &record, version) {
+                Ok((entry, envelope)) => println!(
+                    "match: version {} of record {} ({} bytes) has SHA-256 {} as anchored in transaction {} at height {}",
+                    entry["version"],
+                    hex::encode(record),
+                    envelope.len(),
+                    entry["ciphertext_hash"].as_str().unwrap_or(""),
+                    entry["transaction"].as_str().unwrap_or(""),
+                    entry["height"]
+                ),
+                Err(error) => {
+                    println!("mismatch: {error:#}");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn patient(command: PatientCommand) -> Result<ExitCode> {
+    match command {
+        PatientCommand::Register { api, key, out } => {
+            let session = Session::open(&api)?;
+            let institution = Signer::load(&key)?;
+            let seed = crate::config::random_seed();
+            let patient_key = Signer::from_seed(&seed);
+            crate::config::write_key(&out, &seed)?;
+            let patient = random16();
+            let tx = session.sign(
+                &institution,
+                ehrchain_types::Payload::RegisterPatient {
+                    patient,
+                    key: patient_key.public.clone(),
+                    encryption_key: patient_key.encryption.public().0,
+                },
+            )?;
+            session.submit_and_wait(&tx)?;
+            println!("{}", hex::encode(patient));
+        }
+        PatientCommand::Erase { api, key, patient } => {
+            let session = Session::open(&api)?;
+            let signer = Signer::load(&key)?;
+            let patient = id16(&patient, "--patient")?;
+            let tx = session.sign(&signer, ehrchain_types::Payload::ErasePatient { patient })?;
+            let status = session.submit_and_wait(&tx)?;
+            println!(
+                "erased: patient {} at height {} (transaction {})",
+                hex::encode(patient),
+                status["height"],
+                hex::encode(tx.id())
+            );
+        }
+        PatientCommand::Show { api, patient } => {
+            let patient = id16(&patient, "--patient")?;
+            let entry = get_json(&format!(
+                "{}/patients/{}",
+                api.trim_end_matches('/'),
+                hex::encode(patient)
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&entry)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
+    match command {
+        IdentityCommand::Enroll { api, key, out } => {
+            let session = Session::open(&api)?;
+            let institution = Signer::load(&key)?;
+            let seed = crate::config::random_seed();
+            let clinician = Signer::from_seed(&seed);
+            crate::config::write_key(&out, &seed)?;
+            let tx = session.sign(
+                &institution,
+                ehrchain_types::Payload::EnrollClinician {
+                    clinician: clinician.public.clone(),
+                    encryption_key: clinician.encryption.public().0,
+                },
+            )?;
+            session.submit_and_wait(&tx)?;
+            println!("{}", clinician.public);
+        }
+        IdentityCommand::Show { api, key_file } => {
+            let signer = Signer::load(&key_file)?;
+            let entry = get_json(&format!(
+                "{}/identities/{}",
+                api.trim_end_matches('/'),
+                signer.public
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&entry)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
