@@ -12,94 +12,17 @@ use commonware_cryptography::Signer;
 use ehrchain_types::{Payload, PrivateKey, Transaction, TransactionBody, sha256};
 use serde_json::Value;
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output},
-    time::{Duration, Instant},
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
 };
 
-const EXE: &str = env!("CARGO_BIN_EXE_ehrchain");
+mod common;
+
+use common::{Cluster, EXE, Guard, agent, get, height, post, wait_until};
+
 const P2P_PORT: u16 = 34_400;
 const API_PORT: u16 = 9_960;
-
-struct Cluster {
-    dir: PathBuf,
-    nodes: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn api(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", API_PORT + index as u16)
-    }
-
-    fn start(&mut self, index: usize) {
-        let log = std::fs::File::create(self.dir.join(format!("node-{index}.log"))).unwrap();
-        let child = Command::new(EXE)
-            .args(["node", "--config"])
-            .arg(self.dir.join(format!("node-{index}/config.toml")))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start node");
-        self.nodes[index] = Some(child);
-    }
-
-    fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.nodes[index].take() {
-            child.kill().expect("SIGKILL");
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for index in 0..self.nodes.len() {
-            self.kill(index);
-        }
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn get(url: &str) -> Option<(u16, Value)> {
-    let mut response = agent().get(url).call().ok()?;
-    let status = response.status().as_u16();
-    Some((
-        status,
-        response.body_mut().read_json().unwrap_or(Value::Null),
-    ))
-}
-
-fn post(url: &str, body: &[u8]) -> (u16, Value) {
-    let mut response = agent()
-        .post(url)
-        .header("content-type", "application/octet-stream")
-        .send(body)
-        .expect("reach node");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.body_mut().read_json().unwrap_or(Value::Null),
-    )
-}
-
-fn height(api: &str) -> Option<u64> {
-    get(&format!("{api}/chain/status")).and_then(|(_, v)| v["height"].as_u64())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn anchor(key: &PrivateKey, chain_id: u64, nonce: u64, tag: &str) -> Transaction {
     TransactionBody {
@@ -131,16 +54,6 @@ fn committed_height(api: &str, hash: &str) -> u64 {
         found.is_some()
     });
     found.unwrap()
-}
-
-/// Kills its process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_outsider(dir: &Path) -> Guard {
@@ -201,6 +114,7 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     let mut cluster = Cluster {
         dir: dir.clone(),
         nodes: (0..4).map(|_| None).collect(),
+        api_port: API_PORT,
     };
     for index in 0..4 {
         cluster.start(index);

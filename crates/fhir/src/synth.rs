@@ -179,7 +179,7 @@ impl Generator {
     /// The `index`-th clinical record of a patient; the type cycles through every supported
     /// clinical type, weighted toward observations as real charts are.
     pub fn record(&mut self, patient: &str, index: usize) -> Value {
-        match index % 12 {
+        match index % 13 {
             0 => self.encounter(patient),
             1..=3 => self.vital_sign(patient),
             4..=5 => self.laboratory(patient),
@@ -187,7 +187,8 @@ impl Generator {
             7 => self.medication_request(patient),
             8 => self.immunization(patient),
             9 => self.allergy(patient),
-            10 => self.procedure_or_report(patient),
+            10 => self.procedure(patient),
+            11 => self.diagnostic_report(patient),
             _ => self.document(patient, 600),
         }
     }
@@ -290,18 +291,19 @@ impl Generator {
         })
     }
 
-    fn procedure_or_report(&mut self, patient: &str) -> Value {
-        if self.rng.random_range(0..2u8) == 0 {
-            let (code, display) = *self.pick(PROCEDURES);
-            json!({
+    pub fn procedure(&mut self, patient: &str) -> Value {
+        let (code, display) = *self.pick(PROCEDURES);
+        json!({
                 "resourceType": "Procedure",
                 "status": "completed",
                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
                 "subject": Self::subject(patient),
                 "performedDateTime": self.date_time()
-            })
-        } else {
-            json!({
+        })
+    }
+
+    pub fn diagnostic_report(&mut self, patient: &str) -> Value {
+        json!({
                 "resourceType": "DiagnosticReport",
                 "status": "final",
                 "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}],
@@ -309,8 +311,7 @@ impl Generator {
                 "subject": Self::subject(patient),
                 "effectiveDateTime": self.date_time(),
                 "conclusion": "Within normal limits."
-            })
-        }
+        })
     }
 
     /// A clinical note as a DocumentReference whose attachment carries about `note_bytes` of

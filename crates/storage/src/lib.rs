@@ -220,7 +220,15 @@ impl BlobStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         match &self.backend {
-            Backend::Local(dir) => remove_optional(&dir.join(key)),
+            Backend::Local(dir) => {
+                let path = dir.join(key);
+                remove_optional(&path)?;
+                // An emptied per-record directory goes too; a non-empty one stays.
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+                Ok(())
+            }
             Backend::S3 { store, prefix } => {
                 match store.delete(&Self::object_path(prefix, key)).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

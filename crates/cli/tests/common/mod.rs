@@ -1,0 +1,103 @@
+//! Helpers shared by the process-level tests: a cluster of `ehrchain node` processes and a
+//! small HTTP client.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::{
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_ehrchain");
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Option<Child>>,
+    pub api_port: u16,
+}
+
+impl Cluster {
+    pub fn api(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.api_port + index as u16)
+    }
+
+    pub fn start(&mut self, index: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("node-{index}.log"))).unwrap();
+        let child = Command::new(EXE)
+            .args(["node", "--config"])
+            .arg(self.dir.join(format!("node-{index}/config.toml")))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        self.nodes[index] = Some(child);
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].take() {
+            child.kill().expect("SIGKILL");
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+pub fn get(url: &str) -> Option<(u16, Value)> {
+    let mut response = agent().get(url).call().ok()?;
+    let status = response.status().as_u16();
+    Some((
+        status,
+        response.body_mut().read_json().unwrap_or(Value::Null),
+    ))
+}
+
+pub fn post(url: &str, body: &[u8]) -> (u16, Value) {
+    let mut response = agent()
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .send(body)
+        .expect("reach node");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_json().unwrap_or(Value::Null),
+    )
+}
+
+pub fn height(api: &str) -> Option<u64> {
+    get(&format!("{api}/chain/status")).and_then(|(_, v)| v["height"].as_u64())
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Kills its process when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
