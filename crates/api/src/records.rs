@@ -154,7 +154,7 @@ async fn upload<B: Blob>(
     }
     let hash = state
         .store
-        .stage(upload.envelope, &upload.wraps)
+        .stage(&upload.envelope, &upload.wraps)
         .await
         .map_err(|error| {
             tracing::error!(%error, "cannot stage an upload");
@@ -255,8 +255,8 @@ async fn envelope<B: Blob>(
         .as_ref()
         .try_into()
         .expect("32");
-    match state.store.get_blob(&hash).await {
-        Ok(Some(bytes)) => {
+    match state.store.get(&hash).await {
+        Ok(Some((bytes, _))) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
         }
         Ok(None) => Err(ApiError::new(
@@ -286,18 +286,23 @@ async fn wrap<B: Blob>(
     if patient.erased_height.is_some() {
         return Err(gone());
     }
-    pick(&versions, version)?;
-    let wraps = state
-        .store
-        .get_wraps(&record, version)
-        .await
-        .map_err(|error| {
+    let hash: [u8; 32] = pick(&versions, version)?
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32");
+    let wraps = match state.store.get(&hash).await {
+        Ok(Some((_, wraps))) => wraps,
+        Ok(None) => Vec::new(),
+        Err(error) => {
             tracing::error!(%error, "blob store read failed");
-            ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the blob store is unavailable",
-            )
-        })?;
+            ));
+        }
+    };
     let wrap = wraps
         .iter()
         .find(|w| w.recipient.0 == recipient)

@@ -168,6 +168,8 @@ pub struct Records<B: Blob> {
     missing: BTreeMap<Wanted, Option<std::time::Instant>>,
     peers: Vec<PublicKey>,
     next_peer: usize,
+    /// Staged uploads copied into the store, to drop once the store is synced.
+    promoted: Vec<[u8; 32]>,
 }
 
 impl<B: Blob> Records<B> {
@@ -178,6 +180,19 @@ impl<B: Blob> Records<B> {
             missing: BTreeMap::new(),
             peers,
             next_peer: 0,
+            promoted: Vec::new(),
+        }
+    }
+
+    /// Make this batch's writes and deletes durable, then drop the staged copies.
+    async fn flush(&mut self) {
+        if let Err(e) = self.store.sync().await {
+            halt(e)
+        }
+        for hash in self.promoted.drain(..) {
+            if let Err(e) = self.store.unstage(&hash) {
+                halt(e)
+            }
         }
     }
 
@@ -191,6 +206,7 @@ impl<B: Blob> Records<B> {
         for wanted in keep {
             self.acquire(wanted).await;
         }
+        self.flush().await;
         if !self.missing.is_empty() {
             tracing::info!(
                 missing = self.missing.len(),
@@ -199,11 +215,8 @@ impl<B: Blob> Records<B> {
         }
     }
 
-    async fn erase_version(&self, hash: &[u8; 32], record: &RecordId, version: u32) {
-        if let Err(e) = self.store.delete_blob(hash).await {
-            halt(e)
-        }
-        if let Err(e) = self.store.delete_wraps(record, version).await {
+    async fn erase_version(&self, hash: &[u8; 32], _record: &RecordId, _version: u32) {
+        if let Err(e) = self.store.delete(hash).await {
             halt(e)
         }
         if let Err(e) = self.store.unstage(hash) {
@@ -212,13 +225,9 @@ impl<B: Blob> Records<B> {
     }
 
     async fn acquire(&mut self, wanted: Wanted) {
-        match self
-            .store
-            .promote(&wanted.hash, &wanted.record, wanted.version)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => match self.store.has_blob(&wanted.hash).await {
+        match self.store.promote(&wanted.hash).await {
+            Ok(true) => self.promoted.push(wanted.hash),
+            Ok(false) => match self.store.contains(&wanted.hash).await {
                 Ok(true) => {}
                 Ok(false) => {
                     if self.missing.len() < MISSING_MAX {
@@ -257,6 +266,7 @@ impl<B: Blob> Records<B> {
                 _ => {}
             }
         }
+        self.flush().await;
     }
 
     async fn erase_patient(&mut self, patient: &PatientId) {
@@ -310,12 +320,9 @@ impl<B: Blob> Records<B> {
     async fn answer(&self, items: Vec<([u8; 32], RecordId, u32)>) -> Vec<u8> {
         let mut found = Vec::new();
         let mut size = 3;
-        for (hash, record, version) in items {
-            let (envelope, wraps) = match self.store.get_blob(&hash).await {
-                Ok(Some(envelope)) => match self.store.get_wraps(&record, version).await {
-                    Ok(wraps) => (envelope, wraps),
-                    Err(e) => halt(e),
-                },
+        for (hash, _, _) in items {
+            let (envelope, wraps) = match self.store.get(&hash).await {
+                Ok(Some(found)) => found,
                 Ok(None) => match self.store.staged(&hash) {
                     Ok(Some(staged)) => staged,
                     Ok(None) => continue,
@@ -343,18 +350,12 @@ impl<B: Blob> Records<B> {
                 tracing::warn!(hash = %hex::encode(hash), "a peer sent a blob that does not match its anchor; rejected");
                 continue;
             }
-            if let Err(e) = self
-                .store
-                .add_wraps(&wanted.record, wanted.version, &wraps)
-                .await
-            {
-                halt(e)
-            }
-            if let Err(e) = self.store.put_blob(envelope).await {
+            if let Err(e) = self.store.put(&envelope, &wraps).await {
                 halt(e)
             }
             self.missing.remove(&wanted);
         }
+        self.flush().await;
     }
 
     pub fn missing(&self) -> usize {

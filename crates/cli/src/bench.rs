@@ -34,7 +34,7 @@ pub struct Args {
     api_port: u16,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
-    let result = drive(&args, &apis);
+    let result = wait_ready(&apis).and_then(|()| drive(&args, &apis));
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
@@ -115,8 +115,8 @@ pub fn run(args: Args) -> Result<()> {
     result
 }
 
-fn drive(args: &Args, apis: &[String]) -> Result<()> {
-    // Wait for every node to serve and the chain to make its first block.
+/// Wait for every node to serve and the chain to make its first block.
+pub fn wait_ready(apis: &[String]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = apis.iter().all(|api| {
@@ -130,6 +130,10 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
+
+fn drive(args: &Args, apis: &[String]) -> Result<()> {
     eprintln!(
         "signing {} transactions from {} clients...",
         args.transactions, args.clients
@@ -183,51 +187,13 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
         })
     };
 
-    // Follower: read each new block's transaction ids from node 0.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut latencies = Vec::with_capacity(ids.len());
-    let mut next = start_height + 1;
-    let began = Instant::now();
-    let mut last_commit = began;
-    let idle_limit = Duration::from_secs(30);
-    let mut idle_since = Instant::now();
-    while latencies.len() < ids.len() {
-        let height = get_json(&format!("{}/chain/status", apis[0]))?["height"]
-            .as_u64()
-            .unwrap_or(0);
-        if height < next {
-            if idle_since.elapsed() > idle_limit {
-                eprintln!("no new block for {} s; stopping", idle_limit.as_secs());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        idle_since = Instant::now();
-        while next <= height {
-            let mut response = agent
-                .get(format!("{}/chain/blocks/{next}/transactions", apis[0]))
-                .call()?;
-            let bytes = response
-                .body_mut()
-                .with_config()
-                .limit(64 * 1024 * 1024)
-                .read_to_vec()?;
-            let now = Instant::now();
-            let map = submitted.lock().expect("lock");
-            for chunk in bytes.chunks_exact(32) {
-                let id = Digest::from(<[u8; 32]>::try_from(chunk).expect("32 bytes"));
-                if let Some(at) = map.get(&id) {
-                    latencies.push(now.duration_since(*at));
-                    last_commit = now;
-                }
-            }
-            next += 1;
-        }
-    }
+    let followed = follow(&apis[0], start_height, ids.len(), &submitted)?;
+    let (mut latencies, began, last_commit, next) = (
+        followed.latencies,
+        followed.began,
+        followed.last_commit,
+        followed.next,
+    );
     let rejected = submitter.join().expect("submitter thread")?;
     let committed = latencies.len();
     latencies.sort();
@@ -246,4 +212,73 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
         next - start_height - 1,
     );
     Ok(())
+}
+
+/// What the follower saw: per-transaction commit latencies and the span of commits.
+pub struct Followed {
+    pub latencies: Vec<Duration>,
+    pub began: Instant,
+    pub last_commit: Instant,
+    /// The first height not yet read.
+    pub next: u64,
+}
+
+/// Read each new block's transaction ids from `api` and time every submitted id to its
+/// commit, until `expected` were seen or no block came for 30 s.
+pub fn follow(
+    api: &str,
+    start_height: u64,
+    expected: usize,
+    submitted: &Mutex<HashMap<Digest, Instant>>,
+) -> Result<Followed> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut latencies = Vec::with_capacity(expected);
+    let mut next = start_height + 1;
+    let began = Instant::now();
+    let mut last_commit = began;
+    let idle_limit = Duration::from_secs(30);
+    let mut idle_since = Instant::now();
+    while latencies.len() < expected {
+        let height = get_json(&format!("{api}/chain/status"))?["height"]
+            .as_u64()
+            .unwrap_or(0);
+        if height < next {
+            if idle_since.elapsed() > idle_limit {
+                eprintln!("no new block for {} s; stopping", idle_limit.as_secs());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        idle_since = Instant::now();
+        while next <= height {
+            let mut response = agent
+                .get(format!("{api}/chain/blocks/{next}/transactions"))
+                .call()?;
+            let bytes = response
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024 * 1024)
+                .read_to_vec()?;
+            let now = Instant::now();
+            let map = submitted.lock().expect("lock");
+            for chunk in bytes.chunks_exact(32) {
+                let id = Digest::from(<[u8; 32]>::try_from(chunk).expect("32 bytes"));
+                if let Some(at) = map.get(&id) {
+                    latencies.push(now.duration_since(*at));
+                    last_commit = now;
+                }
+            }
+            next += 1;
+        }
+    }
+    Ok(Followed {
+        latencies,
+        began,
+        last_commit,
+        next,
+    })
 }

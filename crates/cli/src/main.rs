@@ -1,6 +1,7 @@
 //! `ehrchain`: the command-line interface for every operation on the chain.
 
 mod bench;
+mod bench_records;
 mod client;
 mod config;
 mod dev;
@@ -105,6 +106,11 @@ enum Command {
     ///
     /// Example: ehrchain bench --validators 4 --transactions 100000
     Bench(bench::Args),
+    /// Write encrypted FHIR records through the whole path on a local network and report
+    /// records/s, MB/s and commit latency.
+    ///
+    /// Example: ehrchain bench-records --records 20000 --rate 2000 --size 4096
+    BenchRecords(bench_records::Args),
 }
 
 #[derive(Subcommand)]
@@ -201,6 +207,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Patient { command } => return records::patient(command),
         Command::Identity { command } => return records::identity(command),
         Command::Bench(args) => bench::run(args)?,
+        Command::BenchRecords(args) => bench_records::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

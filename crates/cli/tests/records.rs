@@ -381,11 +381,15 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
     let (tampered_record, _) = &written[4];
     let tampered_hash = history_hash(&cluster.api(1), tampered_record);
     let blob = net.join(format!(
-        "node-1/data/records/blobs/{}/{tampered_hash}",
+        "node-1/data/records/records/{}/{tampered_hash}",
         &tampered_hash[..2]
     ));
+    wait_until("node 1 holds the record", Duration::from_secs(30), || {
+        blob.exists()
+    });
     let mut bytes = std::fs::read(&blob).unwrap();
-    bytes[30] ^= 1;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
     std::fs::write(&blob, &bytes).unwrap();
     let verify = cli(&[
         "record",

@@ -1,12 +1,12 @@
 //! Keep record envelopes and their wrapped keys off chain: on local disk or in S3.
 //!
-//! Envelopes are content-addressed by the SHA-256 of their bytes, which is what the chain
-//! anchors; every read re-checks the hash, so a damaged or substituted blob is never served.
-//! Wrapped keys are kept per record version as a list of [`Wrap`]s.
+//! A record version is one object, content-addressed by the SHA-256 of its envelope, which
+//! is what the chain anchors; every read re-checks the hash, so a damaged or substituted
+//! envelope is never served. The data key's wraps travel in the same object, so erasing a
+//! version is one delete and writing one is one file.
 //!
 //! ```text
-//! blobs/{hash[0..2]}/{hash}        the envelope
-//! keys/{record}/{version}          n x 112-byte wraps (recipient | HPKE enc | wrapped key)
+//! records/{hash[0..2]}/{hash}:  count u16 | count x wrap (recipient | HPKE enc | key+tag) | envelope
 //! ```
 //! An upload is first *staged* on local disk. Only when its anchor transaction is final is
 //! it moved into the store, so no stored blob is ever left without its anchor; staged
@@ -75,20 +75,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io(path.display().to_string(), e)
 }
 
-/// Write `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Write `bytes` to `path` atomically (a temporary file, then a rename). With `durable`, the
+/// file and its directory entry are flushed before returning; otherwise the caller flushes a
+/// whole batch at once with [`BlobStore::sync`].
+fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let temporary = path.with_extension("tmp");
     {
         let mut file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
         file.write_all(bytes).map_err(io(&temporary))?;
-        file.sync_all().map_err(io(&temporary))?;
+        if durable {
+            file.sync_all().map_err(io(&temporary))?;
+        }
     }
     std::fs::rename(&temporary, path).map_err(io(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    if durable {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Flush every pending write of the file system that holds `dir` (Linux `syncfs`): one flush
+/// for a whole batch of blobs instead of two per file.
+fn sync_file_system(dir: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir).map_err(io(dir))?;
+    // SAFETY: `syncfs` takes a valid open descriptor, which `handle` keeps alive.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(Error::Io(
+            dir.display().to_string(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -121,13 +143,28 @@ fn encode_wraps(wraps: &[Wrap]) -> Vec<u8> {
     wraps.iter().flat_map(|w| w.encode()).collect()
 }
 
-fn blob_key(hash: &[u8; 32]) -> String {
+fn object_key(hash: &[u8; 32]) -> String {
     let hex = hex::encode(hash);
-    format!("blobs/{}/{hex}", &hex[..2])
+    format!("records/{}/{hex}", &hex[..2])
 }
 
-fn wraps_key(record: &[u8; 16], version: u32) -> String {
-    format!("keys/{}/{version}", hex::encode(record))
+/// `count u16 | wraps [count x 112] | envelope`.
+fn encode_object(envelope: &[u8], wraps: &[Wrap]) -> Result<Vec<u8>> {
+    if wraps.len() > WRAPS_PER_VERSION_MAX {
+        return Err(Error::TooManyWraps);
+    }
+    let mut bytes = Vec::with_capacity(2 + wraps.len() * WRAP_BYTES + envelope.len());
+    bytes.extend_from_slice(&(wraps.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&encode_wraps(wraps));
+    bytes.extend_from_slice(envelope);
+    Ok(bytes)
+}
+
+fn decode_object(bytes: &[u8]) -> Option<(Vec<u8>, Vec<Wrap>)> {
+    let count = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+    let end = 2 + count * WRAP_BYTES;
+    let wraps = decode_wraps(bytes.get(2..end)?, "object").ok()?;
+    Some((bytes[end..].to_vec(), wraps))
 }
 
 impl BlobStore {
@@ -183,11 +220,11 @@ impl BlobStore {
         }
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+    async fn put_raw(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         match &self.backend {
             Backend::Local(dir) => {
                 let path = dir.join(key);
-                tokio::task::spawn_blocking(move || write_durably(&path, &bytes))
+                tokio::task::spawn_blocking(move || write_file(&path, &bytes, false))
                     .await
                     .expect("blob write task")
             }
@@ -200,7 +237,7 @@ impl BlobStore {
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match &self.backend {
             Backend::Local(dir) => {
                 let path = dir.join(key);
@@ -218,7 +255,7 @@ impl BlobStore {
         }
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete_raw(&self, key: &str) -> Result<()> {
         match &self.backend {
             Backend::Local(dir) => {
                 let path = dir.join(key);
@@ -238,34 +275,41 @@ impl BlobStore {
         }
     }
 
-    /// Store an envelope under its hash (the caller checked the hash against the anchor).
-    pub async fn put_blob(&self, envelope: Vec<u8>) -> Result<[u8; 32]> {
-        let hash = envelope_hash(&envelope);
-        self.put(&blob_key(&hash), envelope).await?;
+    /// Store a record version: its envelope and wraps, under the envelope's hash (the caller
+    /// checked the hash against the anchor). Durable after the next [`BlobStore::sync`].
+    pub async fn put(&self, envelope: &[u8], wraps: &[Wrap]) -> Result<[u8; 32]> {
+        let hash = envelope_hash(envelope);
+        self.put_raw(&object_key(&hash), encode_object(envelope, wraps)?)
+            .await?;
         Ok(hash)
     }
 
-    /// The envelope with this hash, if held and intact. A stored blob whose bytes no longer
-    /// hash to its name is deleted and reported missing, so it is fetched again from a peer.
-    pub async fn get_blob(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let key = blob_key(hash);
-        let Some(bytes) = self.get(&key).await? else {
+    /// The envelope and wraps stored under this hash, if held and intact. An object whose
+    /// envelope no longer hashes to its name is deleted and reported missing, so it is never
+    /// served and is fetched again from a peer.
+    pub async fn get(&self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, Vec<Wrap>)>> {
+        let key = object_key(hash);
+        let Some(bytes) = self.get_raw(&key).await? else {
             return Ok(None);
         };
-        if envelope_hash(&bytes) != *hash {
-            tracing::error!(hash = %hex::encode(hash), "stored blob does not match its hash; deleting it");
-            self.delete(&key).await?;
-            return Ok(None);
+        match decode_object(&bytes) {
+            Some((envelope, wraps)) if envelope_hash(&envelope) == *hash => {
+                Ok(Some((envelope, wraps)))
+            }
+            _ => {
+                tracing::error!(hash = %hex::encode(hash), "a stored record does not match its hash; deleting it");
+                self.delete_raw(&key).await?;
+                Ok(None)
+            }
         }
-        Ok(Some(bytes))
     }
 
-    pub async fn has_blob(&self, hash: &[u8; 32]) -> Result<bool> {
+    pub async fn contains(&self, hash: &[u8; 32]) -> Result<bool> {
         match &self.backend {
-            Backend::Local(dir) => Ok(dir.join(blob_key(hash)).exists()),
+            Backend::Local(dir) => Ok(dir.join(object_key(hash)).exists()),
             Backend::S3 { store, prefix } => {
                 match store
-                    .head(&Self::object_path(prefix, &blob_key(hash)))
+                    .head(&Self::object_path(prefix, &object_key(hash)))
                     .await
                 {
                     Ok(_) => Ok(true),
@@ -276,114 +320,121 @@ impl BlobStore {
         }
     }
 
-    pub async fn delete_blob(&self, hash: &[u8; 32]) -> Result<()> {
-        self.delete(&blob_key(hash)).await
+    /// Delete a record version's envelope and every wrap of it (erasure).
+    pub async fn delete(&self, hash: &[u8; 32]) -> Result<()> {
+        self.delete_raw(&object_key(hash)).await
     }
 
-    /// The wraps kept for a record version.
-    pub async fn get_wraps(&self, record: &[u8; 16], version: u32) -> Result<Vec<Wrap>> {
-        let key = wraps_key(record, version);
-        match self.get(&key).await? {
-            None => Ok(Vec::new()),
-            Some(bytes) => decode_wraps(&bytes, &key),
-        }
-    }
-
-    /// Add wraps to a record version (a recipient already present is replaced).
-    pub async fn add_wraps(&self, record: &[u8; 16], version: u32, wraps: &[Wrap]) -> Result<()> {
+    /// Add wraps to a stored version (a recipient already present is replaced).
+    pub async fn add_wraps(&self, hash: &[u8; 32], wraps: &[Wrap]) -> Result<bool> {
         let _guard = self.wraps_lock.lock().await;
-        let mut current = self.get_wraps(record, version).await?;
+        let Some((envelope, mut current)) = self.get(hash).await? else {
+            return Ok(false);
+        };
         for wrap in wraps {
             current.retain(|w| w.recipient != wrap.recipient);
             current.push(wrap.clone());
         }
-        if current.len() > WRAPS_PER_VERSION_MAX {
-            return Err(Error::TooManyWraps);
-        }
-        self.put(&wraps_key(record, version), encode_wraps(&current))
-            .await
+        self.put(&envelope, &current).await?;
+        Ok(true)
     }
 
-    /// Delete a recipient's wrap (a revoked grantee).
+    /// Delete one recipient's wrap (a revoked grantee).
     pub async fn remove_wrap(
         &self,
-        record: &[u8; 16],
-        version: u32,
+        hash: &[u8; 32],
         recipient: &ehrchain_crypto::EncryptionPublicKey,
     ) -> Result<()> {
         let _guard = self.wraps_lock.lock().await;
-        let mut current = self.get_wraps(record, version).await?;
+        let Some((envelope, mut current)) = self.get(hash).await? else {
+            return Ok(());
+        };
         let before = current.len();
         current.retain(|w| w.recipient != *recipient);
         if current.len() != before {
-            self.put(&wraps_key(record, version), encode_wraps(&current))
-                .await?;
+            self.put(&envelope, &current).await?;
         }
         Ok(())
     }
 
-    /// Delete every wrap of a record version (erasure).
-    pub async fn delete_wraps(&self, record: &[u8; 16], version: u32) -> Result<()> {
-        let _guard = self.wraps_lock.lock().await;
-        self.delete(&wraps_key(record, version)).await
+    fn staged_path(&self, hash: &[u8; 32]) -> PathBuf {
+        self.staging.join(format!("{}.upload", hex::encode(hash)))
     }
 
-    fn staged_paths(&self, hash: &[u8; 32]) -> (PathBuf, PathBuf) {
-        let hex = hex::encode(hash);
-        (
-            self.staging.join(format!("{hex}.blob")),
-            self.staging.join(format!("{hex}.keys")),
-        )
-    }
-
-    /// Stage an upload until its anchor is final. Durable, so a restart loses nothing.
-    pub async fn stage(&self, envelope: Vec<u8>, wraps: &[Wrap]) -> Result<[u8; 32]> {
-        let hash = envelope_hash(&envelope);
-        let (blob, keys) = self.staged_paths(&hash);
-        let wraps = encode_wraps(wraps);
-        tokio::task::spawn_blocking(move || {
-            write_durably(&keys, &wraps)?;
-            write_durably(&blob, &envelope)
-        })
-        .await
-        .expect("staging task")?;
+    /// Stage an upload until its anchor is final: one file in the stored format, flushed with
+    /// its directory entry before this returns, so a crash loses nothing a client was told is
+    /// pending.
+    pub async fn stage(&self, envelope: &[u8], wraps: &[Wrap]) -> Result<[u8; 32]> {
+        let hash = envelope_hash(envelope);
+        let path = self.staged_path(&hash);
+        let bytes = encode_object(envelope, wraps)?;
+        tokio::task::spawn_blocking(move || write_file(&path, &bytes, true))
+            .await
+            .expect("staging task")?;
         Ok(hash)
     }
 
     /// A staged upload, if present and intact.
     pub fn staged(&self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, Vec<Wrap>)>> {
-        let (blob, keys) = self.staged_paths(hash);
-        let Some(envelope) = read_optional(&blob)? else {
+        let path = self.staged_path(hash);
+        let Some(bytes) = read_optional(&path)? else {
             return Ok(None);
         };
-        if envelope_hash(&envelope) != *hash {
-            self.unstage(hash)?;
-            return Ok(None);
+        match decode_object(&bytes) {
+            Some((envelope, wraps)) if envelope_hash(&envelope) == *hash => {
+                Ok(Some((envelope, wraps)))
+            }
+            _ => {
+                tracing::error!(hash = %hex::encode(hash), "a staged upload is damaged; dropping it");
+                self.unstage(hash)?;
+                Ok(None)
+            }
         }
-        let wraps = match read_optional(&keys)? {
-            Some(bytes) => decode_wraps(&bytes, &keys.display().to_string())?,
-            None => Vec::new(),
-        };
-        Ok(Some((envelope, wraps)))
     }
 
-    /// Drop a staged upload (its anchor was refused, or it was promoted).
+    /// Drop a staged upload (its anchor was refused, or it was promoted and synced).
     pub fn unstage(&self, hash: &[u8; 32]) -> Result<()> {
-        let (blob, keys) = self.staged_paths(hash);
-        remove_optional(&blob)?;
-        remove_optional(&keys)
+        remove_optional(&self.staged_path(hash))
     }
 
-    /// Move a staged upload into the store once its anchor is final. Returns false when
-    /// nothing was staged under this hash.
-    pub async fn promote(&self, hash: &[u8; 32], record: &[u8; 16], version: u32) -> Result<bool> {
-        let Some((envelope, wraps)) = self.staged(hash)? else {
-            return Ok(false);
-        };
-        self.add_wraps(record, version, &wraps).await?;
-        self.put(&blob_key(hash), envelope).await?;
-        self.unstage(hash)?;
-        Ok(true)
+    /// Move a staged upload into the store once its anchor is final; false when nothing was
+    /// staged under this hash. On local disk this is a rename; for S3 a PUT, after which the
+    /// caller syncs and unstages.
+    pub async fn promote(&self, hash: &[u8; 32]) -> Result<bool> {
+        match &self.backend {
+            Backend::Local(dir) => {
+                let from = self.staged_path(hash);
+                if !from.exists() {
+                    return Ok(false);
+                }
+                let to = dir.join(object_key(hash));
+                let parent = to.parent().expect("object paths have a parent");
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                std::fs::rename(&from, &to).map_err(io(&to))?;
+                Ok(true)
+            }
+            Backend::S3 { .. } => {
+                let Some((envelope, wraps)) = self.staged(hash)? else {
+                    return Ok(false);
+                };
+                self.put(&envelope, &wraps).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Make every write and delete so far durable. Local store: one `syncfs`; S3: each PUT
+    /// and DELETE is already durable when it returns.
+    pub async fn sync(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Local(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || sync_file_system(&dir))
+                    .await
+                    .expect("sync task")
+            }
+            Backend::S3 { .. } => Ok(()),
+        }
     }
 
     /// Delete staged uploads older than `age` whose anchors never became final.
@@ -422,14 +473,13 @@ mod tests {
     use super::*;
     use ehrchain_crypto::{Binding, EncryptionKey, seal_for};
 
-    fn sealed(text: &[u8], reader: &EncryptionKey) -> (Vec<u8>, [u8; 32], Vec<Wrap>, Binding) {
+    fn sealed(text: &[u8], reader: &EncryptionKey) -> (Vec<u8>, [u8; 32], Vec<Wrap>) {
         let binding = Binding {
             record: [1; 16],
             version: 1,
             patient: [2; 16],
         };
-        let (envelope, hash, wraps) = seal_for(&binding, text, &[reader.public()]).unwrap();
-        (envelope, hash, wraps, binding)
+        seal_for(&binding, text, &[reader.public()]).unwrap()
     }
 
     #[tokio::test]
@@ -437,40 +487,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
         let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, wraps, binding) = sealed(b"{\"x\":1}", &reader);
-        assert_eq!(store.stage(envelope.clone(), &wraps).await.unwrap(), hash);
+        let (envelope, hash, wraps) = sealed(b"{\"x\":1}", &reader);
+        assert_eq!(store.stage(&envelope, &wraps).await.unwrap(), hash);
         assert!(
-            store.get_blob(&hash).await.unwrap().is_none(),
+            store.get(&hash).await.unwrap().is_none(),
             "staged is not stored"
         );
-        assert!(store.promote(&hash, &binding.record, 1).await.unwrap());
+        assert!(store.promote(&hash).await.unwrap());
+        store.sync().await.unwrap();
+        store.unstage(&hash).unwrap();
         assert!(store.staged(&hash).unwrap().is_none());
-        assert_eq!(store.get_blob(&hash).await.unwrap().unwrap(), envelope);
-        assert_eq!(store.get_wraps(&binding.record, 1).await.unwrap(), wraps);
-        store.delete_blob(&hash).await.unwrap();
-        store.delete_wraps(&binding.record, 1).await.unwrap();
-        assert!(store.get_blob(&hash).await.unwrap().is_none());
-        assert!(
-            store
-                .get_wraps(&binding.record, 1)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(store.get(&hash).await.unwrap().unwrap(), (envelope, wraps));
+        store.delete(&hash).await.unwrap();
+        assert!(store.get(&hash).await.unwrap().is_none());
+        assert!(!store.contains(&hash).await.unwrap());
     }
 
     #[tokio::test]
-    async fn a_damaged_blob_is_never_served() {
+    async fn a_damaged_record_is_never_served() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
         let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, _, _) = sealed(b"{}", &reader);
-        store.put_blob(envelope).await.unwrap();
-        let path = dir.path().join(blob_key(&hash));
+        let (envelope, hash, wraps) = sealed(b"{}", &reader);
+        store.put(&envelope, &wraps).await.unwrap();
+        let path = dir.path().join(object_key(&hash));
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[20] ^= 1;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(store.get_blob(&hash).await.unwrap().is_none());
+        assert!(store.get(&hash).await.unwrap().is_none());
         assert!(
             !path.exists(),
             "the damaged copy is removed so it is fetched again"
@@ -483,17 +528,22 @@ mod tests {
         let store = BlobStore::local(dir.path()).unwrap();
         let a = EncryptionKey::from_seed(&[1; 32]);
         let b = EncryptionKey::from_seed(&[2; 32]);
-        let (_, _, wraps_a, binding) = sealed(b"{}", &a);
-        let (_, _, wraps_b, _) = sealed(b"{}", &b);
-        store.add_wraps(&binding.record, 1, &wraps_a).await.unwrap();
-        store.add_wraps(&binding.record, 1, &wraps_b).await.unwrap();
-        store.add_wraps(&binding.record, 1, &wraps_a).await.unwrap();
-        assert_eq!(store.get_wraps(&binding.record, 1).await.unwrap().len(), 2);
-        store
-            .remove_wrap(&binding.record, 1, &a.public())
-            .await
-            .unwrap();
-        assert_eq!(store.get_wraps(&binding.record, 1).await.unwrap(), wraps_b);
+        let (envelope, hash, wraps_a) = sealed(b"{}", &a);
+        let other = Wrap {
+            recipient: b.public(),
+            ..wraps_a[0].clone()
+        };
+        store.put(&envelope, &wraps_a).await.unwrap();
+        assert!(
+            store
+                .add_wraps(&hash, std::slice::from_ref(&other))
+                .await
+                .unwrap()
+        );
+        assert!(store.add_wraps(&hash, &wraps_a).await.unwrap());
+        assert_eq!(store.get(&hash).await.unwrap().unwrap().1.len(), 2);
+        store.remove_wrap(&hash, &a.public()).await.unwrap();
+        assert_eq!(store.get(&hash).await.unwrap().unwrap().1, vec![other]);
     }
 
     #[tokio::test]
@@ -501,8 +551,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::local(dir.path()).unwrap();
         let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, wraps, _) = sealed(b"{}", &reader);
-        store.stage(envelope, &wraps).await.unwrap();
+        let (envelope, hash, wraps) = sealed(b"{}", &reader);
+        store.stage(&envelope, &wraps).await.unwrap();
         assert_eq!(
             store
                 .sweep_staged(Duration::from_secs(60), |_| false)
@@ -514,7 +564,7 @@ mod tests {
             0
         );
         std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(store.sweep_staged(Duration::ZERO, |_| false).unwrap(), 2);
+        assert_eq!(store.sweep_staged(Duration::ZERO, |_| false).unwrap(), 1);
         assert!(store.staged(&hash).unwrap().is_none());
     }
 }
