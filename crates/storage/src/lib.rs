@@ -69,6 +69,69 @@ pub struct BlobStore {
     staging: PathBuf,
     /// Serializes read-modify-write of wrap lists.
     wraps_lock: tokio::sync::Mutex<()>,
+    /// Uploads waiting for the stager's next group flush.
+    stager: tokio::sync::mpsc::Sender<StageRequest>,
+}
+
+/// Most uploads waiting to be staged; a full queue makes uploaders wait.
+pub const STAGE_QUEUE_MAX: usize = 4_096;
+
+/// Most uploads written under one flush.
+const STAGE_GROUP_MAX: usize = 256;
+
+struct StageRequest {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+/// Group commit for staging: write every waiting upload, flush the file system once, then
+/// answer them all. Under load one flush covers hundreds of uploads; alone, an upload waits
+/// for just its own flush.
+fn run_stager(staging: PathBuf, mut queue: tokio::sync::mpsc::Receiver<StageRequest>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < STAGE_GROUP_MAX {
+            match queue.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut written = Vec::with_capacity(group.len());
+        for request in group {
+            let result = write_file(&request.path, &request.bytes, false);
+            written.push((request.done, result));
+        }
+        let flushed = sync_file_system(&staging);
+        for (done, result) in written {
+            let answer = match (&result, &flushed) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(_), _) => result,
+                (Ok(()), Err(e)) => Err(Error::Io(
+                    staging.display().to_string(),
+                    std::io::Error::new(e_kind(e), "flush failed"),
+                )),
+            };
+            let _ = done.send(answer);
+        }
+    }
+}
+
+fn e_kind(error: &Error) -> std::io::ErrorKind {
+    match error {
+        Error::Io(_, e) => e.kind(),
+        _ => std::io::ErrorKind::Other,
+    }
+}
+
+fn spawn_stager(staging: &Path) -> tokio::sync::mpsc::Sender<StageRequest> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(STAGE_QUEUE_MAX);
+    let staging = staging.to_path_buf();
+    std::thread::Builder::new()
+        .name("ehrchain-stager".into())
+        .spawn(move || run_stager(staging, receiver))
+        .expect("spawn the stager thread");
+    sender
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -175,6 +238,7 @@ impl BlobStore {
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
         Ok(Self {
             backend: Backend::Local(dir.to_path_buf()),
+            stager: spawn_stager(&staging),
             staging,
             wraps_lock: tokio::sync::Mutex::new(()),
         })
@@ -201,6 +265,7 @@ impl BlobStore {
                 prefix: config.prefix.trim_matches('/').to_owned(),
             },
             staging: staging_dir.to_path_buf(),
+            stager: spawn_stager(staging_dir),
             wraps_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -368,9 +433,12 @@ impl BlobStore {
         let hash = envelope_hash(envelope);
         let path = self.staged_path(&hash);
         let bytes = encode_object(envelope, wraps)?;
-        tokio::task::spawn_blocking(move || write_file(&path, &bytes, true))
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.stager
+            .send(StageRequest { path, bytes, done })
             .await
-            .expect("staging task")?;
+            .expect("the stager runs as long as the store");
+        answer.await.expect("the stager answers every request")?;
         Ok(hash)
     }
 
