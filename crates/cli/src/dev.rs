@@ -27,7 +27,8 @@ pub fn spawn_nodes(configs: &[std::path::PathBuf], log_dir: &Path) -> Result<Vec
 }
 
 pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Result<()> {
-    let configs: Vec<std::path::PathBuf> = if dir.join("genesis.json").exists() {
+    let fresh = !dir.join("genesis.json").exists();
+    let configs: Vec<std::path::PathBuf> = if !fresh {
         (0..validators)
             .map(|i| dir.join(format!("node-{i}")).join("config.toml"))
             .collect()
@@ -51,6 +52,23 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
             "  node-{index}: API http://{}  (log {}/node-{index}.log)",
             config.api_listen,
             dir.display()
+        );
+    }
+    if fresh {
+        let apis: Vec<String> = configs
+            .iter()
+            .map(|c| {
+                Ok(format!(
+                    "http://{}",
+                    crate::config::NodeConfig::load(c)?.api_listen
+                ))
+            })
+            .collect::<Result<_>>()?;
+        crate::bench::wait_ready(&apis)?;
+        let written = fill_demo(dir, &apis)?;
+        println!(
+            "  demo data: {written} synthetic FHIR records; identities in {}",
+            dir.join("identities.json").display()
         );
     }
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -82,4 +100,116 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
         let _ = child.wait();
     }
     Ok(())
+}
+
+/// Base64url without padding (RFC 4648 section 5), as JWK and SMART clients expect keys.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
+}
+
+/// Fill a fresh demo network: two clinicians at two institutions, two patients (one per
+/// home institution) with a year of synthetic records each, and `identities.json` so that
+/// any client can sign in as them. Returns the number of records written.
+fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
+    use crate::records::{Session, Signer, prepare, readers_for};
+    use ehrchain_types::Payload;
+    let keys = dir.join("identities");
+    std::fs::create_dir_all(&keys)?;
+    let homes = apis.len().min(2);
+    let mut identities = Vec::new();
+    let mut generator = ehrchain_fhir::synth::Generator::new(2026);
+    let mut written = 0;
+    let mut clinicians = Vec::new();
+    for (home, api) in apis.iter().enumerate().take(homes) {
+        let session = Session::open(api)?;
+        let institution = Signer::load(&dir.join(format!("node-{home}/validator.key")))?;
+        let seed = crate::config::random_seed();
+        crate::config::write_key(&keys.join(format!("clinician-{}.key", home + 1)), &seed)?;
+        let clinician = Signer::from_seed(&seed);
+        let enroll = session.sign(
+            &institution,
+            Payload::EnrollClinician {
+                clinician: clinician.public.clone(),
+                encryption_key: clinician.encryption.public().0,
+            },
+        )?;
+        session.submit_and_wait(&enroll)?;
+        identities.push(serde_json::json!({
+            "id": clinician.public.to_string(),
+            "role": "clinician",
+            "api": api,
+            "institution": institution.public.to_string(),
+            "practitioner": clinician.public.to_string(),
+            "private_key": base64url(&seed),
+        }));
+        clinicians.push((clinician, seed));
+    }
+    for (home, api) in apis.iter().enumerate().take(homes) {
+        let session = Session::open(api)?;
+        let institution = Signer::load(&dir.join(format!("node-{home}/validator.key")))?;
+        let seed = crate::config::random_seed();
+        crate::config::write_key(&keys.join(format!("patient-{}.key", home + 1)), &seed)?;
+        let patient = Signer::from_seed(&seed);
+        let id: [u8; 16] = crate::config::random_seed()[..16].try_into().expect("16");
+        let register = session.sign(
+            &institution,
+            Payload::RegisterPatient {
+                patient: id,
+                key: patient.public.clone(),
+                encryption_key: patient.encryption.public().0,
+            },
+        )?;
+        session.submit_and_wait(&register)?;
+        let patient_id = hex::encode(id);
+        identities.push(serde_json::json!({
+            "id": patient.public.to_string(),
+            "role": "patient",
+            "api": api,
+            "institution": institution.public.to_string(),
+            "patient": patient_id,
+            "private_key": base64url(&seed),
+        }));
+        let (author, _) = &clinicians[home];
+        let readers = readers_for(api, author, &id)?;
+        let synthetic = generator.patient(&patient_id, 24);
+        for resource in std::iter::once(synthetic.patient).chain(synthetic.records) {
+            let json = serde_json::to_vec_pretty(&resource)?;
+            // Each write is waited for before the next is signed, so the node's nonce is current.
+            let nonce = session.nonce(&author.public)?;
+            let prepared = prepare(session.chain_id, author, nonce, &json, None, 1, &readers)?;
+            crate::client::post_bytes(&format!("{api}/records"), prepared.upload.clone())?;
+            session.wait(&hex::encode(prepared.transaction.id()))?;
+            written += 1;
+        }
+    }
+    std::fs::write(
+        dir.join("identities.json"),
+        serde_json::to_string_pretty(&serde_json::json!(identities))?,
+    )?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64url_matches_rfc_4648() {
+        assert_eq!(super::base64url(b""), "");
+        assert_eq!(super::base64url(b"f"), "Zg");
+        assert_eq!(super::base64url(b"fo"), "Zm8");
+        assert_eq!(super::base64url(b"foo"), "Zm9v");
+        assert_eq!(super::base64url(&[0xfb, 0xff]), "-_8");
+    }
 }
