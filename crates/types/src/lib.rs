@@ -86,6 +86,34 @@ pub fn private_key_from_seed(seed: &[u8]) -> Option<PrivateKey> {
     PrivateKey::decode(commonware_codec::Copying(seed)).ok()
 }
 
+/// Most decoded public keys remembered; the cache is emptied when full.
+pub const PUBLIC_KEY_CACHE_MAX: usize = 65_536;
+
+/// Decode a public key, reusing the decompressed point of a key seen before. Decompression
+/// (a field square root) is about a third of an Ed25519 verification, and the same few
+/// thousand signers' keys are decoded again for every transaction, gossip batch and block.
+/// The cache holds only keys that decoded successfully, so it never changes an answer.
+fn decode_public_key(bytes: [u8; 32]) -> Result<PublicKey, Error> {
+    use commonware_codec::DecodeExt;
+    use std::{
+        collections::HashMap,
+        sync::{Mutex, OnceLock},
+    };
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], PublicKey>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(key) = cache.lock().expect("key cache").get(&bytes) {
+        return Ok(key.clone());
+    }
+    let key = PublicKey::decode(commonware_codec::Copying(&bytes[..]))
+        .map_err(|_| Error::InvalidPublicKey)?;
+    let mut cache = cache.lock().expect("key cache");
+    if cache.len() >= PUBLIC_KEY_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(bytes, key.clone());
+    Ok(key)
+}
+
 /// A small cursor over untrusted bytes that never reads past the end.
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
@@ -126,9 +154,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn public_key(&mut self) -> Result<PublicKey, Error> {
-        use commonware_codec::DecodeExt;
-        PublicKey::decode(commonware_codec::Copying(self.take(32)?))
-            .map_err(|_| Error::InvalidPublicKey)
+        decode_public_key(self.array()?)
     }
 
     pub(crate) fn digest(&mut self) -> Result<Digest, Error> {
