@@ -17,7 +17,7 @@ use axum::{
     routing::{get, post},
 };
 use commonware_runtime::Blob;
-use ehrchain_chain::state::{PatientEntry, RecordVersion, Role};
+use ehrchain_chain::state::{PatientEntry, Reader as _, RecordVersion, Role};
 use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, WRAP_BYTES, Wrap, envelope_hash};
 use ehrchain_types::{
     Payload, Transaction, limits::TRANSACTION_SIZE_BYTES_MAX, public_key_from_hex,
@@ -204,11 +204,7 @@ fn lookup<B: Blob>(
 ) -> Result<(Vec<RecordVersion>, PatientEntry)> {
     let (versions, patient) = state.chain.read(|s| {
         let versions = s.versions(record);
-        let patient = versions.first().and_then(|v| {
-            s.patients()
-                .find(|(id, _)| **id == v.anchor.patient)
-                .map(|(_, p)| p.clone())
-        });
+        let patient = versions.first().and_then(|v| s.patient(&v.anchor.patient));
         (versions, patient)
     });
     let patient = patient.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such record"))?;

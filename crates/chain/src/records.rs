@@ -246,8 +246,9 @@ impl<B: Blob> Records<B> {
             match &tx.body.payload {
                 Payload::RecordAnchor(anchor) => {
                     let erased = self.chain.read(|s| {
-                        s.patients()
-                            .any(|(id, p)| id == &anchor.patient && p.erased_height.is_some())
+                        use crate::state::Reader as _;
+                        s.patient(&anchor.patient)
+                            .is_some_and(|p| p.erased_height.is_some())
                     });
                     let hash: [u8; 32] = anchor.ciphertext_hash.as_ref().try_into().expect("32");
                     if erased {
@@ -343,7 +344,18 @@ impl<B: Blob> Records<B> {
     /// Keep what a peer sent if it is something we asked for and it matches its anchor.
     async fn accept(&mut self, items: Vec<([u8; 32], Vec<u8>, Vec<Wrap>)>) {
         for (hash, envelope, wraps) in items {
-            let Some(wanted) = self.missing.keys().find(|w| w.hash == hash).copied() else {
+            let first = Wanted {
+                hash,
+                record: [0; 16],
+                version: 0,
+            };
+            let Some(wanted) = self
+                .missing
+                .range(first..)
+                .next()
+                .map(|(w, _)| *w)
+                .filter(|w| w.hash == hash)
+            else {
                 continue;
             };
             if envelope_hash(&envelope) != hash {
