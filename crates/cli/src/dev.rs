@@ -195,10 +195,16 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
             written += 1;
         }
     }
-    std::fs::write(
-        dir.join("identities.json"),
-        serde_json::to_string_pretty(&serde_json::json!(identities))?,
-    )?;
+    // It holds private keys: owner-only, like every key file.
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("identities.json"))?;
+    file.write_all(serde_json::to_string_pretty(&serde_json::json!(identities))?.as_bytes())?;
+    file.sync_all()?;
     Ok(written)
 }
 
