@@ -352,6 +352,11 @@ async fn transaction<B: Blob>(
         }
     };
     let Some(location) = location else {
+        if let Some(reason) = chain.rejection(&id) {
+            return Ok(Json(
+                json!({ "hash": hash, "status": "rejected", "reason": reason }),
+            ));
+        }
         let status = if chain.is_pending(&id) {
             "pending"
         } else {

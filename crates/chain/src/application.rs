@@ -44,6 +44,9 @@ pub type Finalization = commonware_consensus::simplex::types::Finalization<Schem
 /// Most transaction ids whose signatures this node remembers having checked.
 pub const VERIFIED_IDS_MAX: usize = 1_000_000;
 
+/// Most rejected transaction ids remembered, to tell their clients why.
+pub const REJECTED_MAX: usize = 100_000;
+
 /// Most transactions waiting to be gossiped to peers.
 pub const OUTBOX_TRANSACTIONS_MAX: usize = 100_000;
 
@@ -116,6 +119,9 @@ struct Inner {
     locations: Vec<(u64, u64)>,
     /// Digest of every finalized block, by height.
     digests: Vec<Digest>,
+    /// Transactions evicted from the mempool because they can never apply, with the reason.
+    rejected: HashMap<Digest, String>,
+    rejected_order: VecDeque<Digest>,
 }
 
 impl Inner {
@@ -244,6 +250,8 @@ impl<B: Blob> Chain<B> {
             outbox: Vec::new(),
             locations: Vec::new(),
             digests: vec![genesis.digest()],
+            rejected: HashMap::new(),
+            rejected_order: VecDeque::new(),
         };
         for record in records.iter().skip(1) {
             let block = Block::decode(&record.block)
@@ -371,6 +379,11 @@ impl<B: Blob> Chain<B> {
     }
 
     /// Whether a transaction waits in the mempool.
+    /// Why a transaction was evicted from the mempool, if it was.
+    pub fn rejection(&self, id: &Digest) -> Option<String> {
+        self.lock().rejected.get(id).cloned()
+    }
+
     pub fn is_pending(&self, id: &Digest) -> bool {
         self.lock().mempool.contains(id)
     }
@@ -528,11 +541,19 @@ impl<B: Blob> Chain<B> {
         let height = parent_height + 1;
         let mut delta = Delta::default();
         let mut transactions = Vec::with_capacity(candidates.len());
+        let mut failed = Vec::new();
         for tx in candidates {
-            // A candidate can still fail (an anchor taken by a sibling); leave it out.
-            if state::apply(&overlay, &mut delta, height, &tx).is_ok() {
-                transactions.push(tx);
+            // A candidate can still fail (an anchor or a record version taken by another
+            // transaction); leave it out, and have it re-checked after the next commit.
+            match state::apply(&overlay, &mut delta, height, &tx) {
+                Ok(()) => transactions.push(tx),
+                Err(state::Rejection::StaleNonce { .. } | state::Rejection::FutureNonce { .. }) => {
+                }
+                Err(_) => failed.push(tx.id()),
             }
+        }
+        for id in failed {
+            inner.mempool.suspect(id);
         }
         let root = state::next_root(&parent_root, height, &delta);
         let block = Block::new(
@@ -584,6 +605,15 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
     }
     let Inner { mempool, state, .. } = inner;
     mempool.remove_committed(&block.transactions, state);
+    for (id, reason) in mempool.evict_failed(state) {
+        if inner.rejected_order.len() >= REJECTED_MAX
+            && let Some(oldest) = inner.rejected_order.pop_front()
+        {
+            inner.rejected.remove(&oldest);
+        }
+        inner.rejected_order.push_back(id);
+        inner.rejected.insert(id, reason);
+    }
 }
 
 /// The consensus-facing side of the chain: proposes and verifies blocks.

@@ -29,6 +29,9 @@ pub struct Mempool {
     by_id: HashMap<Digest, Transaction>,
     by_signer: HashMap<PublicKey, BTreeMap<u64, Digest>>,
     order: VecDeque<Digest>,
+    /// Transactions that failed a payload check while a block was built: re-checked against
+    /// the finalized state after the next commit, and evicted if they can never apply.
+    suspects: std::collections::BTreeSet<Digest>,
 }
 
 impl Mempool {
@@ -38,7 +41,56 @@ impl Mempool {
             by_id: HashMap::new(),
             by_signer: HashMap::new(),
             order: VecDeque::new(),
+            suspects: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Note a transaction that failed its payload check while a block was built.
+    pub fn suspect(&mut self, id: Digest) {
+        if self.by_id.contains_key(&id) {
+            self.suspects.insert(id);
+        }
+    }
+
+    /// Evict suspects that cannot apply on the finalized state (say, a record version that
+    /// another author took first), with every later transaction of the same signer, which
+    /// could now never follow. Returns the evicted ids with the reason.
+    pub fn evict_failed(&mut self, state: &impl Reader) -> Vec<(Digest, String)> {
+        let mut evicted = Vec::new();
+        for id in std::mem::take(&mut self.suspects) {
+            let Some(tx) = self.by_id.get(&id) else {
+                continue;
+            };
+            if tx.body.nonce != state.nonce(&tx.body.signer) {
+                // Not yet its turn; it is checked again when it fails again.
+                continue;
+            }
+            let Err(reason) =
+                crate::state::apply(state, &mut crate::state::Delta::default(), 0, tx)
+            else {
+                continue;
+            };
+            let signer = tx.body.signer.clone();
+            let nonce = tx.body.nonce;
+            if let Some(slots) = self.by_signer.get_mut(&signer) {
+                let dropped: Vec<u64> = slots.range(nonce..).map(|(n, _)| *n).collect();
+                for n in dropped {
+                    if let Some(dropped_id) = slots.remove(&n) {
+                        self.by_id.remove(&dropped_id);
+                        let why = if dropped_id == id {
+                            reason.to_string()
+                        } else {
+                            "an earlier transaction of this signer was rejected; re-sign with the current nonce".to_string()
+                        };
+                        evicted.push((dropped_id, why));
+                    }
+                }
+                if slots.is_empty() {
+                    self.by_signer.remove(&signer);
+                }
+            }
+        }
+        evicted
     }
 
     pub fn len(&self) -> usize {
@@ -231,5 +283,43 @@ mod tests {
             pool.insert(tx(&key, 0), &state),
             Err(AdmissionError::Rejected(Rejection::StaleNonce { .. }))
         ));
+    }
+
+    #[test]
+    fn a_transaction_that_can_never_apply_is_evicted_with_its_successors() {
+        let mut state = State::default();
+        let mut pool = Mempool::new(10);
+        let (alice, bob) = (PrivateKey::from_seed(1), PrivateKey::from_seed(2));
+        let anchor = |key: &PrivateKey, nonce: u64, tag: &[u8]| {
+            TransactionBody {
+                chain_id: 1,
+                signer: key.public_key(),
+                nonce,
+                payload: Payload::Anchor {
+                    label: 0,
+                    digest: sha256(&[tag]),
+                },
+            }
+            .sign(key)
+        };
+        let first = anchor(&alice, 0, b"same");
+        let second = anchor(&bob, 0, b"same");
+        let later = anchor(&bob, 1, b"other");
+        for tx in [&first, &second, &later] {
+            pool.insert(tx.clone(), &state).unwrap();
+        }
+        // Building a block with both: the second fails and becomes a suspect.
+        pool.suspect(second.id());
+        let mut delta = crate::state::Delta::default();
+        crate::state::apply(&state, &mut delta, 1, &first).unwrap();
+        state.commit(delta);
+        pool.remove_committed(std::slice::from_ref(&first), &state);
+        let evicted = pool.evict_failed(&state);
+        assert_eq!(evicted.len(), 2);
+        assert_eq!(evicted[0].0, second.id());
+        assert!(evicted[0].1.contains("already anchored"));
+        assert_eq!(evicted[1].0, later.id());
+        assert_eq!(pool.len(), 0);
+        assert!(pool.evict_failed(&state).is_empty());
     }
 }

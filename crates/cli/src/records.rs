@@ -217,6 +217,12 @@ impl Session {
             if status["status"] == "committed" {
                 return Ok(status);
             }
+            if status["status"] == "rejected" {
+                bail!(
+                    "transaction {hash} was rejected: {}",
+                    status["reason"].as_str().unwrap_or("no reason given")
+                );
+            }
             ensure!(
                 std::time::Instant::now() < deadline,
                 "transaction {hash} not committed within 120 s"
