@@ -211,6 +211,21 @@ fn lookup<B: Blob>(
     Ok((versions, patient))
 }
 
+/// The envelope hash of a record version that may still be read (404 unknown, 410 erased).
+fn live_hash<B: Blob>(state: &ApiState<B>, record: &str, version: u32) -> Result<[u8; 32]> {
+    let record = id16(record, "record id")?;
+    let (versions, patient) = lookup(state, &record)?;
+    if patient.erased_height.is_some() {
+        return Err(gone());
+    }
+    Ok(pick(&versions, version)?
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32-byte digest"))
+}
+
 fn gone() -> ApiError {
     ApiError::new(StatusCode::GONE, "the patient's records were erased")
 }
@@ -240,17 +255,7 @@ async fn envelope<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     Path((record, version)): Path<(String, u32)>,
 ) -> Result<Response> {
-    let record = id16(&record, "record id")?;
-    let (versions, patient) = lookup(&state, &record)?;
-    if patient.erased_height.is_some() {
-        return Err(gone());
-    }
-    let hash: [u8; 32] = pick(&versions, version)?
-        .anchor
-        .ciphertext_hash
-        .as_ref()
-        .try_into()
-        .expect("32");
+    let hash = live_hash(&state, &record, version)?;
     match state.store.get(&hash).await {
         Ok(Some((bytes, _))) => {
             Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -273,21 +278,11 @@ async fn wrap<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     Path((record, version, recipient)): Path<(String, u32, String)>,
 ) -> Result<Response> {
-    let record = id16(&record, "record id")?;
     let recipient: [u8; 32] = hex::decode(&recipient)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad("recipient must be a 64-hex-character X25519 public key"))?;
-    let (versions, patient) = lookup(&state, &record)?;
-    if patient.erased_height.is_some() {
-        return Err(gone());
-    }
-    let hash: [u8; 32] = pick(&versions, version)?
-        .anchor
-        .ciphertext_hash
-        .as_ref()
-        .try_into()
-        .expect("32");
+    let hash = live_hash(&state, &record, version)?;
     let wraps = match state.store.get(&hash).await {
         Ok(Some((_, wraps))) => wraps,
         Ok(None) => Vec::new(),

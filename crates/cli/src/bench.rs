@@ -84,32 +84,43 @@ fn sign_all(args: &Args, chain_id: u64) -> Vec<Transaction> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("ehrchain-bench-{}", std::process::id()))
+    with_network(
+        args.validators,
+        args.dir.clone(),
+        "bench",
+        (args.p2p_port, args.api_port),
+        |apis, _| drive(&args, apis),
+    )
+}
+
+/// Start a fresh local network (in `dir`, or a temporary directory removed afterwards), wait
+/// for its first block, run `work` with the API URLs and the network directory, then stop it.
+pub fn with_network(
+    validators: usize,
+    dir: Option<std::path::PathBuf>,
+    name: &str,
+    (p2p_port, api_port): (u16, u16),
+    work: impl FnOnce(&[String], &std::path::Path) -> Result<()>,
+) -> Result<()> {
+    let keep = dir.is_some();
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ehrchain-{name}-{}", std::process::id()))
     });
     let configs = crate::network::init(&crate::network::InitOptions {
-        validators: args.validators,
+        validators,
         dir: dir.clone(),
         chain_id: 1,
-        p2p_port: args.p2p_port,
-        api_port: args.api_port,
+        p2p_port,
+        api_port,
     })?;
-    let apis: Vec<String> = configs
-        .iter()
-        .map(|c| {
-            Ok(format!(
-                "http://{}",
-                crate::config::NodeConfig::load(c)?.api_listen
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let apis = crate::dev::api_urls(&configs)?;
     let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
-    let result = wait_ready(&apis).and_then(|()| drive(&args, &apis));
+    let result = wait_ready(&apis).and_then(|()| work(&apis, &dir));
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
-    if args.dir.is_none() {
+    if !keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result

@@ -8,7 +8,7 @@
 //! on the same 2 cores as the four validators.
 
 use crate::{
-    bench::{Followed, follow, percentile, wait_ready},
+    bench::{Followed, follow, percentile},
     client::get_json,
     records::{Signer, prepare},
 };
@@ -50,35 +50,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("ehrchain-bench-records-{}", std::process::id()))
-    });
-    let configs = crate::network::init(&crate::network::InitOptions {
-        validators: args.validators,
-        dir: dir.clone(),
-        chain_id: 1,
-        p2p_port: args.p2p_port,
-        api_port: args.api_port,
-    })?;
-    let apis: Vec<String> = configs
-        .iter()
-        .map(|c| {
-            Ok(format!(
-                "http://{}",
-                crate::config::NodeConfig::load(c)?.api_listen
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
-    let result = wait_ready(&apis).and_then(|()| drive(&args, &apis, &dir));
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    if args.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result
+    crate::bench::with_network(
+        args.validators,
+        args.dir.clone(),
+        "bench-records",
+        (args.p2p_port, args.api_port),
+        |apis, dir| drive(&args, apis, dir),
+    )
 }
 
 fn seed(tag: u64) -> [u8; 32] {

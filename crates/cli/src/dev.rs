@@ -7,6 +7,19 @@ use std::{
     time::Duration,
 };
 
+/// The API base URL of every node config.
+pub fn api_urls(configs: &[std::path::PathBuf]) -> Result<Vec<String>> {
+    configs
+        .iter()
+        .map(|c| {
+            Ok(format!(
+                "http://{}",
+                crate::config::NodeConfig::load(c)?.api_listen
+            ))
+        })
+        .collect()
+}
+
 /// Start `ehrchain node` for every config, returning the children.
 pub fn spawn_nodes(configs: &[std::path::PathBuf], log_dir: &Path) -> Result<Vec<Child>> {
     let exe = std::env::current_exe().context("cannot find the ehrchain binary")?;
@@ -55,15 +68,7 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
         );
     }
     if fresh {
-        let apis: Vec<String> = configs
-            .iter()
-            .map(|c| {
-                Ok(format!(
-                    "http://{}",
-                    crate::config::NodeConfig::load(c)?.api_listen
-                ))
-            })
-            .collect::<Result<_>>()?;
+        let apis = api_urls(&configs)?;
         crate::bench::wait_ready(&apis)?;
         let written = fill_demo(dir, &apis)?;
         println!(

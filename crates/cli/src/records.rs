@@ -553,24 +553,35 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Make a new identity's key file at `out`, have the institution (key file `key`) register it
+/// with the payload `register` builds, and wait until that is final.
+fn register_new(
+    api: &str,
+    key: &std::path::Path,
+    out: &std::path::Path,
+    register: impl FnOnce(&Signer) -> ehrchain_types::Payload,
+) -> Result<Signer> {
+    let session = Session::open(api)?;
+    let institution = Signer::load(key)?;
+    let seed = crate::config::random_seed();
+    let new = Signer::from_seed(&seed);
+    crate::config::write_key(out, &seed)?;
+    let tx = session.sign(&institution, register(&new))?;
+    session.submit_and_wait(&tx)?;
+    Ok(new)
+}
+
 pub fn patient(command: PatientCommand) -> Result<ExitCode> {
     match command {
         PatientCommand::Register { api, key, out } => {
-            let session = Session::open(&api)?;
-            let institution = Signer::load(&key)?;
-            let seed = crate::config::random_seed();
-            let patient_key = Signer::from_seed(&seed);
-            crate::config::write_key(&out, &seed)?;
             let patient = random16();
-            let tx = session.sign(
-                &institution,
+            register_new(&api, &key, &out, |new| {
                 ehrchain_types::Payload::RegisterPatient {
                     patient,
-                    key: patient_key.public.clone(),
-                    encryption_key: patient_key.encryption.public().0,
-                },
-            )?;
-            session.submit_and_wait(&tx)?;
+                    key: new.public.clone(),
+                    encryption_key: new.encryption.public().0,
+                }
+            })?;
             println!("{}", hex::encode(patient));
         }
         PatientCommand::Erase { api, key, patient } => {
@@ -602,19 +613,12 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
 pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
     match command {
         IdentityCommand::Enroll { api, key, out } => {
-            let session = Session::open(&api)?;
-            let institution = Signer::load(&key)?;
-            let seed = crate::config::random_seed();
-            let clinician = Signer::from_seed(&seed);
-            crate::config::write_key(&out, &seed)?;
-            let tx = session.sign(
-                &institution,
+            let clinician = register_new(&api, &key, &out, |new| {
                 ehrchain_types::Payload::EnrollClinician {
-                    clinician: clinician.public.clone(),
-                    encryption_key: clinician.encryption.public().0,
-                },
-            )?;
-            session.submit_and_wait(&tx)?;
+                    clinician: new.public.clone(),
+                    encryption_key: new.encryption.public().0,
+                }
+            })?;
             println!("{}", clinician.public);
         }
         IdentityCommand::Show { api, key_file } => {
