@@ -200,8 +200,8 @@ impl<B: Blob> Records<B> {
     /// promote staged uploads, and list what must be fetched.
     pub async fn reconcile(&mut self) {
         let (erase, keep) = self.chain.read(plan);
-        for (hash, record, version) in erase {
-            self.erase_version(&hash, &record, version).await;
+        for hash in erase {
+            self.erase_version(&hash).await;
         }
         for wanted in keep {
             self.acquire(wanted).await;
@@ -215,7 +215,7 @@ impl<B: Blob> Records<B> {
         }
     }
 
-    async fn erase_version(&self, hash: &[u8; 32], _record: &RecordId, _version: u32) {
+    async fn erase_version(&self, hash: &[u8; 32]) {
         if let Err(e) = self.store.delete(hash).await {
             halt(e)
         }
@@ -252,8 +252,7 @@ impl<B: Blob> Records<B> {
                     });
                     let hash: [u8; 32] = anchor.ciphertext_hash.as_ref().try_into().expect("32");
                     if erased {
-                        self.erase_version(&hash, &anchor.record, anchor.version)
-                            .await;
+                        self.erase_version(&hash).await;
                     } else {
                         self.acquire(Wanted {
                             hash,
@@ -276,18 +275,12 @@ impl<B: Blob> Records<B> {
                 .patient_records(patient)
                 .iter()
                 .flat_map(|record| state.versions(record))
-                .map(|v| {
-                    (
-                        hash_of(&v.anchor.ciphertext_hash),
-                        v.anchor.record,
-                        v.anchor.version,
-                    )
-                })
+                .map(|v| hash_of(&v.anchor.ciphertext_hash))
                 .collect::<Vec<_>>()
         });
-        for (hash, record, version) in &versions {
+        for hash in &versions {
             self.missing.retain(|w, _| w.hash != *hash);
-            self.erase_version(hash, record, *version).await;
+            self.erase_version(hash).await;
         }
         tracing::info!(versions = versions.len(), "erasure carried out");
     }
@@ -379,11 +372,8 @@ fn hash_of(digest: &Digest) -> [u8; 32] {
     digest.as_ref().try_into().expect("32-byte digest")
 }
 
-/// A record version by envelope hash, record id and version number.
-type Version = ([u8; 32], RecordId, u32);
-
 /// Split the state's record versions into those to erase and those to hold.
-fn plan(state: &State) -> (Vec<Version>, Vec<Wanted>) {
+fn plan(state: &State) -> (Vec<[u8; 32]>, Vec<Wanted>) {
     let erased: std::collections::BTreeSet<PatientId> = state
         .patients()
         .filter(|(_, p)| p.erased_height.is_some())
@@ -394,7 +384,7 @@ fn plan(state: &State) -> (Vec<Version>, Vec<Wanted>) {
     for version in state.all_versions() {
         let hash = hash_of(&version.anchor.ciphertext_hash);
         if erased.contains(&version.anchor.patient) {
-            erase.push((hash, version.anchor.record, version.anchor.version));
+            erase.push(hash);
         } else {
             keep.push(Wanted {
                 hash,
