@@ -362,10 +362,6 @@ impl<B: Blob> Records<B> {
         }
         self.flush().await;
     }
-
-    pub fn missing(&self) -> usize {
-        self.missing.len()
-    }
 }
 
 fn hash_of(digest: &Digest) -> [u8; 32] {

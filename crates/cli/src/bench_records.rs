@@ -10,7 +10,7 @@
 use crate::{
     bench::{Followed, follow, percentile},
     client::get_json,
-    records::{Signer, prepare},
+    records::{Signer, check, prepare},
 };
 use anyhow::{Context, Result};
 use ehrchain_crypto::EncryptionPublicKey;
@@ -206,7 +206,7 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
                         1,
                         clinician,
                         nonce as u64,
-                        &documents[which],
+                        &check(&documents[which])?,
                         None,
                         1,
                         &readers,

@@ -129,7 +129,7 @@ fn base64url(bytes: &[u8]) -> String {
 /// home institution) with a year of synthetic records each, and `identities.json` so that
 /// any client can sign in as them. Returns the number of records written.
 fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
-    use crate::records::{Session, Signer, prepare, readers_for};
+    use crate::records::{Session, Signer, check, prepare, readers_for};
     use ehrchain_types::Payload;
     let keys = dir.join("identities");
     std::fs::create_dir_all(&keys)?;
@@ -194,7 +194,15 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
             let json = serde_json::to_vec_pretty(&resource)?;
             // Each write is waited for before the next is signed, so the node's nonce is current.
             let nonce = session.nonce(&author.public)?;
-            let prepared = prepare(session.chain_id, author, nonce, &json, None, 1, &readers)?;
+            let prepared = prepare(
+                session.chain_id,
+                author,
+                nonce,
+                &check(&json)?,
+                None,
+                1,
+                &readers,
+            )?;
             crate::client::post_bytes(&format!("{api}/records"), prepared.upload.clone())?;
             session.wait(&hex::encode(prepared.transaction.id()))?;
             written += 1;

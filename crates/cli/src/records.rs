@@ -269,25 +269,22 @@ pub struct Prepared {
 
 /// Validate, seal, wrap and sign one record version. `readers` are the X25519 keys to wrap
 /// for (the patient's, the institution's, the author's, ...).
-pub fn prepare(
-    chain_id: u64,
-    author: &Signer,
-    nonce: u64,
-    json: &[u8],
-    record: Option<[u8; 16]>,
-    version: u32,
-    readers: &[EncryptionPublicKey],
-) -> Result<Prepared> {
-    let resource = match ehrchain_fhir::validate(json) {
-        Ok(resource) => resource,
-        Err(issues) => {
-            let outcome = ehrchain_fhir::operation_outcome(&issues);
-            bail!(
-                "the resource is not valid FHIR R4:\n{}",
-                serde_json::to_string_pretty(&outcome)?
-            );
-        }
-    };
+/// A FHIR resource that passed validation, with the patient it belongs to.
+pub struct Checked<'a> {
+    pub json: &'a [u8],
+    pub resource_type: ehrchain_fhir::ResourceType,
+    pub patient: [u8; 16],
+}
+
+/// Validate a FHIR resource; an invalid one is refused with its OperationOutcome.
+pub fn check(json: &[u8]) -> Result<Checked<'_>> {
+    let resource = ehrchain_fhir::validate(json).map_err(|issues| {
+        anyhow::anyhow!(
+            "the resource is not valid FHIR R4:\n{}",
+            serde_json::to_string_pretty(&ehrchain_fhir::operation_outcome(&issues))
+                .unwrap_or_default()
+        )
+    })?;
     let patient = id16(
         resource
             .patient
@@ -295,7 +292,30 @@ pub fn prepare(
             .context("the resource names no patient")?,
         "the patient id in the resource",
     )?;
-    let record = match (record, resource.resource_type) {
+    Ok(Checked {
+        json,
+        resource_type: resource.resource_type,
+        patient,
+    })
+}
+
+/// Seal, wrap and sign one checked record version. `readers` are the X25519 keys to wrap for
+/// (the patient's, the institution's, the author's, ...).
+pub fn prepare(
+    chain_id: u64,
+    author: &Signer,
+    nonce: u64,
+    checked: &Checked<'_>,
+    record: Option<[u8; 16]>,
+    version: u32,
+    readers: &[EncryptionPublicKey],
+) -> Result<Prepared> {
+    let Checked {
+        json,
+        resource_type,
+        patient,
+    } = *checked;
+    let record = match (record, resource_type) {
         (Some(record), _) => record,
         // A Patient's record id is the patient id, so Patient/{id} is both.
         (None, ehrchain_fhir::ResourceType::Patient) => patient,
@@ -315,7 +335,7 @@ pub fn prepare(
             record,
             version,
             patient,
-            resource_type: resource.resource_type.code(),
+            resource_type: resource_type.code(),
             ciphertext_hash: ehrchain_types::Digest::from(hash),
             ciphertext_size: envelope.len() as u64,
             timestamp_ms: now_ms(),
@@ -450,21 +470,8 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
                 }
                 None => 1,
             };
-            let resource = ehrchain_fhir::validate(&json).map_err(|issues| {
-                anyhow::anyhow!(
-                    "the resource is not valid FHIR R4:\n{}",
-                    serde_json::to_string_pretty(&ehrchain_fhir::operation_outcome(&issues))
-                        .unwrap_or_default()
-                )
-            })?;
-            let patient = id16(
-                resource
-                    .patient
-                    .as_deref()
-                    .context("the resource names no patient")?,
-                "patient id",
-            )?;
-            let mut wrap_for = readers_for(&session.api, &author, &patient)?;
+            let checked = check(&json)?;
+            let mut wrap_for = readers_for(&session.api, &author, &checked.patient)?;
             for reader in &readers {
                 wrap_for.push(key32(&Value::from(reader.as_str()), "--reader")?);
             }
@@ -473,7 +480,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
                 session.chain_id,
                 &author,
                 nonce,
-                &json,
+                &checked,
                 record,
                 version,
                 &wrap_for,
