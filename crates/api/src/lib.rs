@@ -3,6 +3,7 @@
 //! This is the only crate that knows HTTP. Errors come back as JSON `{"error": "..."}` with a
 //! 4xx status that names the problem; they never carry request contents.
 
+pub mod access;
 pub mod proof;
 pub mod records;
 
@@ -37,6 +38,8 @@ pub struct ApiState<B: Blob> {
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// The node's off-chain store of record envelopes and wrapped keys.
     pub store: Arc<ehrchain_storage::BlobStore>,
+    /// This node's institution's X25519 key, if it releases keys wrapped for its institution.
+    pub institution_key: Option<ehrchain_crypto::EncryptionKey>,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
@@ -68,6 +71,7 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/chain/blocks/{height}/transactions", get(block_ids::<B>))
         .route("/chain/accounts/{key}", get(account::<B>))
         .merge(records::routes::<B>())
+        .merge(access::routes::<B>())
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -179,6 +183,43 @@ fn payload_json(payload: &Payload) -> Value {
             "kind": "erase_patient",
             "patient": hex::encode(patient),
         }),
+        Payload::Grant(grant) => json!({
+            "kind": "grant",
+            "grant": hex::encode(grant.id),
+            "patient": hex::encode(grant.patient),
+            "grantee": grant.grantee.to_string(),
+            "actions": grant.actions,
+            "types": grant.types,
+            "purposes": grant.purposes,
+            "valid_from_ms": grant.valid_from_ms,
+            "valid_until_ms": grant.valid_until_ms,
+            "share": hex::encode(grant.share),
+        }),
+        Payload::Revoke { patient, grant } => json!({
+            "kind": "revoke",
+            "patient": hex::encode(patient),
+            "grant": hex::encode(grant),
+        }),
+        Payload::Access { record, purpose } => json!({
+            "kind": "access",
+            "record": hex::encode(record),
+            "purpose": purpose,
+        }),
+        Payload::BreakGlass { patient, reason } => json!({
+            "kind": "break_glass",
+            "patient": hex::encode(patient),
+            "reason": reason,
+        }),
+        Payload::AppointGuardian {
+            patient,
+            guardian,
+            encryption_key,
+        } => json!({
+            "kind": "appoint_guardian",
+            "patient": hex::encode(patient),
+            "guardian": guardian.to_string(),
+            "encryption_key": hex::encode(encryption_key),
+        }),
     }
 }
 
@@ -280,6 +321,15 @@ pub(crate) fn submit_error(error: &SubmitError) -> ApiError {
         }
         SubmitError::Admission(AdmissionError::Rejected(Rejection::PatientErased)) => {
             StatusCode::GONE
+        }
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::UnknownRecord)) => {
+            StatusCode::NOT_FOUND
+        }
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::Refused(
+            ehrchain_contracts::consent::Refusal::NotTheOwner,
+        ))) => StatusCode::FORBIDDEN,
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::Malformed(_))) => {
+            StatusCode::UNPROCESSABLE_ENTITY
         }
         SubmitError::Admission(_) => StatusCode::CONFLICT,
     };

@@ -274,14 +274,71 @@ async fn envelope<B: Blob>(
     }
 }
 
+/// How long (in block time) an allowed access event releases keys.
+pub const ACCESS_RELEASE_MS: u64 = 10 * 60 * 1_000;
+
+/// Query of a key request: the access transaction that recorded the read.
+#[derive(Debug, serde::Deserialize)]
+pub struct KeyQuery {
+    access: Option<String>,
+}
+
+/// Check that `access` names a final, allowed, recent access event of the holder of
+/// `recipient` on `record`. Keys are released only then.
+fn check_access<B: Blob>(
+    state: &ApiState<B>,
+    record: &[u8; 16],
+    recipient: &[u8; 32],
+    access: Option<&str>,
+) -> Result<()> {
+    let forbidden = |message: &str| ApiError::new(StatusCode::FORBIDDEN, message);
+    let access = access.ok_or_else(|| {
+        forbidden("a key is released only against a final access transaction: pass ?access=<hash>")
+    })?;
+    let id = ehrchain_types::digest_from_hex(access)
+        .ok_or_else(|| bad("access must be a 64-hex-character transaction hash"))?;
+    let location = state
+        .chain
+        .location(&id)
+        .ok_or_else(|| forbidden("the access transaction is not final"))?;
+    state.chain.read(|s| {
+        let event = s
+            .event(location.height, location.index)
+            .ok_or_else(|| forbidden("that transaction is not an access"))?;
+        if event.record.map(|(r, _)| r) != Some(*record) {
+            return Err(forbidden("the access transaction is for another record"));
+        }
+        if let ehrchain_chain::access::Outcome::Denied(reason) = event.outcome {
+            return Err(forbidden(&format!("access was denied: {}", reason.code())));
+        }
+        let actor = s
+            .identity(&event.actor)
+            .ok_or_else(|| forbidden("unknown actor"))?;
+        if &actor.encryption_key != recipient {
+            return Err(forbidden(
+                "the key is asked for someone other than the reader",
+            ));
+        }
+        if event.time_ms.saturating_add(ACCESS_RELEASE_MS) < s.time_ms() {
+            return Err(forbidden(
+                "the access transaction is too old; record a new one",
+            ));
+        }
+        Ok(())
+    })
+}
+
 async fn wrap<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     Path((record, version, recipient)): Path<(String, u32, String)>,
+    axum::extract::Query(query): axum::extract::Query<KeyQuery>,
 ) -> Result<Response> {
     let recipient: [u8; 32] = hex::decode(&recipient)
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad("recipient must be a 64-hex-character X25519 public key"))?;
+    let record_id = id16(&record, "record id")?;
+    check_access(&state, &record_id, &recipient, query.access.as_deref())?;
     let hash = live_hash(&state, &record, version)?;
     let wraps = match state.store.get(&hash).await {
         Ok(Some((_, wraps))) => wraps,
@@ -294,20 +351,65 @@ async fn wrap<B: Blob>(
             ));
         }
     };
-    let wrap = wraps
-        .iter()
-        .find(|w| w.recipient.0 == recipient)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no key is wrapped for this recipient",
-            )
-        })?;
+    let rewrapped;
+    let wrap = match wraps.iter().find(|w| w.recipient.0 == recipient) {
+        Some(wrap) => wrap,
+        None => {
+            rewrapped = rewrap(&state, &record_id, version, &hash, &wraps, &recipient)?;
+            &rewrapped
+        }
+    };
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
         wrap.encode().to_vec(),
     )
         .into_response())
+}
+
+/// Release a key held by this node's institution to an allowed reader who has no wrap of
+/// their own (a clinician under a grant to their institution, or under break-glass): unwrap
+/// with the institution's key and wrap for the reader. The plaintext data key exists only in
+/// this function's memory.
+fn rewrap<B: Blob>(
+    state: &ApiState<B>,
+    record: &[u8; 16],
+    version: u32,
+    hash: &[u8; 32],
+    wraps: &[Wrap],
+    recipient: &[u8; 32],
+) -> Result<Wrap> {
+    let none = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no key is wrapped for this reader here; ask the node of an institution that holds one",
+        )
+    };
+    let key = state.institution_key.as_ref().ok_or_else(none)?;
+    let held = wraps
+        .iter()
+        .find(|w| w.recipient == key.public())
+        .ok_or_else(none)?;
+    let patient = state
+        .chain
+        .read(|s| s.latest(record).map(|v| v.anchor.patient))
+        .ok_or_else(none)?;
+    let binding = ehrchain_crypto::Binding {
+        record: *record,
+        version,
+        patient,
+    };
+    let internal = |error: ehrchain_crypto::Error| {
+        tracing::error!(%error, "cannot re-wrap a key held by this institution");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot release the key")
+    };
+    let data_key = ehrchain_crypto::unwrap(held, key, &binding, hash).map_err(internal)?;
+    ehrchain_crypto::wrap(
+        &data_key,
+        &ehrchain_crypto::EncryptionPublicKey(*recipient),
+        &binding,
+        hash,
+    )
+    .map_err(internal)
 }
 
 async fn patient<B: Blob>(
@@ -372,8 +474,10 @@ async fn identity<B: Blob>(
             answer["institution"] = json!(institution.to_string());
             answer["institution_encryption_key"] = json!(institution_key.map(hex::encode));
         }
-        Role::Patient { patient } => answer["patient"] = json!(hex::encode(patient)),
-        Role::Institution => {}
+        Role::Patient { patient } | Role::Guardian { patient } => {
+            answer["patient"] = json!(hex::encode(patient))
+        }
+        Role::Institution | Role::Auditor => {}
     }
     Ok(Json(answer))
 }

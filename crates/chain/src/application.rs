@@ -63,6 +63,10 @@ pub struct ChainConfig {
     pub mempool_transactions_max: usize,
     /// The member institutions from genesis, with their encryption keys.
     pub institutions: Vec<(PublicKey, [u8; 32])>,
+    /// The auditors appointed at genesis.
+    pub auditors: Vec<PublicKey>,
+    /// The access contracts' parameters from genesis.
+    pub rules: ehrchain_types::genesis::Rules,
 }
 
 /// Why a submitted transaction was not accepted.
@@ -236,7 +240,7 @@ impl<B: Blob> Chain<B> {
     pub fn restore(config: ChainConfig, records: &[Record]) -> Result<Self, String> {
         let genesis = &config.genesis;
         let mut inner = Inner {
-            state: State::new(&config.institutions),
+            state: State::new(&config.institutions, &config.auditors, config.rules),
             height: 0,
             digest: genesis.digest(),
             root: genesis.header.state_root,
@@ -539,13 +543,22 @@ impl<B: Blob> Chain<B> {
             BLOCK_SIZE_BYTES_MAX - ehrchain_types::block::HEADER_SIZE_BYTES,
         );
         let height = parent_height + 1;
-        let mut delta = Delta::default();
+        let timestamp_ms = now_ms.max(parent_time);
+        let mut delta = Delta {
+            time_ms: timestamp_ms,
+            ..Delta::default()
+        };
         let mut transactions = Vec::with_capacity(candidates.len());
         let mut failed = Vec::new();
         for tx in candidates {
             // A candidate can still fail (an anchor or a record version taken by another
             // transaction); leave it out, and have it re-checked after the next commit.
-            match state::apply(&overlay, &mut delta, height, &tx) {
+            let at = state::At {
+                height,
+                time_ms: timestamp_ms,
+                index: transactions.len() as u32,
+            };
+            match state::apply(&overlay, &mut delta, at, &tx) {
                 Ok(()) => transactions.push(tx),
                 Err(state::Rejection::StaleNonce { .. } | state::Rejection::FutureNonce { .. }) => {
                 }
@@ -560,7 +573,7 @@ impl<B: Blob> Chain<B> {
             self.config.chain_id,
             height,
             *parent,
-            now_ms.max(parent_time),
+            timestamp_ms,
             proposer,
             root,
             transactions,

@@ -1,5 +1,6 @@
 //! Run the ehrchain ledger: execute, store and agree on blocks of signed transactions.
 
+pub mod access;
 pub mod application;
 pub mod engine;
 pub mod log;

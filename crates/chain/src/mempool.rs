@@ -4,7 +4,15 @@
 //! verified again by this node. Block building takes transactions in arrival order whose nonce
 //! is the next one for their signer on top of the parent state.
 
-use crate::state::{Reader, Rejection};
+use crate::state::{At, Reader, Rejection};
+
+/// Where admission checks run: before any block. Time-dependent rules (expiry) are checked
+/// again when the transaction is executed in its block.
+const ADMISSION: At = At {
+    height: 0,
+    time_ms: 0,
+    index: 0,
+};
 use ehrchain_types::{Digest, PublicKey, Transaction};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -66,7 +74,7 @@ impl Mempool {
                 continue;
             }
             let Err(reason) =
-                crate::state::apply(state, &mut crate::state::Delta::default(), 0, tx)
+                crate::state::apply(state, &mut crate::state::Delta::default(), ADMISSION, tx)
             else {
                 continue;
             };
@@ -129,7 +137,7 @@ impl Mempool {
         if tx.body.nonce == expected {
             // The signer's next transaction: check it fully against the finalized state so
             // that an unauthorized or impossible request is refused now, with its reason.
-            crate::state::apply(state, &mut crate::state::Delta::default(), 0, &tx)?;
+            crate::state::apply(state, &mut crate::state::Delta::default(), ADMISSION, &tx)?;
         }
         let id = tx.id();
         if self.by_id.contains_key(&id) {
@@ -274,7 +282,17 @@ mod tests {
         let committed: Vec<Transaction> = (0..2).map(|n| tx(&key, n)).collect();
         let mut delta = crate::state::Delta::default();
         for t in &committed {
-            crate::state::apply(&state, &mut delta, 1, t).unwrap();
+            crate::state::apply(
+                &state,
+                &mut delta,
+                crate::state::At {
+                    height: 1,
+                    time_ms: 0,
+                    index: 0,
+                },
+                t,
+            )
+            .unwrap();
         }
         state.commit(delta);
         pool.remove_committed(&committed, &state);
@@ -311,7 +329,17 @@ mod tests {
         // Building a block with both: the second fails and becomes a suspect.
         pool.suspect(second.id());
         let mut delta = crate::state::Delta::default();
-        crate::state::apply(&state, &mut delta, 1, &first).unwrap();
+        crate::state::apply(
+            &state,
+            &mut delta,
+            crate::state::At {
+                height: 1,
+                time_ms: 0,
+                index: 0,
+            },
+            &first,
+        )
+        .unwrap();
         state.commit(delta);
         pool.remove_committed(std::slice::from_ref(&first), &state);
         let evicted = pool.evict_failed(&state);

@@ -5,11 +5,21 @@
 //! envelope against the anchored hash before keeping it. For every final erasure, it deletes
 //! the envelopes and wraps of all the patient's records. At start-up it reconciles the store
 //! with the state, so deletions survive a crash and missing blobs are fetched again.
+//!
+//! Consent follows the same path. A grant's share bundle (the data keys of the patient's
+//! existing records, wrapped for the grantee) is fetched like an envelope; once the grant is
+//! final its wraps are added to the records they belong to. When a grant is revoked or
+//! expires, every node deletes the grantee's wraps (unless another right still covers them)
+//! and the bundle. Wraps that arrive from a peer are kept only for parties entitled now.
 
-use crate::{Chain, state::State};
+use crate::{
+    Chain,
+    state::{Reader as _, RecordVersion, Role, State},
+};
 use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::Blob;
-use ehrchain_crypto::{WRAP_BYTES, Wrap, envelope_hash};
+use ehrchain_contracts::consent::{Grant, GrantId, covers_reads};
+use ehrchain_crypto::{EncryptionPublicKey, Share, WRAP_BYTES, Wrap, envelope_hash};
 use ehrchain_storage::BlobStore;
 use ehrchain_types::{Block, Digest, PatientId, Payload, PublicKey, RecordId};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -170,6 +180,10 @@ pub struct Records<B: Blob> {
     next_peer: usize,
     /// Staged uploads copied into the store, to drop once the store is synced.
     promoted: Vec<[u8; 32]>,
+    /// Share bundles of final grants not yet applied, by bundle hash.
+    shares: BTreeMap<[u8; 32], (PatientId, GrantId)>,
+    /// Block time up to which grant expiries were carried out.
+    expired_until_ms: u64,
 }
 
 impl<B: Blob> Records<B> {
@@ -181,6 +195,8 @@ impl<B: Blob> Records<B> {
             peers,
             next_peer: 0,
             promoted: Vec::new(),
+            shares: BTreeMap::new(),
+            expired_until_ms: 0,
         }
     }
 
@@ -205,6 +221,18 @@ impl<B: Blob> Records<B> {
         }
         for wanted in keep {
             self.acquire(wanted).await;
+        }
+        // Consent: withdraw what inactive grants left behind, apply what active ones bring.
+        let (now, grants) = self
+            .chain
+            .read(|s| (s.time_ms(), s.all_grants().cloned().collect::<Vec<_>>()));
+        self.expired_until_ms = now;
+        for grant in grants {
+            if grant.active(now) {
+                self.follow_grant(&grant).await;
+            } else {
+                self.withdraw(&grant).await;
+            }
         }
         self.flush().await;
         if !self.missing.is_empty() {
@@ -263,10 +291,141 @@ impl<B: Blob> Records<B> {
                     }
                 }
                 Payload::ErasePatient { patient } => self.erase_patient(patient).await,
+                Payload::Grant(body) => {
+                    if let Some(grant) = self.chain.read(|s| s.grant(&body.patient, &body.id)) {
+                        self.follow_grant(&grant).await;
+                    }
+                }
+                Payload::Revoke { patient, grant } => {
+                    if let Some(grant) = self.chain.read(|s| s.grant(patient, grant)) {
+                        self.withdraw(&grant).await;
+                    }
+                }
                 _ => {}
             }
         }
+        let until = block.header.timestamp_ms;
+        if until > self.expired_until_ms {
+            let expired = self
+                .chain
+                .read(|s| s.grants_expiring(self.expired_until_ms, until));
+            for grant in &expired {
+                self.withdraw(grant).await;
+            }
+            self.expired_until_ms = until;
+        }
         self.flush().await;
+    }
+
+    /// A final grant: fetch its share bundle (if any) and apply it once present.
+    async fn follow_grant(&mut self, grant: &Grant) {
+        let Some(hash) = self.share_hash(grant) else {
+            return;
+        };
+        self.shares.insert(hash, (grant.patient, grant.id));
+        self.acquire(Wanted {
+            hash,
+            record: grant.id,
+            version: 0,
+        })
+        .await;
+        match self.store.contains(&hash).await {
+            Ok(true) => self.apply_share(&hash).await,
+            Ok(false) => {}
+            Err(e) => halt(e),
+        }
+    }
+
+    fn share_hash(&self, grant: &Grant) -> Option<[u8; 32]> {
+        let share = self
+            .chain
+            .read(|s| s.grant_share(&grant.patient, &grant.id))?;
+        (share != [0; 32]).then_some(share)
+    }
+
+    /// Add the wraps of a present share bundle to the records they belong to: only wraps for
+    /// the grantee, only for the patient's record versions, only while the grant is active.
+    async fn apply_share(&mut self, hash: &[u8; 32]) {
+        let Some((patient, id)) = self.shares.remove(hash) else {
+            return;
+        };
+        let Some((grant, grantee_key, versions)) = self.chain.read(|s| {
+            let grant = s.grant(&patient, &id)?;
+            let grantee = s.identity(&crate::access::public_key(&grant.grantee)?)?;
+            let versions: std::collections::BTreeSet<[u8; 32]> = s
+                .patient_records(&patient)
+                .iter()
+                .flat_map(|r| s.versions(r))
+                .map(|v| hash_of(&v.anchor.ciphertext_hash))
+                .collect();
+            Some((grant, grantee.encryption_key, versions))
+        }) else {
+            return;
+        };
+        let now = self.chain.read(|s| s.time_ms());
+        if !grant.active(now) {
+            self.withdraw(&grant).await;
+            return;
+        }
+        let bundle = match self.store.get(hash).await {
+            Ok(Some((bytes, _))) => bytes,
+            Ok(None) => return,
+            Err(e) => halt(e),
+        };
+        let Ok(share) = Share::decode(&bundle) else {
+            tracing::warn!(bundle = %hex::encode(hash), "a share bundle does not decode; ignored");
+            return;
+        };
+        let mut added = 0usize;
+        for (version, wrap) in share.entries {
+            if wrap.recipient.0 != grantee_key || !versions.contains(&version) {
+                continue;
+            }
+            match self.store.add_wraps(&version, &[wrap]).await {
+                Ok(true) => added += 1,
+                Ok(false) => {}
+                Err(e) => halt(e),
+            }
+        }
+        tracing::info!(wraps = added, "consent share applied");
+    }
+
+    /// A grant no longer active: delete its bundle and the grantee's wraps on the patient's
+    /// record versions that no other right covers.
+    async fn withdraw(&mut self, grant: &Grant) {
+        if let Some(hash) = self.share_hash(grant) {
+            self.shares.remove(&hash);
+            self.missing.retain(|w, _| w.hash != hash);
+            self.erase_version(&hash).await;
+        }
+        let removals = self.chain.read(|s| {
+            let Some(grantee) =
+                crate::access::public_key(&grant.grantee).and_then(|k| s.identity(&k))
+            else {
+                return Vec::new();
+            };
+            let now = s.time_ms();
+            s.patient_records(&grant.patient)
+                .iter()
+                .flat_map(|r| s.versions(r))
+                .filter(|v| !entitled(s, v, now).contains(&grantee.encryption_key))
+                .map(|v| hash_of(&v.anchor.ciphertext_hash))
+                .collect::<Vec<_>>()
+        });
+        let recipient = EncryptionPublicKey(
+            self.chain
+                .read(|s| {
+                    crate::access::public_key(&grant.grantee)
+                        .and_then(|k| s.identity(&k))
+                        .map(|i| i.encryption_key)
+                })
+                .unwrap_or([0; 32]),
+        );
+        for hash in removals {
+            if let Err(e) = self.store.remove_wrap(&hash, &recipient).await {
+                halt(e)
+            }
+        }
     }
 
     async fn erase_patient(&mut self, patient: &PatientId) {
@@ -355,13 +514,54 @@ impl<B: Blob> Records<B> {
                 tracing::warn!(hash = %hex::encode(hash), "a peer sent a blob that does not match its anchor; rejected");
                 continue;
             }
+            // Keep only wraps for parties entitled now (a peer may lag behind a revocation).
+            let allowed = self.chain.read(|s| {
+                s.version_by_hash(&hash)
+                    .map(|v| entitled(s, &v, s.time_ms()))
+            });
+            let wraps: Vec<Wrap> = match &allowed {
+                Some(allowed) => wraps
+                    .into_iter()
+                    .filter(|w| allowed.contains(&w.recipient.0))
+                    .collect(),
+                None => Vec::new(),
+            };
             if let Err(e) = self.store.put(&envelope, &wraps).await {
                 halt(e)
             }
             self.missing.remove(&wanted);
+            if self.shares.contains_key(&hash) {
+                self.apply_share(&hash).await;
+            }
         }
         self.flush().await;
     }
+}
+
+/// The encryption keys entitled to a record version now: the patient, the author and the
+/// author's institution, and every grantee whose active grant covers reads of its type.
+fn entitled(state: &State, version: &RecordVersion, now_ms: u64) -> Vec<[u8; 32]> {
+    let mut keys = Vec::new();
+    if let Some(patient) = state.patient(&version.anchor.patient) {
+        keys.push(patient.encryption_key);
+    }
+    if let Some(author) = state.identity(&version.author) {
+        keys.push(author.encryption_key);
+        if let Role::Clinician { institution } = &author.role
+            && let Some(institution) = state.identity(institution)
+        {
+            keys.push(institution.encryption_key);
+        }
+    }
+    for grant in state.grants(&version.anchor.patient) {
+        if covers_reads(&grant, version.anchor.resource_type, now_ms)
+            && let Some(grantee) =
+                crate::access::public_key(&grant.grantee).and_then(|k| state.identity(&k))
+        {
+            keys.push(grantee.encryption_key);
+        }
+    }
+    keys
 }
 
 fn hash_of(digest: &Digest) -> [u8; 32] {

@@ -10,9 +10,12 @@
 //! validators with the same root have applied the same writes in the same order from the same
 //! genesis, so they hold the same state.
 
+pub use crate::access::At;
+use crate::access::{self, AccessEvent, BreakGlassEntry, Finding};
+use ehrchain_contracts::consent::{Grant, GrantId, Refusal};
 use ehrchain_types::{
     Block, Digest, Error as TypesError, PatientId, Payload, PublicKey, RecordAnchor, RecordId,
-    Transaction, sha256,
+    Transaction, genesis::Rules, sha256,
 };
 use std::collections::BTreeMap;
 
@@ -39,6 +42,12 @@ pub enum Rejection {
     RecordMismatch,
     #[error("record too large: size={0} bytes, limit={1} bytes")]
     RecordTooLarge(u64, u64),
+    #[error("unknown record")]
+    UnknownRecord,
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    Malformed(&'static str),
     #[error("{0}")]
     Invalid(#[from] TypesError),
 }
@@ -64,6 +73,10 @@ pub enum Role {
     Clinician { institution: PublicKey },
     /// A patient: the key registered with their pseudonymous id.
     Patient { patient: PatientId },
+    /// A guardian appointed by the patient.
+    Guardian { patient: PatientId },
+    /// An auditor appointed by the consortium: reads the trail, never a key.
+    Auditor,
 }
 
 impl Role {
@@ -72,6 +85,8 @@ impl Role {
             Self::Institution => 1,
             Self::Clinician { .. } => 2,
             Self::Patient { .. } => 3,
+            Self::Guardian { .. } => 4,
+            Self::Auditor => 5,
         }
     }
 
@@ -80,6 +95,8 @@ impl Role {
             Self::Institution => "institution",
             Self::Clinician { .. } => "clinician",
             Self::Patient { .. } => "patient",
+            Self::Guardian { .. } => "guardian",
+            Self::Auditor => "auditor",
         }
     }
 }
@@ -102,6 +119,8 @@ pub struct PatientEntry {
     pub registered_height: u64,
     /// Height of the erasure, once erased. The tombstone: the hashes stay, the data goes.
     pub erased_height: Option<u64>,
+    /// Guardians appointed by the patient, in appointment order.
+    pub guardians: Vec<PublicKey>,
 }
 
 /// The on-chain facts of one record version.
@@ -121,6 +140,15 @@ pub trait Reader {
     fn patient(&self, patient: &PatientId) -> Option<PatientEntry>;
     /// The newest version of a record.
     fn latest(&self, record: &RecordId) -> Option<RecordVersion>;
+    /// Whether `key` wrote some version of `record`.
+    fn authored(&self, record: &RecordId, key: &PublicKey) -> bool;
+    fn grant(&self, patient: &PatientId, id: &GrantId) -> Option<Grant>;
+    /// Every grant of a patient, in id order.
+    fn grants(&self, patient: &PatientId) -> Vec<Grant>;
+    fn break_glass(&self, actor: &PublicKey, patient: &PatientId) -> Option<BreakGlassEntry>;
+    /// Reads by `actor` counted in supervision window `window`.
+    fn reads(&self, actor: &PublicKey, window: u64) -> u32;
+    fn rules(&self) -> Rules;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -131,6 +159,36 @@ pub struct Delta {
     pub identities: BTreeMap<PublicKey, Identity>,
     pub patients: BTreeMap<PatientId, PatientEntry>,
     pub versions: BTreeMap<(RecordId, u32), RecordVersion>,
+    pub grants: BTreeMap<(PatientId, GrantId), Grant>,
+    /// The share bundle of a grant, when it has one.
+    pub shares: BTreeMap<(PatientId, GrantId), [u8; 32]>,
+    pub break_glass: BTreeMap<(PublicKey, PatientId), BreakGlassEntry>,
+    pub reads: BTreeMap<(PublicKey, u64), u32>,
+    /// The access trail, by (height, position in block).
+    pub events: BTreeMap<(u64, u32), AccessEvent>,
+    /// Supervision findings, by (height, position in block, sequence).
+    pub findings: BTreeMap<(u64, u32, u8), Finding>,
+    /// Block time of the block these writes belong to.
+    pub time_ms: u64,
+}
+
+fn grants_in<'a>(
+    grants: &'a BTreeMap<(PatientId, GrantId), Grant>,
+    patient: &PatientId,
+) -> impl Iterator<Item = (&'a GrantId, &'a Grant)> {
+    grants
+        .range((*patient, [0; 16])..=(*patient, [u8::MAX; 16]))
+        .map(|((_, id), g)| (id, g))
+}
+
+fn authored_in(
+    versions: &BTreeMap<(RecordId, u32), RecordVersion>,
+    record: &RecordId,
+    key: &PublicKey,
+) -> bool {
+    versions
+        .range((*record, 0)..=(*record, u32::MAX))
+        .any(|(_, v)| &v.author == key)
 }
 
 fn latest_in(
@@ -167,7 +225,10 @@ impl Delta {
             match &identity.role {
                 Role::Institution => {}
                 Role::Clinician { institution } => bytes.extend_from_slice(institution.as_ref()),
-                Role::Patient { patient } => bytes.extend_from_slice(patient),
+                Role::Patient { patient } | Role::Guardian { patient } => {
+                    bytes.extend_from_slice(patient)
+                }
+                Role::Auditor => {}
             }
             bytes.extend_from_slice(&identity.encryption_key);
         }
@@ -179,6 +240,10 @@ impl Delta {
             bytes.extend_from_slice(patient.home.as_ref());
             bytes.extend_from_slice(&patient.registered_height.to_be_bytes());
             bytes.extend_from_slice(&patient.erased_height.map_or(u64::MAX, |h| h).to_be_bytes());
+            bytes.push(patient.guardians.len() as u8);
+            for guardian in &patient.guardians {
+                bytes.extend_from_slice(guardian.as_ref());
+            }
         }
         bytes.extend_from_slice(&(self.versions.len() as u64).to_be_bytes());
         for ((record, version), entry) in &self.versions {
@@ -192,6 +257,71 @@ impl Delta {
             bytes.extend_from_slice(entry.author.as_ref());
             bytes.extend_from_slice(&entry.height.to_be_bytes());
             bytes.extend_from_slice(entry.transaction.as_ref());
+        }
+        bytes.extend_from_slice(&(self.grants.len() as u64).to_be_bytes());
+        for ((patient, id), grant) in &self.grants {
+            bytes.extend_from_slice(patient);
+            bytes.extend_from_slice(id);
+            bytes.extend_from_slice(&grant.granted_by);
+            bytes.extend_from_slice(&grant.grantee);
+            bytes.push(grant.actions);
+            bytes.push(grant.types.len() as u8);
+            bytes.extend_from_slice(&grant.types);
+            bytes.push(grant.purposes.len() as u8);
+            bytes.extend(grant.purposes.iter().map(|p| *p as u8));
+            bytes.extend_from_slice(&grant.valid_from_ms.to_be_bytes());
+            bytes.extend_from_slice(&grant.valid_until_ms.to_be_bytes());
+            bytes.extend_from_slice(&grant.revoked_at_ms.unwrap_or(u64::MAX).to_be_bytes());
+        }
+        bytes.extend_from_slice(&(self.shares.len() as u64).to_be_bytes());
+        for ((patient, id), share) in &self.shares {
+            bytes.extend_from_slice(patient);
+            bytes.extend_from_slice(id);
+            bytes.extend_from_slice(share);
+        }
+        bytes.extend_from_slice(&(self.break_glass.len() as u64).to_be_bytes());
+        for ((actor, patient), entry) in &self.break_glass {
+            bytes.extend_from_slice(actor.as_ref());
+            bytes.extend_from_slice(patient);
+            bytes.push(entry.reason);
+            bytes.extend_from_slice(&entry.opened_ms.to_be_bytes());
+            bytes.extend_from_slice(&entry.until_ms.to_be_bytes());
+        }
+        bytes.extend_from_slice(&(self.reads.len() as u64).to_be_bytes());
+        for ((actor, window), count) in &self.reads {
+            bytes.extend_from_slice(actor.as_ref());
+            bytes.extend_from_slice(&window.to_be_bytes());
+            bytes.extend_from_slice(&count.to_be_bytes());
+        }
+        bytes.extend_from_slice(&(self.events.len() as u64).to_be_bytes());
+        for ((height, index), event) in &self.events {
+            bytes.extend_from_slice(&height.to_be_bytes());
+            bytes.extend_from_slice(&index.to_be_bytes());
+            bytes.extend_from_slice(event.actor.as_ref());
+            bytes.extend_from_slice(&event.patient);
+            match &event.record {
+                Some((record, resource_type)) => {
+                    bytes.push(1);
+                    bytes.extend_from_slice(record);
+                    bytes.push(*resource_type);
+                }
+                None => bytes.push(0),
+            }
+            bytes.push(event.purpose);
+            event.outcome.write(&mut bytes);
+            bytes.extend_from_slice(&event.time_ms.to_be_bytes());
+            bytes.extend_from_slice(event.transaction.as_ref());
+        }
+        bytes.extend_from_slice(&(self.findings.len() as u64).to_be_bytes());
+        for ((height, index, seq), finding) in &self.findings {
+            bytes.extend_from_slice(&height.to_be_bytes());
+            bytes.extend_from_slice(&index.to_be_bytes());
+            bytes.push(*seq);
+            finding.kind.write(&mut bytes);
+            bytes.extend_from_slice(finding.actor.as_ref());
+            bytes.extend_from_slice(&finding.patient);
+            bytes.extend_from_slice(&finding.time_ms.to_be_bytes());
+            bytes.extend_from_slice(finding.transaction.as_ref());
         }
         sha256(&[&bytes])
     }
@@ -248,16 +378,65 @@ impl<R: Reader> Reader for Layered<'_, R> {
     fn latest(&self, record: &RecordId) -> Option<RecordVersion> {
         latest_in(&self.delta.versions, record).or_else(|| self.base.latest(record))
     }
+
+    fn authored(&self, record: &RecordId, key: &PublicKey) -> bool {
+        authored_in(&self.delta.versions, record, key) || self.base.authored(record, key)
+    }
+
+    fn grant(&self, patient: &PatientId, id: &GrantId) -> Option<Grant> {
+        match self.delta.grants.get(&(*patient, *id)) {
+            Some(grant) => Some(grant.clone()),
+            None => self.base.grant(patient, id),
+        }
+    }
+
+    fn grants(&self, patient: &PatientId) -> Vec<Grant> {
+        merge_grants(self.base.grants(patient), [self.delta], patient)
+    }
+
+    fn break_glass(&self, actor: &PublicKey, patient: &PatientId) -> Option<BreakGlassEntry> {
+        match self.delta.break_glass.get(&(actor.clone(), *patient)) {
+            Some(entry) => Some(*entry),
+            None => self.base.break_glass(actor, patient),
+        }
+    }
+
+    fn reads(&self, actor: &PublicKey, window: u64) -> u32 {
+        match self.delta.reads.get(&(actor.clone(), window)) {
+            Some(count) => *count,
+            None => self.base.reads(actor, window),
+        }
+    }
+
+    fn rules(&self) -> Rules {
+        self.base.rules()
+    }
+}
+
+/// A patient's grants from `base`, overwritten by `deltas` applied oldest first.
+fn merge_grants<'a>(
+    base: Vec<Grant>,
+    deltas: impl IntoIterator<Item = &'a Delta>,
+    patient: &PatientId,
+) -> Vec<Grant> {
+    let mut merged: BTreeMap<GrantId, Grant> = base.into_iter().map(|g| (g.id, g)).collect();
+    for delta in deltas {
+        for (id, grant) in grants_in(&delta.grants, patient) {
+            merged.insert(*id, grant.clone());
+        }
+    }
+    merged.into_values().collect()
 }
 
 /// Check a payload's authorization and preconditions and record its writes.
 fn apply_payload(
     view: &impl Reader,
     delta: &mut Delta,
-    height: u64,
+    at: At,
     tx: &Transaction,
 ) -> Result<(), Rejection> {
     let signer = &tx.body.signer;
+    let height = at.height;
     match &tx.body.payload {
         Payload::Anchor { label, digest } => {
             if view.anchored(digest) {
@@ -301,6 +480,7 @@ fn apply_payload(
                     home: signer.clone(),
                     registered_height: height,
                     erased_height: None,
+                    guardians: Vec::new(),
                 },
             );
         }
@@ -387,6 +567,21 @@ fn apply_payload(
             entry.erased_height = Some(height);
             delta.patients.insert(*patient, entry);
         }
+        Payload::Grant(grant) => access::grant(view, delta, signer, at, grant)?,
+        Payload::Revoke { patient, grant } => {
+            access::revoke(view, delta, signer, at, patient, grant)?
+        }
+        Payload::Access { record, purpose } => {
+            access::access(view, delta, signer, at, tx.id(), record, *purpose)?
+        }
+        Payload::BreakGlass { patient, reason } => {
+            access::break_glass(view, delta, signer, at, tx.id(), patient, *reason)?
+        }
+        Payload::AppointGuardian {
+            patient,
+            guardian,
+            encryption_key,
+        } => access::appoint_guardian(view, delta, signer, patient, guardian, encryption_key)?,
     }
     Ok(())
 }
@@ -396,7 +591,7 @@ fn apply_payload(
 pub fn apply(
     base: &impl Reader,
     delta: &mut Delta,
-    height: u64,
+    at: At,
     tx: &Transaction,
 ) -> Result<(), Rejection> {
     let view = Layered {
@@ -418,20 +613,35 @@ pub fn apply(
     }
     // Payload checks write into a scratch delta so a rejection leaves nothing half-applied.
     let mut writes = Delta::default();
-    apply_payload(&view, &mut writes, height, tx)?;
+    apply_payload(&view, &mut writes, at, tx)?;
     delta.anchors.extend(writes.anchors);
     delta.identities.extend(writes.identities);
     delta.patients.extend(writes.patients);
     delta.versions.extend(writes.versions);
+    delta.grants.extend(writes.grants);
+    delta.shares.extend(writes.shares);
+    delta.break_glass.extend(writes.break_glass);
+    delta.reads.extend(writes.reads);
+    delta.events.extend(writes.events);
+    delta.findings.extend(writes.findings);
+    delta.time_ms = at.time_ms;
     delta.nonces.insert(tx.body.signer.clone(), expected + 1);
     Ok(())
 }
 
 /// Execute every transaction of `block` on top of `base`; any rejection makes the block invalid.
 pub fn execute(base: &impl Reader, block: &Block) -> Result<Delta, Rejection> {
-    let mut delta = Delta::default();
-    for tx in &block.transactions {
-        apply(base, &mut delta, block.height(), tx)?;
+    let mut delta = Delta {
+        time_ms: block.header.timestamp_ms,
+        ..Delta::default()
+    };
+    for (index, tx) in block.transactions.iter().enumerate() {
+        let at = At {
+            height: block.height(),
+            time_ms: block.header.timestamp_ms,
+            index: index as u32,
+        };
+        apply(base, &mut delta, at, tx)?;
     }
     Ok(delta)
 }
@@ -444,14 +654,46 @@ pub struct State {
     identities: BTreeMap<PublicKey, Identity>,
     patients: BTreeMap<PatientId, PatientEntry>,
     versions: BTreeMap<(RecordId, u32), RecordVersion>,
+    grants: BTreeMap<(PatientId, GrantId), Grant>,
+    shares: BTreeMap<(PatientId, GrantId), [u8; 32]>,
+    break_glass: BTreeMap<(PublicKey, PatientId), BreakGlassEntry>,
+    reads: BTreeMap<(PublicKey, u64), u32>,
+    events: BTreeMap<(u64, u32), AccessEvent>,
+    findings: BTreeMap<(u64, u32, u8), Finding>,
+    rules: Rules,
+    /// Block time of the newest committed block.
+    time_ms: u64,
     /// Derived index: the records of each patient.
     patient_records: BTreeMap<(PatientId, RecordId), ()>,
+    /// Derived index: the access events of each patient.
+    patient_events: BTreeMap<(PatientId, u64, u32), ()>,
+    /// Derived index: record versions by envelope hash.
+    version_hashes: BTreeMap<Digest, (RecordId, u32)>,
+    /// Derived index: grants by the end of their validity.
+    grant_expiry: BTreeMap<(u64, PatientId, GrantId), ()>,
 }
 
 impl State {
-    /// The state at genesis: the member institutions and their encryption keys.
-    pub fn new(institutions: &[(PublicKey, [u8; 32])]) -> Self {
-        let mut state = Self::default();
+    /// The state at genesis: the member institutions with their encryption keys, the
+    /// auditors, and the rules of the access contracts.
+    pub fn new(
+        institutions: &[(PublicKey, [u8; 32])],
+        auditors: &[PublicKey],
+        rules: Rules,
+    ) -> Self {
+        let mut state = Self {
+            rules,
+            ..Self::default()
+        };
+        for key in auditors {
+            state.identities.insert(
+                key.clone(),
+                Identity {
+                    role: Role::Auditor,
+                    encryption_key: [0; 32],
+                },
+            );
+        }
         for (key, encryption_key) in institutions {
             state.identities.insert(
                 key.clone(),
@@ -472,8 +714,80 @@ impl State {
         for (key, version) in delta.versions {
             self.patient_records
                 .insert((version.anchor.patient, key.0), ());
+            self.version_hashes
+                .insert(version.anchor.ciphertext_hash, key);
             self.versions.insert(key, version);
         }
+        self.shares.extend(delta.shares);
+        for (key, grant) in delta.grants {
+            self.grant_expiry
+                .insert((grant.valid_until_ms, key.0, key.1), ());
+            self.grants.insert(key, grant);
+        }
+        self.break_glass.extend(delta.break_glass);
+        self.reads.extend(delta.reads);
+        for (key, event) in delta.events {
+            self.patient_events
+                .insert((event.patient, key.0, key.1), ());
+            self.events.insert(key, event);
+        }
+        self.findings.extend(delta.findings);
+        self.time_ms = self.time_ms.max(delta.time_ms);
+    }
+
+    /// Block time of the newest committed block.
+    pub fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
+    /// A patient's access trail, oldest first.
+    pub fn patient_events(&self, patient: &PatientId) -> Vec<((u64, u32), &AccessEvent)> {
+        self.patient_events
+            .range((*patient, 0, 0)..=(*patient, u64::MAX, u32::MAX))
+            .filter_map(|((_, h, i), ())| self.events.get(&(*h, *i)).map(|e| ((*h, *i), e)))
+            .collect()
+    }
+
+    /// The whole access trail, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = (&(u64, u32), &AccessEvent)> {
+        self.events.iter()
+    }
+
+    /// The access event recorded by the transaction at (height, index).
+    pub fn event(&self, height: u64, index: u32) -> Option<&AccessEvent> {
+        self.events.get(&(height, index))
+    }
+
+    /// Every supervision finding, oldest first.
+    pub fn findings(&self) -> impl Iterator<Item = (&(u64, u32, u8), &Finding)> {
+        self.findings.iter()
+    }
+
+    /// Grants whose validity ends in `(after_ms, until_ms]`, with their patient.
+    pub fn grants_expiring(&self, after_ms: u64, until_ms: u64) -> Vec<Grant> {
+        if until_ms <= after_ms {
+            return Vec::new();
+        }
+        self.grant_expiry
+            .range((after_ms + 1, [0; 16], [0; 16])..=(until_ms, [u8::MAX; 16], [u8::MAX; 16]))
+            .filter_map(|((_, p, g), ())| self.grants.get(&(*p, *g)).cloned())
+            .collect()
+    }
+
+    /// The share bundle hash of a grant, if it has one.
+    pub fn grant_share(&self, patient: &PatientId, id: &GrantId) -> Option<[u8; 32]> {
+        self.shares.get(&(*patient, *id)).copied()
+    }
+
+    /// The record version whose envelope has this hash.
+    pub fn version_by_hash(&self, hash: &[u8; 32]) -> Option<RecordVersion> {
+        let key = self.version_hashes.get(&Digest::from(*hash))?;
+        self.versions.get(key).cloned()
+    }
+
+    /// Every grant of every patient, in (patient, id) order.
+    pub fn all_grants(&self) -> impl Iterator<Item = &Grant> {
+        self.grants.values()
     }
 
     /// Every version of a record, oldest first.
@@ -536,6 +850,35 @@ impl Reader for State {
     fn latest(&self, record: &RecordId) -> Option<RecordVersion> {
         latest_in(&self.versions, record)
     }
+
+    fn authored(&self, record: &RecordId, key: &PublicKey) -> bool {
+        authored_in(&self.versions, record, key)
+    }
+
+    fn grant(&self, patient: &PatientId, id: &GrantId) -> Option<Grant> {
+        self.grants.get(&(*patient, *id)).cloned()
+    }
+
+    fn grants(&self, patient: &PatientId) -> Vec<Grant> {
+        grants_in(&self.grants, patient)
+            .map(|(_, g)| g.clone())
+            .collect()
+    }
+
+    fn break_glass(&self, actor: &PublicKey, patient: &PatientId) -> Option<BreakGlassEntry> {
+        self.break_glass.get(&(actor.clone(), *patient)).copied()
+    }
+
+    fn reads(&self, actor: &PublicKey, window: u64) -> u32 {
+        self.reads
+            .get(&(actor.clone(), window))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn rules(&self) -> Rules {
+        self.rules
+    }
 }
 
 /// A chain of not-yet-finalized deltas over the finalized state, newest first.
@@ -578,6 +921,48 @@ impl Reader for Overlay<'_> {
             .find_map(|d| latest_in(&d.versions, record))
             .or_else(|| self.base.latest(record))
     }
+
+    fn authored(&self, record: &RecordId, key: &PublicKey) -> bool {
+        self.deltas
+            .iter()
+            .any(|d| authored_in(&d.versions, record, key))
+            || self.base.authored(record, key)
+    }
+
+    fn grant(&self, patient: &PatientId, id: &GrantId) -> Option<Grant> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.grants.get(&(*patient, *id)).cloned())
+            .or_else(|| self.base.grant(patient, id))
+    }
+
+    fn grants(&self, patient: &PatientId) -> Vec<Grant> {
+        merge_grants(
+            self.base.grants(patient),
+            self.deltas.iter().rev().copied(),
+            patient,
+        )
+    }
+
+    fn break_glass(&self, actor: &PublicKey, patient: &PatientId) -> Option<BreakGlassEntry> {
+        let key = (actor.clone(), *patient);
+        self.deltas
+            .iter()
+            .find_map(|d| d.break_glass.get(&key).copied())
+            .or_else(|| self.base.break_glass(actor, patient))
+    }
+
+    fn reads(&self, actor: &PublicKey, window: u64) -> u32 {
+        let key = (actor.clone(), window);
+        self.deltas
+            .iter()
+            .find_map(|d| d.reads.get(&key).copied())
+            .unwrap_or_else(|| self.base.reads(actor, window))
+    }
+
+    fn rules(&self) -> Rules {
+        self.base.rules()
+    }
 }
 
 #[cfg(test)]
@@ -585,6 +970,14 @@ mod tests {
     use super::*;
     use commonware_cryptography::Signer;
     use ehrchain_types::{PrivateKey, TransactionBody};
+
+    fn at(height: u64) -> At {
+        At {
+            height,
+            time_ms: height * 1_000,
+            index: 0,
+        }
+    }
 
     fn tx(key: &PrivateKey, nonce: u64, tag: u64) -> Transaction {
         TransactionBody {
@@ -604,16 +997,16 @@ mod tests {
         let key = PrivateKey::from_seed(1);
         let mut state = State::default();
         let mut delta = Delta::default();
-        apply(&state, &mut delta, 1, &tx(&key, 0, 0)).unwrap();
+        apply(&state, &mut delta, at(1), &tx(&key, 0, 0)).unwrap();
         assert_eq!(
-            apply(&state, &mut delta, 1, &tx(&key, 0, 1)),
+            apply(&state, &mut delta, at(1), &tx(&key, 0, 1)),
             Err(Rejection::StaleNonce {
                 expected: 1,
                 got: 0
             })
         );
         assert_eq!(
-            apply(&state, &mut delta, 1, &tx(&key, 5, 2)),
+            apply(&state, &mut delta, at(1), &tx(&key, 5, 2)),
             Err(Rejection::FutureNonce {
                 expected: 1,
                 got: 5
@@ -623,12 +1016,12 @@ mod tests {
         let mut delta = Delta::default();
         // The same transaction again, after commit: a replay.
         assert!(matches!(
-            apply(&state, &mut delta, 2, &tx(&key, 0, 0)),
+            apply(&state, &mut delta, at(2), &tx(&key, 0, 0)),
             Err(Rejection::StaleNonce { .. })
         ));
         // A new nonce but an already anchored digest.
         assert_eq!(
-            apply(&state, &mut delta, 2, &tx(&key, 1, 0)),
+            apply(&state, &mut delta, at(2), &tx(&key, 1, 0)),
             Err(Rejection::AlreadyAnchored)
         );
     }
@@ -638,9 +1031,9 @@ mod tests {
         let key = PrivateKey::from_seed(2);
         let state = State::default();
         let mut a = Delta::default();
-        apply(&state, &mut a, 1, &tx(&key, 0, 0)).unwrap();
+        apply(&state, &mut a, at(1), &tx(&key, 0, 0)).unwrap();
         let mut b = Delta::default();
-        apply(&state, &mut b, 1, &tx(&key, 0, 1)).unwrap();
+        apply(&state, &mut b, at(1), &tx(&key, 0, 1)).unwrap();
         let root = genesis_root(1);
         assert_ne!(next_root(&root, 1, &a), next_root(&root, 1, &b));
         assert_ne!(next_root(&root, 1, &a), next_root(&root, 2, &a));

@@ -126,8 +126,8 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 /// Fill a fresh demo network: two clinicians at two institutions, two patients (one per
-/// home institution) with a year of synthetic records each, and `identities.json` so that
-/// any client can sign in as them. Returns the number of records written.
+/// home institution) with a year of synthetic records each, the genesis auditor, and
+/// `identities.json` so that any client can sign in as them. Returns the number of records written.
 fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
     use crate::records::{Session, Signer, check, prepare, readers_for};
     use ehrchain_types::Payload;
@@ -188,7 +188,7 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
             "private_key": base64url(&seed),
         }));
         let (author, _) = &clinicians[home];
-        let readers = readers_for(api, author, &id)?;
+        let readers = readers_for(api, author, &id, None)?;
         let synthetic = generator.patient(&patient_id, 24);
         for resource in std::iter::once(synthetic.patient).chain(synthetic.records) {
             let json = serde_json::to_vec_pretty(&resource)?;
@@ -208,6 +208,15 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
             written += 1;
         }
     }
+    // The auditor appointed at genesis: reads the trail and the findings, never a key.
+    let auditor_seed = crate::config::read_seed(&dir.join("auditor.key"))?;
+    let auditor = Signer::from_seed(&auditor_seed);
+    identities.push(serde_json::json!({
+        "id": auditor.public.to_string(),
+        "role": "auditor",
+        "api": apis[0],
+        "private_key": base64url(&auditor_seed),
+    }));
     // It holds private keys: owner-only, like every key file.
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut file = std::fs::OpenOptions::new()

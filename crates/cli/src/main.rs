@@ -1,5 +1,6 @@
 //! `ehrchain`: the command-line interface for every operation on the chain.
 
+mod access;
 mod bench;
 mod bench_records;
 mod client;
@@ -97,11 +98,22 @@ enum Command {
         #[command(subcommand)]
         command: records::PatientCommand,
     },
-    /// Enrol clinicians and show identities.
+    /// Enrol clinicians, appoint guardians and show identities.
     Identity {
         #[command(subcommand)]
         command: records::IdentityCommand,
     },
+    /// Grant, revoke and list a patient's consents.
+    Consent {
+        #[command(subcommand)]
+        command: access::ConsentCommand,
+    },
+    /// The access trail and the supervision findings.
+    Access {
+        #[command(subcommand)]
+        command: access::AccessCommand,
+    },
+    Breakglass(access::BreakGlassArgs),
     /// Drive signed transactions into a local network and report throughput and latency.
     ///
     /// Example: ehrchain bench --validators 4 --transactions 100000
@@ -206,6 +218,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Record { command } => return records::record(command),
         Command::Patient { command } => return records::patient(command),
         Command::Identity { command } => return records::identity(command),
+        Command::Consent { command } => return access::consent(command),
+        Command::Access { command } => return access::access(command),
+        Command::Breakglass(args) => return access::break_glass(args),
         Command::Bench(args) => bench::run(args)?,
         Command::BenchRecords(args) => bench_records::run(args)?,
     }

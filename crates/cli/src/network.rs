@@ -3,7 +3,10 @@
 use crate::config::{NodeConfig, random_seed, write_key};
 use anyhow::{Context, Result, bail};
 use ehrchain_types::{
-    Genesis, genesis::GenesisValidator, limits::VALIDATORS_MAX, private_key_from_seed,
+    Genesis,
+    genesis::{GenesisAuditor, GenesisValidator},
+    limits::VALIDATORS_MAX,
+    private_key_from_seed,
 };
 use std::path::PathBuf;
 
@@ -62,12 +65,22 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
         std::fs::write(&path, toml::to_string_pretty(&config)?)?;
         configs.push(path);
     }
+    // One auditor, appointed by the consortium at genesis; its key stays with the network's
+    // operator until it is handed to the audit office.
+    let auditor_seed = random_seed();
+    write_key(&dir.join("auditor.key"), &auditor_seed)?;
+    let auditor = private_key_from_seed(&auditor_seed).expect("32-byte seed");
     let genesis = Genesis {
         chain_id: options.chain_id,
         timestamp_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64,
         validators,
+        auditors: vec![GenesisAuditor {
+            name: "consortium audit office".into(),
+            public_key: ehrchain_chain::application::key_public(&auditor).to_string(),
+        }],
+        rules: Default::default(),
     };
     std::fs::write(
         dir.join("genesis.json"),

@@ -31,6 +31,10 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
     crate::logging::init(&config.log_format);
     let genesis = load_genesis(&config.genesis)?;
     let signer = read_key(&config.key_file)?;
+    // The institution's X25519 key: it unwraps what is wrapped for the institution, to release
+    // it to a reader the access contract allowed.
+    let institution_key =
+        ehrchain_crypto::EncryptionKey::from_seed(&crate::config::read_seed(&config.key_file)?);
     let validators = genesis.validator_keys()?;
     let me = signer.public_key();
     anyhow::ensure!(
@@ -74,6 +78,8 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             .min(ehrchain_types::limits::BLOCK_TRANSACTIONS_MAX),
         mempool_transactions_max: config.mempool_transactions_max,
         institutions: ehrchain_chain::institutions(&genesis)?,
+        auditors: genesis.auditor_keys()?,
+        rules: genesis.rules,
     };
     let store = match &config.blob_store {
         Some(blob_store) => blob_store.open(&config.name, &config.data_dir)?,
@@ -146,6 +152,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             genesis,
             metrics: Box::new(move || commonware_runtime::Metrics::encode(&metrics_context)),
             store,
+            institution_key: Some(institution_key),
         });
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {

@@ -8,7 +8,7 @@
 use crate::client::{agent, answer, get_json, post_bytes};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
-use ehrchain_crypto::{Binding, EncryptionKey, EncryptionPublicKey, Wrap};
+use ehrchain_crypto::{Binding, EncryptionKey, EncryptionPublicKey};
 use ehrchain_types::{
     PrivateKey, PublicKey, RecordAnchor, TransactionBody, digest_from_hex, sha256,
 };
@@ -37,8 +37,9 @@ pub enum RecordCommand {
         #[arg(long = "reader")]
         readers: Vec<String>,
     },
-    /// Fetch a record version, check it against its anchor, decrypt it with KEY and print
-    /// the FHIR JSON exactly as written.
+    /// Record the read on chain (allowed or denied), then fetch the version, check it against
+    /// its anchor, fetch the data key released against that read, decrypt it with KEY and
+    /// print the FHIR JSON exactly as written.
     ///
     /// Example: ehrchain record get --api http://127.0.0.1:8700 --key patient.key --record <id>
     Get {
@@ -51,6 +52,10 @@ pub enum RecordCommand {
         /// Version to read; the newest when absent.
         #[arg(long)]
         version: Option<u32>,
+        /// Why (v3-ActReason): TREAT, ETREAT, HRESCH, HPAYMT, HOPERAT, or PATRQT for a
+        /// patient's own read. Recorded on chain with the read.
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
     },
     /// Print a record's versions: hashes, sizes, authors, heights and transactions.
     ///
@@ -124,6 +129,21 @@ pub enum IdentityCommand {
         /// The institution's key file.
         #[arg(long)]
         key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Appoint a guardian for a patient, signed by the patient, with a new key written to OUT
+    /// (mode 0600). The guardian may then grant and revoke consent for the patient.
+    ///
+    /// Example: ehrchain identity guardian --api http://127.0.0.1:8700 --key alice.key --patient <id> --out bob.key
+    Guardian {
+        #[arg(long)]
+        api: String,
+        /// The patient's key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        patient: String,
         #[arg(long)]
         out: PathBuf,
     },
@@ -247,12 +267,12 @@ fn key32(value: &Value, what: &str) -> Result<EncryptionPublicKey> {
     Ok(EncryptionPublicKey(bytes))
 }
 
-fn random16() -> [u8; 16] {
+pub(crate) fn random16() -> [u8; 16] {
     let seed = crate::config::random_seed();
     seed[..16].try_into().expect("16")
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -352,12 +372,15 @@ pub fn prepare(
 }
 
 /// The readers a new record version is wrapped for: the patient, the author's institution
-/// and the author, plus any extra.
+/// and the author, and (given the resource type) every grantee whose active grant covers
+/// reads of that type.
 pub fn readers_for(
     api: &str,
     author: &Signer,
     patient: &[u8; 16],
+    resource_type: Option<u8>,
 ) -> Result<Vec<EncryptionPublicKey>> {
+    let patient_id = *patient;
     let patient = get_json(&format!("{api}/patients/{}", hex::encode(patient)))?;
     ensure!(
         patient["erased_height"].is_null(),
@@ -375,6 +398,28 @@ pub fn readers_for(
         }
         Some("institution") => readers.push(author.encryption.public()),
         _ => bail!("only an institution or an enrolled clinician writes records"),
+    }
+    if let Some(resource_type) = resource_type {
+        let consents = get_json(&format!(
+            "{api}/patients/{}/consents",
+            hex::encode(patient_id)
+        ))?;
+        for grant in consents["consents"].as_array().into_iter().flatten() {
+            let reads = grant["actions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "access"));
+            let covers = grant["types"].as_array().is_some_and(|t| {
+                t.is_empty()
+                    || t.iter()
+                        .any(|x| x.as_u64() == Some(u64::from(resource_type)))
+            });
+            if grant["status"] == "active" && reads && covers {
+                let key = key32(&grant["grantee_encryption_key"], "grantee encryption key")?;
+                if !readers.contains(&key) {
+                    readers.push(key);
+                }
+            }
+        }
     }
     Ok(readers)
 }
@@ -401,7 +446,7 @@ fn latest_version(api: &str, record: &[u8; 16]) -> Result<Option<u32>> {
         .map(|v| v as u32))
 }
 
-fn get_bytes(url: &str) -> Result<Vec<u8>> {
+pub(crate) fn get_bytes(url: &str) -> Result<Vec<u8>> {
     let mut response = agent()
         .get(url)
         .call()
@@ -471,7 +516,12 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
                 None => 1,
             };
             let checked = check(&json)?;
-            let mut wrap_for = readers_for(&session.api, &author, &checked.patient)?;
+            let mut wrap_for = readers_for(
+                &session.api,
+                &author,
+                &checked.patient,
+                Some(checked.resource_type.code()),
+            )?;
             for reader in &readers {
                 wrap_for.push(key32(&Value::from(reader.as_str()), "--reader")?);
             }
@@ -501,18 +551,21 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             key,
             record,
             version,
+            purpose,
         } => {
-            let api = api.trim_end_matches('/');
+            let session = Session::open(&api)?;
+            let api = session.api.as_str();
             let reader = Signer::load(&key)?;
             let record = id16(&record, "--record")?;
+            let purpose = ehrchain_contracts::consent::Purpose::from_code(&purpose)
+                .with_context(|| format!("unknown purpose {purpose}"))?;
+            let access = crate::access::record_reads(&session, &reader, &[record], purpose)?
+                .pop()
+                .context("no access transaction")?;
             let (entry, envelope) = fetch_checked(api, &record, version)?;
             let number = entry["version"].as_u64().context("no version")? as u32;
-            let wrap = get_bytes(&format!(
-                "{api}/records/{}/{number}/wraps/{}",
-                hex::encode(record),
-                reader.encryption.public().to_hex()
-            ))?;
-            let wrap = Wrap::decode(&wrap)?;
+            let wrap = crate::access::fetch_wrap(api, &record, number, &reader, &access)
+                .with_context(|| format!("the read was recorded (transaction {access})"))?;
             let patient = id16(entry["patient"].as_str().unwrap_or(""), "patient")?;
             let binding = Binding {
                 record,
@@ -627,6 +680,22 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
                 }
             })?;
             println!("{}", clinician.public);
+        }
+        IdentityCommand::Guardian {
+            api,
+            key,
+            patient,
+            out,
+        } => {
+            let patient = id16(&patient, "--patient")?;
+            let guardian = register_new(&api, &key, &out, |new| {
+                ehrchain_types::Payload::AppointGuardian {
+                    patient,
+                    guardian: new.public.clone(),
+                    encryption_key: new.encryption.public().0,
+                }
+            })?;
+            println!("{}", guardian.public);
         }
         IdentityCommand::Show { api, key_file } => {
             let signer = Signer::load(&key_file)?;

@@ -194,7 +194,11 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
         let started = Instant::now();
         let mut chain = Chain {
             genesis_digest: genesis_block.digest(),
-            state: State::new(&ehrchain_chain::institutions(&genesis)?),
+            state: State::new(
+                &ehrchain_chain::institutions(&genesis)?,
+                &genesis.auditor_keys()?,
+                genesis.rules,
+            ),
             previous: None,
             previous_uncertified: false,
             transactions: 0,

@@ -57,15 +57,18 @@ pub enum Purpose {
     Research = 3,
     Payment = 4,
     Operations = 5,
+    /// The patient (or guardian) reads their own record.
+    PatientRequest = 6,
 }
 
 impl Purpose {
-    pub const ALL: [Purpose; 5] = [
+    pub const ALL: [Purpose; 6] = [
         Self::Treatment,
         Self::Emergency,
         Self::Research,
         Self::Payment,
         Self::Operations,
+        Self::PatientRequest,
     ];
 
     /// The v3-ActReason code.
@@ -76,11 +79,17 @@ impl Purpose {
             Self::Research => "HRESCH",
             Self::Payment => "HPAYMT",
             Self::Operations => "HOPERAT",
+            Self::PatientRequest => "PATRQT",
         }
     }
 
     pub fn from_code(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.code() == code)
+    }
+
+    /// From the number carried on chain.
+    pub fn from_number(number: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| *p as u8 == number)
     }
 }
 
@@ -169,6 +178,66 @@ pub enum Refusal {
     NotTheOwner,
 }
 
+/// Check a new grant on its own: signed by an owner, at least one action, a non-empty window.
+pub fn check_grant(grant: &Grant, owners: &[Key]) -> Result<(), Refusal> {
+    if !owners.contains(&grant.granted_by) {
+        return Err(Refusal::NotTheOwner);
+    }
+    if grant.actions == 0 || grant.actions & !3 != 0 {
+        return Err(Refusal::NoAction);
+    }
+    if grant.valid_from_ms >= grant.valid_until_ms {
+        return Err(Refusal::EmptyWindow);
+    }
+    Ok(())
+}
+
+/// Decide a request over one patient's grants (see the module documentation for the rule).
+/// The chain calls this with the grants of its state, the model test with [`Consents`].
+pub fn decide<'a>(
+    grants: impl IntoIterator<Item = &'a Grant>,
+    request: &Request,
+) -> Result<GrantId, Denial> {
+    let mut reason = Denial::NoGrant;
+    for grant in grants {
+        if grant.patient != request.patient {
+            continue;
+        }
+        let for_actor =
+            grant.grantee == request.actor || request.actor_institution == Some(grant.grantee);
+        if !for_actor {
+            continue;
+        }
+        let denial = if grant.revoked_at_ms.is_some() {
+            Some(Denial::Revoked)
+        } else if request.now_ms >= grant.valid_until_ms {
+            Some(Denial::Expired)
+        } else if request.now_ms < grant.valid_from_ms {
+            Some(Denial::NotYetValid)
+        } else if !grant.allows_action(request.action) {
+            Some(Denial::ActionNotGranted)
+        } else if !grant.types.is_empty() && !grant.types.contains(&request.resource_type) {
+            Some(Denial::TypeNotGranted)
+        } else if !grant.purposes.is_empty() && !grant.purposes.contains(&request.purpose) {
+            Some(Denial::PurposeNotGranted)
+        } else {
+            None
+        };
+        match denial {
+            None => return Ok(grant.id),
+            Some(denial) => reason = reason.max(denial),
+        }
+    }
+    Err(reason)
+}
+
+/// Whether `grant` makes its grantee a reader of new `resource_type` records at `now_ms`.
+pub fn covers_reads(grant: &Grant, resource_type: u8, now_ms: u64) -> bool {
+    grant.active(now_ms)
+        && grant.allows_action(Action::Read)
+        && (grant.types.is_empty() || grant.types.contains(&resource_type))
+}
+
 /// Every grant, by patient then grant id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Consents {
@@ -179,15 +248,7 @@ impl Consents {
     /// Record a grant. `owners` are the keys that may grant for the patient (the patient's
     /// own key and any guardian's), as the identity contract knows them.
     pub fn grant(&mut self, grant: Grant, owners: &[Key]) -> Result<(), Refusal> {
-        if !owners.contains(&grant.granted_by) {
-            return Err(Refusal::NotTheOwner);
-        }
-        if grant.actions == 0 {
-            return Err(Refusal::NoAction);
-        }
-        if grant.valid_from_ms >= grant.valid_until_ms {
-            return Err(Refusal::EmptyWindow);
-        }
+        check_grant(&grant, owners)?;
         let key = (grant.patient, grant.id);
         if self.grants.contains_key(&key) {
             return Err(Refusal::DuplicateGrant);
@@ -228,34 +289,7 @@ impl Consents {
 
     /// Decide a request (see the module documentation for the rule).
     pub fn decide(&self, request: &Request) -> Result<GrantId, Denial> {
-        let mut reason = Denial::NoGrant;
-        for grant in self.list(&request.patient) {
-            let for_actor =
-                grant.grantee == request.actor || request.actor_institution == Some(grant.grantee);
-            if !for_actor {
-                continue;
-            }
-            let denial = if grant.revoked_at_ms.is_some() {
-                Some(Denial::Revoked)
-            } else if request.now_ms >= grant.valid_until_ms {
-                Some(Denial::Expired)
-            } else if request.now_ms < grant.valid_from_ms {
-                Some(Denial::NotYetValid)
-            } else if !grant.allows_action(request.action) {
-                Some(Denial::ActionNotGranted)
-            } else if !grant.types.is_empty() && !grant.types.contains(&request.resource_type) {
-                Some(Denial::TypeNotGranted)
-            } else if !grant.purposes.is_empty() && !grant.purposes.contains(&request.purpose) {
-                Some(Denial::PurposeNotGranted)
-            } else {
-                None
-            };
-            match denial {
-                None => return Ok(grant.id),
-                Some(denial) => reason = reason.max(denial),
-            }
-        }
-        Err(reason)
+        decide(self.list(&request.patient), request)
     }
 
     /// Grantees whose grants covering `resource_type` are active at `now_ms`: the readers a
@@ -263,11 +297,7 @@ impl Consents {
     pub fn readers(&self, patient: &PatientId, resource_type: u8, now_ms: u64) -> Vec<Key> {
         let mut readers: Vec<Key> = self
             .list(patient)
-            .filter(|g| {
-                g.active(now_ms)
-                    && g.allows_action(Action::Read)
-                    && (g.types.is_empty() || g.types.contains(&resource_type))
-            })
+            .filter(|g| covers_reads(g, resource_type, now_ms))
             .map(|g| g.grantee)
             .collect();
         readers.sort_unstable();

@@ -66,6 +66,8 @@ pub enum Error {
     InvalidPublicKey,
     #[error("the system random source failed")]
     Random,
+    #[error("malformed share bundle: {0}")]
+    MalformedShare(&'static str),
 }
 
 /// What a ciphertext and its wraps are bound to.
@@ -372,6 +374,68 @@ pub fn open_for(
     open(&data_key, binding, envelope)
 }
 
+/// Magic of a share bundle.
+pub const SHARE_MAGIC: &[u8; 4] = b"EHRS";
+/// Format of the share bundles this build writes and reads.
+pub const SHARE_FORMAT: u8 = 1;
+/// Most entries one share bundle carries (it must fit the blob store's envelope limit).
+pub const SHARE_ENTRIES_MAX: usize = 50_000;
+/// Bytes of one share entry: the envelope hash, then the wrap.
+pub const SHARE_ENTRY_BYTES: usize = 32 + WRAP_BYTES;
+
+/// The data keys of existing record versions, wrapped for a new grantee by the patient's key
+/// holder: the off-chain half of a consent grant, stored content-addressed like an envelope.
+///
+/// ```text
+/// "EHRS" | format u8 (=1) | count u32 | count x (envelope_hash [32] | wrap [112])
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    pub entries: Vec<([u8; 32], Wrap)>,
+}
+
+impl Share {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.entries.len() * SHARE_ENTRY_BYTES);
+        out.extend_from_slice(SHARE_MAGIC);
+        out.push(SHARE_FORMAT);
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        for (hash, wrap) in &self.entries {
+            out.extend_from_slice(hash);
+            out.extend_from_slice(&wrap.encode());
+        }
+        out
+    }
+
+    /// Decode a bundle from untrusted bytes, with limits.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() < 9 || &bytes[..4] != SHARE_MAGIC {
+            return Err(Error::MalformedShare("bad magic or truncated header"));
+        }
+        if bytes[4] != SHARE_FORMAT {
+            return Err(Error::MalformedShare("unsupported format"));
+        }
+        let count = u32::from_be_bytes(bytes[5..9].try_into().expect("4")) as usize;
+        if count > SHARE_ENTRIES_MAX {
+            return Err(Error::MalformedShare("too many entries"));
+        }
+        let body = &bytes[9..];
+        if body.len() != count * SHARE_ENTRY_BYTES {
+            return Err(Error::MalformedShare("length does not match the count"));
+        }
+        let entries = body
+            .chunks(SHARE_ENTRY_BYTES)
+            .map(|chunk| {
+                let hash: [u8; 32] = chunk[..32].try_into().expect("32");
+                Ok((hash, Wrap::decode(&chunk[32..])?))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Self { entries })
+    }
+}
+
+const _: () = assert!(9 + SHARE_ENTRIES_MAX * SHARE_ENTRY_BYTES <= ENVELOPE_SIZE_BYTES_MAX);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,5 +544,32 @@ mod tests {
         assert_eq!(Wrap::decode(&[0; 5]), Err(Error::MalformedWrap(5)));
         let big = vec![0u8; RECORD_SIZE_BYTES_MAX + 1];
         assert!(matches!(seal(&binding(), &big), Err(Error::TooLarge(..))));
+    }
+
+    #[test]
+    fn share_bundles_round_trip_and_reject_garbage() {
+        let recipient = EncryptionKey::from_seed(&[4; 32]);
+        let binding = Binding {
+            record: [1; 16],
+            version: 1,
+            patient: [2; 16],
+        };
+        let (envelope, key) = seal(&binding, b"{}").unwrap();
+        let hash = envelope_hash(&envelope);
+        let wrapped = wrap(&key, &recipient.public(), &binding, &hash).unwrap();
+        let share = Share {
+            entries: vec![(hash, wrapped)],
+        };
+        let bytes = share.encode();
+        assert_eq!(Share::decode(&bytes).unwrap(), share);
+        for cut in 0..bytes.len() {
+            assert!(Share::decode(&bytes[..cut]).is_err());
+        }
+        let mut count = bytes.clone();
+        count[8] = 2;
+        assert!(Share::decode(&count).is_err());
+        let mut huge = bytes[..9].to_vec();
+        huge[5..9].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Share::decode(&huge).is_err());
     }
 }

@@ -84,6 +84,8 @@ fn genesis(keys: &[PrivateKey]) -> (Genesis, Block) {
                 encryption_key: String::new(),
             })
             .collect(),
+        auditors: Vec::new(),
+        rules: Default::default(),
     };
     let block = genesis
         .block(ehrchain_chain::application::genesis_root(1))
@@ -130,6 +132,8 @@ async fn start_validator(
             block_transactions_max: 1_000,
             mempool_transactions_max: 10_000,
             institutions: Vec::new(),
+            auditors: Vec::new(),
+            rules: Default::default(),
         },
         timing: Timing::default(),
         mailbox_size: 1_024,

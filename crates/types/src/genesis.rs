@@ -25,6 +25,43 @@ pub struct Genesis {
     /// Time of the genesis block, milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
     pub validators: Vec<GenesisValidator>,
+    /// Auditors appointed by the consortium at genesis (later ones by governance).
+    #[serde(default)]
+    pub auditors: Vec<GenesisAuditor>,
+    /// Parameters of the access contracts.
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+/// An auditor appointed at genesis.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GenesisAuditor {
+    /// Human name of the office, never PHI.
+    pub name: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+}
+
+/// Parameters of the consent, break-glass and supervision contracts, fixed in genesis.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Rules {
+    /// How long a break-glass access lasts.
+    pub break_glass_ms: u64,
+    /// Reads by one identity within one window beyond this many raise a finding.
+    pub read_volume_max: u32,
+    /// The length of the (tumbling) window reads are counted in.
+    pub read_volume_window_ms: u64,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            break_glass_ms: 24 * 3_600_000,
+            read_volume_max: 500,
+            read_volume_window_ms: 3_600_000,
+        }
+    }
 }
 
 impl Genesis {
@@ -40,6 +77,23 @@ impl Genesis {
                 return Err(Error::OutOfRange("duplicate validator key"));
             }
             keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    /// The auditors' keys, in file order.
+    pub fn auditor_keys(&self) -> Result<Vec<PublicKey>, Error> {
+        let validators = self.validator_keys()?;
+        let mut keys: Vec<PublicKey> = Vec::with_capacity(self.auditors.len());
+        for auditor in &self.auditors {
+            let key = public_key_from_hex(&auditor.public_key).ok_or(Error::InvalidPublicKey)?;
+            if keys.contains(&key) || validators.contains(&key) {
+                return Err(Error::OutOfRange("duplicate auditor key"));
+            }
+            keys.push(key);
+        }
+        if self.rules.read_volume_window_ms == 0 || self.rules.break_glass_ms == 0 {
+            return Err(Error::OutOfRange("rules"));
         }
         Ok(keys)
     }

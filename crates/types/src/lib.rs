@@ -11,7 +11,9 @@ pub mod transaction;
 
 pub use block::{Block, BlockHeader};
 pub use genesis::Genesis;
-pub use transaction::{PatientId, Payload, RecordAnchor, RecordId, Transaction, TransactionBody};
+pub use transaction::{
+    ConsentGrant, GrantId, PatientId, Payload, RecordAnchor, RecordId, Transaction, TransactionBody,
+};
 
 pub use commonware_cryptography::{
     ed25519::{PrivateKey, PublicKey, Signature},
@@ -93,7 +95,7 @@ pub const PUBLIC_KEY_CACHE_MAX: usize = 65_536;
 /// (a field square root) is about a third of an Ed25519 verification, and the same few
 /// thousand signers' keys are decoded again for every transaction, gossip batch and block.
 /// The cache holds only keys that decoded successfully, so it never changes an answer.
-fn decode_public_key(bytes: [u8; 32]) -> Result<PublicKey, Error> {
+pub fn decode_public_key(bytes: [u8; 32]) -> Result<PublicKey, Error> {
     use commonware_codec::DecodeExt;
     use std::{
         collections::HashMap,

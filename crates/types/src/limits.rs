@@ -34,3 +34,6 @@ const _: () = assert!(
         <= BLOCK_SIZE_BYTES_MAX
 );
 const _: () = assert!(crate::block::HEADER_SIZE_BYTES < BLOCK_SIZE_BYTES_MAX);
+
+/// Highest FHIR resource type code (`ehrchain-fhir` numbers its types 1 to this).
+pub const RESOURCE_TYPE_CODE_MAX: u8 = 11;

@@ -47,6 +47,48 @@ pub enum Payload {
     /// The patient (or their home institution on their behalf) asks for erasure: every node
     /// deletes the ciphertexts and wrapped keys of the patient's records.
     ErasePatient { patient: PatientId },
+    /// A patient (or guardian) gives a clinician or an institution access. `share` is the hash
+    /// of the off-chain bundle of data keys wrapped for the grantee (zero when none).
+    Grant(ConsentGrant),
+    /// The patient (or guardian) revokes one of the patient's grants.
+    Revoke { patient: PatientId, grant: GrantId },
+    /// A read attempt on a record, recorded (allowed or denied) before any key is released.
+    /// `purpose` is a v3-ActReason code number (see `ehrchain-contracts`).
+    Access { record: RecordId, purpose: u8 },
+    /// An enrolled clinician opens a patient's records without consent, giving a reason code
+    /// (never free text: it could carry PHI).
+    BreakGlass { patient: PatientId, reason: u8 },
+    /// A patient appoints a guardian, who may then grant and revoke on their behalf.
+    AppointGuardian {
+        patient: PatientId,
+        guardian: PublicKey,
+        encryption_key: [u8; 32],
+    },
+}
+
+/// A grant id, chosen by the granting client (random); unique per patient.
+pub type GrantId = [u8; 16];
+
+/// Most resource types or purposes one grant lists.
+pub const GRANT_LIST_MAX: usize = 16;
+
+/// The on-chain form of a consent grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentGrant {
+    pub id: GrantId,
+    pub patient: PatientId,
+    /// A clinician's key or an institution's key.
+    pub grantee: PublicKey,
+    /// Bit set: 1 = read (consentaction `access`), 2 = write (`correct`).
+    pub actions: u8,
+    /// Resource type codes; empty means all.
+    pub types: Vec<u8>,
+    /// Purpose codes; empty means any.
+    pub purposes: Vec<u8>,
+    pub valid_from_ms: u64,
+    pub valid_until_ms: u64,
+    /// SHA-256 of the share bundle in the blob store, or all zeroes.
+    pub share: Digest,
 }
 
 /// A pseudonymous patient id (random, assigned at registration; also the FHIR Patient id).
@@ -76,6 +118,11 @@ impl Payload {
     const KIND_ENROLL_CLINICIAN: u8 = 3;
     const KIND_RECORD_ANCHOR: u8 = 4;
     const KIND_ERASE_PATIENT: u8 = 5;
+    const KIND_GRANT: u8 = 6;
+    const KIND_REVOKE: u8 = 7;
+    const KIND_ACCESS: u8 = 8;
+    const KIND_BREAK_GLASS: u8 = 9;
+    const KIND_APPOINT_GUARDIAN: u8 = 10;
 
     fn kind(&self) -> u8 {
         match self {
@@ -84,6 +131,11 @@ impl Payload {
             Self::EnrollClinician { .. } => Self::KIND_ENROLL_CLINICIAN,
             Self::RecordAnchor(_) => Self::KIND_RECORD_ANCHOR,
             Self::ErasePatient { .. } => Self::KIND_ERASE_PATIENT,
+            Self::Grant(_) => Self::KIND_GRANT,
+            Self::Revoke { .. } => Self::KIND_REVOKE,
+            Self::Access { .. } => Self::KIND_ACCESS,
+            Self::BreakGlass { .. } => Self::KIND_BREAK_GLASS,
+            Self::AppointGuardian { .. } => Self::KIND_APPOINT_GUARDIAN,
         }
     }
 
@@ -119,6 +171,40 @@ impl Payload {
                 out.extend_from_slice(&anchor.timestamp_ms.to_be_bytes());
             }
             Self::ErasePatient { patient } => out.extend_from_slice(patient),
+            Self::Grant(grant) => {
+                out.extend_from_slice(&grant.id);
+                out.extend_from_slice(&grant.patient);
+                out.extend_from_slice(grant.grantee.as_ref());
+                out.push(grant.actions);
+                for list in [&grant.types, &grant.purposes] {
+                    out.push(list.len() as u8);
+                    out.extend_from_slice(list);
+                }
+                out.extend_from_slice(&grant.valid_from_ms.to_be_bytes());
+                out.extend_from_slice(&grant.valid_until_ms.to_be_bytes());
+                out.extend_from_slice(grant.share.as_ref());
+            }
+            Self::Revoke { patient, grant } => {
+                out.extend_from_slice(patient);
+                out.extend_from_slice(grant);
+            }
+            Self::Access { record, purpose } => {
+                out.extend_from_slice(record);
+                out.push(*purpose);
+            }
+            Self::BreakGlass { patient, reason } => {
+                out.extend_from_slice(patient);
+                out.push(*reason);
+            }
+            Self::AppointGuardian {
+                patient,
+                guardian,
+                encryption_key,
+            } => {
+                out.extend_from_slice(patient);
+                out.extend_from_slice(guardian.as_ref());
+                out.extend_from_slice(encryption_key);
+            }
         }
     }
 
@@ -149,6 +235,49 @@ impl Payload {
             }),
             Self::KIND_ERASE_PATIENT => Self::ErasePatient {
                 patient: reader.array()?,
+            },
+            Self::KIND_GRANT => {
+                let id = reader.array()?;
+                let patient = reader.array()?;
+                let grantee = reader.public_key()?;
+                let actions = reader.u8()?;
+                let mut lists = [Vec::new(), Vec::new()];
+                for list in &mut lists {
+                    let len = reader.u8()? as usize;
+                    if len > GRANT_LIST_MAX {
+                        return Err(Error::OutOfRange("grant list length"));
+                    }
+                    *list = reader.take(len)?.to_vec();
+                }
+                let [types, purposes] = lists;
+                Self::Grant(ConsentGrant {
+                    id,
+                    patient,
+                    grantee,
+                    actions,
+                    types,
+                    purposes,
+                    valid_from_ms: reader.u64()?,
+                    valid_until_ms: reader.u64()?,
+                    share: reader.digest()?,
+                })
+            }
+            Self::KIND_REVOKE => Self::Revoke {
+                patient: reader.array()?,
+                grant: reader.array()?,
+            },
+            Self::KIND_ACCESS => Self::Access {
+                record: reader.array()?,
+                purpose: reader.u8()?,
+            },
+            Self::KIND_BREAK_GLASS => Self::BreakGlass {
+                patient: reader.array()?,
+                reason: reader.u8()?,
+            },
+            Self::KIND_APPOINT_GUARDIAN => Self::AppointGuardian {
+                patient: reader.array()?,
+                guardian: reader.public_key()?,
+                encryption_key: reader.array()?,
             },
             other => return Err(Error::UnknownPayload(other)),
         };
@@ -385,6 +514,34 @@ mod tests {
                 timestamp_ms: 1_700_000_000_000,
             }),
             Payload::ErasePatient { patient: [1; 16] },
+            Payload::Grant(ConsentGrant {
+                id: [5; 16],
+                patient: [1; 16],
+                grantee: key.public_key(),
+                actions: 3,
+                types: vec![2, 3],
+                purposes: vec![1],
+                valid_from_ms: 10,
+                valid_until_ms: 20,
+                share: sha256(&[b"s"]),
+            }),
+            Payload::Revoke {
+                patient: [1; 16],
+                grant: [5; 16],
+            },
+            Payload::Access {
+                record: [4; 16],
+                purpose: 1,
+            },
+            Payload::BreakGlass {
+                patient: [1; 16],
+                reason: 2,
+            },
+            Payload::AppointGuardian {
+                patient: [1; 16],
+                guardian: key.public_key(),
+                encryption_key: [6; 32],
+            },
         ];
         for payload in payloads {
             let tx = TransactionBody {

@@ -1,0 +1,355 @@
+//! Consent, the access trail and supervision findings over HTTP. Everything here is
+//! pseudonymous: ids and keys, never names or clinical content.
+//!
+//! Grant body (`POST /consents`, `application/octet-stream`):
+//! ```text
+//! tx_len u32 | transaction [tx_len] | share bundle [rest, may be empty]
+//! ```
+//! The bundle (see `ehrchain_crypto::Share`) must hash to the grant's `share` field. It is
+//! staged like a record upload and kept only once the grant is final.
+
+use crate::{ApiError, ApiState, Result, submit_error};
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use commonware_runtime::Blob;
+use ehrchain_chain::{
+    access::{AccessEvent, BREAK_GLASS_REASONS, Basis, Finding, FindingKind, Outcome},
+    state::{Reader as _, State as ChainState},
+};
+use ehrchain_contracts::consent::{Grant, Purpose};
+use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, Share, envelope_hash};
+use ehrchain_types::{Payload, Transaction, limits::TRANSACTION_SIZE_BYTES_MAX};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Largest grant body.
+pub const CONSENT_BYTES_MAX: usize = 4 + TRANSACTION_SIZE_BYTES_MAX + ENVELOPE_SIZE_BYTES_MAX;
+
+/// Most trail entries one page carries.
+pub const PAGE_MAX: usize = 1_000;
+
+pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
+    Router::new()
+        .route(
+            "/consents",
+            post(grant::<B>).layer(DefaultBodyLimit::max(CONSENT_BYTES_MAX)),
+        )
+        .route("/patients/{patient}/consents", get(consents::<B>))
+        .route("/patients/{patient}/access", get(patient_trail::<B>))
+        .route("/access/events", get(all_events::<B>))
+        .route("/access/findings", get(findings::<B>))
+        .route("/access/reasons", get(reasons))
+}
+
+/// Split a grant body into its transaction and bundle, with limits.
+pub fn decode_consent(bytes: &[u8]) -> std::result::Result<(&[u8], &[u8]), &'static str> {
+    if bytes.len() > CONSENT_BYTES_MAX {
+        return Err("consent body too large");
+    }
+    let len = u32::from_be_bytes(
+        bytes
+            .get(..4)
+            .ok_or("truncated consent body")?
+            .try_into()
+            .expect("4"),
+    ) as usize;
+    if len > TRANSACTION_SIZE_BYTES_MAX {
+        return Err("transaction too large");
+    }
+    let tx = bytes.get(4..4 + len).ok_or("truncated consent body")?;
+    Ok((tx, &bytes[4 + len..]))
+}
+
+pub fn encode_consent(transaction: &[u8], share: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + transaction.len() + share.len());
+    out.extend_from_slice(&(transaction.len() as u32).to_be_bytes());
+    out.extend_from_slice(transaction);
+    out.extend_from_slice(share);
+    out
+}
+
+fn bad(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn unavailable(error: ehrchain_storage::Error) -> ApiError {
+    tracing::error!(%error, "blob store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the blob store is unavailable",
+    )
+}
+
+async fn grant<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>)> {
+    let (tx_bytes, share) = decode_consent(&body).map_err(bad)?;
+    let tx = Transaction::decode(tx_bytes)
+        .map_err(|e| submit_error(&ehrchain_chain::SubmitError::Invalid(e)))?;
+    let Payload::Grant(body) = &tx.body.payload else {
+        return Err(bad("the transaction of a consent must be a grant"));
+    };
+    let declared: [u8; 32] = body.share.as_ref().try_into().expect("32");
+    let staged = if share.is_empty() {
+        if declared != [0; 32] {
+            return Err(bad("the grant names a share bundle that is not attached"));
+        }
+        None
+    } else {
+        Share::decode(share).map_err(|_| bad("malformed share bundle"))?;
+        if envelope_hash(share) != declared {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the share bundle does not match the hash in its grant",
+            ));
+        }
+        Some(state.store.stage(share, &[]).await.map_err(unavailable)?)
+    };
+    match state.chain.submit(tx_bytes) {
+        Ok(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "hash": hex::encode(id),
+                "grant": hex::encode(body.id),
+                "status": "pending",
+            })),
+        )),
+        Err(error) => {
+            if let Some(hash) = staged
+                && let Err(error) = state.store.unstage(&hash)
+            {
+                tracing::error!(%error, "cannot drop a refused share bundle");
+            }
+            Err(submit_error(&error))
+        }
+    }
+}
+
+fn id16(text: &str) -> Result<[u8; 16]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("patient id must be 32 hex characters"))
+}
+
+fn key_hex(key: &[u8; 32]) -> String {
+    hex::encode(key)
+}
+
+/// A grant as JSON, with its status at block time `now_ms`.
+pub fn grant_json(state: &ChainState, grant: &Grant, now_ms: u64) -> Value {
+    let status = if grant.revoked_at_ms.is_some() {
+        "revoked"
+    } else if now_ms >= grant.valid_until_ms {
+        "expired"
+    } else if now_ms < grant.valid_from_ms {
+        "pending"
+    } else {
+        "active"
+    };
+    let grantee =
+        ehrchain_chain::access::public_key(&grant.grantee).and_then(|k| state.identity(&k));
+    let actions: Vec<&str> = [(1u8, "access"), (2, "correct")]
+        .iter()
+        .filter(|(bit, _)| grant.actions & bit != 0)
+        .map(|(_, code)| *code)
+        .collect();
+    json!({
+        "id": hex::encode(grant.id),
+        "patient": hex::encode(grant.patient),
+        "granted_by": key_hex(&grant.granted_by),
+        "grantee": key_hex(&grant.grantee),
+        "grantee_role": grantee.as_ref().map(|i| i.role.name()),
+        "grantee_encryption_key": grantee.map(|i| hex::encode(i.encryption_key)),
+        "actions": actions,
+        "types": grant.types,
+        "purposes": grant.purposes.iter().map(|p| p.code()).collect::<Vec<_>>(),
+        "valid_from_ms": grant.valid_from_ms,
+        "valid_until_ms": grant.valid_until_ms,
+        "revoked_at_ms": grant.revoked_at_ms,
+        "status": status,
+    })
+}
+
+async fn consents<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(patient): Path<String>,
+) -> Result<Json<Value>> {
+    let id = id16(&patient)?;
+    let answer = state.chain.read(|s| {
+        s.patient(&id)?;
+        let now = s.time_ms();
+        Some(json!({
+            "patient": hex::encode(id),
+            "time_ms": now,
+            "consents": s.grants(&id).iter().map(|g| grant_json(s, g, now)).collect::<Vec<_>>(),
+        }))
+    });
+    answer
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown patient"))
+}
+
+fn purpose_code(number: u8) -> &'static str {
+    Purpose::from_number(number).map_or("unknown", |p| p.code())
+}
+
+/// An access event as JSON.
+pub fn event_json(position: (u64, u32), event: &AccessEvent) -> Value {
+    let (outcome, basis, reason) = match &event.outcome {
+        Outcome::Allowed(basis) => {
+            let basis = match basis {
+                Basis::Owner => json!({"kind": "owner"}),
+                Basis::Guardian => json!({"kind": "guardian"}),
+                Basis::Author => json!({"kind": "author"}),
+                Basis::Consent(id) => json!({"kind": "consent", "grant": hex::encode(id)}),
+                Basis::BreakGlass => json!({"kind": "break-glass"}),
+                Basis::BreakGlassOpened { reason, until_ms } => {
+                    json!({"kind": "break-glass-opened", "reason": reason, "until_ms": until_ms})
+                }
+            };
+            ("allowed", basis, Value::Null)
+        }
+        Outcome::Denied(reason) => ("denied", Value::Null, json!(reason.code())),
+    };
+    json!({
+        "height": position.0,
+        "index": position.1,
+        "transaction": hex::encode(event.transaction),
+        "time_ms": event.time_ms,
+        "actor": event.actor.to_string(),
+        "patient": hex::encode(event.patient),
+        "record": event.record.map(|(r, _)| hex::encode(r)),
+        "resource_type": event.record.map(|(_, t)| t),
+        "purpose": purpose_code(event.purpose),
+        "outcome": outcome,
+        "basis": basis,
+        "reason": reason,
+    })
+}
+
+fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
+    let detail = match finding.kind {
+        FindingKind::DeniedAccess(reason) => json!({"reason": reason.code()}),
+        FindingKind::BreakGlass { reason } => json!({"reason": reason}),
+        FindingKind::ReadVolume {
+            count,
+            window_start_ms,
+        } => json!({"count": count, "window_start_ms": window_start_ms}),
+        FindingKind::AfterRevocation => json!({}),
+    };
+    json!({
+        "height": position.0,
+        "index": position.1,
+        "kind": finding.kind.code(),
+        "detail": detail,
+        "actor": finding.actor.to_string(),
+        "patient": hex::encode(finding.patient),
+        "time_ms": finding.time_ms,
+        "transaction": hex::encode(finding.transaction),
+    })
+}
+
+/// Paging over the trail: entries after height `after` (exclusive), at most `limit`.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+impl Page {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX)
+    }
+
+    fn admits(&self, height: u64) -> bool {
+        self.after.is_none_or(|after| height > after)
+    }
+}
+
+async fn patient_trail<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(patient): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>> {
+    let id = id16(&patient)?;
+    let answer = state.chain.read(|s| {
+        s.patient(&id)?;
+        let events: Vec<Value> = s
+            .patient_events(&id)
+            .into_iter()
+            .filter(|(p, _)| page.admits(p.0))
+            .take(page.limit())
+            .map(|(p, e)| event_json(p, e))
+            .collect();
+        Some(json!({"patient": hex::encode(id), "events": events}))
+    });
+    answer
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown patient"))
+}
+
+async fn all_events<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Query(page): Query<Page>,
+) -> Json<Value> {
+    let events: Vec<Value> = state.chain.read(|s| {
+        s.events()
+            .filter(|(p, _)| page.admits(p.0))
+            .take(page.limit())
+            .map(|(p, e)| event_json(*p, e))
+            .collect()
+    });
+    Json(json!({"events": events}))
+}
+
+async fn findings<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Query(page): Query<Page>,
+) -> Json<Value> {
+    let findings: Vec<Value> = state.chain.read(|s| {
+        s.findings()
+            .filter(|(p, _)| page.admits(p.0))
+            .take(page.limit())
+            .map(|(p, f)| finding_json(*p, f))
+            .collect()
+    });
+    Json(json!({"findings": findings}))
+}
+
+async fn reasons() -> Json<Value> {
+    Json(json!({
+        "break_glass": BREAK_GLASS_REASONS
+            .iter()
+            .map(|(code, text)| json!({"code": code, "text": text}))
+            .collect::<Vec<_>>(),
+        "purposes": Purpose::ALL.iter().map(|p| json!({"number": *p as u8, "code": p.code()})).collect::<Vec<_>>(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consent_bodies_split_and_garbage_is_refused() {
+        let body = encode_consent(&[1; 100], &[2; 30]);
+        assert_eq!(
+            decode_consent(&body).unwrap(),
+            (&[1u8; 100][..], &[2u8; 30][..])
+        );
+        for cut in 0..104 {
+            assert!(decode_consent(&body[..cut]).is_err());
+        }
+        assert!(decode_consent(&encode_consent(&[1; 5000], &[])).is_err());
+    }
+}

@@ -1,0 +1,975 @@
+//! The access contracts: guardians, consent grants and revocations, recorded reads,
+//! break-glass, and automatic supervision. Executed by every validator inside block execution
+//! (see `state::apply`), so every node reaches the same decision at the same height; time is
+//! the block's timestamp.
+//!
+//! A read attempt is never rejected for lack of a right: it is recorded with its outcome, so
+//! denied attempts stay on the trail and feed supervision. Keys are released by a node only
+//! against an allowed, final access event (see `ehrchain-api`).
+
+use crate::state::{Delta, Identity, Reader, Rejection, Role};
+use ehrchain_contracts::consent::{self, Action, Denial, Grant, Purpose, Refusal, Request};
+use ehrchain_types::{
+    ConsentGrant, Digest, PatientId, PublicKey, RecordId, genesis::Rules,
+    limits::RESOURCE_TYPE_CODE_MAX,
+};
+
+/// Most guardians one patient may have.
+pub const GUARDIANS_MAX: usize = 8;
+
+/// Break-glass reason codes: a fixed list, because free text could carry PHI.
+pub const BREAK_GLASS_REASONS: [(u8, &str); 4] = [
+    (1, "emergency treatment; the patient cannot consent"),
+    (2, "life-threatening condition"),
+    (3, "urgent continuity of care"),
+    (4, "other; documented in the institution's own records"),
+];
+
+/// Where, in the chain, an event happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    pub height: u64,
+    /// Block time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Position of the transaction in its block.
+    pub index: u32,
+}
+
+/// Why a read was allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    /// The patient reads their own record.
+    Owner,
+    /// A guardian of the patient.
+    Guardian,
+    /// The reader wrote a version of the record.
+    Author,
+    /// A consent grant, by id.
+    Consent([u8; 16]),
+    /// An open break-glass access.
+    BreakGlass,
+    /// The break-glass declaration itself (no record is read by it).
+    BreakGlassOpened { reason: u8, until_ms: u64 },
+}
+
+/// Why a read was denied. Reasons name rules, never record content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("{0}")]
+    Consent(Denial),
+    #[error("auditors never receive keys")]
+    Auditor,
+    #[error("a patient reads only their own records")]
+    NotTheirs,
+}
+
+impl Reason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Consent(Denial::NoGrant) => "no-consent",
+            Self::Consent(Denial::PurposeNotGranted) => "purpose-not-granted",
+            Self::Consent(Denial::TypeNotGranted) => "type-not-granted",
+            Self::Consent(Denial::ActionNotGranted) => "action-not-granted",
+            Self::Consent(Denial::NotYetValid) => "consent-not-yet-valid",
+            Self::Consent(Denial::Expired) => "consent-expired",
+            Self::Consent(Denial::Revoked) => "consent-revoked",
+            Self::Auditor => "auditor",
+            Self::NotTheirs => "not-their-record",
+        }
+    }
+
+    fn number(&self) -> u8 {
+        match self {
+            Self::Consent(d) => 1 + *d as u8,
+            Self::Auditor => 20,
+            Self::NotTheirs => 21,
+        }
+    }
+}
+
+/// The outcome of an access attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed(Basis),
+    Denied(Reason),
+}
+
+impl Outcome {
+    pub const fn allowed(&self) -> bool {
+        matches!(self, Self::Allowed(_))
+    }
+
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Allowed(basis) => {
+                out.push(1);
+                match basis {
+                    Basis::Owner => out.push(1),
+                    Basis::Guardian => out.push(2),
+                    Basis::Author => out.push(3),
+                    Basis::Consent(id) => {
+                        out.push(4);
+                        out.extend_from_slice(id);
+                    }
+                    Basis::BreakGlass => out.push(5),
+                    Basis::BreakGlassOpened { reason, until_ms } => {
+                        out.push(6);
+                        out.push(*reason);
+                        out.extend_from_slice(&until_ms.to_be_bytes());
+                    }
+                }
+            }
+            Self::Denied(reason) => {
+                out.push(2);
+                out.push(reason.number());
+            }
+        }
+    }
+}
+
+/// One entry of the access trail: a read attempt or a break-glass declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessEvent {
+    pub actor: PublicKey,
+    pub patient: PatientId,
+    /// The record read and its resource type; `None` for a break-glass declaration.
+    pub record: Option<(RecordId, u8)>,
+    /// v3-ActReason purpose number.
+    pub purpose: u8,
+    pub outcome: Outcome,
+    pub time_ms: u64,
+    pub transaction: Digest,
+}
+
+/// What automatic supervision found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FindingKind {
+    /// A read attempt was denied.
+    DeniedAccess(Reason),
+    /// A break-glass access was opened.
+    BreakGlass { reason: u8 },
+    /// One identity read more than the genesis threshold within one window.
+    ReadVolume { count: u32, window_start_ms: u64 },
+    /// A read was attempted under a revoked grant.
+    AfterRevocation,
+}
+
+impl FindingKind {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::DeniedAccess(_) => "denied-access",
+            Self::BreakGlass { .. } => "break-glass",
+            Self::ReadVolume { .. } => "read-volume",
+            Self::AfterRevocation => "after-revocation",
+        }
+    }
+
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::DeniedAccess(reason) => {
+                out.push(1);
+                out.push(reason.number());
+            }
+            Self::BreakGlass { reason } => {
+                out.push(2);
+                out.push(*reason);
+            }
+            Self::ReadVolume {
+                count,
+                window_start_ms,
+            } => {
+                out.push(3);
+                out.extend_from_slice(&count.to_be_bytes());
+                out.extend_from_slice(&window_start_ms.to_be_bytes());
+            }
+            Self::AfterRevocation => out.push(4),
+        }
+    }
+}
+
+/// A supervision finding, for the auditor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub actor: PublicKey,
+    pub patient: PatientId,
+    pub time_ms: u64,
+    pub transaction: Digest,
+}
+
+/// An open break-glass access of one clinician to one patient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakGlassEntry {
+    pub reason: u8,
+    pub opened_ms: u64,
+    pub until_ms: u64,
+}
+
+/// The 32 bytes of a public key, as the contracts crate names identities.
+pub fn key_bytes(key: &PublicKey) -> consent::Key {
+    key.as_ref().try_into().expect("32-byte public key")
+}
+
+/// A public key from its 32 bytes, if they encode one.
+pub fn public_key(bytes: &consent::Key) -> Option<PublicKey> {
+    ehrchain_types::decode_public_key(*bytes).ok()
+}
+
+/// The keys that may grant and revoke for a patient: their own and their guardians'.
+fn owners(view: &impl Reader, patient: &PatientId) -> Result<Vec<consent::Key>, Rejection> {
+    let entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(Rejection::PatientErased);
+    }
+    let mut owners = vec![key_bytes(&entry.key)];
+    owners.extend(entry.guardians.iter().map(key_bytes));
+    Ok(owners)
+}
+
+pub(crate) fn appoint_guardian(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    patient: &PatientId,
+    guardian: &PublicKey,
+    encryption_key: &[u8; 32],
+) -> Result<(), Rejection> {
+    let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(Rejection::PatientErased);
+    }
+    if &entry.key != signer {
+        return Err(Rejection::Unauthorized(
+            "only the patient appoints a guardian",
+        ));
+    }
+    if view.identity(guardian).is_some() {
+        return Err(Rejection::AlreadyRegistered);
+    }
+    if entry.guardians.len() >= GUARDIANS_MAX {
+        return Err(Rejection::Malformed("too many guardians"));
+    }
+    entry.guardians.push(guardian.clone());
+    delta.patients.insert(*patient, entry);
+    delta.identities.insert(
+        guardian.clone(),
+        Identity {
+            role: Role::Guardian { patient: *patient },
+            encryption_key: *encryption_key,
+        },
+    );
+    Ok(())
+}
+
+pub(crate) fn grant(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    body: &ConsentGrant,
+) -> Result<(), Rejection> {
+    let owners = owners(view, &body.patient)?;
+    match view.identity(&body.grantee).map(|i| i.role) {
+        Some(Role::Clinician { .. } | Role::Institution) => {}
+        _ => {
+            return Err(Rejection::Malformed(
+                "a grantee is an enrolled clinician or a member institution",
+            ));
+        }
+    }
+    if body
+        .types
+        .iter()
+        .any(|t| !(1..=RESOURCE_TYPE_CODE_MAX).contains(t))
+    {
+        return Err(Rejection::Malformed("unknown resource type in grant"));
+    }
+    let mut purposes = Vec::with_capacity(body.purposes.len());
+    for number in &body.purposes {
+        purposes.push(
+            Purpose::from_number(*number)
+                .ok_or(Rejection::Malformed("unknown purpose in grant"))?,
+        );
+    }
+    if body.valid_until_ms <= at.time_ms {
+        return Err(Rejection::Malformed("the grant would already be expired"));
+    }
+    if view.grant(&body.patient, &body.id).is_some() {
+        return Err(Rejection::Refused(Refusal::DuplicateGrant));
+    }
+    let grant = Grant {
+        id: body.id,
+        patient: body.patient,
+        granted_by: key_bytes(signer),
+        grantee: key_bytes(&body.grantee),
+        actions: body.actions,
+        types: body.types.clone(),
+        purposes,
+        valid_from_ms: body.valid_from_ms,
+        valid_until_ms: body.valid_until_ms,
+        revoked_at_ms: None,
+    };
+    consent::check_grant(&grant, &owners).map_err(Rejection::Refused)?;
+    delta.grants.insert((body.patient, body.id), grant);
+    let share: [u8; 32] = body.share.as_ref().try_into().expect("32-byte digest");
+    if share != [0; 32] {
+        delta.shares.insert((body.patient, body.id), share);
+    }
+    Ok(())
+}
+
+pub(crate) fn revoke(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    patient: &PatientId,
+    id: &[u8; 16],
+) -> Result<(), Rejection> {
+    let owners = owners(view, patient)?;
+    if !owners.contains(&key_bytes(signer)) {
+        return Err(Rejection::Refused(Refusal::NotTheOwner));
+    }
+    let mut grant = view
+        .grant(patient, id)
+        .ok_or(Rejection::Refused(Refusal::UnknownGrant))?;
+    if grant.revoked_at_ms.is_some() {
+        return Err(Rejection::Refused(Refusal::AlreadyRevoked));
+    }
+    grant.revoked_at_ms = Some(at.time_ms);
+    delta.grants.insert((*patient, *id), grant);
+    Ok(())
+}
+
+pub(crate) fn break_glass(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    transaction: Digest,
+    patient: &PatientId,
+    reason: u8,
+) -> Result<(), Rejection> {
+    if !matches!(
+        view.identity(signer).map(|i| i.role),
+        Some(Role::Clinician { .. })
+    ) {
+        return Err(Rejection::Unauthorized(
+            "only an enrolled clinician breaks the glass",
+        ));
+    }
+    if !BREAK_GLASS_REASONS.iter().any(|(code, _)| *code == reason) {
+        return Err(Rejection::Malformed("unknown break-glass reason code"));
+    }
+    let entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(Rejection::PatientErased);
+    }
+    let until_ms = at.time_ms.saturating_add(view.rules().break_glass_ms);
+    delta.break_glass.insert(
+        (signer.clone(), *patient),
+        BreakGlassEntry {
+            reason,
+            opened_ms: at.time_ms,
+            until_ms,
+        },
+    );
+    delta.events.insert(
+        (at.height, at.index),
+        AccessEvent {
+            actor: signer.clone(),
+            patient: *patient,
+            record: None,
+            purpose: Purpose::Emergency as u8,
+            outcome: Outcome::Allowed(Basis::BreakGlassOpened { reason, until_ms }),
+            time_ms: at.time_ms,
+            transaction,
+        },
+    );
+    delta.findings.insert(
+        (at.height, at.index, 0),
+        Finding {
+            kind: FindingKind::BreakGlass { reason },
+            actor: signer.clone(),
+            patient: *patient,
+            time_ms: at.time_ms,
+            transaction,
+        },
+    );
+    Ok(())
+}
+
+/// Decide a read attempt and record it, with any findings.
+pub(crate) fn access(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    transaction: Digest,
+    record: &RecordId,
+    purpose_number: u8,
+) -> Result<(), Rejection> {
+    let purpose =
+        Purpose::from_number(purpose_number).ok_or(Rejection::Malformed("unknown purpose"))?;
+    let identity = view.identity(signer).ok_or(Rejection::Unauthorized(
+        "only a registered identity reads records",
+    ))?;
+    let latest = view.latest(record).ok_or(Rejection::UnknownRecord)?;
+    let patient = latest.anchor.patient;
+    let resource_type = latest.anchor.resource_type;
+    if view
+        .patient(&patient)
+        .is_none_or(|p| p.erased_height.is_some())
+    {
+        return Err(Rejection::PatientErased);
+    }
+    let outcome = match identity.role {
+        Role::Patient { patient: own } if own == patient => Outcome::Allowed(Basis::Owner),
+        Role::Patient { .. } => Outcome::Denied(Reason::NotTheirs),
+        Role::Guardian { patient: own } if own == patient => Outcome::Allowed(Basis::Guardian),
+        Role::Guardian { .. } => Outcome::Denied(Reason::NotTheirs),
+        Role::Auditor => Outcome::Denied(Reason::Auditor),
+        Role::Institution | Role::Clinician { .. } => {
+            if view.authored(record, signer) {
+                Outcome::Allowed(Basis::Author)
+            } else {
+                let institution = match &identity.role {
+                    Role::Clinician { institution } => Some(key_bytes(institution)),
+                    _ => None,
+                };
+                let request = Request {
+                    actor: key_bytes(signer),
+                    actor_institution: institution,
+                    patient,
+                    action: Action::Read,
+                    resource_type,
+                    purpose,
+                    now_ms: at.time_ms,
+                };
+                match consent::decide(&view.grants(&patient), &request) {
+                    Ok(id) => Outcome::Allowed(Basis::Consent(id)),
+                    Err(denial) => {
+                        let glass = view
+                            .break_glass(signer, &patient)
+                            .is_some_and(|g| at.time_ms < g.until_ms);
+                        if glass {
+                            Outcome::Allowed(Basis::BreakGlass)
+                        } else {
+                            Outcome::Denied(Reason::Consent(denial))
+                        }
+                    }
+                }
+            }
+        }
+    };
+    delta.events.insert(
+        (at.height, at.index),
+        AccessEvent {
+            actor: signer.clone(),
+            patient,
+            record: Some((*record, resource_type)),
+            purpose: purpose_number,
+            outcome,
+            time_ms: at.time_ms,
+            transaction,
+        },
+    );
+    let mut findings = Vec::new();
+    if let Outcome::Denied(reason) = outcome {
+        findings.push(FindingKind::DeniedAccess(reason));
+        if reason == Reason::Consent(Denial::Revoked) {
+            findings.push(FindingKind::AfterRevocation);
+        }
+    }
+    // Read volume, counted in tumbling windows of block time.
+    let rules = view.rules();
+    let window = at.time_ms / rules.read_volume_window_ms;
+    let count = view.reads(signer, window).saturating_add(1);
+    delta.reads.insert((signer.clone(), window), count);
+    if count == rules.read_volume_max.saturating_add(1) {
+        findings.push(FindingKind::ReadVolume {
+            count,
+            window_start_ms: window * rules.read_volume_window_ms,
+        });
+    }
+    for (seq, kind) in findings.into_iter().enumerate() {
+        delta.findings.insert(
+            (at.height, at.index, seq as u8),
+            Finding {
+                kind,
+                actor: signer.clone(),
+                patient,
+                time_ms: at.time_ms,
+                transaction,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The grants that make their grantee a reader of new `resource_type` records at `now_ms`.
+pub fn readers(grants: &[Grant], resource_type: u8, now_ms: u64) -> Vec<consent::Key> {
+    let mut keys: Vec<consent::Key> = grants
+        .iter()
+        .filter(|g| consent::covers_reads(g, resource_type, now_ms))
+        .map(|g| g.grantee)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The rules a chain runs under (re-exported for callers that build a state).
+pub type AccessRules = Rules;
+
+#[cfg(test)]
+mod tests {
+    //! The contracts at the state level: who may do what, and what the trail records.
+    use super::*;
+    use crate::state::{self, State};
+    use commonware_cryptography::Signer as _;
+    use ehrchain_types::{Payload, PrivateKey, RecordAnchor, Transaction, TransactionBody, sha256};
+
+    const P1: PatientId = [1; 16];
+    const P2: PatientId = [2; 16];
+    const R1: RecordId = [0x11; 16];
+    const HOUR: u64 = 3_600_000;
+
+    struct World {
+        state: State,
+        nonces: std::collections::HashMap<PublicKey, u64>,
+        height: u64,
+        time_ms: u64,
+    }
+
+    fn key(seed: u64) -> PrivateKey {
+        PrivateKey::from_seed(seed)
+    }
+
+    // Actors.
+    fn hospital_a() -> PrivateKey {
+        key(1)
+    }
+    fn hospital_b() -> PrivateKey {
+        key(2)
+    }
+    fn auditor() -> PrivateKey {
+        key(3)
+    }
+    fn clinician_a() -> PrivateKey {
+        key(10)
+    }
+    fn clinician_b() -> PrivateKey {
+        key(11)
+    }
+    fn patient_1() -> PrivateKey {
+        key(20)
+    }
+    fn patient_2() -> PrivateKey {
+        key(21)
+    }
+    fn guardian_1() -> PrivateKey {
+        key(22)
+    }
+    fn stranger() -> PrivateKey {
+        key(99)
+    }
+
+    impl World {
+        fn new(rules: Rules) -> Self {
+            let state = State::new(
+                &[
+                    (hospital_a().public_key(), [0xA0; 32]),
+                    (hospital_b().public_key(), [0xB0; 32]),
+                ],
+                &[auditor().public_key()],
+                rules,
+            );
+            let mut world = Self {
+                state,
+                nonces: Default::default(),
+                height: 0,
+                time_ms: 1_000 * HOUR,
+            };
+            world.ok(
+                &hospital_a(),
+                Payload::EnrollClinician {
+                    clinician: clinician_a().public_key(),
+                    encryption_key: [0xA1; 32],
+                },
+            );
+            world.ok(
+                &hospital_b(),
+                Payload::EnrollClinician {
+                    clinician: clinician_b().public_key(),
+                    encryption_key: [0xB1; 32],
+                },
+            );
+            for (patient, key, enc) in [(P1, patient_1(), 0xC1), (P2, patient_2(), 0xC2)] {
+                world.ok(
+                    &hospital_a(),
+                    Payload::RegisterPatient {
+                        patient,
+                        key: key.public_key(),
+                        encryption_key: [enc; 32],
+                    },
+                );
+            }
+            world.ok(
+                &clinician_a(),
+                Payload::RecordAnchor(RecordAnchor {
+                    record: R1,
+                    version: 1,
+                    patient: P1,
+                    resource_type: 2,
+                    ciphertext_hash: sha256(&[b"r1"]),
+                    ciphertext_size: 100,
+                    timestamp_ms: 0,
+                }),
+            );
+            world
+        }
+
+        fn sign(&mut self, signer: &PrivateKey, payload: Payload) -> Transaction {
+            let nonce = self.nonces.entry(signer.public_key()).or_default();
+            TransactionBody {
+                chain_id: 1,
+                signer: signer.public_key(),
+                nonce: *nonce,
+                payload,
+            }
+            .sign(signer)
+        }
+
+        /// Execute one transaction in its own block; commit it if it applies.
+        fn run(
+            &mut self,
+            signer: &PrivateKey,
+            payload: Payload,
+        ) -> Result<Transaction, state::Rejection> {
+            let tx = self.sign(signer, payload);
+            self.height += 1;
+            self.time_ms += 1_000;
+            let mut delta = state::Delta {
+                time_ms: self.time_ms,
+                ..Default::default()
+            };
+            let at = At {
+                height: self.height,
+                time_ms: self.time_ms,
+                index: 0,
+            };
+            state::apply(&self.state, &mut delta, at, &tx)?;
+            *self.nonces.get_mut(&signer.public_key()).expect("signed") += 1;
+            self.state.commit(delta);
+            Ok(tx)
+        }
+
+        fn ok(&mut self, signer: &PrivateKey, payload: Payload) -> Transaction {
+            self.run(signer, payload).expect("applies")
+        }
+
+        /// A read attempt by `signer`: its recorded outcome.
+        fn read(
+            &mut self,
+            signer: &PrivateKey,
+            record: RecordId,
+        ) -> Result<Outcome, state::Rejection> {
+            self.run(
+                signer,
+                Payload::Access {
+                    record,
+                    purpose: Purpose::Treatment as u8,
+                },
+            )?;
+            Ok(self
+                .state
+                .event(self.height, 0)
+                .expect("every read is recorded")
+                .outcome)
+        }
+
+        fn grant(
+            &mut self,
+            by: &PrivateKey,
+            grantee: &PrivateKey,
+            id: u8,
+            until_ms: u64,
+        ) -> Result<Transaction, state::Rejection> {
+            let now = self.time_ms;
+            self.run(
+                by,
+                Payload::Grant(ConsentGrant {
+                    id: [id; 16],
+                    patient: P1,
+                    grantee: grantee.public_key(),
+                    actions: 1,
+                    types: Vec::new(),
+                    purposes: vec![Purpose::Treatment as u8],
+                    valid_from_ms: now,
+                    valid_until_ms: until_ms,
+                    share: Digest::from([0; 32]),
+                }),
+            )
+        }
+
+        fn findings(&self) -> Vec<&'static str> {
+            self.state.findings().map(|(_, f)| f.kind.code()).collect()
+        }
+    }
+
+    fn denied(reason: Reason) -> Result<Outcome, state::Rejection> {
+        Ok(Outcome::Denied(reason))
+    }
+
+    #[test]
+    fn authorization_matrix_for_reads() {
+        let mut w = World::new(Rules::default());
+        let now = w.time_ms;
+        // The patient on their own record and on another's.
+        assert_eq!(w.read(&patient_1(), R1), Ok(Outcome::Allowed(Basis::Owner)));
+        assert_eq!(w.read(&patient_2(), R1), denied(Reason::NotTheirs));
+        // The author keeps access to what they wrote.
+        assert_eq!(
+            w.read(&clinician_a(), R1),
+            Ok(Outcome::Allowed(Basis::Author))
+        );
+        // A clinician without consent, another institution, an auditor, an anonymous key.
+        let none = Reason::Consent(Denial::NoGrant);
+        assert_eq!(w.read(&clinician_b(), R1), denied(none));
+        assert_eq!(w.read(&hospital_b(), R1), denied(none));
+        assert_eq!(w.read(&auditor(), R1), denied(Reason::Auditor));
+        assert!(matches!(
+            w.read(&stranger(), R1),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        // With consent.
+        let grant = w
+            .grant(&patient_1(), &clinician_b(), 1, now + 2 * HOUR)
+            .unwrap();
+        let _ = grant;
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            Ok(Outcome::Allowed(Basis::Consent([1; 16])))
+        );
+        // Consent given to an institution covers its clinicians.
+        w.grant(&patient_1(), &hospital_b(), 2, now + HOUR).unwrap();
+        assert_eq!(
+            w.read(&hospital_b(), R1),
+            Ok(Outcome::Allowed(Basis::Consent([2; 16])))
+        );
+        // Revoked: refused, with a finding for the attempt after revocation.
+        w.ok(
+            &patient_1(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [1; 16],
+            },
+        );
+        w.ok(
+            &patient_1(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [2; 16],
+            },
+        );
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            denied(Reason::Consent(Denial::Revoked))
+        );
+        assert!(w.findings().contains(&"after-revocation"));
+        // Expired: a grant that ran out by block time.
+        w.grant(&patient_1(), &clinician_b(), 3, w.time_ms + 1_500)
+            .unwrap();
+        w.time_ms += 10_000;
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            denied(Reason::Consent(Denial::Revoked))
+        );
+        // Every attempt above is on the patient's trail, in order.
+        let trail = w.state.patient_events(&P1);
+        assert_eq!(trail.len(), 10);
+        assert!(trail.windows(2).all(|p| p[0].0 < p[1].0));
+    }
+
+    #[test]
+    fn expired_grants_deny_with_expired_when_no_revocation_competes() {
+        let mut w = World::new(Rules::default());
+        w.grant(&patient_1(), &clinician_b(), 1, w.time_ms + 1_500)
+            .unwrap();
+        w.time_ms += 10_000;
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            denied(Reason::Consent(Denial::Expired))
+        );
+        assert_eq!(w.findings(), vec!["denied-access"]);
+    }
+
+    #[test]
+    fn only_owners_grant_and_revoke() {
+        let mut w = World::new(Rules::default());
+        let until = w.time_ms + HOUR;
+        for intruder in [
+            clinician_a(),
+            clinician_b(),
+            hospital_a(),
+            auditor(),
+            patient_2(),
+        ] {
+            assert_eq!(
+                w.grant(&intruder, &clinician_b(), 1, until).map(|_| ()),
+                Err(state::Rejection::Refused(consent::Refusal::NotTheOwner))
+            );
+        }
+        // A guardian appointed by the patient may grant and revoke.
+        assert!(matches!(
+            w.run(
+                &clinician_a(),
+                Payload::AppointGuardian {
+                    patient: P1,
+                    guardian: guardian_1().public_key(),
+                    encryption_key: [0xD1; 32],
+                }
+            ),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        w.ok(
+            &patient_1(),
+            Payload::AppointGuardian {
+                patient: P1,
+                guardian: guardian_1().public_key(),
+                encryption_key: [0xD1; 32],
+            },
+        );
+        w.grant(&guardian_1(), &clinician_b(), 1, until).unwrap();
+        assert_eq!(
+            w.run(
+                &clinician_b(),
+                Payload::Revoke {
+                    patient: P1,
+                    grant: [1; 16]
+                }
+            )
+            .map(|_| ()),
+            Err(state::Rejection::Refused(consent::Refusal::NotTheOwner))
+        );
+        w.ok(
+            &guardian_1(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [1; 16],
+            },
+        );
+        assert_eq!(
+            w.run(
+                &patient_1(),
+                Payload::Revoke {
+                    patient: P1,
+                    grant: [1; 16]
+                }
+            )
+            .map(|_| ()),
+            Err(state::Rejection::Refused(consent::Refusal::AlreadyRevoked))
+        );
+        // A grantee must be a clinician or an institution; a grant must not be born expired.
+        assert!(matches!(
+            w.grant(&patient_1(), &patient_2(), 2, until),
+            Err(state::Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            w.grant(&patient_1(), &clinician_b(), 3, w.time_ms),
+            Err(state::Rejection::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn break_glass_is_time_boxed_flagged_and_visible() {
+        let rules = Rules {
+            break_glass_ms: 60_000,
+            ..Rules::default()
+        };
+        let mut w = World::new(rules);
+        // Only an enrolled clinician, with a listed reason.
+        for other in [patient_2(), hospital_b(), auditor()] {
+            assert!(matches!(
+                w.run(
+                    &other,
+                    Payload::BreakGlass {
+                        patient: P1,
+                        reason: 1
+                    }
+                ),
+                Err(state::Rejection::Unauthorized(_))
+            ));
+        }
+        assert!(matches!(
+            w.run(
+                &clinician_b(),
+                Payload::BreakGlass {
+                    patient: P1,
+                    reason: 77
+                }
+            ),
+            Err(state::Rejection::Malformed(_))
+        ));
+        w.ok(
+            &clinician_b(),
+            Payload::BreakGlass {
+                patient: P1,
+                reason: 1,
+            },
+        );
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            Ok(Outcome::Allowed(Basis::BreakGlass))
+        );
+        // The patient sees it; the auditor has a finding.
+        let trail = w.state.patient_events(&P1);
+        assert!(matches!(
+            trail[0].1.outcome,
+            Outcome::Allowed(Basis::BreakGlassOpened { reason: 1, .. })
+        ));
+        assert_eq!(w.findings(), vec!["break-glass"]);
+        // After the time box, refused again.
+        w.time_ms += 61_000;
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            denied(Reason::Consent(Denial::NoGrant))
+        );
+    }
+
+    #[test]
+    fn read_volume_above_the_genesis_threshold_is_flagged_once_per_window() {
+        let rules = Rules {
+            read_volume_max: 3,
+            read_volume_window_ms: HOUR,
+            ..Rules::default()
+        };
+        let mut w = World::new(rules);
+        w.time_ms = 2_000 * HOUR;
+        for _ in 0..6 {
+            w.read(&clinician_a(), R1).unwrap();
+        }
+        assert_eq!(w.findings(), vec!["read-volume"]);
+        w.time_ms += HOUR;
+        for _ in 0..4 {
+            w.read(&clinician_a(), R1).unwrap();
+        }
+        assert_eq!(w.findings(), vec!["read-volume", "read-volume"]);
+    }
+
+    #[test]
+    fn erased_patients_and_unknown_records_are_refused_not_recorded() {
+        let mut w = World::new(Rules::default());
+        assert_eq!(
+            w.read(&clinician_a(), [0x99; 16]),
+            Err(state::Rejection::UnknownRecord)
+        );
+        w.ok(&patient_1(), Payload::ErasePatient { patient: P1 });
+        assert_eq!(
+            w.read(&patient_1(), R1),
+            Err(state::Rejection::PatientErased)
+        );
+        assert!(w.state.patient_events(&P1).is_empty());
+    }
+}

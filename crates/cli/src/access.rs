@@ -1,0 +1,434 @@
+//! `ehrchain consent|access|breakglass`: consent grants and revocations, the access trail,
+//! supervision findings and emergency access, from the client side.
+//!
+//! A patient's grant carries a share bundle: the client reads (and records reading) each
+//! covered record version, unwraps the data key with the patient's key, and wraps it for the
+//! grantee. The nodes never see a data key in the clear.
+
+use crate::{
+    client::{get_json, post_bytes},
+    records::{Session, Signer},
+};
+use anyhow::{Context, Result, bail, ensure};
+use clap::Subcommand;
+use ehrchain_contracts::consent::Purpose;
+use ehrchain_crypto::{Binding, EncryptionPublicKey, Share, Wrap};
+use ehrchain_types::{ConsentGrant, Digest, Payload, Transaction, public_key_from_hex};
+use serde_json::{Value, json};
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Subcommand)]
+pub enum ConsentCommand {
+    /// Give a clinician or an institution access to the patient's records, signed by the
+    /// patient (or a guardian). With the patient's own key, the data keys of the covered
+    /// existing records are wrapped for the grantee; new records are wrapped for it by their
+    /// authors while the grant is active.
+    ///
+    /// Example: ehrchain consent grant --api http://127.0.0.1:8700 --key alice.key --patient <id> --grantee <key> --purpose TREAT --days 30
+    Grant {
+        #[arg(long)]
+        api: String,
+        /// The patient's (or guardian's) key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        patient: String,
+        /// The grantee's Ed25519 public key (hex): a clinician or an institution.
+        #[arg(long)]
+        grantee: String,
+        /// FHIR consentaction codes: access (read), correct (write).
+        #[arg(long = "action", default_value = "access")]
+        actions: Vec<String>,
+        /// FHIR resource types covered (e.g. Observation); all when absent.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// v3-ActReason purposes (TREAT, ETREAT, HRESCH, HPAYMT, HOPERAT); any when absent.
+        #[arg(long = "purpose")]
+        purposes: Vec<String>,
+        /// Validity from now, in days.
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// Revoke a grant: reads under it are refused and the grantee's keys are deleted on every
+    /// node.
+    ///
+    /// Example: ehrchain consent revoke --api http://127.0.0.1:8700 --key alice.key --patient <id> --grant <grant id>
+    Revoke {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        grant: String,
+    },
+    /// List a patient's grants with their status (active, pending, expired, revoked).
+    ///
+    /// Example: ehrchain consent list --api http://127.0.0.1:8700 --patient <id>
+    List {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        patient: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccessCommand {
+    /// Print the access trail: a patient's (--patient), or everyone's (for the auditor).
+    ///
+    /// Example: ehrchain access log --api http://127.0.0.1:8700 --patient <id>
+    Log {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        patient: Option<String>,
+        /// Only entries after this height.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Print the supervision findings: denied attempts, break-glass, unusual read volume,
+    /// attempts after revocation.
+    ///
+    /// Example: ehrchain access findings --api http://127.0.0.1:8700
+    Findings {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        after: Option<u64>,
+    },
+}
+
+/// Open a patient's records without consent, in an emergency. The access is time-boxed (24
+/// hours unless genesis says otherwise), flagged on the patient's trail and reported to the
+/// auditor. Reasons are codes: 1 emergency treatment (patient cannot consent), 2
+/// life-threatening condition, 3 urgent continuity of care, 4 other.
+///
+/// Example: ehrchain breakglass --api http://127.0.0.1:8700 --key dr-bauer.key --patient <id> --reason 1
+#[derive(clap::Args)]
+pub struct BreakGlassArgs {
+    #[arg(long)]
+    api: String,
+    /// The clinician's key file.
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    patient: String,
+    #[arg(long)]
+    reason: u8,
+}
+
+fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
+    hex::decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{what} must be 32 hex characters"))
+}
+
+fn purpose(code: &str) -> Result<Purpose> {
+    Purpose::from_code(code).with_context(|| {
+        format!("unknown purpose {code}: use TREAT, ETREAT, HRESCH, HPAYMT, HOPERAT or PATRQT")
+    })
+}
+
+/// Submit transactions as one batch (consecutive nonces) and wait for the last.
+fn submit_all(session: &Session, transactions: &[Transaction]) -> Result<()> {
+    let Some(last) = transactions.last() else {
+        return Ok(());
+    };
+    let mut body = (transactions.len() as u32).to_be_bytes().to_vec();
+    for tx in transactions {
+        body.extend_from_slice(&(tx.bytes().len() as u32).to_be_bytes());
+        body.extend_from_slice(tx.bytes());
+    }
+    let answer = post_bytes(&format!("{}/chain/transactions/batch", session.api), body)?;
+    ensure!(
+        answer["rejected"].as_array().is_none_or(|r| r.is_empty()),
+        "some transactions were refused: {}",
+        answer["rejected"]
+    );
+    session.wait(&hex::encode(last.id()))?;
+    Ok(())
+}
+
+/// Record reads of `records` by `signer` (one access transaction each, in one batch) and
+/// return the transaction hashes, in order.
+pub fn record_reads(
+    session: &Session,
+    signer: &Signer,
+    records: &[[u8; 16]],
+    purpose: Purpose,
+) -> Result<Vec<String>> {
+    let first = session.nonce(&signer.public)?;
+    let transactions: Vec<Transaction> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            ehrchain_types::TransactionBody {
+                chain_id: session.chain_id,
+                signer: signer.public.clone(),
+                nonce: first + i as u64,
+                payload: Payload::Access {
+                    record: *record,
+                    purpose: purpose as u8,
+                },
+            }
+            .sign(&signer.key)
+        })
+        .collect();
+    for chunk in transactions.chunks(1_000) {
+        submit_all(session, chunk)?;
+    }
+    Ok(transactions.iter().map(|t| hex::encode(t.id())).collect())
+}
+
+/// Fetch the data key of a version wrapped for `signer`, released against `access`.
+pub fn fetch_wrap(
+    api: &str,
+    record: &[u8; 16],
+    version: u32,
+    signer: &Signer,
+    access: &str,
+) -> Result<Wrap> {
+    let bytes = crate::records::get_bytes(&format!(
+        "{api}/records/{}/{version}/wraps/{}?access={access}",
+        hex::encode(record),
+        signer.encryption.public().to_hex()
+    ))?;
+    Ok(Wrap::decode(&bytes)?)
+}
+
+/// Wrap the data keys of the patient's covered record versions for `grantee`.
+fn build_share(
+    session: &Session,
+    owner: &Signer,
+    patient: &[u8; 16],
+    types: &[u8],
+    grantee: &EncryptionPublicKey,
+) -> Result<Share> {
+    let entry = get_json(&format!(
+        "{}/patients/{}",
+        session.api,
+        hex::encode(patient)
+    ))?;
+    let mut versions = Vec::new();
+    for record in entry["records"].as_array().into_iter().flatten() {
+        let record = id16(record.as_str().unwrap_or(""), "record id")?;
+        let history = get_json(&format!("{}/records/{}", session.api, hex::encode(record)))?;
+        for version in history["versions"].as_array().into_iter().flatten() {
+            let resource_type = version["resource_type"].as_u64().unwrap_or(0) as u8;
+            if !types.is_empty() && !types.contains(&resource_type) {
+                continue;
+            }
+            let number = version["version"].as_u64().context("no version")? as u32;
+            let hash: [u8; 32] = hex::decode(version["ciphertext_hash"].as_str().unwrap_or(""))
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("bad ciphertext hash")?;
+            versions.push((record, number, hash));
+        }
+    }
+    let mut records: Vec<[u8; 16]> = versions.iter().map(|v| v.0).collect();
+    records.dedup();
+    let reads = record_reads(session, owner, &records, Purpose::PatientRequest)?;
+    let access: std::collections::HashMap<[u8; 16], String> =
+        records.into_iter().zip(reads).collect();
+    let mut share = Share::default();
+    for (record, version, hash) in versions {
+        let wrap = fetch_wrap(&session.api, &record, version, owner, &access[&record])?;
+        let binding = Binding {
+            record,
+            version,
+            patient: *patient,
+        };
+        let key = ehrchain_crypto::unwrap(&wrap, &owner.encryption, &binding, &hash)?;
+        share
+            .entries
+            .push((hash, ehrchain_crypto::wrap(&key, grantee, &binding, &hash)?));
+    }
+    Ok(share)
+}
+
+pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
+    match command {
+        ConsentCommand::Grant {
+            api,
+            key,
+            patient,
+            grantee,
+            actions,
+            types,
+            purposes,
+            days,
+        } => {
+            let session = Session::open(&api)?;
+            let owner = Signer::load(&key)?;
+            let patient = id16(&patient, "--patient")?;
+            let grantee_key = public_key_from_hex(&grantee)
+                .context("--grantee must be a 64-hex-character Ed25519 public key")?;
+            let identity = get_json(&format!("{}/identities/{grantee}", session.api))?;
+            let grantee_encryption = EncryptionPublicKey(
+                hex::decode(identity["encryption_key"].as_str().unwrap_or(""))
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .context("the grantee has no encryption key")?,
+            );
+            let mut action_bits = 0u8;
+            for action in &actions {
+                action_bits |= match action.as_str() {
+                    "access" => 1,
+                    "correct" => 2,
+                    other => bail!("unknown action {other}: use access or correct"),
+                };
+            }
+            let mut type_codes = Vec::new();
+            for name in &types {
+                let t = ehrchain_fhir::ResourceType::from_name(name)
+                    .with_context(|| format!("unsupported resource type {name}"))?;
+                type_codes.push(t.code());
+            }
+            let purpose_codes = purposes
+                .iter()
+                .map(|p| purpose(p).map(|p| p as u8))
+                .collect::<Result<Vec<_>>>()?;
+            ensure!(
+                type_codes.len() <= ehrchain_types::transaction::GRANT_LIST_MAX
+                    && purpose_codes.len() <= ehrchain_types::transaction::GRANT_LIST_MAX,
+                "too many types or purposes"
+            );
+            // Only the patient's own key can unwrap existing records; a guardian's grant
+            // covers records written from now on.
+            let is_patient = get_json(&format!("{}/identities/{}", session.api, owner.public))?["role"]
+                == "patient";
+            let share = if is_patient && action_bits & 1 != 0 {
+                build_share(&session, &owner, &patient, &type_codes, &grantee_encryption)?
+            } else {
+                Share::default()
+            };
+            let share_bytes = if share.entries.is_empty() {
+                Vec::new()
+            } else {
+                share.encode()
+            };
+            let share_hash = if share_bytes.is_empty() {
+                Digest::from([0; 32])
+            } else {
+                Digest::from(ehrchain_crypto::envelope_hash(&share_bytes))
+            };
+            let now = crate::records::now_ms();
+            let id = crate::records::random16();
+            let tx = session.sign(
+                &owner,
+                Payload::Grant(ConsentGrant {
+                    id,
+                    patient,
+                    grantee: grantee_key,
+                    actions: action_bits,
+                    types: type_codes,
+                    purposes: purpose_codes,
+                    valid_from_ms: now.saturating_sub(60_000),
+                    valid_until_ms: now + days.max(1) * 86_400_000,
+                    share: share_hash,
+                }),
+            )?;
+            post_bytes(
+                &format!("{}/consents", session.api),
+                ehrchain_api::access::encode_consent(tx.bytes(), &share_bytes),
+            )?;
+            let status = session.wait(&hex::encode(tx.id()))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "grant": hex::encode(id),
+                    "records_shared": share.entries.len(),
+                    "transaction": hex::encode(tx.id()),
+                    "height": status["height"],
+                }))?
+            );
+        }
+        ConsentCommand::Revoke {
+            api,
+            key,
+            patient,
+            grant,
+        } => {
+            let session = Session::open(&api)?;
+            let owner = Signer::load(&key)?;
+            let tx = session.sign(
+                &owner,
+                Payload::Revoke {
+                    patient: id16(&patient, "--patient")?,
+                    grant: id16(&grant, "--grant")?,
+                },
+            )?;
+            let status = session.submit_and_wait(&tx)?;
+            println!(
+                "revoked: grant {grant} at height {} (transaction {})",
+                status["height"],
+                hex::encode(tx.id())
+            );
+        }
+        ConsentCommand::List { api, patient } => {
+            let patient = id16(&patient, "--patient")?;
+            let list = get_json(&format!(
+                "{}/patients/{}/consents",
+                api.trim_end_matches('/'),
+                hex::encode(patient)
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn after_query(after: Option<u64>) -> String {
+    after.map_or(String::new(), |h| format!("?after={h}"))
+}
+
+pub fn access(command: AccessCommand) -> Result<ExitCode> {
+    let answer: Value = match command {
+        AccessCommand::Log {
+            api,
+            patient,
+            after,
+        } => {
+            let api = api.trim_end_matches('/');
+            match patient {
+                Some(patient) => get_json(&format!(
+                    "{api}/patients/{}/access{}",
+                    hex::encode(id16(&patient, "--patient")?),
+                    after_query(after)
+                ))?,
+                None => get_json(&format!("{api}/access/events{}", after_query(after)))?,
+            }
+        }
+        AccessCommand::Findings { api, after } => get_json(&format!(
+            "{}/access/findings{}",
+            api.trim_end_matches('/'),
+            after_query(after)
+        ))?,
+    };
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn break_glass(args: BreakGlassArgs) -> Result<ExitCode> {
+    let session = Session::open(&args.api)?;
+    let clinician = Signer::load(&args.key)?;
+    let tx = session.sign(
+        &clinician,
+        Payload::BreakGlass {
+            patient: id16(&args.patient, "--patient")?,
+            reason: args.reason,
+        },
+    )?;
+    let status = session.submit_and_wait(&tx)?;
+    println!(
+        "break-glass open: patient {} from height {} (transaction {}); every read is flagged and reported",
+        args.patient,
+        status["height"],
+        hex::encode(tx.id())
+    );
+    Ok(ExitCode::SUCCESS)
+}
