@@ -43,6 +43,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/patients/{patient}/consents", get(consents::<B>))
         .route("/patients/{patient}/access", get(patient_trail::<B>))
         .route("/access/events", get(all_events::<B>))
+        .route("/access/events/{transaction}", get(one_event::<B>))
         .route("/access/findings", get(findings::<B>))
         .route("/access/reasons", get(reasons))
 }
@@ -310,6 +311,30 @@ async fn all_events<B: Blob>(
             .collect()
     });
     Json(json!({"events": events}))
+}
+
+/// The access event a transaction recorded: how the contract decided that read.
+async fn one_event<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(transaction): Path<String>,
+) -> Result<Json<Value>> {
+    let id = ehrchain_types::digest_from_hex(&transaction)
+        .ok_or_else(|| bad("transaction must be 64 hex characters"))?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no final access event for that transaction",
+        )
+    };
+    let location = state.chain.location(&id).ok_or_else(not_found)?;
+    state
+        .chain
+        .read(|s| {
+            s.event(location.height, location.index)
+                .map(|e| event_json((location.height, location.index), e))
+        })
+        .map(Json)
+        .ok_or_else(not_found)
 }
 
 async fn findings<B: Blob>(

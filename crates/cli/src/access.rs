@@ -48,6 +48,9 @@ pub enum ConsentCommand {
         /// Validity from now, in days.
         #[arg(long, default_value_t = 30)]
         days: u64,
+        /// Validity from now, in seconds (instead of --days).
+        #[arg(long)]
+        seconds: Option<u64>,
     },
     /// Revoke a grant: reads under it are refused and the grantee's keys are deleted on every
     /// node.
@@ -261,6 +264,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
             types,
             purposes,
             days,
+            seconds,
         } => {
             let session = Session::open(&api)?;
             let owner = Signer::load(&key)?;
@@ -328,7 +332,8 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
                     types: type_codes,
                     purposes: purpose_codes,
                     valid_from_ms: now.saturating_sub(60_000),
-                    valid_until_ms: now + days.max(1) * 86_400_000,
+                    valid_until_ms: now
+                        + seconds.map_or(days.max(1) * 86_400_000, |s| s.max(1) * 1_000),
                     share: share_hash,
                 }),
             )?;

@@ -562,6 +562,12 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             let access = crate::access::record_reads(&session, &reader, &[record], purpose)?
                 .pop()
                 .context("no access transaction")?;
+            let event = get_json(&format!("{api}/access/events/{access}"))?;
+            ensure!(
+                event["outcome"] == "allowed",
+                "access was denied: {} (recorded in transaction {access})",
+                event["reason"].as_str().unwrap_or("no reason given")
+            );
             let (entry, envelope) = fetch_checked(api, &record, version)?;
             let number = entry["version"].as_u64().context("no version")? as u32;
             let wrap = crate::access::fetch_wrap(api, &record, number, &reader, &access)

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{Cluster, EXE, Guard, get, height, wait_until};
+use common::{Cluster, Guard, cli, get, height, ok, path, wait_until};
 use serde_json::{Value, json};
 use std::{
     path::{Path, PathBuf},
@@ -28,24 +28,6 @@ const S3_PORT: u16 = 9_990;
 const PLANTED_NAME: &str = "Zebulonia Quixotewright";
 const PLANTED_ID: &str = "PLANTED-MRN-5518-2291";
 const PLANTED_NOTE: &str = "planted-clinical-phrase-xylophone";
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(EXE).args(args).output().expect("run ehrchain")
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "ehrchain failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// `s3s-fs` from PATH or cargo's bin directory. CI installs it; a developer machine without
 /// it runs the S3 node on local disk instead and says so.

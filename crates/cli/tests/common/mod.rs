@@ -50,6 +50,26 @@ impl Drop for Cluster {
     }
 }
 
+/// Run the `ehrchain` binary.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(EXE).args(args).output().expect("run ehrchain")
+}
+
+/// The standard output of a command that must succeed.
+pub fn ok(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "ehrchain failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+pub fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

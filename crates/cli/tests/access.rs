@@ -1,0 +1,472 @@
+//! Consent, recorded reads, break-glass and supervision across four `ehrchain node`
+//! processes, driven through the CLI as a patient, clinicians, institutions and the auditor
+//! would drive it.
+//!
+//! Covers the authorization matrix for reads (the patient on their own record and on
+//! another's; a clinician with consent, without it, with an expired grant and with a revoked
+//! one; another institution; the auditor; an anonymous key): 0 unauthorized reads succeed,
+//! and every attempt, allowed or denied, is on the patient's trail before any key is released.
+//! A grant shares the data keys of existing records with the grantee on every node; new
+//! records are wrapped for active grantees; a revocation or an expiry deletes the grantee's
+//! keys on every node. A grant to an institution lets its clinicians read through its node.
+//! Break-glass opens a patient's records for a time, is visible to the patient and reported
+//! to the auditor, with the key released by the node of the institution that holds it.
+
+mod common;
+
+use common::{Cluster, cli, get, height, ok, path, wait_until};
+use serde_json::Value;
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    time::Duration,
+};
+
+const P2P_PORT: u16 = 34_600;
+const API_PORT: u16 = 10_080;
+
+fn read(api: &str, key: &Path, record: &str, purpose: &str) -> Output {
+    cli(&[
+        "record",
+        "get",
+        "--api",
+        api,
+        "--key",
+        path(key),
+        "--record",
+        record,
+        "--purpose",
+        purpose,
+    ])
+}
+
+/// A read that must succeed, retried while the node still fetches the envelope.
+fn read_ok(api: &str, key: &Path, record: &str, purpose: &str) -> String {
+    let mut out = None;
+    wait_until("a readable record", Duration::from_secs(30), || {
+        let output = read(api, key, record, purpose);
+        let done = output.status.success();
+        assert!(
+            done || {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                stderr.contains("503") || stderr.contains("no key is wrapped")
+            },
+            "read failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        out = Some(output);
+        done
+    });
+    String::from_utf8(out.unwrap().stdout).unwrap()
+}
+
+fn refused(output: &Output, why: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && output.stdout.is_empty(),
+        "an unauthorized read succeeded: {stderr}"
+    );
+    assert!(stderr.contains(why), "expected {why:?}, got: {stderr}");
+}
+
+/// Every file under `root` whose bytes contain `needle`.
+fn files_containing(root: &Path, needle: &[u8], hits: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            files_containing(&p, needle, hits);
+        } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            hits.push(p);
+        }
+    }
+}
+
+/// Nodes whose record store holds a wrap for `encryption_key`.
+fn nodes_holding(net: &Path, encryption_key: &[u8]) -> Vec<usize> {
+    (0..4)
+        .filter(|i| {
+            let mut hits = Vec::new();
+            files_containing(
+                &net.join(format!("node-{i}/data/records")),
+                encryption_key,
+                &mut hits,
+            );
+            !hits.is_empty()
+        })
+        .collect()
+}
+
+fn encryption_key(api: &str, key: &Path) -> Vec<u8> {
+    let shown: Value = serde_json::from_str(&ok(cli(&[
+        "identity",
+        "show",
+        "--api",
+        api,
+        "--key-file",
+        path(key),
+    ])))
+    .unwrap();
+    hex::decode(shown["encryption_key"].as_str().unwrap()).unwrap()
+}
+
+fn public_key(api: &str, key: &Path) -> String {
+    let shown: Value = serde_json::from_str(&ok(cli(&[
+        "identity",
+        "show",
+        "--api",
+        api,
+        "--key-file",
+        path(key),
+    ])))
+    .unwrap();
+    shown["key"].as_str().unwrap().to_string()
+}
+
+fn trail(api: &str, patient: &str) -> Vec<Value> {
+    let log: Value = serde_json::from_str(&ok(cli(&[
+        "access",
+        "log",
+        "--api",
+        api,
+        "--patient",
+        patient,
+    ])))
+    .unwrap();
+    log["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn consent_decides_every_read_and_the_trail_records_it() {
+    let dir = std::env::temp_dir().join(format!("ehrchain-access-{}", std::process::id()));
+    let inputs = dir.join("client");
+    let net = dir.join("net");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&inputs).unwrap();
+    ok(cli(&[
+        "network",
+        "init",
+        "--validators",
+        "4",
+        "--dir",
+        path(&net),
+        "--p2p-port",
+        &P2P_PORT.to_string(),
+        "--api-port",
+        &API_PORT.to_string(),
+    ]));
+    let mut cluster = Cluster {
+        dir: net.clone(),
+        nodes: (0..4).map(|_| None).collect(),
+        api_port: API_PORT,
+    };
+    for index in 0..4 {
+        cluster.start(index);
+    }
+    wait_until("first blocks", Duration::from_secs(60), || {
+        (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 1))
+    });
+    let (api0, api1, api2) = (cluster.api(0), cluster.api(1), cluster.api(2));
+    let hospital_a = net.join("node-0/validator.key");
+    let hospital_b = net.join("node-1/validator.key");
+    let auditor = net.join("auditor.key");
+
+    // Identities: patients 1 and 2 at hospital A, clinician A there, clinician B at B.
+    let register = |out: &Path| {
+        ok(cli(&[
+            "patient",
+            "register",
+            "--api",
+            &api0,
+            "--key",
+            path(&hospital_a),
+            "--out",
+            path(out),
+        ]))
+        .trim()
+        .to_string()
+    };
+    let (patient_1, patient_2) = (inputs.join("patient-1.key"), inputs.join("patient-2.key"));
+    let p1 = register(&patient_1);
+    register(&patient_2);
+    let enroll = |institution: &Path, out: &Path| {
+        ok(cli(&[
+            "identity",
+            "enroll",
+            "--api",
+            &api0,
+            "--key",
+            path(institution),
+            "--out",
+            path(out),
+        ]))
+        .trim()
+        .to_string()
+    };
+    let (clinician_a, clinician_b) = (inputs.join("dr-a.key"), inputs.join("dr-b.key"));
+    enroll(&hospital_a, &clinician_a);
+    let dr_b = enroll(&hospital_b, &clinician_b);
+    let anonymous = inputs.join("anonymous.key");
+    ok(cli(&["keygen", "--out", path(&anonymous)]));
+
+    // Clinician A writes an Observation and a Condition for patient 1.
+    let mut generator = ehrchain_fhir::synth::Generator::new(5);
+    let records: Vec<Value> = (0..13).map(|i| generator.record(&p1, i)).collect();
+    let of_type = |t: &str| {
+        records
+            .iter()
+            .find(|r| r["resourceType"] == t)
+            .unwrap()
+            .clone()
+    };
+    let put = |resource: &Value, name: &str| {
+        let file = inputs.join(name);
+        std::fs::write(&file, serde_json::to_vec(resource).unwrap()).unwrap();
+        let answer: Value = serde_json::from_str(&ok(cli(&[
+            "record",
+            "put",
+            "--api",
+            &api0,
+            "--key",
+            path(&clinician_a),
+            "--file",
+            path(&file),
+        ])))
+        .unwrap();
+        (answer["record"].as_str().unwrap().to_string(), file)
+    };
+    let (observation, observation_file) = put(&of_type("Observation"), "observation.json");
+    let (condition, _) = put(&of_type("Condition"), "condition.json");
+
+    // The matrix before any consent. Only the owner and the author read.
+    let own = read_ok(&api0, &patient_1, &observation, "PATRQT");
+    assert_eq!(
+        own.trim_end().as_bytes(),
+        std::fs::read(&observation_file).unwrap()
+    );
+    read_ok(&api0, &clinician_a, &observation, "TREAT");
+    refused(
+        &read(&api0, &patient_2, &observation, "PATRQT"),
+        "not-their-record",
+    );
+    refused(
+        &read(&api1, &clinician_b, &observation, "TREAT"),
+        "no-consent",
+    );
+    refused(
+        &read(&api1, &hospital_b, &observation, "TREAT"),
+        "no-consent",
+    );
+    refused(&read(&api0, &auditor, &observation, "HOPERAT"), "auditor");
+    refused(
+        &read(&api0, &anonymous, &observation, "TREAT"),
+        "only a registered identity reads records",
+    );
+    // Asking for a key without recording the read is refused outright.
+    let b_key = hex::encode(encryption_key(&api0, &clinician_b));
+    let (status, _) = get(&format!("{api0}/records/{observation}/1/wraps/{b_key}")).unwrap();
+    assert_eq!(status, 403);
+
+    // Patient 1 consents to clinician B reading Observations for treatment.
+    let granted: Value = serde_json::from_str(&ok(cli(&[
+        "consent",
+        "grant",
+        "--api",
+        &api0,
+        "--key",
+        path(&patient_1),
+        "--patient",
+        &p1,
+        "--grantee",
+        &dr_b,
+        "--type",
+        "Observation",
+        "--purpose",
+        "TREAT",
+    ])))
+    .unwrap();
+    assert_eq!(granted["records_shared"], 1);
+    let grant = granted["grant"].as_str().unwrap().to_string();
+    let b_encryption = encryption_key(&api0, &clinician_b);
+    wait_until("the share on every node", Duration::from_secs(30), || {
+        nodes_holding(&net, &b_encryption) == vec![0, 1, 2, 3]
+    });
+    let shared = read_ok(&api2, &clinician_b, &observation, "TREAT");
+    assert_eq!(
+        shared.trim_end().as_bytes(),
+        std::fs::read(&observation_file).unwrap()
+    );
+    // Outside the grant: another type, another purpose.
+    refused(
+        &read(&api2, &clinician_b, &condition, "TREAT"),
+        "type-not-granted",
+    );
+    refused(
+        &read(&api2, &clinician_b, &observation, "HRESCH"),
+        "purpose-not-granted",
+    );
+    // A record written while the grant is active is wrapped for the grantee at once.
+    let mut second = of_type("Observation");
+    second["status"] = Value::from("preliminary");
+    let (new_observation, _) = put(&second, "observation-2.json");
+    assert!(read_ok(&api1, &clinician_b, &new_observation, "TREAT").contains("preliminary"));
+
+    // Revocation: refused again, and B's keys are gone from every node.
+    ok(cli(&[
+        "consent",
+        "revoke",
+        "--api",
+        &api1,
+        "--key",
+        path(&patient_1),
+        "--patient",
+        &p1,
+        "--grant",
+        &grant,
+    ]));
+    refused(
+        &read(&api1, &clinician_b, &observation, "TREAT"),
+        "consent-revoked",
+    );
+    wait_until(
+        "B's keys deleted everywhere",
+        Duration::from_secs(30),
+        || nodes_holding(&net, &b_encryption).is_empty(),
+    );
+    let listed: Value = serde_json::from_str(&ok(cli(&[
+        "consent",
+        "list",
+        "--api",
+        &api2,
+        "--patient",
+        &p1,
+    ])))
+    .unwrap();
+    assert_eq!(listed["consents"][0]["status"], "revoked");
+
+    // An expiring grant: it works, then block time passes its end and it stops working.
+    let short: Value = serde_json::from_str(&ok(cli(&[
+        "consent",
+        "grant",
+        "--api",
+        &api0,
+        "--key",
+        path(&patient_1),
+        "--patient",
+        &p1,
+        "--grantee",
+        &dr_b,
+        "--seconds",
+        "12",
+    ])))
+    .unwrap();
+    assert_eq!(short["records_shared"], 3);
+    read_ok(&api0, &clinician_b, &condition, "TREAT");
+    std::thread::sleep(Duration::from_secs(13));
+    // The earlier revoked grant outranks the expired one in the reason (see access.md).
+    refused(
+        &read(&api0, &clinician_b, &condition, "TREAT"),
+        "consent-revoked",
+    );
+    wait_until(
+        "expired keys deleted everywhere",
+        Duration::from_secs(30),
+        || nodes_holding(&net, &b_encryption).is_empty(),
+    );
+
+    // A grant to institution B: its clinicians read through B's node, which holds the key.
+    let hospital_b_id = public_key(&api1, &hospital_b);
+    ok(cli(&[
+        "consent",
+        "grant",
+        "--api",
+        &api0,
+        "--key",
+        path(&patient_1),
+        "--patient",
+        &p1,
+        "--grantee",
+        &hospital_b_id,
+    ]));
+    let mut via_institution = None;
+    wait_until("institution share applied", Duration::from_secs(30), || {
+        via_institution = Some(read(&api1, &clinician_b, &condition, "TREAT"));
+        via_institution.as_ref().unwrap().status.success()
+    });
+
+    // Break-glass by clinician B on patient 2's record written by A: the key is released by
+    // hospital A's node; the patient sees it, the auditor gets a finding.
+    let p2_record = {
+        let p2: Value = serde_json::from_str(&ok(cli(&[
+            "identity",
+            "show",
+            "--api",
+            &api0,
+            "--key-file",
+            path(&patient_2),
+        ])))
+        .unwrap();
+        let p2_id = p2["patient"].as_str().unwrap().to_string();
+        let resource = ehrchain_fhir::synth::Generator::new(6).record(&p2_id, 3);
+        let (record, _) = put(&resource, "patient-2.json");
+        (record, p2_id)
+    };
+    refused(
+        &read(&api0, &clinician_b, &p2_record.0, "ETREAT"),
+        "no-consent",
+    );
+    ok(cli(&[
+        "breakglass",
+        "--api",
+        &api1,
+        "--key",
+        path(&clinician_b),
+        "--patient",
+        &p2_record.1,
+        "--reason",
+        "1",
+    ]));
+    read_ok(&api0, &clinician_b, &p2_record.0, "ETREAT");
+    let p2_trail = trail(&api2, &p2_record.1);
+    assert!(
+        p2_trail
+            .iter()
+            .any(|e| e["basis"]["kind"] == "break-glass-opened")
+    );
+    assert!(
+        p2_trail
+            .iter()
+            .any(|e| e["basis"]["kind"] == "break-glass" && e["outcome"] == "allowed")
+    );
+
+    // The trail: every attempt above on patient 1's records is there, in order, with outcome.
+    let events = trail(&cluster.api(3), &p1);
+    let denied = events.iter().filter(|e| e["outcome"] == "denied").count();
+    let allowed = events.iter().filter(|e| e["outcome"] == "allowed").count();
+    assert!(denied >= 8, "denied attempts on the trail: {denied}");
+    assert!(allowed >= 7, "allowed reads on the trail: {allowed}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["actor"].is_string() && e["purpose"].is_string())
+    );
+    // The auditor's view: all events, and findings for denials, revocation and break-glass.
+    let findings: Value =
+        serde_json::from_str(&ok(cli(&["access", "findings", "--api", &api0]))).unwrap();
+    let kinds: Vec<&str> = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["denied-access", "after-revocation", "break-glass"] {
+        assert!(kinds.contains(&kind), "no {kind} finding in {kinds:?}");
+    }
+    let all: Value = serde_json::from_str(&ok(cli(&["access", "log", "--api", &api0]))).unwrap();
+    assert!(all["events"].as_array().unwrap().len() > events.len());
+    // Nothing in the trail or findings carries more than ids, keys and codes.
+    let text = findings.to_string() + &all.to_string();
+    assert!(!text.contains("Observation") && !text.contains("Condition"));
+}
