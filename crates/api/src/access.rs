@@ -244,7 +244,7 @@ fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
             count,
             window_start_ms,
         } => json!({"count": count, "window_start_ms": window_start_ms}),
-        FindingKind::AfterRevocation => json!({}),
+        FindingKind::AfterRevocation | FindingKind::KeyRecovery => json!({}),
     };
     json!({
         "height": position.0,

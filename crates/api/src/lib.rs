@@ -220,6 +220,24 @@ fn payload_json(payload: &Payload) -> Value {
             "guardian": guardian.to_string(),
             "encryption_key": hex::encode(encryption_key),
         }),
+        Payload::RotateKey {
+            new_key,
+            encryption_key,
+        } => json!({
+            "kind": "rotate_key",
+            "new_key": new_key.to_string(),
+            "encryption_key": hex::encode(encryption_key),
+        }),
+        Payload::RecoverKey {
+            patient,
+            new_key,
+            encryption_key,
+        } => json!({
+            "kind": "recover_key",
+            "patient": hex::encode(patient),
+            "new_key": new_key.to_string(),
+            "encryption_key": hex::encode(encryption_key),
+        }),
     }
 }
 
@@ -321,6 +339,9 @@ pub(crate) fn submit_error(error: &SubmitError) -> ApiError {
         }
         SubmitError::Admission(AdmissionError::Rejected(Rejection::PatientErased)) => {
             StatusCode::GONE
+        }
+        SubmitError::Admission(AdmissionError::Rejected(Rejection::RetiredKey)) => {
+            StatusCode::UNAUTHORIZED
         }
         SubmitError::Admission(AdmissionError::Rejected(Rejection::UnknownRecord)) => {
             StatusCode::NOT_FOUND

@@ -17,6 +17,9 @@ use ehrchain_types::{
 /// Most guardians one patient may have.
 pub const GUARDIANS_MAX: usize = 8;
 
+/// Most earlier keys an identity remembers (older ones lose their grants and authorship).
+pub const PREVIOUS_KEYS_MAX: usize = 16;
+
 /// Break-glass reason codes: a fixed list, because free text could carry PHI.
 pub const BREAK_GLASS_REASONS: [(u8, &str); 4] = [
     (1, "emergency treatment; the patient cannot consent"),
@@ -152,6 +155,8 @@ pub enum FindingKind {
     ReadVolume { count: u32, window_start_ms: u64 },
     /// A read was attempted under a revoked grant.
     AfterRevocation,
+    /// A patient's key was replaced by a guardian or the home institution.
+    KeyRecovery,
 }
 
 impl FindingKind {
@@ -161,6 +166,7 @@ impl FindingKind {
             Self::BreakGlass { .. } => "break-glass",
             Self::ReadVolume { .. } => "read-volume",
             Self::AfterRevocation => "after-revocation",
+            Self::KeyRecovery => "key-recovery",
         }
     }
 
@@ -183,6 +189,7 @@ impl FindingKind {
                 out.extend_from_slice(&window_start_ms.to_be_bytes());
             }
             Self::AfterRevocation => out.push(4),
+            Self::KeyRecovery => out.push(5),
         }
     }
 }
@@ -243,7 +250,7 @@ pub(crate) fn appoint_guardian(
             "only the patient appoints a guardian",
         ));
     }
-    if view.identity(guardian).is_some() {
+    if view.identity(guardian).is_some() || view.retired(guardian).is_some() {
         return Err(Rejection::AlreadyRegistered);
     }
     if entry.guardians.len() >= GUARDIANS_MAX {
@@ -256,6 +263,7 @@ pub(crate) fn appoint_guardian(
         Identity {
             role: Role::Guardian { patient: *patient },
             encryption_key: *encryption_key,
+            previous: Vec::new(),
         },
     );
     Ok(())
@@ -270,7 +278,8 @@ pub(crate) fn grant(
 ) -> Result<(), Rejection> {
     let owners = owners(view, &body.patient)?;
     match view.identity(&body.grantee).map(|i| i.role) {
-        Some(Role::Clinician { .. } | Role::Institution) => {}
+        Some(Role::Clinician { .. } | Role::Institution)
+            if view.retired(&body.grantee).is_none() => {}
         _ => {
             return Err(Rejection::Malformed(
                 "a grantee is an enrolled clinician or a member institution",
@@ -399,6 +408,109 @@ pub(crate) fn break_glass(
     Ok(())
 }
 
+/// Move an identity from `old` to `new_key`: same role, new encryption key, the old key
+/// remembered (for grants and authorship) and retired (rejected from now on).
+fn move_identity(
+    view: &impl Reader,
+    delta: &mut Delta,
+    at: At,
+    old: &PublicKey,
+    new_key: &PublicKey,
+    encryption_key: &[u8; 32],
+) -> Result<(), Rejection> {
+    if view.identity(new_key).is_some() || view.retired(new_key).is_some() {
+        return Err(Rejection::AlreadyRegistered);
+    }
+    let identity = view.identity(old).ok_or(Rejection::Unauthorized(
+        "only a registered identity rotates its key",
+    ))?;
+    let mut previous = identity.previous.clone();
+    previous.push(old.clone());
+    if previous.len() > PREVIOUS_KEYS_MAX {
+        previous.remove(0);
+    }
+    match &identity.role {
+        Role::Institution => {
+            return Err(Rejection::Unauthorized(
+                "a member institution's key is its validator key: change it by governance",
+            ));
+        }
+        Role::Patient { patient } => {
+            let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+            entry.key = new_key.clone();
+            entry.encryption_key = *encryption_key;
+            delta.patients.insert(*patient, entry);
+        }
+        Role::Guardian { patient } => {
+            let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+            for guardian in &mut entry.guardians {
+                if guardian == old {
+                    *guardian = new_key.clone();
+                }
+            }
+            delta.patients.insert(*patient, entry);
+        }
+        Role::Clinician { .. } | Role::Auditor => {}
+    }
+    delta.identities.insert(
+        new_key.clone(),
+        Identity {
+            role: identity.role,
+            encryption_key: *encryption_key,
+            previous,
+        },
+    );
+    delta.retired.insert(old.clone(), at.height);
+    Ok(())
+}
+
+pub(crate) fn rotate_key(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    new_key: &PublicKey,
+    encryption_key: &[u8; 32],
+) -> Result<(), Rejection> {
+    move_identity(view, delta, at, signer, new_key, encryption_key)
+}
+
+/// A guardian or the home institution replaces a patient's lost key. Audited: a finding
+/// for the auditor and an entry on the patient's trail.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn recover_key(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    transaction: Digest,
+    patient: &PatientId,
+    new_key: &PublicKey,
+    encryption_key: &[u8; 32],
+) -> Result<(), Rejection> {
+    let entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(Rejection::PatientErased);
+    }
+    if &entry.home != signer && !entry.guardians.contains(signer) {
+        return Err(Rejection::Unauthorized(
+            "only a guardian or the home institution recovers a patient's key",
+        ));
+    }
+    move_identity(view, delta, at, &entry.key, new_key, encryption_key)?;
+    delta.findings.insert(
+        (at.height, at.index, 0),
+        Finding {
+            kind: FindingKind::KeyRecovery,
+            actor: signer.clone(),
+            patient: *patient,
+            time_ms: at.time_ms,
+            transaction,
+        },
+    );
+    Ok(())
+}
+
 /// Decide a read attempt and record it, with any findings.
 pub(crate) fn access(
     view: &impl Reader,
@@ -430,23 +542,40 @@ pub(crate) fn access(
         Role::Guardian { .. } => Outcome::Denied(Reason::NotTheirs),
         Role::Auditor => Outcome::Denied(Reason::Auditor),
         Role::Institution | Role::Clinician { .. } => {
-            if view.authored(record, signer) {
+            // An identity that rotated its key keeps what its earlier keys were given.
+            let keys: Vec<&PublicKey> = std::iter::once(signer)
+                .chain(identity.previous.iter())
+                .collect();
+            if keys.iter().any(|k| view.authored(record, k)) {
                 Outcome::Allowed(Basis::Author)
             } else {
                 let institution = match &identity.role {
                     Role::Clinician { institution } => Some(key_bytes(institution)),
                     _ => None,
                 };
-                let request = Request {
-                    actor: key_bytes(signer),
-                    actor_institution: institution,
-                    patient,
-                    action: Action::Read,
-                    resource_type,
-                    purpose,
-                    now_ms: at.time_ms,
-                };
-                match consent::decide(&view.grants(&patient), &request) {
+                let grants = view.grants(&patient);
+                let decision = keys
+                    .iter()
+                    .map(|key| {
+                        consent::decide(
+                            &grants,
+                            &Request {
+                                actor: key_bytes(key),
+                                actor_institution: institution,
+                                patient,
+                                action: Action::Read,
+                                resource_type,
+                                purpose,
+                                now_ms: at.time_ms,
+                            },
+                        )
+                    })
+                    .reduce(|a, b| match (a, b) {
+                        (Ok(id), _) | (_, Ok(id)) => Ok(id),
+                        (Err(x), Err(y)) => Err(x.max(y)),
+                    })
+                    .expect("at least the signer's key");
+                match decision {
                     Ok(id) => Outcome::Allowed(Basis::Consent(id)),
                     Err(denial) => {
                         let glass = view
@@ -971,5 +1100,133 @@ mod tests {
             Err(state::Rejection::PatientErased)
         );
         assert!(w.state.patient_events(&P1).is_empty());
+    }
+
+    #[test]
+    fn rotated_keys_are_rejected_and_rights_follow_the_identity() {
+        let mut w = World::new(Rules::default());
+        let until = w.time_ms + HOUR;
+        w.grant(&patient_1(), &clinician_b(), 1, until).unwrap();
+        let (b2, a2, p1b) = (key(111), key(110), key(120));
+        w.ok(
+            &clinician_b(),
+            Payload::RotateKey {
+                new_key: b2.public_key(),
+                encryption_key: [0xB2; 32],
+            },
+        );
+        w.ok(
+            &clinician_a(),
+            Payload::RotateKey {
+                new_key: a2.public_key(),
+                encryption_key: [0xA2; 32],
+            },
+        );
+        // The old keys are refused for anything, even a read attempt.
+        assert_eq!(
+            w.read(&clinician_b(), R1),
+            Err(state::Rejection::RetiredKey)
+        );
+        // The grant and the authorship follow the identity to its new key.
+        assert_eq!(
+            w.read(&b2, R1),
+            Ok(Outcome::Allowed(Basis::Consent([1; 16])))
+        );
+        assert_eq!(w.read(&a2, R1), Ok(Outcome::Allowed(Basis::Author)));
+        // A retired key can be neither reused nor granted to.
+        assert!(matches!(
+            w.run(
+                &patient_2(),
+                Payload::RotateKey {
+                    new_key: clinician_b().public_key(),
+                    encryption_key: [1; 32],
+                }
+            ),
+            Err(state::Rejection::AlreadyRegistered)
+        ));
+        assert!(matches!(
+            w.grant(&patient_1(), &clinician_b(), 2, until),
+            Err(state::Rejection::Malformed(_))
+        ));
+        // A patient rotates: the new key owns the records, the old one is gone.
+        w.ok(
+            &patient_1(),
+            Payload::RotateKey {
+                new_key: p1b.public_key(),
+                encryption_key: [0xC3; 32],
+            },
+        );
+        assert_eq!(w.state.patient(&P1).unwrap().key, p1b.public_key());
+        assert_eq!(w.read(&p1b, R1), Ok(Outcome::Allowed(Basis::Owner)));
+        w.ok(
+            &p1b,
+            Payload::Revoke {
+                patient: P1,
+                grant: [1; 16],
+            },
+        );
+        // Institutions change keys by governance, not by rotation.
+        assert!(matches!(
+            w.run(
+                &hospital_a(),
+                Payload::RotateKey {
+                    new_key: key(130).public_key(),
+                    encryption_key: [1; 32],
+                }
+            ),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn a_lost_patient_key_is_recovered_by_guardian_or_home_institution_and_audited() {
+        let mut w = World::new(Rules::default());
+        let (lost_replaced, by_guardian) = (key(140), key(141));
+        for outsider in [hospital_b(), clinician_a(), patient_2(), auditor()] {
+            assert!(matches!(
+                w.run(
+                    &outsider,
+                    Payload::RecoverKey {
+                        patient: P1,
+                        new_key: lost_replaced.public_key(),
+                        encryption_key: [0xE1; 32],
+                    }
+                ),
+                Err(state::Rejection::Unauthorized(_))
+            ));
+        }
+        w.ok(
+            &hospital_a(),
+            Payload::RecoverKey {
+                patient: P1,
+                new_key: lost_replaced.public_key(),
+                encryption_key: [0xE1; 32],
+            },
+        );
+        assert_eq!(w.findings(), vec!["key-recovery"]);
+        assert_eq!(w.read(&patient_1(), R1), Err(state::Rejection::RetiredKey));
+        assert_eq!(
+            w.read(&lost_replaced, R1),
+            Ok(Outcome::Allowed(Basis::Owner))
+        );
+        // A guardian, appointed by the (new) key, recovers again.
+        w.ok(
+            &lost_replaced,
+            Payload::AppointGuardian {
+                patient: P1,
+                guardian: guardian_1().public_key(),
+                encryption_key: [0xD1; 32],
+            },
+        );
+        w.ok(
+            &guardian_1(),
+            Payload::RecoverKey {
+                patient: P1,
+                new_key: by_guardian.public_key(),
+                encryption_key: [0xE2; 32],
+            },
+        );
+        assert_eq!(w.state.patient(&P1).unwrap().encryption_key, [0xE2; 32]);
+        assert_eq!(w.findings(), vec!["key-recovery", "key-recovery"]);
     }
 }

@@ -44,6 +44,8 @@ pub enum Rejection {
     RecordTooLarge(u64, u64),
     #[error("unknown record")]
     UnknownRecord,
+    #[error("this key was rotated away and is no longer accepted")]
+    RetiredKey,
     #[error("{0}")]
     Refused(Refusal),
     #[error("{0}")]
@@ -107,6 +109,8 @@ pub struct Identity {
     pub role: Role,
     /// X25519 key that data keys are wrapped for.
     pub encryption_key: [u8; 32],
+    /// Keys this identity used before, oldest first (grants and authorship follow it).
+    pub previous: Vec<PublicKey>,
 }
 
 /// A registered patient.
@@ -146,6 +150,8 @@ pub trait Reader {
     /// Every grant of a patient, in id order.
     fn grants(&self, patient: &PatientId) -> Vec<Grant>;
     fn break_glass(&self, actor: &PublicKey, patient: &PatientId) -> Option<BreakGlassEntry>;
+    /// The height at which `key` was rotated away, if it was.
+    fn retired(&self, key: &PublicKey) -> Option<u64>;
     /// Reads by `actor` counted in supervision window `window`.
     fn reads(&self, actor: &PublicKey, window: u64) -> u32;
     fn rules(&self) -> Rules;
@@ -164,6 +170,8 @@ pub struct Delta {
     pub shares: BTreeMap<(PatientId, GrantId), [u8; 32]>,
     pub break_glass: BTreeMap<(PublicKey, PatientId), BreakGlassEntry>,
     pub reads: BTreeMap<(PublicKey, u64), u32>,
+    /// Keys rotated away, with the height.
+    pub retired: BTreeMap<PublicKey, u64>,
     /// The access trail, by (height, position in block).
     pub events: BTreeMap<(u64, u32), AccessEvent>,
     /// Supervision findings, by (height, position in block, sequence).
@@ -231,6 +239,10 @@ impl Delta {
                 Role::Auditor => {}
             }
             bytes.extend_from_slice(&identity.encryption_key);
+            bytes.push(identity.previous.len() as u8);
+            for key in &identity.previous {
+                bytes.extend_from_slice(key.as_ref());
+            }
         }
         bytes.extend_from_slice(&(self.patients.len() as u64).to_be_bytes());
         for (id, patient) in &self.patients {
@@ -292,6 +304,11 @@ impl Delta {
             bytes.extend_from_slice(actor.as_ref());
             bytes.extend_from_slice(&window.to_be_bytes());
             bytes.extend_from_slice(&count.to_be_bytes());
+        }
+        bytes.extend_from_slice(&(self.retired.len() as u64).to_be_bytes());
+        for (key, height) in &self.retired {
+            bytes.extend_from_slice(key.as_ref());
+            bytes.extend_from_slice(&height.to_be_bytes());
         }
         bytes.extend_from_slice(&(self.events.len() as u64).to_be_bytes());
         for ((height, index), event) in &self.events {
@@ -408,6 +425,14 @@ impl<R: Reader> Reader for Layered<'_, R> {
         }
     }
 
+    fn retired(&self, key: &PublicKey) -> Option<u64> {
+        self.delta
+            .retired
+            .get(key)
+            .copied()
+            .or_else(|| self.base.retired(key))
+    }
+
     fn rules(&self) -> Rules {
         self.base.rules()
     }
@@ -470,6 +495,7 @@ fn apply_payload(
                 Identity {
                     role: Role::Patient { patient: *patient },
                     encryption_key: *encryption_key,
+                    previous: Vec::new(),
                 },
             );
             delta.patients.insert(
@@ -503,6 +529,7 @@ fn apply_payload(
                         institution: signer.clone(),
                     },
                     encryption_key: *encryption_key,
+                    previous: Vec::new(),
                 },
             );
         }
@@ -582,6 +609,24 @@ fn apply_payload(
             guardian,
             encryption_key,
         } => access::appoint_guardian(view, delta, signer, patient, guardian, encryption_key)?,
+        Payload::RotateKey {
+            new_key,
+            encryption_key,
+        } => access::rotate_key(view, delta, signer, at, new_key, encryption_key)?,
+        Payload::RecoverKey {
+            patient,
+            new_key,
+            encryption_key,
+        } => access::recover_key(
+            view,
+            delta,
+            signer,
+            at,
+            tx.id(),
+            patient,
+            new_key,
+            encryption_key,
+        )?,
     }
     Ok(())
 }
@@ -598,6 +643,9 @@ pub fn apply(
         base,
         delta: &*delta,
     };
+    if view.retired(&tx.body.signer).is_some() {
+        return Err(Rejection::RetiredKey);
+    }
     let expected = view.nonce(&tx.body.signer);
     if tx.body.nonce < expected {
         return Err(Rejection::StaleNonce {
@@ -622,6 +670,7 @@ pub fn apply(
     delta.shares.extend(writes.shares);
     delta.break_glass.extend(writes.break_glass);
     delta.reads.extend(writes.reads);
+    delta.retired.extend(writes.retired);
     delta.events.extend(writes.events);
     delta.findings.extend(writes.findings);
     delta.time_ms = at.time_ms;
@@ -658,6 +707,7 @@ pub struct State {
     shares: BTreeMap<(PatientId, GrantId), [u8; 32]>,
     break_glass: BTreeMap<(PublicKey, PatientId), BreakGlassEntry>,
     reads: BTreeMap<(PublicKey, u64), u32>,
+    retired: BTreeMap<PublicKey, u64>,
     events: BTreeMap<(u64, u32), AccessEvent>,
     findings: BTreeMap<(u64, u32, u8), Finding>,
     rules: Rules,
@@ -691,6 +741,7 @@ impl State {
                 Identity {
                     role: Role::Auditor,
                     encryption_key: [0; 32],
+                    previous: Vec::new(),
                 },
             );
         }
@@ -700,6 +751,7 @@ impl State {
                 Identity {
                     role: Role::Institution,
                     encryption_key: *encryption_key,
+                    previous: Vec::new(),
                 },
             );
         }
@@ -726,6 +778,7 @@ impl State {
         }
         self.break_glass.extend(delta.break_glass);
         self.reads.extend(delta.reads);
+        self.retired.extend(delta.retired);
         for (key, event) in delta.events {
             self.patient_events
                 .insert((event.patient, key.0, key.1), ());
@@ -876,6 +929,10 @@ impl Reader for State {
             .unwrap_or(0)
     }
 
+    fn retired(&self, key: &PublicKey) -> Option<u64> {
+        self.retired.get(key).copied()
+    }
+
     fn rules(&self) -> Rules {
         self.rules
     }
@@ -958,6 +1015,13 @@ impl Reader for Overlay<'_> {
             .iter()
             .find_map(|d| d.reads.get(&key).copied())
             .unwrap_or_else(|| self.base.reads(actor, window))
+    }
+
+    fn retired(&self, key: &PublicKey) -> Option<u64> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.retired.get(key).copied())
+            .or_else(|| self.base.retired(key))
     }
 
     fn rules(&self) -> Rules {

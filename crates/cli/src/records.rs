@@ -147,6 +147,35 @@ pub enum IdentityCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Move an identity (clinician, patient, guardian, auditor) to a new key written to OUT
+    /// (mode 0600). From the rotation on, the old key is rejected; grants and authorship
+    /// follow the identity.
+    ///
+    /// Example: ehrchain identity rotate --api http://127.0.0.1:8700 --key dr-bauer.key --out dr-bauer-2026.key
+    Rotate {
+        #[arg(long)]
+        api: String,
+        /// The current key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replace a patient's lost key, signed by a guardian or the home institution; a new key
+    /// is written to OUT (mode 0600). The recovery is reported to the auditor.
+    ///
+    /// Example: ehrchain identity recover --api http://127.0.0.1:8700 --key net/node-0/validator.key --patient <id> --out alice-new.key
+    Recover {
+        #[arg(long)]
+        api: String,
+        /// The guardian's or home institution's key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print an identity's role and keys.
     ///
     /// Example: ehrchain identity show --api http://127.0.0.1:8700 --key-file dr-bauer.key
@@ -619,8 +648,9 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Make a new identity's key file at `out`, have the institution (key file `key`) register it
-/// with the payload `register` builds, and wait until that is final.
+/// Make a new key file at `out`, have the holder of key file `key` (an institution, a patient,
+/// a guardian, or the identity itself) sign the payload `register` builds for it, and wait
+/// until that is final.
 fn register_new(
     api: &str,
     key: &std::path::Path,
@@ -702,6 +732,29 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
                 }
             })?;
             println!("{}", guardian.public);
+        }
+        IdentityCommand::Rotate { api, key, out } => {
+            let new = register_new(&api, &key, &out, |new| ehrchain_types::Payload::RotateKey {
+                new_key: new.public.clone(),
+                encryption_key: new.encryption.public().0,
+            })?;
+            println!("{}", new.public);
+        }
+        IdentityCommand::Recover {
+            api,
+            key,
+            patient,
+            out,
+        } => {
+            let patient = id16(&patient, "--patient")?;
+            let new = register_new(&api, &key, &out, |new| {
+                ehrchain_types::Payload::RecoverKey {
+                    patient,
+                    new_key: new.public.clone(),
+                    encryption_key: new.encryption.public().0,
+                }
+            })?;
+            println!("{}", new.public);
         }
         IdentityCommand::Show { api, key_file } => {
             let signer = Signer::load(&key_file)?;

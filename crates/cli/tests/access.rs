@@ -466,6 +466,51 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     }
     let all: Value = serde_json::from_str(&ok(cli(&["access", "log", "--api", &api0]))).unwrap();
     assert!(all["events"].as_array().unwrap().len() > events.len());
+    // Key rotation: the old key is refused, the identity keeps its rights under the new one.
+    let clinician_b2 = inputs.join("dr-b-2.key");
+    ok(cli(&[
+        "identity",
+        "rotate",
+        "--api",
+        &api1,
+        "--key",
+        path(&clinician_b),
+        "--out",
+        path(&clinician_b2),
+    ]));
+    refused(
+        &read(&api1, &clinician_b, &condition, "TREAT"),
+        "no longer accepted",
+    );
+    read_ok(&api1, &clinician_b2, &condition, "TREAT");
+    // Recovery of patient 1's lost key by the home institution: audited; the new key reads
+    // the patient's records, released by the node of the institution that holds their keys.
+    let patient_1_new = inputs.join("patient-1-new.key");
+    ok(cli(&[
+        "identity",
+        "recover",
+        "--api",
+        &api0,
+        "--key",
+        path(&hospital_a),
+        "--patient",
+        &p1,
+        "--out",
+        path(&patient_1_new),
+    ]));
+    refused(
+        &read(&api0, &patient_1, &observation, "PATRQT"),
+        "no longer accepted",
+    );
+    let recovered = read_ok(&api0, &patient_1_new, &observation, "PATRQT");
+    assert_eq!(
+        recovered.trim_end().as_bytes(),
+        std::fs::read(&observation_file).unwrap()
+    );
+    let findings: Value =
+        serde_json::from_str(&ok(cli(&["access", "findings", "--api", &api0]))).unwrap();
+    assert!(findings.to_string().contains("key-recovery"));
+
     // Nothing in the trail or findings carries more than ids, keys and codes.
     let text = findings.to_string() + &all.to_string();
     assert!(!text.contains("Observation") && !text.contains("Condition"));

@@ -64,6 +64,17 @@ pub enum Payload {
         guardian: PublicKey,
         encryption_key: [u8; 32],
     },
+    /// The signer moves its identity to a new key; the old key is rejected from then on.
+    RotateKey {
+        new_key: PublicKey,
+        encryption_key: [u8; 32],
+    },
+    /// A patient's lost key is replaced by a guardian or the home institution (audited).
+    RecoverKey {
+        patient: PatientId,
+        new_key: PublicKey,
+        encryption_key: [u8; 32],
+    },
 }
 
 /// A grant id, chosen by the granting client (random); unique per patient.
@@ -123,6 +134,8 @@ impl Payload {
     const KIND_ACCESS: u8 = 8;
     const KIND_BREAK_GLASS: u8 = 9;
     const KIND_APPOINT_GUARDIAN: u8 = 10;
+    const KIND_ROTATE_KEY: u8 = 11;
+    const KIND_RECOVER_KEY: u8 = 12;
 
     fn kind(&self) -> u8 {
         match self {
@@ -136,6 +149,8 @@ impl Payload {
             Self::Access { .. } => Self::KIND_ACCESS,
             Self::BreakGlass { .. } => Self::KIND_BREAK_GLASS,
             Self::AppointGuardian { .. } => Self::KIND_APPOINT_GUARDIAN,
+            Self::RotateKey { .. } => Self::KIND_ROTATE_KEY,
+            Self::RecoverKey { .. } => Self::KIND_RECOVER_KEY,
         }
     }
 
@@ -203,6 +218,22 @@ impl Payload {
             } => {
                 out.extend_from_slice(patient);
                 out.extend_from_slice(guardian.as_ref());
+                out.extend_from_slice(encryption_key);
+            }
+            Self::RotateKey {
+                new_key,
+                encryption_key,
+            } => {
+                out.extend_from_slice(new_key.as_ref());
+                out.extend_from_slice(encryption_key);
+            }
+            Self::RecoverKey {
+                patient,
+                new_key,
+                encryption_key,
+            } => {
+                out.extend_from_slice(patient);
+                out.extend_from_slice(new_key.as_ref());
                 out.extend_from_slice(encryption_key);
             }
         }
@@ -277,6 +308,15 @@ impl Payload {
             Self::KIND_APPOINT_GUARDIAN => Self::AppointGuardian {
                 patient: reader.array()?,
                 guardian: reader.public_key()?,
+                encryption_key: reader.array()?,
+            },
+            Self::KIND_ROTATE_KEY => Self::RotateKey {
+                new_key: reader.public_key()?,
+                encryption_key: reader.array()?,
+            },
+            Self::KIND_RECOVER_KEY => Self::RecoverKey {
+                patient: reader.array()?,
+                new_key: reader.public_key()?,
                 encryption_key: reader.array()?,
             },
             other => return Err(Error::UnknownPayload(other)),
@@ -541,6 +581,15 @@ mod tests {
                 patient: [1; 16],
                 guardian: key.public_key(),
                 encryption_key: [6; 32],
+            },
+            Payload::RotateKey {
+                new_key: key.public_key(),
+                encryption_key: [7; 32],
+            },
+            Payload::RecoverKey {
+                patient: [1; 16],
+                new_key: key.public_key(),
+                encryption_key: [8; 32],
             },
         ];
         for payload in payloads {
