@@ -46,6 +46,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/access/events/{transaction}", get(one_event::<B>))
         .route("/access/findings", get(findings::<B>))
         .route("/access/reasons", get(reasons))
+        .route("/governance/proposals", get(proposals::<B>))
 }
 
 /// Split a grant body into its transaction and bundle, with limits.
@@ -349,6 +350,62 @@ async fn findings<B: Blob>(
             .collect()
     });
     Json(json!({"findings": findings}))
+}
+
+/// A governance action as JSON.
+pub fn action_json(action: &ehrchain_types::GovernanceAction) -> Value {
+    use ehrchain_types::GovernanceAction as A;
+    match action {
+        A::AddMember {
+            key,
+            encryption_key,
+        } => {
+            json!({"kind": "add-member", "key": key.to_string(), "encryption_key": hex::encode(encryption_key)})
+        }
+        A::RemoveMember { key } => json!({"kind": "remove-member", "key": key.to_string()}),
+        A::AppointAuditor { key } => json!({"kind": "appoint-auditor", "key": key.to_string()}),
+        A::RemoveAuditor { key } => json!({"kind": "remove-auditor", "key": key.to_string()}),
+    }
+}
+
+async fn proposals<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
+    use ehrchain_chain::governance::{PROPOSAL_OPEN_MS, Status};
+    let answer = state.chain.read(|s| {
+        let now = s.time_ms();
+        let proposals: Vec<Value> = s
+            .proposals()
+            .map(|(id, p)| {
+                let (status, height, effective) = match p.status {
+                    Status::Open if now >= p.created_ms.saturating_add(PROPOSAL_OPEN_MS) => {
+                        ("expired", None, None)
+                    }
+                    Status::Open => ("open", None, None),
+                    Status::Passed {
+                        height,
+                        effective_height,
+                    } => ("passed", Some(height), Some(effective_height)),
+                    Status::Rejected { height } => ("rejected", Some(height), None),
+                };
+                json!({
+                    "id": hex::encode(id),
+                    "action": action_json(&p.action),
+                    "proposer": p.proposer.to_string(),
+                    "electorate": p.electorate,
+                    "yes": p.yes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "no": p.no.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "yes_needed": p.electorate * 2 / 3 + 1,
+                    "status": status,
+                    "decided_height": height,
+                    "effective_height": effective,
+                })
+            })
+            .collect();
+        json!({
+            "members": s.members().map(ToString::to_string).collect::<Vec<_>>(),
+            "proposals": proposals,
+        })
+    });
+    Json(answer)
 }
 
 async fn reasons() -> Json<Value> {

@@ -220,6 +220,16 @@ fn payload_json(payload: &Payload) -> Value {
             "guardian": guardian.to_string(),
             "encryption_key": hex::encode(encryption_key),
         }),
+        Payload::Propose { proposal, action } => json!({
+            "kind": "propose",
+            "proposal": hex::encode(proposal),
+            "action": access::action_json(action),
+        }),
+        Payload::Vote { proposal, approve } => json!({
+            "kind": "vote",
+            "proposal": hex::encode(proposal),
+            "approve": approve,
+        }),
         Payload::RotateKey {
             new_key,
             encryption_key,

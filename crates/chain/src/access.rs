@@ -1229,4 +1229,170 @@ mod tests {
         assert_eq!(w.state.patient(&P1).unwrap().encryption_key, [0xE2; 32]);
         assert_eq!(w.findings(), vec!["key-recovery", "key-recovery"]);
     }
+
+    #[test]
+    fn governance_needs_more_than_two_thirds_and_a_failed_vote_changes_nothing() {
+        use crate::governance::Status;
+        use ehrchain_types::GovernanceAction;
+        let mut w = World::new(Rules::default());
+        let (new_auditor, hospital_c) = (key(200), key(201));
+        let propose = |w: &mut World, by: &PrivateKey, id: u8, action: GovernanceAction| {
+            w.run(
+                by,
+                Payload::Propose {
+                    proposal: [id; 16],
+                    action,
+                },
+            )
+        };
+        // Only members propose and vote.
+        for outsider in [clinician_a(), patient_1(), auditor()] {
+            assert!(matches!(
+                propose(
+                    &mut w,
+                    &outsider,
+                    1,
+                    GovernanceAction::AppointAuditor {
+                        key: new_auditor.public_key(),
+                    }
+                ),
+                Err(state::Rejection::Unauthorized(_))
+            ));
+        }
+        // Two members: one yes is not more than 2/3; a no settles it as rejected.
+        propose(
+            &mut w,
+            &hospital_a(),
+            1,
+            GovernanceAction::AppointAuditor {
+                key: new_auditor.public_key(),
+            },
+        )
+        .unwrap();
+        assert_eq!(w.state.proposal(&[1; 16]).unwrap().status, Status::Open);
+        w.ok(
+            &hospital_b(),
+            Payload::Vote {
+                proposal: [1; 16],
+                approve: false,
+            },
+        );
+        assert!(matches!(
+            w.state.proposal(&[1; 16]).unwrap().status,
+            Status::Rejected { .. }
+        ));
+        assert!(w.state.identity(&new_auditor.public_key()).is_none());
+        assert!(matches!(
+            w.run(
+                &hospital_b(),
+                Payload::Vote {
+                    proposal: [1; 16],
+                    approve: true,
+                }
+            ),
+            Err(state::Rejection::Malformed(_))
+        ));
+        // Both yes: the auditor is appointed; a member admitted; then three must agree.
+        propose(
+            &mut w,
+            &hospital_a(),
+            2,
+            GovernanceAction::AppointAuditor {
+                key: new_auditor.public_key(),
+            },
+        )
+        .unwrap();
+        w.ok(
+            &hospital_b(),
+            Payload::Vote {
+                proposal: [2; 16],
+                approve: true,
+            },
+        );
+        assert_eq!(
+            w.state.identity(&new_auditor.public_key()).map(|i| i.role),
+            Some(Role::Auditor)
+        );
+        assert_eq!(w.read(&new_auditor, R1), denied(Reason::Auditor));
+        propose(
+            &mut w,
+            &hospital_b(),
+            3,
+            GovernanceAction::AddMember {
+                key: hospital_c.public_key(),
+                encryption_key: [0xCC; 32],
+            },
+        )
+        .unwrap();
+        w.ok(
+            &hospital_a(),
+            Payload::Vote {
+                proposal: [3; 16],
+                approve: true,
+            },
+        );
+        let passed = w.state.proposal(&[3; 16]).unwrap().status;
+        let Status::Passed {
+            height,
+            effective_height,
+        } = passed
+        else {
+            panic!("not passed: {passed:?}");
+        };
+        assert!(effective_height > height);
+        assert_eq!(
+            effective_height % crate::governance::MEMBERSHIP_EPOCH_BLOCKS,
+            0
+        );
+        assert_eq!(w.state.member_count(), 3);
+        // The new member acts as one: registers a patient.
+        w.ok(
+            &hospital_c,
+            Payload::RegisterPatient {
+                patient: [3; 16],
+                key: key(202).public_key(),
+                encryption_key: [0xC4; 32],
+            },
+        );
+        // Removing a member now takes 3 of 3 (2 of 3 is not more than 2/3).
+        propose(
+            &mut w,
+            &hospital_a(),
+            4,
+            GovernanceAction::RemoveMember {
+                key: hospital_b().public_key(),
+            },
+        )
+        .unwrap();
+        w.ok(
+            &hospital_c,
+            Payload::Vote {
+                proposal: [4; 16],
+                approve: true,
+            },
+        );
+        assert!(matches!(
+            w.state.proposal(&[4; 16]).unwrap().status,
+            Status::Open
+        ));
+        w.ok(
+            &hospital_b(),
+            Payload::Vote {
+                proposal: [4; 16],
+                approve: true,
+            },
+        );
+        assert_eq!(w.state.member_count(), 2);
+        assert_eq!(
+            w.run(
+                &hospital_b(),
+                Payload::EnrollClinician {
+                    clinician: key(203).public_key(),
+                    encryption_key: [1; 32],
+                }
+            )
+            .map(|_| ()),
+            Err(state::Rejection::RetiredKey)
+        );
+    }
 }

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod application;
 pub mod engine;
+pub mod governance;
 pub mod log;
 pub mod mempool;
 pub mod records;

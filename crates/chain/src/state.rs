@@ -12,10 +12,11 @@
 
 pub use crate::access::At;
 use crate::access::{self, AccessEvent, BreakGlassEntry, Finding};
+use crate::governance::{self, Proposal};
 use ehrchain_contracts::consent::{Grant, GrantId, Refusal};
 use ehrchain_types::{
-    Block, Digest, Error as TypesError, PatientId, Payload, PublicKey, RecordAnchor, RecordId,
-    Transaction, genesis::Rules, sha256,
+    Block, Digest, Error as TypesError, PatientId, Payload, ProposalId, PublicKey, RecordAnchor,
+    RecordId, Transaction, genesis::Rules, sha256,
 };
 use std::collections::BTreeMap;
 
@@ -152,6 +153,9 @@ pub trait Reader {
     fn break_glass(&self, actor: &PublicKey, patient: &PatientId) -> Option<BreakGlassEntry>;
     /// The height at which `key` was rotated away, if it was.
     fn retired(&self, key: &PublicKey) -> Option<u64>;
+    fn proposal(&self, id: &ProposalId) -> Option<Proposal>;
+    /// How many member institutions there are.
+    fn member_count(&self) -> u32;
     /// Reads by `actor` counted in supervision window `window`.
     fn reads(&self, actor: &PublicKey, window: u64) -> u32;
     fn rules(&self) -> Rules;
@@ -172,6 +176,9 @@ pub struct Delta {
     pub reads: BTreeMap<(PublicKey, u64), u32>,
     /// Keys rotated away, with the height.
     pub retired: BTreeMap<PublicKey, u64>,
+    pub proposals: BTreeMap<ProposalId, Proposal>,
+    /// Members admitted (true) or removed (false).
+    pub members: BTreeMap<PublicKey, bool>,
     /// The access trail, by (height, position in block).
     pub events: BTreeMap<(u64, u32), AccessEvent>,
     /// Supervision findings, by (height, position in block, sequence).
@@ -310,6 +317,16 @@ impl Delta {
             bytes.extend_from_slice(key.as_ref());
             bytes.extend_from_slice(&height.to_be_bytes());
         }
+        bytes.extend_from_slice(&(self.proposals.len() as u64).to_be_bytes());
+        for (id, proposal) in &self.proposals {
+            bytes.extend_from_slice(id);
+            proposal.write(&mut bytes);
+        }
+        bytes.extend_from_slice(&(self.members.len() as u64).to_be_bytes());
+        for (key, admitted) in &self.members {
+            bytes.extend_from_slice(key.as_ref());
+            bytes.push(u8::from(*admitted));
+        }
         bytes.extend_from_slice(&(self.events.len() as u64).to_be_bytes());
         for ((height, index), event) in &self.events {
             bytes.extend_from_slice(&height.to_be_bytes());
@@ -433,9 +450,31 @@ impl<R: Reader> Reader for Layered<'_, R> {
             .or_else(|| self.base.retired(key))
     }
 
+    fn proposal(&self, id: &ProposalId) -> Option<Proposal> {
+        match self.delta.proposals.get(id) {
+            Some(p) => Some(p.clone()),
+            None => self.base.proposal(id),
+        }
+    }
+
+    fn member_count(&self) -> u32 {
+        member_change(self.base.member_count(), [self.delta])
+    }
+
     fn rules(&self) -> Rules {
         self.base.rules()
     }
+}
+
+/// A member count after the admissions and removals of `deltas`.
+fn member_change<'a>(base: u32, deltas: impl IntoIterator<Item = &'a Delta>) -> u32 {
+    let mut count = i64::from(base);
+    for delta in deltas {
+        for admitted in delta.members.values() {
+            count += if *admitted { 1 } else { -1 };
+        }
+    }
+    count.clamp(0, i64::from(u32::MAX)) as u32
 }
 
 /// A patient's grants from `base`, overwritten by `deltas` applied oldest first.
@@ -613,6 +652,12 @@ fn apply_payload(
             new_key,
             encryption_key,
         } => access::rotate_key(view, delta, signer, at, new_key, encryption_key)?,
+        Payload::Propose { proposal, action } => {
+            governance::propose(view, delta, signer, at, proposal, action)?
+        }
+        Payload::Vote { proposal, approve } => {
+            governance::vote(view, delta, signer, at, proposal, *approve)?
+        }
         Payload::RecoverKey {
             patient,
             new_key,
@@ -671,6 +716,8 @@ pub fn apply(
     delta.break_glass.extend(writes.break_glass);
     delta.reads.extend(writes.reads);
     delta.retired.extend(writes.retired);
+    delta.proposals.extend(writes.proposals);
+    delta.members.extend(writes.members);
     delta.events.extend(writes.events);
     delta.findings.extend(writes.findings);
     delta.time_ms = at.time_ms;
@@ -708,6 +755,8 @@ pub struct State {
     break_glass: BTreeMap<(PublicKey, PatientId), BreakGlassEntry>,
     reads: BTreeMap<(PublicKey, u64), u32>,
     retired: BTreeMap<PublicKey, u64>,
+    proposals: BTreeMap<ProposalId, Proposal>,
+    members: std::collections::BTreeSet<PublicKey>,
     events: BTreeMap<(u64, u32), AccessEvent>,
     findings: BTreeMap<(u64, u32, u8), Finding>,
     rules: Rules,
@@ -746,6 +795,7 @@ impl State {
             );
         }
         for (key, encryption_key) in institutions {
+            state.members.insert(key.clone());
             state.identities.insert(
                 key.clone(),
                 Identity {
@@ -779,6 +829,14 @@ impl State {
         self.break_glass.extend(delta.break_glass);
         self.reads.extend(delta.reads);
         self.retired.extend(delta.retired);
+        self.proposals.extend(delta.proposals);
+        for (key, admitted) in delta.members {
+            if admitted {
+                self.members.insert(key);
+            } else {
+                self.members.remove(&key);
+            }
+        }
         for (key, event) in delta.events {
             self.patient_events
                 .insert((event.patient, key.0, key.1), ());
@@ -836,6 +894,16 @@ impl State {
     pub fn version_by_hash(&self, hash: &[u8; 32]) -> Option<RecordVersion> {
         let key = self.version_hashes.get(&Digest::from(*hash))?;
         self.versions.get(key).cloned()
+    }
+
+    /// Every governance proposal, in id order.
+    pub fn proposals(&self) -> impl Iterator<Item = (&ProposalId, &Proposal)> {
+        self.proposals.iter()
+    }
+
+    /// The member institutions, in key order.
+    pub fn members(&self) -> impl Iterator<Item = &PublicKey> {
+        self.members.iter()
     }
 
     /// Every grant of every patient, in (patient, id) order.
@@ -933,6 +1001,14 @@ impl Reader for State {
         self.retired.get(key).copied()
     }
 
+    fn proposal(&self, id: &ProposalId) -> Option<Proposal> {
+        self.proposals.get(id).cloned()
+    }
+
+    fn member_count(&self) -> u32 {
+        self.members.len() as u32
+    }
+
     fn rules(&self) -> Rules {
         self.rules
     }
@@ -1022,6 +1098,17 @@ impl Reader for Overlay<'_> {
             .iter()
             .find_map(|d| d.retired.get(key).copied())
             .or_else(|| self.base.retired(key))
+    }
+
+    fn proposal(&self, id: &ProposalId) -> Option<Proposal> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.proposals.get(id).cloned())
+            .or_else(|| self.base.proposal(id))
+    }
+
+    fn member_count(&self) -> u32 {
+        member_change(self.base.member_count(), self.deltas.iter().copied())
     }
 
     fn rules(&self) -> Rules {

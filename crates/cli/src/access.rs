@@ -103,6 +103,156 @@ pub enum AccessCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum GovernanceCommand {
+    /// Propose a change to the consortium, signed by a member institution (its own vote is
+    /// yes). Exactly one of the change flags. Passes with more than 2/3 of the members.
+    ///
+    /// Example: ehrchain governance propose --api http://127.0.0.1:8700 --key net/node-0/validator.key --appoint-auditor <key>
+    Propose {
+        #[arg(long)]
+        api: String,
+        /// The proposing institution's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Admit a member institution: its Ed25519 public key (hex)...
+        #[arg(long)]
+        add_member: Option<String>,
+        /// ...and its X25519 encryption key (hex).
+        #[arg(long, requires = "add_member")]
+        encryption_key: Option<String>,
+        #[arg(long)]
+        remove_member: Option<String>,
+        #[arg(long)]
+        appoint_auditor: Option<String>,
+        #[arg(long)]
+        remove_auditor: Option<String>,
+    },
+    /// Vote on an open proposal, as a member institution.
+    ///
+    /// Example: ehrchain governance vote --api http://127.0.0.1:8701 --key net/node-1/validator.key --proposal <id> --approve true
+    Vote {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        proposal: String,
+        /// true for yes, false for no.
+        #[arg(long, action = clap::ArgAction::Set)]
+        approve: bool,
+    },
+    /// List the members and every proposal with its votes and status.
+    ///
+    /// Example: ehrchain governance list --api http://127.0.0.1:8700
+    List {
+        #[arg(long)]
+        api: String,
+    },
+}
+
+fn key_arg(text: &str, what: &str) -> Result<ehrchain_types::PublicKey> {
+    public_key_from_hex(text)
+        .with_context(|| format!("{what} must be a 64-hex-character Ed25519 public key"))
+}
+
+pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
+    use ehrchain_types::GovernanceAction as A;
+    match command {
+        GovernanceCommand::Propose {
+            api,
+            key,
+            add_member,
+            encryption_key,
+            remove_member,
+            appoint_auditor,
+            remove_auditor,
+        } => {
+            let mut actions = Vec::new();
+            if let Some(member) = add_member {
+                let encryption_key: [u8; 32] = hex::decode(
+                    encryption_key
+                        .as_deref()
+                        .context("--add-member needs --encryption-key")?,
+                )
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .context("--encryption-key must be 64 hex characters")?;
+                actions.push(A::AddMember {
+                    key: key_arg(&member, "--add-member")?,
+                    encryption_key,
+                });
+            }
+            if let Some(k) = remove_member {
+                actions.push(A::RemoveMember {
+                    key: key_arg(&k, "--remove-member")?,
+                });
+            }
+            if let Some(k) = appoint_auditor {
+                actions.push(A::AppointAuditor {
+                    key: key_arg(&k, "--appoint-auditor")?,
+                });
+            }
+            if let Some(k) = remove_auditor {
+                actions.push(A::RemoveAuditor {
+                    key: key_arg(&k, "--remove-auditor")?,
+                });
+            }
+            ensure!(actions.len() == 1, "give exactly one change to propose");
+            let session = Session::open(&api)?;
+            let member = Signer::load(&key)?;
+            let proposal = crate::records::random16();
+            let tx = session.sign(
+                &member,
+                Payload::Propose {
+                    proposal,
+                    action: actions.remove(0),
+                },
+            )?;
+            let status = session.submit_and_wait(&tx)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "proposal": hex::encode(proposal),
+                    "transaction": hex::encode(tx.id()),
+                    "height": status["height"],
+                }))?
+            );
+        }
+        GovernanceCommand::Vote {
+            api,
+            key,
+            proposal,
+            approve,
+        } => {
+            let session = Session::open(&api)?;
+            let member = Signer::load(&key)?;
+            let tx = session.sign(
+                &member,
+                Payload::Vote {
+                    proposal: id16(&proposal, "--proposal")?,
+                    approve,
+                },
+            )?;
+            let status = session.submit_and_wait(&tx)?;
+            println!(
+                "voted {} on {proposal} at height {} (transaction {})",
+                if approve { "yes" } else { "no" },
+                status["height"],
+                hex::encode(tx.id())
+            );
+        }
+        GovernanceCommand::List { api } => {
+            let list = get_json(&format!(
+                "{}/governance/proposals",
+                api.trim_end_matches('/')
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Open a patient's records without consent, in an emergency. The access is time-boxed (24
 /// hours unless genesis says otherwise), flagged on the patient's trail and reported to the
 /// auditor. Reasons are codes: 1 emergency treatment (patient cannot consent), 2

@@ -114,6 +114,11 @@ enum Command {
         command: access::AccessCommand,
     },
     Breakglass(access::BreakGlassArgs),
+    /// Consortium governance: members, auditors, proposals and votes.
+    Governance {
+        #[command(subcommand)]
+        command: access::GovernanceCommand,
+    },
     /// Drive signed transactions into a local network and report throughput and latency.
     ///
     /// Example: ehrchain bench --validators 4 --transactions 100000
@@ -221,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Consent { command } => return access::consent(command),
         Command::Access { command } => return access::access(command),
         Command::Breakglass(args) => return access::break_glass(args),
+        Command::Governance { command } => return access::governance(command),
         Command::Bench(args) => bench::run(args)?,
         Command::BenchRecords(args) => bench_records::run(args)?,
     }

@@ -511,6 +511,76 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         serde_json::from_str(&ok(cli(&["access", "findings", "--api", &api0]))).unwrap();
     assert!(findings.to_string().contains("key-recovery"));
 
+    // Governance: 3 of 4 members appoint a second auditor; a proposal two members reject
+    // fails and changes nothing.
+    let second_auditor = inputs.join("auditor-2.key");
+    let auditor_2 = ok(cli(&["keygen", "--out", path(&second_auditor)]))
+        .trim()
+        .to_string();
+    let propose = |auditor: &str| -> String {
+        let answer: Value = serde_json::from_str(&ok(cli(&[
+            "governance",
+            "propose",
+            "--api",
+            &api0,
+            "--key",
+            path(&hospital_a),
+            "--appoint-auditor",
+            auditor,
+        ])))
+        .unwrap();
+        answer["proposal"].as_str().unwrap().to_string()
+    };
+    let vote = |member: usize, proposal: &str, approve: &str| {
+        ok(cli(&[
+            "governance",
+            "vote",
+            "--api",
+            &cluster.api(member),
+            "--key",
+            path(&net.join(format!("node-{member}/validator.key"))),
+            "--proposal",
+            proposal,
+            "--approve",
+            approve,
+        ]));
+    };
+    let passing = propose(&auditor_2);
+    vote(1, &passing, "true");
+    refused(
+        &read(&api0, &second_auditor, &observation, "HOPERAT"),
+        "only a registered identity reads records",
+    );
+    vote(2, &passing, "true");
+    refused(
+        &read(&api0, &second_auditor, &observation, "HOPERAT"),
+        "auditor",
+    );
+    let third = inputs.join("auditor-3.key");
+    let auditor_3 = ok(cli(&["keygen", "--out", path(&third)]))
+        .trim()
+        .to_string();
+    let failing = propose(&auditor_3);
+    vote(1, &failing, "false");
+    vote(3, &failing, "false");
+    let governance: Value =
+        serde_json::from_str(&ok(cli(&["governance", "list", "--api", &api2]))).unwrap();
+    let status = |id: &str| {
+        governance["proposals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status(&passing), "passed");
+    assert_eq!(status(&failing), "rejected");
+    refused(
+        &read(&api0, &third, &observation, "HOPERAT"),
+        "only a registered identity reads records",
+    );
+
     // Nothing in the trail or findings carries more than ids, keys and codes.
     let text = findings.to_string() + &all.to_string();
     assert!(!text.contains("Observation") && !text.contains("Condition"));

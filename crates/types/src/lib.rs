@@ -12,7 +12,8 @@ pub mod transaction;
 pub use block::{Block, BlockHeader};
 pub use genesis::Genesis;
 pub use transaction::{
-    ConsentGrant, GrantId, PatientId, Payload, RecordAnchor, RecordId, Transaction, TransactionBody,
+    ConsentGrant, GovernanceAction, GrantId, PatientId, Payload, ProposalId, RecordAnchor,
+    RecordId, Transaction, TransactionBody,
 };
 
 pub use commonware_cryptography::{

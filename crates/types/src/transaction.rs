@@ -75,6 +75,32 @@ pub enum Payload {
         new_key: PublicKey,
         encryption_key: [u8; 32],
     },
+    /// A member institution proposes a change to the consortium; its own vote is yes.
+    Propose {
+        proposal: ProposalId,
+        action: GovernanceAction,
+    },
+    /// A member institution votes on an open proposal.
+    Vote { proposal: ProposalId, approve: bool },
+}
+
+/// A governance proposal id, chosen by the proposer (random).
+pub type ProposalId = [u8; 16];
+
+/// What a governance proposal would change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GovernanceAction {
+    /// Admit a member institution (and its validator) with its encryption key.
+    AddMember {
+        key: PublicKey,
+        encryption_key: [u8; 32],
+    },
+    /// Remove a member institution (and its validator).
+    RemoveMember { key: PublicKey },
+    /// Appoint an auditor.
+    AppointAuditor { key: PublicKey },
+    /// Remove an auditor.
+    RemoveAuditor { key: PublicKey },
 }
 
 /// A grant id, chosen by the granting client (random); unique per patient.
@@ -136,6 +162,8 @@ impl Payload {
     const KIND_APPOINT_GUARDIAN: u8 = 10;
     const KIND_ROTATE_KEY: u8 = 11;
     const KIND_RECOVER_KEY: u8 = 12;
+    const KIND_PROPOSE: u8 = 13;
+    const KIND_VOTE: u8 = 14;
 
     fn kind(&self) -> u8 {
         match self {
@@ -151,6 +179,8 @@ impl Payload {
             Self::AppointGuardian { .. } => Self::KIND_APPOINT_GUARDIAN,
             Self::RotateKey { .. } => Self::KIND_ROTATE_KEY,
             Self::RecoverKey { .. } => Self::KIND_RECOVER_KEY,
+            Self::Propose { .. } => Self::KIND_PROPOSE,
+            Self::Vote { .. } => Self::KIND_VOTE,
         }
     }
 
@@ -236,6 +266,35 @@ impl Payload {
                 out.extend_from_slice(new_key.as_ref());
                 out.extend_from_slice(encryption_key);
             }
+            Self::Propose { proposal, action } => {
+                out.extend_from_slice(proposal);
+                match action {
+                    GovernanceAction::AddMember {
+                        key,
+                        encryption_key,
+                    } => {
+                        out.push(1);
+                        out.extend_from_slice(key.as_ref());
+                        out.extend_from_slice(encryption_key);
+                    }
+                    GovernanceAction::RemoveMember { key } => {
+                        out.push(2);
+                        out.extend_from_slice(key.as_ref());
+                    }
+                    GovernanceAction::AppointAuditor { key } => {
+                        out.push(3);
+                        out.extend_from_slice(key.as_ref());
+                    }
+                    GovernanceAction::RemoveAuditor { key } => {
+                        out.push(4);
+                        out.extend_from_slice(key.as_ref());
+                    }
+                }
+            }
+            Self::Vote { proposal, approve } => {
+                out.extend_from_slice(proposal);
+                out.push(u8::from(*approve));
+            }
         }
     }
 
@@ -318,6 +377,34 @@ impl Payload {
                 patient: reader.array()?,
                 new_key: reader.public_key()?,
                 encryption_key: reader.array()?,
+            },
+            Self::KIND_PROPOSE => {
+                let proposal = reader.array()?;
+                let action = match reader.u8()? {
+                    1 => GovernanceAction::AddMember {
+                        key: reader.public_key()?,
+                        encryption_key: reader.array()?,
+                    },
+                    2 => GovernanceAction::RemoveMember {
+                        key: reader.public_key()?,
+                    },
+                    3 => GovernanceAction::AppointAuditor {
+                        key: reader.public_key()?,
+                    },
+                    4 => GovernanceAction::RemoveAuditor {
+                        key: reader.public_key()?,
+                    },
+                    _ => return Err(Error::OutOfRange("governance action")),
+                };
+                Self::Propose { proposal, action }
+            }
+            Self::KIND_VOTE => Self::Vote {
+                proposal: reader.array()?,
+                approve: match reader.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(Error::OutOfRange("vote")),
+                },
             },
             other => return Err(Error::UnknownPayload(other)),
         };
@@ -590,6 +677,23 @@ mod tests {
                 patient: [1; 16],
                 new_key: key.public_key(),
                 encryption_key: [8; 32],
+            },
+            Payload::Propose {
+                proposal: [9; 16],
+                action: GovernanceAction::AddMember {
+                    key: key.public_key(),
+                    encryption_key: [10; 32],
+                },
+            },
+            Payload::Propose {
+                proposal: [9; 16],
+                action: GovernanceAction::RemoveAuditor {
+                    key: key.public_key(),
+                },
+            },
+            Payload::Vote {
+                proposal: [9; 16],
+                approve: true,
             },
         ];
         for payload in payloads {
