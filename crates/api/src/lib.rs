@@ -40,6 +40,8 @@ pub struct ApiState<B: Blob> {
     pub store: Arc<ehrchain_storage::BlobStore>,
     /// This node's institution's X25519 key, if it releases keys wrapped for its institution.
     pub institution_key: Option<ehrchain_crypto::EncryptionKey>,
+    /// Where this node keeps the keys of its custodial patients (`<patient id>.key`).
+    pub custody_dir: Option<std::path::PathBuf>,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).

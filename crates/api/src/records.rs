@@ -384,14 +384,30 @@ fn rewrap<B: Blob>(
             "no key is wrapped for this reader here; ask the node of an institution that holds one",
         )
     };
-    let key = state.institution_key.as_ref().ok_or_else(none)?;
-    let held = wraps
-        .iter()
-        .find(|w| w.recipient == key.public())
-        .ok_or_else(none)?;
     let patient = state
         .chain
         .read(|s| s.latest(record).map(|v| v.anchor.patient))
+        .ok_or_else(none)?;
+    // The keys this node holds: its institution's, and a custodial patient's.
+    let custodial = state.custody_dir.as_ref().and_then(|dir| {
+        let text =
+            std::fs::read_to_string(dir.join(format!("{}.key", hex::encode(patient)))).ok()?;
+        let seed: [u8; 32] = hex::decode(text.trim()).ok()?.try_into().ok()?;
+        Some(ehrchain_crypto::EncryptionKey::from_seed(&seed))
+    });
+    let held_keys: Vec<&ehrchain_crypto::EncryptionKey> = state
+        .institution_key
+        .iter()
+        .chain(custodial.iter())
+        .collect();
+    let (held, key) = held_keys
+        .iter()
+        .find_map(|k| {
+            wraps
+                .iter()
+                .find(|w| w.recipient == k.public())
+                .map(|w| (w, k))
+        })
         .ok_or_else(none)?;
     let binding = ehrchain_crypto::Binding {
         record: *record,

@@ -511,6 +511,59 @@ pub(crate) fn recover_key(
     Ok(())
 }
 
+/// Whether `signer` (an institution or a clinician) may write a record of `patient`: the
+/// patient's home institution and its clinicians (the care relationship of registration);
+/// the author of an earlier version of the same record; a grant with write (`correct`)
+/// covering the type, to the signer or its institution; or an open break-glass.
+pub(crate) fn may_write(
+    view: &impl Reader,
+    signer: &PublicKey,
+    at: At,
+    patient: &crate::state::PatientEntry,
+    anchor: &ehrchain_types::RecordAnchor,
+) -> Result<(), Rejection> {
+    let identity = view
+        .identity(signer)
+        .ok_or(Rejection::Unauthorized("unknown writer"))?;
+    let institution = match &identity.role {
+        Role::Institution => signer.clone(),
+        Role::Clinician { institution } => institution.clone(),
+        _ => {
+            return Err(Rejection::Unauthorized(
+                "only an institution or an enrolled clinician writes records",
+            ));
+        }
+    };
+    if institution == patient.home {
+        return Ok(());
+    }
+    let keys: Vec<&PublicKey> = std::iter::once(signer)
+        .chain(identity.previous.iter())
+        .collect();
+    if keys.iter().any(|k| view.authored(&anchor.record, k)) {
+        return Ok(());
+    }
+    let grants = view.grants(&anchor.patient);
+    let granted = keys.iter().any(|key| {
+        grants.iter().any(|g| {
+            g.active(at.time_ms)
+                && g.allows_action(Action::Write)
+                && (g.types.is_empty() || g.types.contains(&anchor.resource_type))
+                && (g.grantee == key_bytes(key) || g.grantee == key_bytes(&institution))
+        })
+    });
+    let glass = view
+        .break_glass(signer, &anchor.patient)
+        .is_some_and(|g| at.time_ms < g.until_ms);
+    if granted || glass {
+        Ok(())
+    } else {
+        Err(Rejection::Unauthorized(
+            "no consent to write this patient's records",
+        ))
+    }
+}
+
 /// Decide a read attempt and record it, with any findings.
 pub(crate) fn access(
     view: &impl Reader,
@@ -1394,5 +1447,66 @@ mod tests {
             .map(|_| ()),
             Err(state::Rejection::RetiredKey)
         );
+    }
+
+    #[test]
+    fn writes_need_the_home_institution_an_earlier_version_or_write_consent() {
+        let mut w = World::new(Rules::default());
+        let anchor = |record: RecordId, version: u32, resource_type: u8| {
+            Payload::RecordAnchor(RecordAnchor {
+                record,
+                version,
+                patient: P1,
+                resource_type,
+                ciphertext_hash: sha256(&[&record, &version.to_be_bytes()]),
+                ciphertext_size: 10,
+                timestamp_ms: 0,
+            })
+        };
+        // Clinician B works at hospital B; patient 1 is registered at hospital A.
+        assert_eq!(
+            w.run(&clinician_b(), anchor([0x21; 16], 1, 2)).map(|_| ()),
+            Err(state::Rejection::Unauthorized(
+                "no consent to write this patient's records"
+            ))
+        );
+        assert!(w.run(&hospital_b(), anchor([0x21; 16], 1, 2)).is_err());
+        for other in [patient_1(), auditor(), stranger()] {
+            assert!(w.run(&other, anchor([0x21; 16], 1, 2)).is_err());
+        }
+        // A read-only grant is not enough; a write grant for Observations is, for them only.
+        w.grant(&patient_1(), &clinician_b(), 1, w.time_ms + HOUR)
+            .unwrap();
+        assert!(w.run(&clinician_b(), anchor([0x21; 16], 1, 2)).is_err());
+        let until = w.time_ms + HOUR;
+        w.ok(
+            &patient_1(),
+            Payload::Grant(ConsentGrant {
+                id: [2; 16],
+                patient: P1,
+                grantee: clinician_b().public_key(),
+                actions: 2,
+                types: vec![2],
+                purposes: Vec::new(),
+                valid_from_ms: w.time_ms,
+                valid_until_ms: until,
+                share: Digest::from([0; 32]),
+            }),
+        );
+        w.ok(&clinician_b(), anchor([0x21; 16], 1, 2));
+        assert!(w.run(&clinician_b(), anchor([0x22; 16], 1, 3)).is_err());
+        // Revoked: no new records; the home institution's clinicians write as ever.
+        w.ok(
+            &patient_1(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [2; 16],
+            },
+        );
+        assert!(w.run(&clinician_b(), anchor([0x23; 16], 1, 2)).is_err());
+        // ...but the author of an earlier version may still amend it.
+        w.ok(&clinician_b(), anchor([0x21; 16], 2, 2));
+        w.ok(&clinician_a(), anchor([0x24; 16], 1, 3));
+        w.ok(&hospital_a(), anchor([0x25; 16], 1, 3));
     }
 }

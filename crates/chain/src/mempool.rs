@@ -6,13 +6,16 @@
 
 use crate::state::{At, Reader, Rejection};
 
-/// Where admission checks run: before any block. Time-dependent rules (expiry) are checked
-/// again when the transaction is executed in its block.
-const ADMISSION: At = At {
-    height: 0,
-    time_ms: 0,
-    index: 0,
-};
+/// Where admission checks run: on the finalized state, at its newest block time.
+/// Time-dependent rules (expiry) are checked again when the transaction is executed in its
+/// block.
+fn admission(state: &impl Reader) -> At {
+    At {
+        height: 0,
+        time_ms: state.time_ms(),
+        index: 0,
+    }
+}
 use ehrchain_types::{Digest, PublicKey, Transaction};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -73,9 +76,12 @@ impl Mempool {
                 // Not yet its turn; it is checked again when it fails again.
                 continue;
             }
-            let Err(reason) =
-                crate::state::apply(state, &mut crate::state::Delta::default(), ADMISSION, tx)
-            else {
+            let Err(reason) = crate::state::apply(
+                state,
+                &mut crate::state::Delta::default(),
+                admission(state),
+                tx,
+            ) else {
                 continue;
             };
             let signer = tx.body.signer.clone();
@@ -137,7 +143,12 @@ impl Mempool {
         if tx.body.nonce == expected {
             // The signer's next transaction: check it fully against the finalized state so
             // that an unauthorized or impossible request is refused now, with its reason.
-            crate::state::apply(state, &mut crate::state::Delta::default(), ADMISSION, &tx)?;
+            crate::state::apply(
+                state,
+                &mut crate::state::Delta::default(),
+                admission(state),
+                &tx,
+            )?;
         }
         let id = tx.id();
         if self.by_id.contains_key(&id) {

@@ -154,6 +154,8 @@ pub trait Reader {
     /// The height at which `key` was rotated away, if it was.
     fn retired(&self, key: &PublicKey) -> Option<u64>;
     fn proposal(&self, id: &ProposalId) -> Option<Proposal>;
+    /// Block time of the newest block this view includes.
+    fn time_ms(&self) -> u64;
     /// How many member institutions there are.
     fn member_count(&self) -> u32;
     /// Reads by `actor` counted in supervision window `window`.
@@ -461,6 +463,10 @@ impl<R: Reader> Reader for Layered<'_, R> {
         member_change(self.base.member_count(), [self.delta])
     }
 
+    fn time_ms(&self) -> u64 {
+        self.delta.time_ms.max(self.base.time_ms())
+    }
+
     fn rules(&self) -> Rules {
         self.base.rules()
     }
@@ -610,6 +616,7 @@ fn apply_payload(
                     got: anchor.version,
                 });
             }
+            access::may_write(view, signer, at, &patient, anchor)?;
             delta.versions.insert(
                 (anchor.record, anchor.version),
                 RecordVersion {
@@ -846,11 +853,6 @@ impl State {
         self.time_ms = self.time_ms.max(delta.time_ms);
     }
 
-    /// Block time of the newest committed block.
-    pub fn time_ms(&self) -> u64 {
-        self.time_ms
-    }
-
     /// A patient's access trail, oldest first.
     pub fn patient_events(&self, patient: &PatientId) -> Vec<((u64, u32), &AccessEvent)> {
         self.patient_events
@@ -1009,6 +1011,10 @@ impl Reader for State {
         self.members.len() as u32
     }
 
+    fn time_ms(&self) -> u64 {
+        self.time_ms
+    }
+
     fn rules(&self) -> Rules {
         self.rules
     }
@@ -1109,6 +1115,13 @@ impl Reader for Overlay<'_> {
 
     fn member_count(&self) -> u32 {
         member_change(self.base.member_count(), self.deltas.iter().copied())
+    }
+
+    fn time_ms(&self) -> u64 {
+        self.deltas
+            .iter()
+            .map(|d| d.time_ms)
+            .fold(self.base.time_ms(), u64::max)
     }
 
     fn rules(&self) -> Rules {

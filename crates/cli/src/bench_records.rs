@@ -186,6 +186,7 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
             let submitted = submitted.clone();
             let apis = apis.to_vec();
             let (total, rate, workers) = (args.records, args.rate.max(1), args.workers);
+            let validators = args.validators;
             std::thread::spawn(move || -> Result<usize> {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
@@ -198,7 +199,11 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let which = index % documents.len();
+                    // Each clinician writes for patients of its own institution (patient i
+                    // is registered by institution i mod n, clinician w works at w mod n).
+                    let n = validators;
+                    let slots = (documents.len() / n).max(1);
+                    let which = (((index / n) % slots) * n + worker % n) % documents.len();
                     let (_, patient_key) = &population.patients[which];
                     let started = Instant::now();
                     let readers = [*patient_key, *institution, clinician.encryption.public()];

@@ -153,6 +153,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             metrics: Box::new(move || commonware_runtime::Metrics::encode(&metrics_context)),
             store,
             institution_key: Some(institution_key),
+            custody_dir: Some(config.data_dir.join("custody")),
         });
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {

@@ -91,9 +91,13 @@ pub enum PatientCommand {
         /// The home institution's key file.
         #[arg(long)]
         key: PathBuf,
-        /// Where to write the patient's new key.
+        /// Where to write the patient's new key (a self-held key).
+        #[arg(long, required_unless_present = "custody", conflicts_with = "custody")]
+        out: Option<PathBuf>,
+        /// A custodial key instead: the home node's custody directory (`<data_dir>/custody`),
+        /// where the key is written as `<patient id>.key`. Run on the node's host.
         #[arg(long)]
-        out: PathBuf,
+        custody: Option<PathBuf>,
     },
     /// Erase a patient's records everywhere (crypto-shredding), signed by the patient or their
     /// home institution. The chain keeps a tombstone and the hashes.
@@ -669,8 +673,22 @@ fn register_new(
 
 pub fn patient(command: PatientCommand) -> Result<ExitCode> {
     match command {
-        PatientCommand::Register { api, key, out } => {
+        PatientCommand::Register {
+            api,
+            key,
+            out,
+            custody,
+        } => {
             let patient = random16();
+            let out = match (out, custody) {
+                (Some(out), _) => out,
+                (None, Some(dir)) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    dir.join(format!("{}.key", hex::encode(patient)))
+                }
+                (None, None) => bail!("give --out or --custody"),
+            };
             register_new(&api, &key, &out, |new| {
                 ehrchain_types::Payload::RegisterPatient {
                     patient,

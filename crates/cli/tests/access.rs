@@ -46,6 +46,12 @@ fn read_ok(api: &str, key: &Path, record: &str, purpose: &str) -> String {
     wait_until("a readable record", Duration::from_secs(30), || {
         let output = read(api, key, record, purpose);
         let done = output.status.success();
+        if !done {
+            eprintln!(
+                "retrying a read: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
         assert!(
             done || {
                 let stderr = String::from_utf8_lossy(&output.stderr);
@@ -466,6 +472,97 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     }
     let all: Value = serde_json::from_str(&ok(cli(&["access", "log", "--api", &api0]))).unwrap();
     assert!(all["events"].as_array().unwrap().len() > events.len());
+    // A custodial patient, whose key the home node (hospital A) holds. Clinician B writes
+    // under a write-only grant; under break-glass, clinician A gets the key from node 0,
+    // which unwraps it with the custodial key (hospital A holds no wrap of its own for it).
+    let custody = net.join("node-0/data/custody");
+    let p3 = ok(cli(&[
+        "patient",
+        "register",
+        "--api",
+        &api0,
+        "--key",
+        path(&hospital_a),
+        "--custody",
+        path(&custody),
+    ]))
+    .trim()
+    .to_string();
+    let p3_key = custody.join(format!("{p3}.key"));
+    let write_only: Value = serde_json::from_str(&ok(cli(&[
+        "consent",
+        "grant",
+        "--api",
+        &api0,
+        "--key",
+        path(&p3_key),
+        "--patient",
+        &p3,
+        "--grantee",
+        &dr_b,
+        "--action",
+        "correct",
+    ])))
+    .unwrap();
+    assert_eq!(write_only["records_shared"], 0);
+    let p3_file = inputs.join("patient-3.json");
+    std::fs::write(
+        &p3_file,
+        serde_json::to_vec(&ehrchain_fhir::synth::Generator::new(7).record(&p3, 1)).unwrap(),
+    )
+    .unwrap();
+    let written: Value = serde_json::from_str(&ok(cli(&[
+        "record",
+        "put",
+        "--api",
+        &api1,
+        "--key",
+        path(&clinician_b),
+        "--file",
+        path(&p3_file),
+    ])))
+    .unwrap();
+    let p3_record = written["record"].as_str().unwrap().to_string();
+    // The author reads back what it wrote; write consent gives nobody else a read.
+    let own = read_ok(&api1, &clinician_b, &p3_record, "TREAT");
+    assert_eq!(own.trim_end().as_bytes(), std::fs::read(&p3_file).unwrap());
+    refused(
+        &read(&api0, &clinician_a, &p3_record, "ETREAT"),
+        "no-consent",
+    );
+    ok(cli(&[
+        "breakglass",
+        "--api",
+        &api0,
+        "--key",
+        path(&clinician_a),
+        "--patient",
+        &p3,
+        "--reason",
+        "2",
+    ]));
+    let released = read_ok(&api0, &clinician_a, &p3_record, "ETREAT");
+    assert_eq!(
+        released.trim_end().as_bytes(),
+        std::fs::read(&p3_file).unwrap()
+    );
+    // Another node holds the envelope (once it has fetched it) but no key it could release.
+    let mut elsewhere = None;
+    wait_until(
+        "node 2 to hold the envelope",
+        Duration::from_secs(30),
+        || {
+            let output = read(&api2, &clinician_a, &p3_record, "ETREAT");
+            let fetched = !String::from_utf8_lossy(&output.stderr).contains("503");
+            elsewhere = Some(output);
+            fetched
+        },
+    );
+    refused(
+        &elsewhere.unwrap(),
+        "no key is wrapped for this reader here",
+    );
+
     // Key rotation: the old key is refused, the identity keeps its rights under the new one.
     let clinician_b2 = inputs.join("dr-b-2.key");
     ok(cli(&[
