@@ -4,6 +4,8 @@
 //! 4xx status that names the problem; they never carry request contents.
 
 pub mod access;
+pub mod fhir;
+pub mod gateway;
 pub mod proof;
 pub mod records;
 
@@ -40,8 +42,11 @@ pub struct ApiState<B: Blob> {
     pub store: Arc<ehrchain_storage::BlobStore>,
     /// This node's institution's X25519 key, if it releases keys wrapped for its institution.
     pub institution_key: Option<ehrchain_crypto::EncryptionKey>,
-    /// Where this node keeps the keys of its custodial patients (`<patient id>.key`).
+    /// Where this node keeps the keys it holds for others: custodial patients'
+    /// (`<patient id>.key`) and the decryption keys of identities it serves (`<key>.enc`).
     pub custody_dir: Option<std::path::PathBuf>,
+    /// The FHIR gateway: tokens and on-chain sessions.
+    pub gateway: gateway::Gateway,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
@@ -75,6 +80,7 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .merge(records::routes::<B>())
         .merge(access::routes::<B>())
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .merge(fhir::routes::<B>())
         .with_state(state)
 }
 
@@ -249,6 +255,14 @@ fn payload_json(payload: &Payload) -> Value {
             "patient": hex::encode(patient),
             "new_key": new_key.to_string(),
             "encryption_key": hex::encode(encryption_key),
+        }),
+        Payload::OpenSession {
+            identity,
+            assertion,
+        } => json!({
+            "kind": "open_session",
+            "identity": identity.to_string(),
+            "assertion_sha256": hex::encode(ehrchain_types::sha256(&[assertion])),
         }),
     }
 }

@@ -564,6 +564,99 @@ pub(crate) fn may_write(
     }
 }
 
+/// How long a gateway session lasts, from the block that opens it (block time).
+pub const SESSION_MS: u64 = 15 * 60 * 1000;
+/// How far past block time a client assertion may expire (SMART: at most 5 minutes after it
+/// was made; the rest is room for clock skew and the time to commit).
+pub const ASSERTION_AHEAD_MS: u64 = 10 * 60 * 1000;
+
+/// Who a transaction acts for: its signer, or, when the signer is a live gateway session key,
+/// the session's identity. A session carries only record and consent operations.
+pub(crate) fn actor(
+    view: &impl Reader,
+    at: At,
+    signer: &PublicKey,
+    payload: &ehrchain_types::Payload,
+) -> Result<PublicKey, Rejection> {
+    use ehrchain_types::Payload as P;
+    let Some(session) = view.session(signer) else {
+        return Ok(signer.clone());
+    };
+    if at.time_ms >= session.expires_ms {
+        return Err(Rejection::Unauthorized(
+            "the session has ended; ask for a new token",
+        ));
+    }
+    if view.retired(&session.identity).is_some() || view.identity(&session.identity).is_none() {
+        return Err(Rejection::RetiredKey);
+    }
+    match payload {
+        P::RecordAnchor(_)
+        | P::Access { .. }
+        | P::Grant(_)
+        | P::Revoke { .. }
+        | P::BreakGlass { .. }
+        | P::ErasePatient { .. }
+        | P::AppointGuardian { .. } => Ok(session.identity),
+        _ => Err(Rejection::Unauthorized(
+            "a gateway session may not carry this operation",
+        )),
+    }
+}
+
+/// Open a gateway session for `identity`: the signer is a fresh session key, the assertion a
+/// JWT signed by the identity's key (EdDSA) that has not expired and opened no session before.
+pub(crate) fn open_session(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    identity: &PublicKey,
+    assertion: &[u8],
+) -> Result<(), Rejection> {
+    if view.identity(signer).is_some() || view.session(signer).is_some() {
+        return Err(Rejection::AlreadyRegistered);
+    }
+    if view.identity(identity).is_none() || view.retired(identity).is_some() {
+        return Err(Rejection::Unauthorized(
+            "sessions are opened for registered identities only",
+        ));
+    }
+    let text = std::str::from_utf8(assertion)
+        .map_err(|_| Rejection::Malformed("malformed client assertion"))?;
+    let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
+    let claims = ehrchain_crypto::jwt::verify(text, &key).map_err(|error| match error {
+        ehrchain_crypto::jwt::JwtError::Signature | ehrchain_crypto::jwt::JwtError::Subject => {
+            Rejection::Unauthorized("the client assertion is not signed by the identity's key")
+        }
+        _ => Rejection::Malformed("malformed client assertion"),
+    })?;
+    let exp_ms = claims.exp.saturating_mul(1000);
+    if exp_ms <= at.time_ms {
+        return Err(Rejection::Unauthorized("the client assertion has expired"));
+    }
+    if exp_ms > at.time_ms.saturating_add(ASSERTION_AHEAD_MS) {
+        return Err(Rejection::Unauthorized(
+            "the client assertion expires too far ahead",
+        ));
+    }
+    let hash = ehrchain_types::sha256(&[assertion]);
+    if view.assertion_used(&hash) {
+        return Err(Rejection::Unauthorized(
+            "this client assertion was already used",
+        ));
+    }
+    delta.assertions.insert(hash, signer.clone());
+    delta.sessions.insert(
+        signer.clone(),
+        crate::state::SessionEntry {
+            identity: identity.clone(),
+            expires_ms: at.time_ms.saturating_add(SESSION_MS),
+        },
+    );
+    Ok(())
+}
+
 /// Decide a read attempt and record it, with any findings.
 pub(crate) fn access(
     view: &impl Reader,
@@ -1508,5 +1601,101 @@ mod tests {
         w.ok(&clinician_b(), anchor([0x21; 16], 2, 2));
         w.ok(&clinician_a(), anchor([0x24; 16], 1, 3));
         w.ok(&hospital_a(), anchor([0x25; 16], 1, 3));
+    }
+
+    #[test]
+    fn a_gateway_session_acts_for_its_identity_within_limits() {
+        use commonware_codec::Encode as _;
+        use ehrchain_crypto::jwt;
+        let mut w = World::new(Rules::default());
+        let seed: [u8; 32] = clinician_a().encode().as_ref().try_into().unwrap();
+        let id = hex::encode(clinician_a().public_key().as_ref());
+        let assertion = |exp_ms: u64, jti: &str| {
+            jwt::sign(
+                &seed,
+                &jwt::Claims {
+                    iss: id.clone(),
+                    sub: id.clone(),
+                    aud: "http://node/auth/token".into(),
+                    exp: exp_ms / 1000,
+                    jti: jti.into(),
+                },
+            )
+            .into_bytes()
+        };
+        let open = |assertion: Vec<u8>, identity: &PrivateKey| Payload::OpenSession {
+            identity: identity.public_key(),
+            assertion,
+        };
+        let good = assertion(w.time_ms + 300_000, "a");
+        // An assertion checked against another identity's key, or expired, or too far
+        // ahead, opens nothing.
+        assert!(matches!(
+            w.run(&key(500), open(good.clone(), &clinician_b())),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        assert!(matches!(
+            w.run(
+                &key(501),
+                open(assertion(w.time_ms - 1_000, "b"), &clinician_a())
+            ),
+            Err(state::Rejection::Unauthorized(
+                "the client assertion has expired"
+            ))
+        ));
+        assert!(matches!(
+            w.run(
+                &key(502),
+                open(assertion(w.time_ms + 3_600_000, "c"), &clinician_a())
+            ),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        assert!(matches!(
+            w.run(&key(503), open(b"not a jwt".to_vec(), &clinician_a())),
+            Err(state::Rejection::Malformed(_))
+        ));
+        let session = key(504);
+        w.ok(&session, open(good.clone(), &clinician_a()));
+        // A replayed assertion opens no second session.
+        assert!(matches!(
+            w.run(&key(505), open(good, &clinician_a())),
+            Err(state::Rejection::Unauthorized(
+                "this client assertion was already used"
+            ))
+        ));
+        // The session reads as the clinician: the trail names the clinician, not the key.
+        w.ok(
+            &session,
+            Payload::Access {
+                record: R1,
+                purpose: Purpose::Treatment as u8,
+            },
+        );
+        let (_, event) = w.state.events().last().unwrap();
+        assert_eq!(event.actor, clinician_a().public_key());
+        assert!(matches!(event.outcome, Outcome::Allowed(Basis::Author)));
+        // It may not carry identity or governance operations.
+        assert!(matches!(
+            w.run(
+                &session,
+                Payload::RotateKey {
+                    new_key: key(506).public_key(),
+                    encryption_key: [1; 32],
+                }
+            ),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        // And it ends.
+        w.time_ms += SESSION_MS;
+        assert!(matches!(
+            w.run(
+                &session,
+                Payload::Access {
+                    record: R1,
+                    purpose: Purpose::Treatment as u8,
+                }
+            ),
+            Err(state::Rejection::Unauthorized(_))
+        ));
     }
 }

@@ -137,6 +137,14 @@ pub struct RecordVersion {
     pub transaction: Digest,
 }
 
+/// A gateway session: transactions signed by its key count as `identity`'s own until
+/// `expires_ms` (block time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub identity: PublicKey,
+    pub expires_ms: u64,
+}
+
 /// A state read interface, so execution can run over the finalized state plus overlays.
 pub trait Reader {
     fn nonce(&self, signer: &PublicKey) -> u64;
@@ -161,6 +169,10 @@ pub trait Reader {
     /// Reads by `actor` counted in supervision window `window`.
     fn reads(&self, actor: &PublicKey, window: u64) -> u32;
     fn rules(&self) -> Rules;
+    /// The session a key signs for, if it is a session key.
+    fn session(&self, key: &PublicKey) -> Option<SessionEntry>;
+    /// Whether a client assertion (by its SHA-256) already opened a session.
+    fn assertion_used(&self, hash: &Digest) -> bool;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -185,6 +197,10 @@ pub struct Delta {
     pub events: BTreeMap<(u64, u32), AccessEvent>,
     /// Supervision findings, by (height, position in block, sequence).
     pub findings: BTreeMap<(u64, u32, u8), Finding>,
+    /// Gateway sessions, by session key.
+    pub sessions: BTreeMap<PublicKey, SessionEntry>,
+    /// Client assertions that opened a session (SHA-256), with the session key.
+    pub assertions: BTreeMap<Digest, PublicKey>,
     /// Block time of the block these writes belong to.
     pub time_ms: u64,
 }
@@ -359,6 +375,17 @@ impl Delta {
             bytes.extend_from_slice(&finding.time_ms.to_be_bytes());
             bytes.extend_from_slice(finding.transaction.as_ref());
         }
+        bytes.extend_from_slice(&(self.sessions.len() as u64).to_be_bytes());
+        for (key, session) in &self.sessions {
+            bytes.extend_from_slice(key.as_ref());
+            bytes.extend_from_slice(session.identity.as_ref());
+            bytes.extend_from_slice(&session.expires_ms.to_be_bytes());
+        }
+        bytes.extend_from_slice(&(self.assertions.len() as u64).to_be_bytes());
+        for (hash, key) in &self.assertions {
+            bytes.extend_from_slice(hash.as_ref());
+            bytes.extend_from_slice(key.as_ref());
+        }
         sha256(&[&bytes])
     }
 }
@@ -470,6 +497,17 @@ impl<R: Reader> Reader for Layered<'_, R> {
     fn rules(&self) -> Rules {
         self.base.rules()
     }
+
+    fn session(&self, key: &PublicKey) -> Option<SessionEntry> {
+        match self.delta.sessions.get(key) {
+            Some(session) => Some(session.clone()),
+            None => self.base.session(key),
+        }
+    }
+
+    fn assertion_used(&self, hash: &Digest) -> bool {
+        self.delta.assertions.contains_key(hash) || self.base.assertion_used(hash)
+    }
 }
 
 /// A member count after the admissions and removals of `deltas`.
@@ -505,7 +543,8 @@ fn apply_payload(
     at: At,
     tx: &Transaction,
 ) -> Result<(), Rejection> {
-    let signer = &tx.body.signer;
+    let actor = access::actor(view, at, &tx.body.signer, &tx.body.payload)?;
+    let signer = &actor;
     let height = at.height;
     match &tx.body.payload {
         Payload::Anchor { label, digest } => {
@@ -665,6 +704,10 @@ fn apply_payload(
         Payload::Vote { proposal, approve } => {
             governance::vote(view, delta, signer, at, proposal, *approve)?
         }
+        Payload::OpenSession {
+            identity,
+            assertion,
+        } => access::open_session(view, delta, signer, at, identity, assertion)?,
         Payload::RecoverKey {
             patient,
             new_key,
@@ -727,6 +770,8 @@ pub fn apply(
     delta.members.extend(writes.members);
     delta.events.extend(writes.events);
     delta.findings.extend(writes.findings);
+    delta.sessions.extend(writes.sessions);
+    delta.assertions.extend(writes.assertions);
     delta.time_ms = at.time_ms;
     delta.nonces.insert(tx.body.signer.clone(), expected + 1);
     Ok(())
@@ -766,6 +811,8 @@ pub struct State {
     members: std::collections::BTreeSet<PublicKey>,
     events: BTreeMap<(u64, u32), AccessEvent>,
     findings: BTreeMap<(u64, u32, u8), Finding>,
+    sessions: BTreeMap<PublicKey, SessionEntry>,
+    assertions: BTreeMap<Digest, PublicKey>,
     rules: Rules,
     /// Block time of the newest committed block.
     time_ms: u64,
@@ -850,6 +897,8 @@ impl State {
             self.events.insert(key, event);
         }
         self.findings.extend(delta.findings);
+        self.sessions.extend(delta.sessions);
+        self.assertions.extend(delta.assertions);
         self.time_ms = self.time_ms.max(delta.time_ms);
     }
 
@@ -1018,6 +1067,14 @@ impl Reader for State {
     fn rules(&self) -> Rules {
         self.rules
     }
+
+    fn session(&self, key: &PublicKey) -> Option<SessionEntry> {
+        self.sessions.get(key).cloned()
+    }
+
+    fn assertion_used(&self, hash: &Digest) -> bool {
+        self.assertions.contains_key(hash)
+    }
 }
 
 /// A chain of not-yet-finalized deltas over the finalized state, newest first.
@@ -1126,6 +1183,18 @@ impl Reader for Overlay<'_> {
 
     fn rules(&self) -> Rules {
         self.base.rules()
+    }
+
+    fn session(&self, key: &PublicKey) -> Option<SessionEntry> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.sessions.get(key).cloned())
+            .or_else(|| self.base.session(key))
+    }
+
+    fn assertion_used(&self, hash: &Digest) -> bool {
+        self.deltas.iter().any(|d| d.assertions.contains_key(hash))
+            || self.base.assertion_used(hash)
     }
 }
 

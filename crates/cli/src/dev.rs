@@ -125,6 +125,12 @@ fn base64url(bytes: &[u8]) -> String {
     out
 }
 
+/// The custody directory of node `index` of a dev network.
+fn custody_dir(dir: &Path, index: usize) -> Result<std::path::PathBuf> {
+    let config = crate::config::NodeConfig::load(&dir.join(format!("node-{index}/config.toml")))?;
+    Ok(config.data_dir.join("custody"))
+}
+
 /// Fill a fresh demo network: two clinicians at two institutions, two patients (one per
 /// home institution) with a year of synthetic records each, the genesis auditor, and
 /// `identities.json` so that any client can sign in as them. Returns the number of records written.
@@ -152,6 +158,13 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
             },
         )?;
         session.submit_and_wait(&enroll)?;
+        // The clinician's institution node keeps the clinician's decryption key (not the
+        // signing seed), so that it can open what the clinician may read through FHIR.
+        let custody = custody_dir(dir, home)?;
+        ehrchain_api::gateway::write_secret(
+            &custody.join(format!("{}.enc", clinician.public)),
+            &clinician.encryption.secret_bytes(),
+        )?;
         identities.push(serde_json::json!({
             "id": clinician.public.to_string(),
             "role": "clinician",
@@ -179,6 +192,11 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         )?;
         session.submit_and_wait(&register)?;
         let patient_id = hex::encode(id);
+        // Custodial: the home node holds the patient's key too.
+        ehrchain_api::gateway::write_secret(
+            &custody_dir(dir, home)?.join(format!("{patient_id}.key")),
+            &seed,
+        )?;
         identities.push(serde_json::json!({
             "id": patient.public.to_string(),
             "role": "patient",

@@ -31,6 +31,8 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
     crate::logging::init(&config.log_format);
     let genesis = load_genesis(&config.genesis)?;
     let signer = read_key(&config.key_file)?;
+    // The FHIR gateway registers patients with the institution's (this validator's) key.
+    let gateway_key = read_key(&config.key_file)?;
     // The institution's X25519 key: it unwraps what is wrapped for the institution, to release
     // it to a reader the access contract allowed.
     let institution_key =
@@ -154,6 +156,10 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             store,
             institution_key: Some(institution_key),
             custody_dir: Some(config.data_dir.join("custody")),
+            gateway: ehrchain_api::gateway::Gateway::new(
+                format!("http://{}", config.api_listen),
+                Some(gateway_key),
+            ),
         });
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {

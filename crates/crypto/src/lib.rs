@@ -14,6 +14,8 @@
 //! ```
 //! This crate does no I/O and holds no clock: it runs in tests, fuzzers and the CLI alike.
 
+pub mod jwt;
+
 use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit,
     aead::{Aead, Payload},
@@ -159,6 +161,27 @@ impl EncryptionKey {
 
     pub fn public(&self) -> EncryptionPublicKey {
         self.public
+    }
+
+    /// The X25519 private key itself, for a custodial key file: it decrypts, but unlike the
+    /// identity's seed it cannot sign.
+    pub fn secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(&self.secret.to_bytes());
+        bytes
+    }
+
+    /// A key from [`Self::secret_bytes`].
+    pub fn from_secret_bytes(bytes: &[u8; 32]) -> Result<Self, Error> {
+        let secret = <X25519HkdfSha256 as hpke::Kem>::PrivateKey::from_bytes(bytes)
+            .map_err(|_| Error::InvalidPublicKey)?;
+        let public = X25519HkdfSha256::sk_to_pk(&secret);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&public.to_bytes());
+        Ok(Self {
+            secret,
+            public: EncryptionPublicKey(out),
+        })
     }
 }
 
@@ -522,6 +545,13 @@ mod tests {
             open_for(&binding(), &envelope, &altered, &alice),
             Err(Error::Unwrap)
         );
+    }
+
+    #[test]
+    fn custodial_secret_bytes_give_back_the_same_key() {
+        let key = EncryptionKey::from_seed(&[5; 32]);
+        let again = EncryptionKey::from_secret_bytes(&key.secret_bytes()).unwrap();
+        assert_eq!(again.public(), key.public());
     }
 
     #[test]

@@ -6,6 +6,9 @@ pub const TRANSACTION_SIZE_BYTES_MAX: usize = 4 * 1024;
 /// Largest opaque payload carried by one transaction.
 pub const PAYLOAD_SIZE_BYTES_MAX: usize = 2 * 1024;
 
+/// Longest client assertion (JWT) an `OpenSession` carries.
+pub const SESSION_ASSERTION_BYTES_MAX: usize = 1024;
+
 /// Most transactions one block may carry.
 pub const BLOCK_TRANSACTIONS_MAX: usize = 16_384;
 
@@ -29,6 +32,7 @@ pub const GOSSIP_MESSAGE_BYTES_MAX: usize =
     4 + GOSSIP_BATCH_TRANSACTIONS_MAX * (4 + TRANSACTION_SIZE_BYTES_MAX);
 
 const _: () = assert!(PAYLOAD_SIZE_BYTES_MAX < TRANSACTION_SIZE_BYTES_MAX);
+const _: () = assert!(32 + 2 + SESSION_ASSERTION_BYTES_MAX <= PAYLOAD_SIZE_BYTES_MAX);
 const _: () = assert!(
     BLOCK_TRANSACTIONS_MAX * (4 + crate::transaction::TRANSACTION_SIZE_BYTES_MIN)
         <= BLOCK_SIZE_BYTES_MAX

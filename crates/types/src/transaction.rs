@@ -10,7 +10,7 @@
 
 use crate::{
     Digest, Error, PrivateKey, PublicKey, Reader, Signature, TRANSACTION_NAMESPACE,
-    limits::{PAYLOAD_SIZE_BYTES_MAX, TRANSACTION_SIZE_BYTES_MAX},
+    limits::{PAYLOAD_SIZE_BYTES_MAX, SESSION_ASSERTION_BYTES_MAX, TRANSACTION_SIZE_BYTES_MAX},
     sha256,
 };
 use commonware_codec::{DecodeExt, Encode};
@@ -82,6 +82,15 @@ pub enum Payload {
     },
     /// A member institution votes on an open proposal.
     Vote { proposal: ProposalId, approve: bool },
+    /// A FHIR gateway opens a session for an identity that logged in with a client assertion
+    /// (a JWT signed by the identity's key, SMART Backend Services). The signer is a fresh
+    /// session key held by the gateway; until the session ends, transactions it signs count
+    /// as the identity's own, for the operations a session may carry. An assertion opens one
+    /// session only.
+    OpenSession {
+        identity: PublicKey,
+        assertion: Vec<u8>,
+    },
 }
 
 /// A governance proposal id, chosen by the proposer (random).
@@ -164,6 +173,7 @@ impl Payload {
     const KIND_RECOVER_KEY: u8 = 12;
     const KIND_PROPOSE: u8 = 13;
     const KIND_VOTE: u8 = 14;
+    const KIND_OPEN_SESSION: u8 = 15;
 
     fn kind(&self) -> u8 {
         match self {
@@ -181,6 +191,7 @@ impl Payload {
             Self::RecoverKey { .. } => Self::KIND_RECOVER_KEY,
             Self::Propose { .. } => Self::KIND_PROPOSE,
             Self::Vote { .. } => Self::KIND_VOTE,
+            Self::OpenSession { .. } => Self::KIND_OPEN_SESSION,
         }
     }
 
@@ -295,6 +306,14 @@ impl Payload {
                 out.extend_from_slice(proposal);
                 out.push(u8::from(*approve));
             }
+            Self::OpenSession {
+                identity,
+                assertion,
+            } => {
+                out.extend_from_slice(identity.as_ref());
+                out.extend_from_slice(&(assertion.len() as u16).to_be_bytes());
+                out.extend_from_slice(assertion);
+            }
         }
     }
 
@@ -406,6 +425,17 @@ impl Payload {
                     _ => return Err(Error::OutOfRange("vote")),
                 },
             },
+            Self::KIND_OPEN_SESSION => {
+                let identity = reader.public_key()?;
+                let len = reader.u16()? as usize;
+                if len > SESSION_ASSERTION_BYTES_MAX {
+                    return Err(Error::OutOfRange("session assertion length"));
+                }
+                Self::OpenSession {
+                    identity,
+                    assertion: reader.take(len)?.to_vec(),
+                }
+            }
             other => return Err(Error::UnknownPayload(other)),
         };
         reader.finish()?;
@@ -677,6 +707,10 @@ mod tests {
                 patient: [1; 16],
                 new_key: key.public_key(),
                 encryption_key: [8; 32],
+            },
+            Payload::OpenSession {
+                identity: key.public_key(),
+                assertion: b"header.payload.signature".to_vec(),
             },
             Payload::Propose {
                 proposal: [9; 16],

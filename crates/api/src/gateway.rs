@@ -1,0 +1,415 @@
+//! The FHIR gateway's side of identity: SMART Backend Services tokens bound to on-chain
+//! sessions, the keys this node holds for the identities it serves, and committing
+//! transactions on their behalf.
+//!
+//! A client signs a JWT assertion with its identity key and posts it to `/auth/token`. The
+//! node checks it (signature, `aud`, `exp` at most 5 minutes ahead, `jti` never seen), makes a
+//! fresh session key, and commits an `OpenSession` carrying the assertion: every validator
+//! checks the signature again, refuses a replayed assertion, and from then on counts what the
+//! session key signs as the identity's own. The node cannot act for anyone who did not log in,
+//! and the trail names the identity, not the gateway.
+
+use crate::{ApiState, WAIT_MAX, fhir::FhirError};
+use axum::http::{HeaderMap, StatusCode, header};
+use commonware_cryptography::Signer as _;
+use commonware_runtime::Blob;
+use ehrchain_chain::{SubmitError, application::Location};
+use ehrchain_crypto::jwt;
+use ehrchain_types::{Payload, PrivateKey, PublicKey, Transaction, TransactionBody};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// How long an access token lives (the on-chain session lasts as long, from its block).
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// Most live tokens one node keeps.
+pub const TOKENS_MAX: usize = 10_000;
+/// Most remembered assertion ids (each until its `exp`).
+pub const JTIS_MAX: usize = 100_000;
+/// Furthest ahead an assertion may expire (SMART Backend Services: 5 minutes), plus skew.
+pub const ASSERTION_AHEAD: Duration = Duration::from_secs(5 * 60 + 60);
+
+/// A live access token.
+pub struct Token {
+    pub identity: PublicKey,
+    key: PrivateKey,
+    nonce: tokio::sync::Mutex<u64>,
+    expires: Instant,
+}
+
+/// The node's gateway: its URL, its institution's signing key, live tokens.
+pub struct Gateway {
+    /// The base URL clients reach this node at (`aud` is `{public_url}/auth/token`).
+    pub public_url: String,
+    /// The institution's (validator's) key, to register patients it is the home of.
+    pub institution: Option<PrivateKey>,
+    tokens: Mutex<HashMap<String, Arc<Token>>>,
+    jtis: Mutex<HashMap<String, u64>>,
+    institution_nonce: tokio::sync::Mutex<u64>,
+}
+
+impl Gateway {
+    pub fn new(public_url: String, institution: Option<PrivateKey>) -> Self {
+        Self {
+            public_url,
+            institution,
+            tokens: Mutex::default(),
+            jtis: Mutex::default(),
+            institution_nonce: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/auth/token", self.public_url)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::Rng;
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// An OAuth error answer (RFC 6749 §5.2).
+pub struct OAuthError(StatusCode, &'static str, String);
+
+impl axum::response::IntoResponse for OAuthError {
+    fn into_response(self) -> axum::response::Response {
+        (
+            self.0,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({
+                "error": self.1,
+                "error_description": self.2,
+            })),
+        )
+            .into_response()
+    }
+}
+
+fn invalid_client(why: impl Into<String>) -> OAuthError {
+    OAuthError(StatusCode::UNAUTHORIZED, "invalid_client", why.into())
+}
+
+#[derive(serde::Deserialize)]
+struct TokenRequest {
+    grant_type: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
+}
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// `POST /auth/token`: exchange a signed client assertion for a bearer token.
+pub async fn token<B: Blob>(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState<B>>>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, OAuthError> {
+    use axum::response::IntoResponse;
+    let request: TokenRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
+        OAuthError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected an application/x-www-form-urlencoded body".into(),
+        )
+    })?;
+    if request.grant_type.as_deref() != Some("client_credentials") {
+        return Err(OAuthError(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials".into(),
+        ));
+    }
+    if request.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
+        return Err(OAuthError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("client_assertion_type must be {ASSERTION_TYPE}"),
+        ));
+    }
+    let assertion = request.client_assertion.ok_or_else(|| {
+        OAuthError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_assertion is missing".into(),
+        )
+    })?;
+    let (claims, _, _) = jwt::parse(&assertion).map_err(|e| invalid_client(e.to_string()))?;
+    let identity = ehrchain_types::public_key_from_hex(&claims.sub)
+        .ok_or_else(|| invalid_client("sub must be an identity id (64 hex characters)"))?;
+    if state.chain.read(|s| {
+        use ehrchain_chain::state::Reader;
+        s.identity(&identity).is_none()
+    }) {
+        return Err(invalid_client("unknown identity"));
+    }
+    let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
+    let claims = jwt::verify(&assertion, &key).map_err(|e| invalid_client(e.to_string()))?;
+    if claims.aud != state.gateway.token_url() {
+        return Err(invalid_client(format!(
+            "aud must be this token endpoint, {}",
+            state.gateway.token_url()
+        )));
+    }
+    let now = now_ms();
+    let exp_ms = claims.exp.saturating_mul(1000);
+    if exp_ms <= now {
+        return Err(invalid_client("the assertion has expired"));
+    }
+    if exp_ms > now + ASSERTION_AHEAD.as_millis() as u64 {
+        return Err(invalid_client("exp may be at most 5 minutes ahead"));
+    }
+    {
+        let mut jtis = state.gateway.jtis.lock().expect("jti lock");
+        jtis.retain(|_, exp| *exp > now);
+        let id = format!("{}:{}", claims.sub, claims.jti);
+        if jtis.contains_key(&id) {
+            return Err(invalid_client("this assertion (jti) was already used"));
+        }
+        if jtis.len() >= JTIS_MAX {
+            return Err(OAuthError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many logins; retry shortly".into(),
+            ));
+        }
+        jtis.insert(id, exp_ms);
+    }
+    // A fresh session key, authorized on chain by the assertion itself.
+    let session = ehrchain_types::private_key_from_seed(&random_bytes::<32>())
+        .expect("32 random bytes are a seed");
+    let tx = TransactionBody {
+        chain_id: state.genesis.chain_id,
+        signer: session.public_key(),
+        nonce: 0,
+        payload: Payload::OpenSession {
+            identity: identity.clone(),
+            assertion: assertion.into_bytes(),
+        },
+    }
+    .sign(&session);
+    state
+        .chain
+        .submit(tx.bytes())
+        .map_err(|e| invalid_client(e.to_string()))?;
+    commit(&state, &tx)
+        .await
+        .map_err(|e| invalid_client(e.diagnostics().to_string()))?;
+    let access_token = hex::encode(random_bytes::<32>());
+    {
+        let mut tokens = state.gateway.tokens.lock().expect("token lock");
+        let now = Instant::now();
+        tokens.retain(|_, t| t.expires > now);
+        if tokens.len() >= TOKENS_MAX {
+            return Err(OAuthError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many live tokens; retry shortly".into(),
+            ));
+        }
+        tokens.insert(
+            access_token.clone(),
+            Arc::new(Token {
+                identity,
+                key: session,
+                nonce: tokio::sync::Mutex::new(1),
+                expires: now + TOKEN_LIFETIME - Duration::from_secs(30),
+            }),
+        );
+    }
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({
+            "access_token": access_token,
+            "token_type": "bearer",
+            "expires_in": TOKEN_LIFETIME.as_secs() - 30,
+            "scope": "system/*.*",
+        })),
+    )
+        .into_response())
+}
+
+/// The caller of a FHIR request, from its bearer token; 401 without a live one.
+pub fn caller<B: Blob>(state: &ApiState<B>, headers: &HeaderMap) -> Result<Arc<Token>, FhirError> {
+    let unauthorized = |why: &str| FhirError::new(StatusCode::UNAUTHORIZED, "login", why);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| unauthorized("a bearer token is required; get one at /auth/token"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
+    let tokens = state.gateway.tokens.lock().expect("token lock");
+    match tokens.get(token.trim()) {
+        Some(t) if t.expires > Instant::now() => Ok(t.clone()),
+        _ => Err(unauthorized("the token is unknown or has expired")),
+    }
+}
+
+fn submit_failure(error: &SubmitError) -> FhirError {
+    let response = crate::submit_error(error);
+    FhirError::new(response.0, "processing", &response.1)
+}
+
+/// Sign `payload` with the caller's session key and submit it; `before` runs after signing
+/// and before submission (to stage blobs), `undo` if the submission is refused.
+pub async fn submit_as<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    payload: Payload,
+) -> Result<Transaction, FhirError> {
+    let mut nonce = token.nonce.lock().await;
+    let tx = TransactionBody {
+        chain_id: state.genesis.chain_id,
+        signer: token.key.public_key(),
+        nonce: *nonce,
+        payload,
+    }
+    .sign(&token.key);
+    state
+        .chain
+        .submit(tx.bytes())
+        .map_err(|e| submit_failure(&e))?;
+    *nonce += 1;
+    Ok(tx)
+}
+
+/// Sign and submit with the session key, with `stage` run first and undone on refusal.
+pub async fn submit_staged<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    payload: Payload,
+    staged: Option<[u8; 32]>,
+) -> Result<Transaction, FhirError> {
+    let result = submit_as(state, token, payload).await;
+    if result.is_err()
+        && let Some(hash) = staged
+        && let Err(error) = state.store.unstage(&hash)
+    {
+        tracing::error!(%error, "cannot drop a refused upload");
+    }
+    result
+}
+
+/// Sign and submit with the institution's own key (patient registration).
+pub async fn submit_as_institution<B: Blob>(
+    state: &ApiState<B>,
+    payload: Payload,
+) -> Result<Transaction, FhirError> {
+    let key = state.gateway.institution.as_ref().ok_or_else(|| {
+        FhirError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this node registers no patients",
+        )
+    })?;
+    let mut last = state.gateway.institution_nonce.lock().await;
+    let mut nonce = (*last).max(state.chain.nonce(&key.public_key()));
+    // Another client of the same key (the operator's CLI) may hold a nonce: step past it.
+    for _ in 0..8 {
+        let tx = TransactionBody {
+            chain_id: state.genesis.chain_id,
+            signer: key.public_key(),
+            nonce,
+            payload: payload.clone(),
+        }
+        .sign(key);
+        match state.chain.submit(tx.bytes()) {
+            Ok(_) => {
+                *last = nonce + 1;
+                return Ok(tx);
+            }
+            Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Duplicate))
+            | Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Rejected(
+                ehrchain_chain::state::Rejection::StaleNonce { .. },
+            ))) => nonce += 1,
+            Err(error) => return Err(submit_failure(&error)),
+        }
+    }
+    Err(FhirError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the institution's account is busy; retry",
+    ))
+}
+
+/// Wait until `tx` commits; its rejection or a timeout is an error.
+pub async fn commit<B: Blob>(state: &ApiState<B>, tx: &Transaction) -> Result<Location, FhirError> {
+    let id = tx.id();
+    let mut committed = state.chain.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(location) = state.chain.location(&id) {
+            return Ok(location);
+        }
+        if let Some(reason) = state.chain.rejection(&id) {
+            return Err(FhirError::new(StatusCode::CONFLICT, "conflict", &reason));
+        }
+        if tokio::time::timeout_at(deadline, committed.changed())
+            .await
+            .is_err()
+        {
+            return Err(FhirError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the transaction did not commit in time; retry",
+            ));
+        }
+    }
+}
+
+/// The X25519 keys this node holds that may open records for `identity` of `patient`: the
+/// identity's custodial key (`custody/<identity>.enc`), the institution's key, and the
+/// custodial key of the patient (`custody/<patient>.key`). Which one opens a record is decided
+/// by the wraps; whether it may is decided by the chain before this is called.
+pub fn held_keys<B: Blob>(
+    state: &ApiState<B>,
+    identity: &PublicKey,
+    patient: &[u8; 16],
+) -> Vec<ehrchain_crypto::EncryptionKey> {
+    let mut keys = Vec::new();
+    if let Some(dir) = &state.custody_dir {
+        if let Some(secret) = read_hex32(dir.join(format!("{}.enc", hex::encode(identity))))
+            && let Ok(key) = ehrchain_crypto::EncryptionKey::from_secret_bytes(&secret)
+        {
+            keys.push(key);
+        }
+        if let Some(seed) = read_hex32(dir.join(format!("{}.key", hex::encode(patient)))) {
+            keys.push(ehrchain_crypto::EncryptionKey::from_seed(&seed));
+        }
+    }
+    keys.extend(state.institution_key.iter().cloned());
+    keys
+}
+
+fn read_hex32(path: PathBuf) -> Option<[u8; 32]> {
+    let text = std::fs::read_to_string(path).ok()?;
+    hex::decode(text.trim()).ok()?.try_into().ok()
+}
+
+/// Write a 32-byte secret as hex to a new file with mode 0600.
+pub fn write_secret(path: &std::path::Path, secret: &[u8; 32]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(hex::encode(secret).as_bytes())?;
+    file.sync_all()
+}

@@ -1,0 +1,76 @@
+//! The FHIR API as an ordinary FHIR client sees it: `ehrchain dev` starts a 4-validator demo
+//! network and writes `identities.json`, then `tests/fhir_client/journey.py` walks the user's
+//! journey with independently written tools (fhirpy for FHIR, PyJWT for the EdDSA client
+//! assertions, fhirclient's R4 models to validate every resource that comes back): SMART
+//! Backend Services login, a replayed assertion refused, a patient registered and records
+//! written as clinician A, search with paging, update and history, consent granted to
+//! clinician B at another institution, B reads, the patient revokes, B is refused (403), the
+//! patient and the auditor read the AuditEvents, and errors come back as OperationOutcomes.
+//!
+//! The Python interpreter is `$EHRCHAIN_PYTHON` (a virtual environment with `fhirpy`,
+//! `fhirclient` and `PyJWT[crypto]`; `scripts/test` makes one).
+
+mod common;
+
+use common::EXE;
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const P2P_PORT: u16 = 34_700;
+const API_PORT: u16 = 10_180;
+
+#[test]
+fn an_independent_fhir_client_walks_the_users_journey() {
+    let python = std::env::var("EHRCHAIN_PYTHON").expect(
+        "EHRCHAIN_PYTHON names a Python with fhirpy, fhirclient and PyJWT (scripts/test sets it)",
+    );
+    let dir = std::env::temp_dir().join(format!("ehrchain-fhir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut dev = Command::new(EXE)
+        .args(["dev", "--dir"])
+        .arg(dir.as_path())
+        .args([
+            "--p2p-port",
+            &P2P_PORT.to_string(),
+            "--api-port",
+            &API_PORT.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ehrchain dev");
+    let identities = dir.as_path().join("identities.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !identities.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the demo network never wrote identities.json"
+        );
+        assert!(dev.try_wait().unwrap().is_none(), "ehrchain dev stopped");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // identities.json is written once the demo data is in; give the file a moment to close.
+    std::thread::sleep(Duration::from_secs(1));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fhir_client/journey.py"
+    );
+    let output = Command::new(python)
+        .arg(script)
+        .arg(&identities)
+        .output()
+        .expect("run the Python journey");
+    let _ = dev.kill();
+    let _ = dev.wait();
+    // `dev` runs its nodes as children; they stop with it, but make sure.
+    let _ = Command::new("pkill").arg("-f").arg(dir.as_path()).status();
+    assert!(
+        output.status.success(),
+        "the FHIR journey failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

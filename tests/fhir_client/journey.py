@@ -1,0 +1,301 @@
+"""The user's journey through ehrchain's FHIR API with independently written tools.
+
+fhirpy (a FHIR client library) does every FHIR call; PyJWT with `cryptography` signs the
+SMART Backend Services client assertions (EdDSA); fhirclient's R4 (4.0.1) models, generated
+from the specification, validate every resource that comes back (strict: unknown or
+ill-typed elements fail). Nothing here knows ehrchain beyond the token endpoint and
+identities.json.
+
+The journey: a clinician at institution A registers a patient and writes records; searches
+them; the patient grants clinician B (another institution) read access; B reads; the patient
+revokes; B is refused (403, recorded on chain); the patient and the auditor read the
+AuditEvents. Also: 401 without a token, a replayed assertion refused, malformed JSON 400,
+an invalid resource 422, an oversized body 413, all as OperationOutcome.
+
+Usage: python journey.py IDENTITIES_JSON
+"""
+
+import base64
+import json
+import sys
+import time
+import uuid
+
+import jwt
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fhirclient.models import fhirelementfactory
+from fhirpy import SyncFHIRClient
+from fhirpy.base.exceptions import ForbiddenError
+from fhirpy.base.exceptions import OperationOutcome as FhirpyOutcome
+
+FHIR_JSON = "application/fhir+json"
+
+
+def validate(resource):
+    """Check a resource (and, for a Bundle, each entry) against the R4 models."""
+    kind = resource["resourceType"]
+    fhirelementfactory.FHIRElementFactory.instantiate(kind, resource)  # strict by default
+    # Instantiation above raises FHIRValidationError on unknown or ill-typed elements.
+    for entry in resource.get("entry", []) if kind == "Bundle" else []:
+        validate(entry["resource"])
+    return resource
+
+
+def seed_of(identity):
+    raw = identity["private_key"]
+    return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+
+
+def assertion(identity, jti=None):
+    key = Ed25519PrivateKey.from_private_bytes(seed_of(identity))
+    now = int(time.time())
+    claims = {
+        "iss": identity["id"],
+        "sub": identity["id"],
+        "aud": identity["api"] + "/auth/token",
+        "exp": now + 240,
+        "jti": jti or str(uuid.uuid4()),
+    }
+    return jwt.encode(claims, key, algorithm="EdDSA")
+
+
+def smart_token_url(api):
+    config = requests.get(api + "/.well-known/smart-configuration", timeout=30).json()
+    return config["token_endpoint"]
+
+
+def login(identity, signed=None):
+    response = requests.post(
+        smart_token_url(identity["api"]),
+        data={
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": signed or assertion(identity),
+        },
+        timeout=60,
+    )
+    return response
+
+
+def client(identity):
+    response = login(identity)
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    assert response.json()["token_type"].lower() == "bearer"
+    return SyncFHIRClient(
+        identity["api"] + "/fhir",
+        authorization="Bearer " + token,
+        extra_headers={"Accept": FHIR_JSON},
+    ), token
+
+
+def expect_outcome(response, status):
+    assert response.status_code == status, (status, response.status_code, response.text)
+    assert response.headers["Content-Type"].startswith(FHIR_JSON), response.headers
+    body = validate(response.json())
+    assert body["resourceType"] == "OperationOutcome", body
+    return body
+
+
+def main(path):
+    identities = json.load(open(path))
+    by_role = {}
+    for identity in identities:
+        by_role.setdefault(identity["role"], []).append(identity)
+    clinician_a, clinician_b = by_role["clinician"][:2]
+    assert clinician_a["institution"] != clinician_b["institution"]
+    auditor = by_role["auditor"][0]
+    api_a = clinician_a["api"]
+
+    # Discovery, without a token.
+    statement = validate(requests.get(api_a + "/fhir/metadata", timeout=30).json())
+    assert statement["fhirVersion"] == "4.0.1"
+    supported = {r["type"] for r in statement["rest"][0]["resource"]}
+    assert {"Patient", "Observation", "Consent", "AuditEvent"} <= supported
+
+    # No token: 401. A replayed assertion: refused.
+    expect_outcome(requests.get(api_a + "/fhir/Observation?patient=x", timeout=30), 401)
+    once = assertion(clinician_a)
+    assert login(clinician_a, once).status_code == 200
+    replay = login(clinician_a, once)
+    assert replay.status_code == 401 and replay.json()["error"] == "invalid_client", replay.text
+    forged = assertion(dict(clinician_a, private_key=clinician_b["private_key"]))
+    assert login(clinician_a, forged).status_code == 401
+
+    fhir_a, token_a = client(clinician_a)
+
+    # A registers a new patient (the server assigns the id) and writes records.
+    patient = fhir_a.resource(
+        "Patient",
+        name=[{"family": "Journeyperson", "given": ["Planted"]}],
+        gender="female",
+        birthDate="1984-03-09",
+    )
+    patient.save()
+    patient_id = patient.id
+    assert patient_id and patient["meta"]["versionId"] == "1"
+    validate(patient.serialize())
+    observations = []
+    for value, code, display in [(72, "8867-4", "Heart rate"), (37.1, "8310-5", "Body temperature")]:
+        observation = fhir_a.resource(
+            "Observation",
+            status="final",
+            category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+            code={"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+            subject={"reference": "Patient/" + patient_id},
+            effectiveDateTime="2026-11-20T10:00:00Z",
+            valueQuantity={"value": value, "unit": "1/min" if code == "8867-4" else "Cel"},
+        )
+        observation.save()
+        validate(observation.serialize())
+        observations.append(observation)
+    condition = fhir_a.resource(
+        "Condition",
+        clinicalStatus={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        code={"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertension"}]},
+        subject={"reference": "Patient/" + patient_id},
+        recordedDate="2026-11-20",
+    )
+    condition.save()
+
+    # An update makes version 2; the history has both.
+    observations[0]["valueQuantity"]["value"] = 74
+    observations[0].save()
+    assert observations[0]["meta"]["versionId"] == "2"
+    history = requests.get(
+        f"{api_a}/fhir/Observation/{observations[0].id}/_history",
+        headers={"Authorization": "Bearer " + token_a},
+        timeout=60,
+    )
+    assert history.status_code == 200
+    assert validate(history.json())["total"] == 2
+    old = requests.get(
+        f"{api_a}/fhir/Observation/{observations[0].id}/_history/1",
+        headers={"Authorization": "Bearer " + token_a},
+        timeout=60,
+    )
+    assert old.status_code == 200 and old.headers["ETag"] == 'W/"1"'
+    assert validate(old.json())["valueQuantity"]["value"] == 72
+
+    # Search as A: by patient, by code, with paging.
+    found = fhir_a.resources("Observation").search(patient=patient_id).fetch_all()
+    assert len(found) == 2, found
+    for resource in found:
+        validate(resource.serialize())
+    heart = fhir_a.resources("Observation").search(subject="Patient/" + patient_id, code="http://loinc.org|8867-4").fetch()
+    assert [r.id for r in heart] == [observations[0].id]
+    page = requests.get(
+        f"{api_a}/fhir/Observation?patient={patient_id}&_count=1",
+        headers={"Authorization": "Bearer " + token_a},
+        timeout=60,
+    ).json()
+    validate(page)
+    assert page["total"] == 2 and len(page["entry"]) == 1
+    assert any(link["relation"] == "next" for link in page["link"])
+
+    # Errors: malformed JSON 400, invalid resource 422, too large 413.
+    headers = {"Authorization": "Bearer " + token_a, "Content-Type": FHIR_JSON}
+    expect_outcome(requests.post(api_a + "/fhir/Observation", data=b"{not json", headers=headers, timeout=30), 400)
+    invalid = expect_outcome(
+        requests.post(api_a + "/fhir/Observation", json={"resourceType": "Observation", "subject": {"reference": "Patient/" + patient_id}}, headers=headers, timeout=30),
+        422,
+    )
+    assert "Journeyperson" not in json.dumps(invalid)
+    expect_outcome(requests.post(api_a + "/fhir/Binary", data=b"x" * (9 * 1024 * 1024), headers=headers, timeout=60), 413)
+
+    # The patient logs in (their home node keeps their key) and grants clinician B.
+    # The new patient is custodial: their key lives at A's node; they sign in there with a
+    # token of an identity from identities.json only, so the grant here is made by the demo
+    # patient whose home is A, on their own record.
+    demo_patient = next(p for p in by_role["patient"] if p["institution"] == clinician_a["institution"])
+    demo_patient_id = demo_patient["patient"]
+    fhir_p, token_p = client(demo_patient)
+    own = fhir_p.resources("Observation").search(patient=demo_patient_id).fetch()
+    assert own, "the demo patient has observations"
+    record = own[0]
+    validate(record.serialize())
+
+    fhir_b, token_b = client(clinician_b)
+    # Before consent, B is refused, and the refusal is an OperationOutcome.
+    refused = requests.get(
+        f"{clinician_b['api']}/fhir/Observation/{record.id}",
+        headers={"Authorization": "Bearer " + token_b},
+        timeout=60,
+    )
+    expect_outcome(refused, 403)
+
+    consent = fhir_p.resource(
+        "Consent",
+        status="active",
+        scope={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        category=[{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        patient={"reference": "Patient/" + demo_patient_id},
+        provision={
+            "type": "permit",
+            "actor": [{
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"reference": "Practitioner/" + clinician_b["practitioner"]},
+            }],
+            "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}],
+            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+            "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
+        },
+    )
+    consent.save()
+    validate(consent.serialize())
+    assert consent["status"] == "active"
+
+    # B reads through B's own node.
+    seen = None
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            seen = fhir_b.reference("Observation", record.id).to_resource()
+            break
+        except (FhirpyOutcome, ForbiddenError) as error:
+            # The envelope and the shared key reach B's node from its peers shortly.
+            if "does not hold the record yet" not in str(error) and "holds no key" not in str(error):
+                raise
+            time.sleep(0.5)
+    assert seen is not None and seen.id == record.id
+    validate(seen.serialize())
+    assert seen["code"] == record["code"]
+
+    # The patient revokes; B is refused again.
+    consent["status"] = "inactive"
+    consent.save()
+    assert consent["status"] == "inactive"
+    refused = requests.get(
+        f"{clinician_b['api']}/fhir/Observation/{record.id}",
+        headers={"Authorization": "Bearer " + token_b},
+        timeout=60,
+    )
+    body = expect_outcome(refused, 403)
+    assert "revoked" in json.dumps(body), body
+
+    # The trail: the patient sees their own, the auditor everyone's; B may not look.
+    trail = fhir_p.resources("AuditEvent").search(patient=demo_patient_id).fetch_all()
+    for event in trail:
+        validate(event.serialize())
+    readers = [(e["agent"][0]["who"]["reference"], e["outcome"]) for e in trail]
+    b_ref = "Practitioner/" + clinician_b["practitioner"]
+    assert (b_ref, "0") in readers and (b_ref, "4") in readers, readers
+    fhir_audit, _ = client(auditor)
+    everything = fhir_audit.resources("AuditEvent").search(_count=100).fetch()
+    assert everything, "the auditor sees the trail"
+    for event in everything:
+        validate(event.serialize())
+    expect_outcome(
+        requests.get(
+            f"{clinician_b['api']}/fhir/AuditEvent?patient={demo_patient_id}",
+            headers={"Authorization": "Bearer " + token_b},
+            timeout=30,
+        ),
+        403,
+    )
+    print("journey complete:", len(trail), "audit events for the patient")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
