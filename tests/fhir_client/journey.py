@@ -17,7 +17,10 @@ Usage: python journey.py IDENTITIES_JSON
 
 import base64
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -38,7 +41,8 @@ def validate(resource):
     fhirelementfactory.FHIRElementFactory.instantiate(kind, resource)  # strict by default
     # Instantiation above raises FHIRValidationError on unknown or ill-typed elements.
     for entry in resource.get("entry", []) if kind == "Bundle" else []:
-        validate(entry["resource"])
+        if "resource" in entry:
+            validate(entry["resource"])
     return resource
 
 
@@ -177,6 +181,68 @@ def main(path):
     )
     assert old.status_code == 200 and old.headers["ETag"] == 'W/"1"'
     assert validate(old.json())["valueQuantity"]["value"] == 72
+
+    auth_a = {"Authorization": "Bearer " + token_a}
+    # Provenance: block, transaction and an inclusion proof the CLI checks offline.
+    provenance = None
+    for _ in range(40):
+        response = requests.get(f"{api_a}/fhir/Provenance?target=Observation/{observations[0].id}", headers=auth_a, timeout=60)
+        if response.status_code == 200:
+            provenance = validate(response.json())
+            break
+        assert response.status_code == 503, response.text
+        time.sleep(0.5)
+    assert provenance and provenance["total"] == 2, provenance
+    newest = provenance["entry"][0]["resource"]
+    assert newest["target"][0]["reference"].endswith("/_history/2")
+    exe = os.environ.get("EHRCHAIN_EXE")
+    home = os.path.dirname(os.path.abspath(sys.argv[1]))
+    if exe:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(newest, f)
+        checked = subprocess.run([exe, "proof", "verify", "--proof", f.name, "--genesis", os.path.join(home, "genesis.json")], capture_output=True, text=True)
+        assert checked.returncode == 0 and checked.stdout.startswith("valid"), checked
+        # CLI parity: the CLI logs in the same way and its token works here.
+        cli_token = subprocess.run([exe, "auth", "token", "--api", api_a, "--key", os.path.join(home, "identities", "clinician-1.key")], capture_output=True, text=True, check=True).stdout.strip()
+        again = requests.get(f"{api_a}/fhir/Condition/{condition.id}", headers={"Authorization": "Bearer " + cli_token}, timeout=60)
+        assert again.status_code == 200, again.text
+
+    # $everything: the Patient first, then the records.
+    everything = requests.get(f"{api_a}/fhir/Patient/{patient_id}/$everything", headers=auth_a, timeout=60)
+    assert everything.status_code == 200, everything.text
+    everything = validate(everything.json())
+    assert everything["total"] == 4 and everything["entry"][0]["resource"]["resourceType"] == "Patient"
+
+    # A transaction Bundle: a new patient and two records that reference it by urn:uuid.
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+             "resource": {"resourceType": "Patient", "name": [{"family": "Bundleperson"}], "birthDate": "1990-01-01"},
+             "request": {"method": "POST", "url": "Patient"}},
+        ] + [
+            {"fullUrl": "urn:uuid:" + str(uuid.uuid4()),
+             "resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                          "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"},
+                          "effectiveDateTime": f"2026-11-2{i}", "valueQuantity": {"value": 60 + i}},
+             "request": {"method": "POST", "url": "Observation"}}
+            for i in range(2)
+        ],
+    }
+    answer = requests.post(api_a + "/fhir", json=transaction, headers={**auth_a, "Content-Type": FHIR_JSON}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    answer = validate(answer.json())
+    assert answer["type"] == "transaction-response" and len(answer["entry"]) == 3
+    assert all(e["response"]["status"] == "201 Created" for e in answer["entry"])
+    bundled_patient = answer["entry"][0]["response"]["location"].split("/")[1]
+    bundled = fhir_a.resources("Observation").search(patient=bundled_patient).fetch_all()
+    assert len(bundled) == 2 and all(o["subject"]["reference"] == "Patient/" + bundled_patient for o in bundled)
+    # An invalid entry fails the whole transaction, and nothing of it is stored.
+    transaction["entry"][2]["resource"].pop("status")
+    refused = expect_outcome(requests.post(api_a + "/fhir", json=transaction, headers={**auth_a, "Content-Type": FHIR_JSON}, timeout=60), 422)
+    assert "entry 2" in json.dumps(refused)
 
     # Search as A: by patient, by code, with paging.
     found = fhir_a.resources("Observation").search(patient=patient_id).fetch_all()

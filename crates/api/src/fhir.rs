@@ -118,6 +118,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         )
         .route("/auth/token", post(gateway::token::<B>))
         .route("/fhir/metadata", get(metadata::<B>))
+        .route("/fhir", post(bundle::<B>))
         .route("/fhir/AuditEvent", get(audit_events::<B>))
         .route(
             "/fhir/Consent",
@@ -129,7 +130,12 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         )
         .route("/fhir/{kind}", post(create::<B>).get(search::<B>))
         .route("/fhir/{kind}/{id}", get(read::<B>).put(update::<B>))
-        .route("/fhir/{kind}/{id}/_history", get(history::<B>))
+        .route("/fhir/Provenance", get(provenance_search::<B>))
+        .route("/fhir/Provenance/{id}", get(provenance_read::<B>))
+        .route(
+            "/fhir/{kind}/{id}/{operation}",
+            get(instance_operation::<B>),
+        )
         .route("/fhir/{kind}/{id}/_history/{vid}", get(vread::<B>))
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
@@ -311,6 +317,17 @@ async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
             })
         })
         .collect();
+    if let Some(patient) = resources.first_mut() {
+        patient["operation"] = json!([{
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        }]);
+    }
+    resources.push(json!({
+        "type": "Provenance",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": "target", "type": "reference", "documentation": "{type}/{id}: one Provenance per version, with its inclusion proof"}],
+    }));
     resources.push(json!({
         "type": "Consent",
         "interaction": [{"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "search-type"}],
@@ -345,6 +362,7 @@ async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
                 }],
             },
             "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
         }],
     });
     fhir_json(StatusCode::OK, &statement)
@@ -597,10 +615,96 @@ async fn vread<B: Blob>(
     ))
 }
 
+/// `_history` of any record, `$everything` of a Patient.
+async fn instance_operation<B: Blob>(
+    state: State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, id, operation)): Path<(String, String, String)>,
+    query: RawQuery,
+) -> Result<Response> {
+    match operation.as_str() {
+        "_history" => history(state, headers, kind, id).await,
+        "$everything" if kind == "Patient" => everything(state, headers, id, query).await,
+        _ => Err(not_found("unknown operation; see /fhir/metadata")),
+    }
+}
+
+/// `Patient/{id}/$everything`: the patient's records the caller may read, each read
+/// recorded on chain, paged by `_count`/`_offset`, the Patient resource first.
+async fn everything<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    id: String,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let pairs = query_pairs(query)?;
+    let (count, offset) = count_param(&pairs)?;
+    let patient = id16(&id).ok_or_else(|| not_found("no such Patient"))?;
+    let (mut versions, erased) = state.chain.read(|s| {
+        let erased = s.patient(&patient).map(|p| p.erased_height.is_some());
+        let versions: Vec<RecordVersion> = s
+            .patient_records(&patient)
+            .into_iter()
+            .filter_map(|r| s.versions(&r).pop())
+            .collect();
+        (versions, erased)
+    });
+    match erased {
+        None => return Err(not_found("no such Patient")),
+        Some(true) => {
+            return Err(FhirError::new(
+                StatusCode::GONE,
+                "deleted",
+                "the patient's records were erased",
+            ));
+        }
+        Some(false) => {}
+    }
+    // The Patient first, then newest first.
+    versions.sort_by_key(|v| {
+        (
+            v.anchor.resource_type != ResourceType::Patient.code(),
+            std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)),
+        )
+    });
+    let total = versions.len();
+    let page: Vec<RecordVersion> = versions.into_iter().skip(offset).take(count).collect();
+    let records: Vec<[u8; 16]> = page.iter().map(|v| v.anchor.record).collect();
+    let role = role_of(&state, &token.identity);
+    let outcomes = record_reads(&state, &token, &records, purpose_for(role.as_ref())).await?;
+    if !outcomes.is_empty() && outcomes.iter().all(|o| o.is_err()) {
+        return Err(denied(&outcomes[0].clone().err().unwrap_or_default()));
+    }
+    let base = &state.gateway.public_url;
+    let mut entries = Vec::new();
+    for (version, outcome) in page.iter().zip(&outcomes) {
+        if outcome.is_ok() {
+            let plain = reveal(&state, &token.identity, version).await?;
+            let name = ResourceType::from_code(version.anchor.resource_type)
+                .map_or("Resource", ResourceType::name);
+            entries.push(json!({
+                "fullUrl": format!("{base}/fhir/{name}/{}", hex::encode(version.anchor.record)),
+                "resource": present(&plain, version)?,
+                "search": {"mode": "match"},
+            }));
+        }
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": bundle_links(base, &format!("Patient/{id}/$everything"), &pairs, offset, count, total),
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
 async fn history<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
-    Path((kind, id)): Path<(String, String)>,
+    kind: String,
+    id: String,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
     let versions = versions_of(&state, resource_type(&kind)?, &id)?;
@@ -687,6 +791,7 @@ fn readers<B: Blob>(
 }
 
 /// Seal, store and anchor one version as the caller; wait for it to commit.
+#[allow(clippy::too_many_arguments)]
 async fn write_version<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
@@ -696,6 +801,42 @@ async fn write_version<B: Blob>(
     version: u32,
     json: &[u8],
 ) -> Result<RecordVersion> {
+    let tx = submit_version(state, token, kind, patient, record, version, json).await?;
+    committed_version(state, &tx, record, version).await
+}
+
+/// Wait for a submitted version to commit and return its on-chain facts.
+async fn committed_version<B: Blob>(
+    state: &ApiState<B>,
+    tx: &ehrchain_types::Transaction,
+    record: [u8; 16],
+    version: u32,
+) -> Result<RecordVersion> {
+    commit(state, tx).await?;
+    state
+        .chain
+        .read(|s| s.versions(&record))
+        .into_iter()
+        .find(|v| v.anchor.version == version)
+        .ok_or_else(|| {
+            FhirError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                "the committed version is missing",
+            )
+        })
+}
+
+/// Seal, stage and submit one version as the caller (not yet committed).
+async fn submit_version<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    kind: ResourceType,
+    patient: [u8; 16],
+    record: [u8; 16],
+    version: u32,
+    json: &[u8],
+) -> Result<ehrchain_types::Transaction> {
     let readers = readers(state, &token.identity, &patient, kind.code())?;
     let binding = Binding {
         record,
@@ -730,19 +871,7 @@ async fn write_version<B: Blob>(
         Some(staged),
     )
     .await?;
-    commit(state, &tx).await?;
-    state
-        .chain
-        .read(|s| s.versions(&record))
-        .into_iter()
-        .find(|v| v.anchor.version == version)
-        .ok_or_else(|| {
-            FhirError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "exception",
-                "the committed version is missing",
-            )
-        })
+    Ok(tx)
 }
 
 /// Validate a body as a resource of `kind`; invalid input gets its OperationOutcome.
@@ -796,6 +925,17 @@ fn created(
 
 /// Register a new patient with this node as home and keeper of the patient's key.
 async fn register_patient<B: Blob>(state: &ApiState<B>, token: &Token) -> Result<[u8; 16]> {
+    let patient: [u8; 16] = gateway::random_bytes();
+    register_patient_as(state, token, patient).await?;
+    Ok(patient)
+}
+
+/// Register `patient` (a fresh id) with this node as home and keeper of the key.
+async fn register_patient_as<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    patient: [u8; 16],
+) -> Result<()> {
     let institution = state
         .gateway
         .institution
@@ -814,7 +954,6 @@ async fn register_patient<B: Blob>(state: &ApiState<B>, token: &Token) -> Result
         .custody_dir
         .as_ref()
         .ok_or_else(|| forbidden("this node keeps no patient keys"))?;
-    let patient: [u8; 16] = gateway::random_bytes();
     let seed: [u8; 32] = gateway::random_bytes();
     gateway::write_secret(&dir.join(format!("{}.key", hex::encode(patient))), &seed).map_err(
         |error| {
@@ -837,7 +976,7 @@ async fn register_patient<B: Blob>(state: &ApiState<B>, token: &Token) -> Result
     )
     .await?;
     commit(state, &tx).await?;
-    Ok(patient)
+    Ok(())
 }
 
 async fn create<B: Blob>(
@@ -1149,6 +1288,315 @@ async fn search<B: Blob>(
         "entry": entries,
     });
     Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+// ---- Bundle transaction and batch ----------------------------------------------------------
+
+/// Most entries one Bundle may carry.
+pub const BUNDLE_ENTRIES_MAX: usize = 1_000;
+
+/// Replace every `reference` naming a key of `ids` (`urn:uuid:…`) with its server id.
+fn resolve_references(value: &mut Value, ids: &std::collections::HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get_mut("reference")
+                && let Some(resolved) = ids.get(reference.as_str())
+            {
+                *reference = resolved.clone();
+            }
+            for child in map.values_mut() {
+                resolve_references(child, ids);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| resolve_references(v, ids)),
+        _ => {}
+    }
+}
+
+/// One write of a Bundle, checked and with its ids fixed.
+struct Planned {
+    kind: ResourceType,
+    patient: [u8; 16],
+    record: [u8; 16],
+    version: u32,
+    json: Vec<u8>,
+    new_patient: bool,
+}
+
+/// `POST /fhir` with a `transaction` or `batch` Bundle of creates (POST) and updates (PUT).
+///
+/// Every entry is parsed, validated and its `urn:uuid:` references resolved before anything
+/// is written: an invalid entry fails the whole transaction with nothing stored. New patients
+/// are registered first; then every version is sealed and submitted, and all commit together
+/// (usually in one block). The chain has no multi-transaction atomicity, so a write refused
+/// at admission after validation (a consent withdrawn in between) fails the request with the
+/// entries before it already written; the answer says which.
+async fn bundle<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let bytes = body_bytes(body).await?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|_| invalid("the body is not JSON"))?;
+    if value["resourceType"] != "Bundle" {
+        return Err(invalid("POST /fhir takes a Bundle"));
+    }
+    let kind_of_bundle = match value["type"].as_str() {
+        Some("transaction") => "transaction-response",
+        Some("batch") => "batch-response",
+        _ => return Err(unprocessable("Bundle.type must be transaction or batch")),
+    };
+    let entries = value["entry"].as_array().map_or(&[][..], Vec::as_slice);
+    if entries.len() > BUNDLE_ENTRIES_MAX {
+        return Err(FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-long",
+            &format!("a Bundle carries at most {BUNDLE_ENTRIES_MAX} entries"),
+        ));
+    }
+    // Pass 1: server ids for every POST, so references between entries resolve.
+    let mut ids = std::collections::HashMap::new();
+    let mut assigned = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let at = |what: &str| unprocessable(&format!("entry {index}: {what}"));
+        let method = entry["request"]["method"].as_str().unwrap_or("");
+        let kind = entry["resource"]["resourceType"]
+            .as_str()
+            .and_then(ResourceType::from_name)
+            .ok_or_else(|| at("the resource type is missing or not supported"))?;
+        let id = match method {
+            "POST" => {
+                let id: [u8; 16] = gateway::random_bytes();
+                if let Some(full) = entry["fullUrl"].as_str() {
+                    ids.insert(
+                        full.to_string(),
+                        format!("{}/{}", kind.name(), hex::encode(id)),
+                    );
+                }
+                (id, true)
+            }
+            "PUT" => {
+                let url = entry["request"]["url"].as_str().unwrap_or("");
+                let id = url
+                    .strip_prefix(kind.name())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .and_then(id16)
+                    .ok_or_else(|| at("request.url must be {type}/{id}"))?;
+                (id, false)
+            }
+            _ => return Err(at("request.method must be POST or PUT")),
+        };
+        assigned.push((kind, id));
+    }
+    // Pass 2: resolve, validate, plan. Nothing is written until every entry passes.
+    let mut plans = Vec::with_capacity(entries.len());
+    for (index, (entry, (kind, (id, create)))) in entries.iter().zip(&assigned).enumerate() {
+        let mut resource = entry["resource"].clone();
+        resolve_references(&mut resource, &ids);
+        let json = serde_json::to_vec(&resource).map_err(|_| invalid("unserializable entry"))?;
+        let checked = check(*kind, &json).map_err(|mut error| {
+            error.diagnostics = format!("entry {index}: {}", error.diagnostics);
+            if let Some(issues) = error
+                .issues
+                .as_mut()
+                .and_then(|o| o["issue"].as_array_mut())
+            {
+                for issue in issues {
+                    issue["diagnostics"] = json!(format!(
+                        "entry {index}: {}",
+                        issue["diagnostics"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+            error
+        })?;
+        let (patient, version, new_patient) = if *create {
+            if *kind == ResourceType::Patient {
+                (*id, 1, true)
+            } else {
+                let patient = checked.patient.as_deref().and_then(id16).ok_or_else(|| {
+                    unprocessable(&format!(
+                        "entry {index}: the patient reference must be Patient/{{id}}"
+                    ))
+                })?;
+                (patient, 1, false)
+            }
+        } else {
+            let versions = versions_of(&state, *kind, &hex::encode(id))?;
+            let latest = versions.last().expect("non-empty");
+            (latest.anchor.patient, latest.anchor.version + 1, false)
+        };
+        plans.push(Planned {
+            kind: *kind,
+            patient,
+            record: *id,
+            version,
+            json,
+            new_patient,
+        });
+    }
+    for plan in plans.iter().filter(|p| p.new_patient) {
+        register_patient_as(&state, &token, plan.patient).await?;
+    }
+    let mut submitted = Vec::with_capacity(plans.len());
+    for (index, plan) in plans.iter().enumerate() {
+        let tx = submit_version(
+            &state,
+            &token,
+            plan.kind,
+            plan.patient,
+            plan.record,
+            plan.version,
+            &plan.json,
+        )
+        .await
+        .map_err(|mut error| {
+            error.diagnostics = format!(
+                "entry {index}: {} ({index} earlier entries were written)",
+                error.diagnostics
+            );
+            error
+        })?;
+        submitted.push(tx);
+    }
+    let base = &state.gateway.public_url;
+    let mut responses = Vec::with_capacity(plans.len());
+    for (plan, tx) in plans.iter().zip(&submitted) {
+        let version = committed_version(&state, tx, plan.record, plan.version).await?;
+        responses.push(json!({
+            "response": {
+                "status": if plan.version == 1 { "201 Created" } else { "200 OK" },
+                "location": format!("{}/{}/_history/{}", plan.kind.name(), hex::encode(plan.record), plan.version),
+                "etag": format!("W/\"{}\"", plan.version),
+                "lastModified": instant(version.anchor.timestamp_ms),
+            },
+        }));
+    }
+    let answer = json!({
+        "resourceType": "Bundle",
+        "type": kind_of_bundle,
+        "link": [{"relation": "self", "url": format!("{base}/fhir")}],
+        "entry": responses,
+    });
+    Ok(fhir_json(StatusCode::OK, &answer))
+}
+
+// ---- Provenance ----------------------------------------------------------------------------
+
+/// The Provenance of one record version: who wrote it, its block and transaction, and the
+/// inclusion proof (base64 JSON in `signature.data`) that `ehrchain proof verify` checks
+/// offline against the genesis validators.
+async fn provenance_json<B: Blob>(state: &ApiState<B>, version: &RecordVersion) -> Result<Value> {
+    let location = state.chain.location(&version.transaction).ok_or_else(|| {
+        FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the anchor is not final here yet",
+        )
+    })?;
+    let proof = crate::build_proof(state, &version.transaction, location.height, location.index)
+        .await
+        .map_err(|e| FhirError::new(e.0, "exception", &e.1))?
+        .ok_or_else(|| {
+            FhirError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "no finalization certificate covers the block yet; retry shortly",
+            )
+        })?;
+    let proof = serde_json::to_vec(&proof).map_err(|_| {
+        FhirError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "cannot encode the proof",
+        )
+    })?;
+    let name = ResourceType::from_code(version.anchor.resource_type)
+        .map_or("Resource", ResourceType::name);
+    let author = reference_of(role_of(state, &version.author).as_ref(), &version.author);
+    let when = instant(version.anchor.timestamp_ms);
+    use base64::Engine as _;
+    Ok(json!({
+        "resourceType": "Provenance",
+        "id": hex::encode(version.transaction),
+        "extension": [
+            {"url": "urn:ehrchain:fhir:block-height", "valueUnsignedInt": location.height},
+            {"url": "urn:ehrchain:fhir:transaction", "valueString": hex::encode(version.transaction)},
+            {"url": "urn:ehrchain:fhir:ciphertext-sha256", "valueString": hex::encode(version.anchor.ciphertext_hash)},
+        ],
+        "target": [{"reference": format!("{name}/{}/_history/{}", hex::encode(version.anchor.record), version.anchor.version)}],
+        "recorded": when,
+        "activity": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+            "code": if version.anchor.version == 1 { "CREATE" } else { "UPDATE" },
+        }]},
+        "agent": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
+            "who": {"reference": author},
+        }],
+        "signature": [{
+            "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1", "display": "Author's Signature"}],
+            "when": when,
+            "who": {"reference": author},
+            "sigFormat": "application/json",
+            "data": base64::engine::general_purpose::STANDARD.encode(proof),
+        }],
+    }))
+}
+
+/// `Provenance?target={type}/{id}`: one Provenance per version, newest first.
+async fn provenance_search<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    caller(&state, &headers)?;
+    let pairs = query_pairs(query)?;
+    let target = pairs
+        .iter()
+        .find(|(k, _)| k == "target")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| invalid("search Provenance by target={type}/{id}"))?;
+    let (kind, id) = target
+        .split_once('/')
+        .ok_or_else(|| invalid("target must be {type}/{id}"))?;
+    let id = id.split('/').next().unwrap_or(id);
+    let versions = versions_of(&state, resource_type(kind)?, id)?;
+    let base = &state.gateway.public_url;
+    let mut entries = Vec::new();
+    for version in versions.iter().rev() {
+        let resource = provenance_json(&state, version).await?;
+        entries.push(json!({
+            "fullUrl": format!("{base}/fhir/Provenance/{}", resource["id"].as_str().unwrap_or("")),
+            "resource": resource,
+            "search": {"mode": "match"},
+        }));
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+async fn provenance_read<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    caller(&state, &headers)?;
+    let hash =
+        ehrchain_types::digest_from_hex(&id).ok_or_else(|| not_found("no such Provenance"))?;
+    let version = state
+        .chain
+        .read(|s| s.all_versions().find(|v| v.transaction == hash).cloned())
+        .ok_or_else(|| not_found("no such Provenance"))?;
+    let resource = provenance_json(&state, &version).await?;
+    Ok(fhir_json(StatusCode::OK, &resource))
 }
 
 // ---- Consent -------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ pub enum ProofCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check a proof offline against the validators named in a genesis file.
+    /// Check a proof offline against the validators named in a genesis file. The file is a
+    /// proof (`proof get`) or a FHIR Provenance of a record (`GET /fhir/Provenance?target=`).
     ///
     /// Example: ehrchain proof verify --proof proof.json --genesis net/genesis.json
     Verify {
@@ -160,6 +161,22 @@ pub fn tx(command: TxCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An inclusion proof from a proof file or from a FHIR `Provenance` (its `signature.data`).
+fn proof_from(text: &str) -> Result<InclusionProof> {
+    let value: Value = serde_json::from_str(text).context("not JSON")?;
+    if value["resourceType"] == "Provenance" {
+        use base64::Engine as _;
+        let data = value["signature"][0]["data"]
+            .as_str()
+            .context("the Provenance carries no signature.data")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .context("signature.data is not base64")?;
+        return serde_json::from_slice(&bytes).context("signature.data is not an inclusion proof");
+    }
+    serde_json::from_value(value).context("not a proof file")
+}
+
 pub fn proof(command: ProofCommand) -> Result<ExitCode> {
     match command {
         ProofCommand::Get { api, hash, out } => {
@@ -180,7 +197,7 @@ pub fn proof(command: ProofCommand) -> Result<ExitCode> {
             let genesis = crate::config::load_genesis(&genesis)?;
             let text = std::fs::read_to_string(&proof)
                 .with_context(|| format!("cannot read {}", proof.display()))?;
-            let proof: InclusionProof = serde_json::from_str(&text).context("not a proof file")?;
+            let proof = proof_from(&text)?;
             match proof.verify(&genesis) {
                 Ok(verified) => println!(
                     "valid: transaction {} is in block {} at height {}, finalized at height {}",
@@ -195,6 +212,83 @@ pub fn proof(command: ProofCommand) -> Result<ExitCode> {
                 }
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum AuthCommand {
+    /// Log in as SMART Backend Services does: sign a JWT client assertion (EdDSA) with the
+    /// identity's key, exchange it at the node's token endpoint, print the bearer token.
+    ///
+    /// Example: T=$(ehrchain auth token --api http://127.0.0.1:8700 --key dr.key)
+    ///          curl -H "Authorization: Bearer $T" http://127.0.0.1:8700/fhir/Observation?patient=<id>
+    Token {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+/// Sign a client assertion for `seed` addressed to `token_url`, valid for 4 minutes.
+pub fn client_assertion(seed: &[u8; 32], token_url: &str) -> String {
+    let id = hex::encode(ehrchain_crypto::jwt::public_key(seed));
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 240;
+    ehrchain_crypto::jwt::sign(
+        seed,
+        &ehrchain_crypto::jwt::Claims {
+            iss: id.clone(),
+            sub: id,
+            aud: token_url.to_string(),
+            exp,
+            jti: hex::encode(&crate::config::random_seed()[..16]),
+        },
+    )
+}
+
+/// Get a bearer token for the identity of `key` at `api`.
+pub fn login(api: &str, key: &std::path::Path) -> Result<String> {
+    let api = api.trim_end_matches('/');
+    let seed = crate::config::read_seed(key)?;
+    let config = get_json(&format!("{api}/.well-known/smart-configuration"))?;
+    let token_url = config["token_endpoint"]
+        .as_str()
+        .context("the node advertises no token endpoint")?
+        .to_string();
+    let assertion = client_assertion(&seed, &token_url);
+    let response = agent()
+        .post(&token_url)
+        .send_form([
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+        ])
+        .with_context(|| format!("cannot reach {token_url}"))?;
+    let status = response.status();
+    let body: Value = response.into_body().read_json().unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{token_url}: {status}: {}",
+            body["error_description"].as_str().unwrap_or("no detail")
+        );
+    }
+    body["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .context("the answer has no access_token")
+}
+
+pub fn auth(command: AuthCommand) -> Result<ExitCode> {
+    match command {
+        AuthCommand::Token { api, key } => println!("{}", login(&api, &key)?),
     }
     Ok(ExitCode::SUCCESS)
 }

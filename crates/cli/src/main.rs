@@ -114,6 +114,11 @@ enum Command {
         command: access::AccessCommand,
     },
     Breakglass(access::BreakGlassArgs),
+    /// SMART Backend Services login: a bearer token for the FHIR API.
+    Auth {
+        #[command(subcommand)]
+        command: client::AuthCommand,
+    },
     /// Consortium governance: members, auditors, proposals and votes.
     Governance {
         #[command(subcommand)]
@@ -226,6 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Consent { command } => return access::consent(command),
         Command::Access { command } => return access::access(command),
         Command::Breakglass(args) => return access::break_glass(args),
+        Command::Auth { command } => return client::auth(command),
         Command::Governance { command } => return access::governance(command),
         Command::Bench(args) => bench::run(args)?,
         Command::BenchRecords(args) => bench_records::run(args)?,

@@ -58,6 +58,7 @@ fn an_independent_fhir_client_walks_the_users_journey() {
         "/../../tests/fhir_client/journey.py"
     );
     let output = Command::new(python)
+        .env("EHRCHAIN_EXE", EXE)
         .arg(script)
         .arg(&identities)
         .output()
