@@ -617,8 +617,18 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
         inner.verified.remove(&tx.id());
     }
     let Inner { mempool, state, .. } = inner;
-    mempool.remove_committed(&block.transactions, state);
-    for (id, reason) in mempool.evict_failed(state) {
+    let displaced = mempool
+        .remove_committed(&block.transactions, state)
+        .into_iter()
+        .map(|id| {
+            (
+                id,
+                "another transaction of this signer took this nonce; re-sign with the current nonce"
+                    .to_string(),
+            )
+        });
+    let evicted: Vec<(Digest, String)> = displaced.chain(mempool.evict_failed(state)).collect();
+    for (id, reason) in evicted {
         if inner.rejected_order.len() >= REJECTED_MAX
             && let Some(oldest) = inner.rejected_order.pop_front()
         {

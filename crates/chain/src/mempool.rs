@@ -209,7 +209,14 @@ impl Mempool {
     }
 
     /// Drop transactions that a finalized block included, and any made stale by it.
-    pub fn remove_committed(&mut self, committed: &[Transaction], state: &impl Reader) {
+    /// Drop committed transactions and those whose nonce a committed one took; returns the
+    /// latter (they never commit, and their clients should hear why).
+    pub fn remove_committed(
+        &mut self,
+        committed: &[Transaction],
+        state: &impl Reader,
+    ) -> Vec<Digest> {
+        let mut displaced = Vec::new();
         for tx in committed {
             self.by_id.remove(&tx.id());
             let signer = &tx.body.signer;
@@ -219,6 +226,9 @@ impl Mempool {
                 for nonce in stale {
                     if let Some(id) = slots.remove(&nonce) {
                         self.by_id.remove(&id);
+                        if id != tx.id() {
+                            displaced.push(id);
+                        }
                     }
                 }
                 if slots.is_empty() {
@@ -236,6 +246,7 @@ impl Mempool {
             }
             self.order.pop_front();
         }
+        displaced
     }
 }
 

@@ -202,14 +202,13 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
             let session = Session::open(&api)?;
             let member = Signer::load(&key)?;
             let proposal = crate::records::random16();
-            let tx = session.sign(
+            let (tx, status) = session.send(
                 &member,
                 Payload::Propose {
                     proposal,
                     action: actions.remove(0),
                 },
             )?;
-            let status = session.submit_and_wait(&tx)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
@@ -227,14 +226,13 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
         } => {
             let session = Session::open(&api)?;
             let member = Signer::load(&key)?;
-            let tx = session.sign(
+            let (tx, status) = session.send(
                 &member,
                 Payload::Vote {
                     proposal: id16(&proposal, "--proposal")?,
                     approve,
                 },
             )?;
-            let status = session.submit_and_wait(&tx)?;
             println!(
                 "voted {} on {proposal} at height {} (transaction {})",
                 if approve { "yes" } else { "no" },
@@ -308,6 +306,31 @@ fn submit_all(session: &Session, transactions: &[Transaction]) -> Result<()> {
 /// Record reads of `records` by `signer` (one access transaction each, in one batch) and
 /// return the transaction hashes, in order.
 pub fn record_reads(
+    session: &Session,
+    signer: &Signer,
+    records: &[[u8; 16]],
+    purpose: Purpose,
+) -> Result<Vec<String>> {
+    let mut attempt = 0;
+    loop {
+        match try_record_reads(session, signer, records, purpose) {
+            // This node may not yet have committed the signer's last transaction, sent
+            // through another node: its nonce is then still taken here. Ask again.
+            Err(error)
+                if attempt < 5
+                    && ["already pending", "stale nonce", "took this nonce"]
+                        .iter()
+                        .any(|m| error.to_string().contains(m)) =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_record_reads(
     session: &Session,
     signer: &Signer,
     records: &[[u8; 16]],
@@ -510,14 +533,13 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
         } => {
             let session = Session::open(&api)?;
             let owner = Signer::load(&key)?;
-            let tx = session.sign(
+            let (tx, status) = session.send(
                 &owner,
                 Payload::Revoke {
                     patient: id16(&patient, "--patient")?,
                     grant: id16(&grant, "--grant")?,
                 },
             )?;
-            let status = session.submit_and_wait(&tx)?;
             println!(
                 "revoked: grant {grant} at height {} (transaction {})",
                 status["height"],
@@ -571,14 +593,13 @@ pub fn access(command: AccessCommand) -> Result<ExitCode> {
 pub fn break_glass(args: BreakGlassArgs) -> Result<ExitCode> {
     let session = Session::open(&args.api)?;
     let clinician = Signer::load(&args.key)?;
-    let tx = session.sign(
+    let (tx, status) = session.send(
         &clinician,
         Payload::BreakGlass {
             patient: id16(&args.patient, "--patient")?,
             reason: args.reason,
         },
     )?;
-    let status = session.submit_and_wait(&tx)?;
     println!(
         "break-glass open: patient {} from height {} (transaction {}); every read is flagged and reported",
         args.patient,

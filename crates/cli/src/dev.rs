@@ -126,7 +126,7 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 /// The custody directory of node `index` of a dev network.
-fn custody_dir(dir: &Path, index: usize) -> Result<std::path::PathBuf> {
+pub(crate) fn custody_dir(dir: &Path, index: usize) -> Result<std::path::PathBuf> {
     let config = crate::config::NodeConfig::load(&dir.join(format!("node-{index}/config.toml")))?;
     Ok(config.data_dir.join("custody"))
 }

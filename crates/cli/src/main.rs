@@ -2,6 +2,7 @@
 
 mod access;
 mod bench;
+mod bench_fhir;
 mod bench_records;
 mod client;
 mod config;
@@ -133,6 +134,11 @@ enum Command {
     ///
     /// Example: ehrchain bench-records --records 20000 --rate 2000 --size 4096
     BenchRecords(bench_records::Args),
+    /// FHIR creates and consented reads (each read committed on chain first) through /fhir
+    /// on a local network; reports requests/s and latency.
+    ///
+    /// Example: ehrchain bench-fhir --creates 4000 --reads 20000 --clients 64
+    BenchFhir(bench_fhir::Args),
 }
 
 #[derive(Subcommand)]
@@ -235,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Governance { command } => return access::governance(command),
         Command::Bench(args) => bench::run(args)?,
         Command::BenchRecords(args) => bench_records::run(args)?,
+        Command::BenchFhir(args) => bench_fhir::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -214,6 +214,9 @@ impl Signer {
     }
 }
 
+/// The chain's reason for dropping a transaction whose nonce another one took.
+const NONCE_TAKEN: &str = "took this nonce";
+
 /// A node's API with the chain id and a signer's next nonce.
 pub struct Session {
     pub api: String,
@@ -249,6 +252,33 @@ impl Session {
             payload,
         }
         .sign(&signer.key))
+    }
+
+    /// Sign `payload` with the signer's next nonce, submit it and wait for the commit. If
+    /// another transaction of the same signer took that nonce first (this node had not yet
+    /// seen it commit elsewhere), sign again with the next one.
+    pub fn send(
+        &self,
+        signer: &Signer,
+        payload: ehrchain_types::Payload,
+    ) -> Result<(ehrchain_types::Transaction, Value)> {
+        let mut attempt = 0;
+        loop {
+            let tx = self.sign(signer, payload.clone())?;
+            match self.submit_and_wait(&tx) {
+                Ok(status) => return Ok((tx, status)),
+                Err(error)
+                    if attempt < 5
+                        && (error.to_string().contains(NONCE_TAKEN)
+                            || error.to_string().contains("unknown to this node")
+                            || error.to_string().contains("already pending")) =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Submit a signed transaction and wait until it is committed.
@@ -666,8 +696,7 @@ fn register_new(
     let seed = crate::config::random_seed();
     let new = Signer::from_seed(&seed);
     crate::config::write_key(out, &seed)?;
-    let tx = session.sign(&institution, register(&new))?;
-    session.submit_and_wait(&tx)?;
+    session.send(&institution, register(&new))?;
     Ok(new)
 }
 
@@ -702,8 +731,8 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
             let session = Session::open(&api)?;
             let signer = Signer::load(&key)?;
             let patient = id16(&patient, "--patient")?;
-            let tx = session.sign(&signer, ehrchain_types::Payload::ErasePatient { patient })?;
-            let status = session.submit_and_wait(&tx)?;
+            let (tx, status) =
+                session.send(&signer, ehrchain_types::Payload::ErasePatient { patient })?;
             println!(
                 "erased: patient {} at height {} (transaction {})",
                 hex::encode(patient),

@@ -550,10 +550,13 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     let mut elsewhere = None;
     wait_until(
         "node 2 to hold the envelope",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             let output = read(&api2, &clinician_a, &p3_record, "ETREAT");
             let fetched = !String::from_utf8_lossy(&output.stderr).contains("503");
+            if !fetched {
+                eprintln!("node 2: {}", String::from_utf8_lossy(&output.stderr));
+            }
             elsewhere = Some(output);
             fetched
         },

@@ -1,0 +1,344 @@
+//! FHIR API benchmark: creates (validate, seal, wrap, store, anchor, commit) and consented
+//! reads (each an `Access` transaction committed before the record is opened) through
+//! `/fhir` on a fresh local network, closed loop, one token per client thread.
+//!
+//! Population: every institution enrols writer and reader clinicians (their decryption keys
+//! in the node's custody directory, as `ehrchain dev` does) and registers custodial patients.
+//! Writers create Observations for their institution's patients at their own node. Each
+//! patient then logs in and grants the next institution (`Organization/…`) read access, and
+//! that institution's reader clinicians read the records through their own node.
+
+use crate::{bench::percentile, client::agent, records::Signer};
+use anyhow::{Context, Result, bail, ensure};
+use ehrchain_types::{Payload, TransactionBody};
+use serde_json::{Value, json};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Records to create through `POST /fhir/Observation`.
+    #[arg(long, default_value_t = 4_000)]
+    creates: usize,
+    /// Reads through `GET /fhir/Observation/{id}`.
+    #[arg(long, default_value_t = 20_000)]
+    reads: usize,
+    /// Client threads, each with its own token (spread over the nodes).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Patients per institution.
+    #[arg(long, default_value_t = 8)]
+    patients: usize,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 31_500)]
+    p2p_port: u16,
+    #[arg(long, default_value_t = 9_900)]
+    api_port: u16,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    crate::bench::with_network(
+        args.validators,
+        args.dir.clone(),
+        "bench-fhir",
+        (args.p2p_port, args.api_port),
+        |apis, dir| drive(&args, apis, dir),
+    )
+}
+
+struct Identity {
+    node: usize,
+    seed: [u8; 32],
+}
+
+fn key_file(dir: &Path, name: &str, seed: &[u8; 32]) -> Result<PathBuf> {
+    let path = dir.join("bench-identities").join(format!("{name}.key"));
+    std::fs::create_dir_all(path.parent().expect("parent"))?;
+    let _ = std::fs::remove_file(&path);
+    crate::config::write_key(&path, seed)?;
+    Ok(path)
+}
+
+fn token(api: &str, dir: &Path, name: &str, seed: &[u8; 32]) -> Result<String> {
+    crate::client::login(api, &key_file(dir, name, seed)?)
+}
+
+/// Enrol clinicians (writers and readers per institution) and register custodial patients.
+/// Writers, readers, and patients as (home node, id, custodial seed).
+type Population = (
+    Vec<Identity>,
+    Vec<Identity>,
+    Vec<(usize, [u8; 16], [u8; 32])>,
+);
+
+fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
+    let n = apis.len();
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    let mut patients = Vec::new();
+    let mut transactions = Vec::new();
+    for node in 0..n {
+        let institution = Signer::load(&dir.join(format!("node-{node}/validator.key")))?;
+        let custody = crate::dev::custody_dir(dir, node)?;
+        let mut nonce = 0;
+        let mut sign = |payload: Payload| {
+            let tx = TransactionBody {
+                chain_id: 1,
+                signer: institution.public.clone(),
+                nonce,
+                payload,
+            }
+            .sign(&institution.key);
+            nonce += 1;
+            tx
+        };
+        for _ in (0..args.clients).filter(|c| c % n == node) {
+            for list in [&mut writers, &mut readers] {
+                let seed = crate::config::random_seed();
+                let clinician = Signer::from_seed(&seed);
+                ehrchain_api::gateway::write_secret(
+                    &custody.join(format!("{}.enc", clinician.public)),
+                    &clinician.encryption.secret_bytes(),
+                )?;
+                transactions.push((
+                    node,
+                    sign(Payload::EnrollClinician {
+                        clinician: clinician.public.clone(),
+                        encryption_key: clinician.encryption.public().0,
+                    }),
+                ));
+                list.push(Identity { node, seed });
+            }
+        }
+        for _ in 0..args.patients {
+            let seed = crate::config::random_seed();
+            let patient = Signer::from_seed(&seed);
+            let id: [u8; 16] = crate::config::random_seed()[..16].try_into().expect("16");
+            ehrchain_api::gateway::write_secret(
+                &custody.join(format!("{}.key", hex::encode(id))),
+                &seed,
+            )?;
+            transactions.push((
+                node,
+                sign(Payload::RegisterPatient {
+                    patient: id,
+                    key: patient.public.clone(),
+                    encryption_key: patient.encryption.public().0,
+                }),
+            ));
+            patients.push((node, id, seed));
+        }
+    }
+    for (node, tx) in &transactions {
+        crate::client::post_bytes(
+            &format!("{}/chain/transactions", apis[*node]),
+            tx.bytes().to_vec(),
+        )?;
+    }
+    let session = crate::records::Session::open(&apis[0])?;
+    for (_, tx) in &transactions {
+        session.wait(&hex::encode(tx.id()))?;
+    }
+    Ok((writers, readers, patients))
+}
+
+/// Run `total` requests from one thread per client (closed loop); `request` returns the
+/// status of request `i` of client `c`. Prints and returns (per second, p50, p99).
+fn closed_loop(
+    label: &str,
+    clients: &[(String, String)],
+    total: usize,
+    request: impl Fn(&ureq::Agent, &str, &str, usize, usize) -> Result<()> + Sync,
+) -> Result<()> {
+    let latencies = Mutex::new(Vec::with_capacity(total));
+    let errors = Mutex::new(Vec::new());
+    let per_client = total.div_ceil(clients.len());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for (c, (api, token)) in clients.iter().enumerate() {
+            let (latencies, errors, request) = (&latencies, &errors, &request);
+            scope.spawn(move || {
+                let agent = agent();
+                let mut mine = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let at = Instant::now();
+                    match request(&agent, api, token, c, i) {
+                        Ok(()) => mine.push(at.elapsed()),
+                        Err(error) => errors.lock().unwrap().push(error.to_string()),
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let mut latencies = latencies.into_inner().unwrap();
+    let errors = errors.into_inner().unwrap();
+    latencies.sort();
+    println!(
+        "{label}: {} ok, {} failed in {:.1} s: {:.0}/s; latency p50 {} ms, p99 {} ms ({} clients)",
+        latencies.len(),
+        errors.len(),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.50).as_millis(),
+        percentile(&latencies, 0.99).as_millis(),
+        clients.len(),
+    );
+    if let Some(first) = errors.first() {
+        bail!("{label}: {} requests failed; first: {first}", errors.len());
+    }
+    Ok(())
+}
+
+fn expect(status: u16, want: u16, mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
+    let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+    ensure!(
+        status == want,
+        "HTTP {status}: {}",
+        body["issue"][0]["diagnostics"]
+    );
+    Ok(body)
+}
+
+fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
+    let n = apis.len();
+    ensure!(n >= 2, "the read benchmark needs two institutions");
+    eprintln!("enrolling clinicians and registering patients...");
+    let (writers, readers, patients) = populate(args, apis, dir)?;
+    let writer_tokens: Vec<(String, String)> = writers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            Ok((
+                apis[w.node].clone(),
+                token(&apis[w.node], dir, &format!("w{i}"), &w.seed)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut generator = ehrchain_fhir::synth::Generator::new(11);
+    let bodies: Vec<Vec<(usize, Vec<u8>)>> = (0..n)
+        .map(|node| {
+            let mine: Vec<&(usize, [u8; 16], [u8; 32])> =
+                patients.iter().filter(|p| p.0 == node).collect();
+            (0..64)
+                .map(|i| {
+                    let (_, id, _) = mine[i % mine.len()];
+                    let value = generator.vital_sign(&hex::encode(id));
+                    (i, serde_json::to_vec(&value).expect("json"))
+                })
+                .collect()
+        })
+        .collect();
+    let created: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+    eprintln!("creating {} Observations through /fhir...", args.creates);
+    closed_loop(
+        "FHIR creates",
+        &writer_tokens,
+        args.creates,
+        |agent, api, token, c, i| {
+            let node = writers[c].node;
+            let (_, body) = &bodies[node][(c + i) % bodies[node].len()];
+            let response = agent
+                .post(format!("{api}/fhir/Observation"))
+                .header("Authorization", format!("Bearer {token}"))
+                .header("Content-Type", "application/fhir+json")
+                .send(&body[..])?;
+            let status = response.status().as_u16();
+            let body = expect(status, 201, response)?;
+            let id = body["id"].as_str().context("no id")?.to_string();
+            created.lock().unwrap().push((node, id));
+            Ok(())
+        },
+    )?;
+    let created = created.into_inner().unwrap();
+
+    eprintln!("each patient grants the next institution read access...");
+    for (i, (node, id, seed)) in patients.iter().enumerate() {
+        let grantee = Signer::load(&dir.join(format!("node-{}/validator.key", (node + 1) % n)))?;
+        let token = token(&apis[*node], dir, &format!("p{i}"), seed)?;
+        let consent = json!({
+            "resourceType": "Consent",
+            "status": "active",
+            "patient": {"reference": format!("Patient/{}", hex::encode(id))},
+            "provision": {
+                "actor": [{"reference": {"reference": format!("Organization/{}", grantee.public)}}],
+                "action": [{"coding": [{"code": "access"}]}],
+            },
+        });
+        let response = agent()
+            .post(format!("{}/fhir/Consent", apis[*node]))
+            .header("Authorization", format!("Bearer {token}"))
+            .send_json(&consent)?;
+        let status = response.status().as_u16();
+        expect(status, 201, response)?;
+    }
+    // The grantee institutions' nodes fetch the envelopes; their institution key opens them.
+    let reader_tokens: Vec<(String, String)> = readers
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Ok((
+                apis[r.node].clone(),
+                token(&apis[r.node], dir, &format!("r{i}"), &r.seed)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let readable: Vec<Vec<String>> = (0..n)
+        .map(|node| {
+            created
+                .iter()
+                .filter(|(home, _)| (home + 1) % n == node)
+                .map(|(_, id)| id.clone())
+                .collect()
+        })
+        .collect();
+    // Warm-up: wait until every node holds what it will read.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (node, ids) in readable.iter().enumerate() {
+        let (api, token) = reader_tokens
+            .iter()
+            .find(|(api, _)| api == &apis[node])
+            .context("a reader per node")?;
+        let last = ids.last().context("records to read")?;
+        loop {
+            let response = agent()
+                .get(format!("{api}/fhir/Observation/{last}"))
+                .header("Authorization", format!("Bearer {token}"))
+                .call()?;
+            if response.status().as_u16() == 200 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node {node} never held the records to read"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let readers = Arc::new(readers);
+    eprintln!("reading {} times through /fhir...", args.reads);
+    closed_loop(
+        "FHIR consented reads",
+        &reader_tokens,
+        args.reads,
+        |agent, api, token, c, i| {
+            let ids = &readable[readers[c].node];
+            let id = &ids[(c * 7 + i) % ids.len()];
+            let response = agent
+                .get(format!("{api}/fhir/Observation/{id}"))
+                .header("Authorization", format!("Bearer {token}"))
+                .call()?;
+            let status = response.status().as_u16();
+            expect(status, 200, response)?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
