@@ -22,7 +22,8 @@ use std::{
     time::Duration,
 };
 
-const P2P_PORT: u16 = 34_600;
+// Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
+const P2P_PORT: u16 = 24_600;
 const API_PORT: u16 = 10_080;
 
 fn read(api: &str, key: &Path, record: &str, purpose: &str) -> Output {
@@ -632,6 +633,15 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         answer["proposal"].as_str().unwrap().to_string()
     };
     let vote = |member: usize, proposal: &str, approve: &str| {
+        // The member's own node may be a block behind the proposer's.
+        wait_until(
+            "the proposal on the voter's node",
+            Duration::from_secs(30),
+            || {
+                get(&format!("{}/governance/proposals", cluster.api(member)))
+                    .is_some_and(|(_, v)| v.to_string().contains(proposal))
+            },
+        );
         ok(cli(&[
             "governance",
             "vote",

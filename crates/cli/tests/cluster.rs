@@ -21,7 +21,8 @@ mod common;
 
 use common::{Cluster, EXE, Guard, agent, get, height, post, wait_until};
 
-const P2P_PORT: u16 = 34_400;
+// Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
+const P2P_PORT: u16 = 24_400;
 const API_PORT: u16 = 9_960;
 
 fn anchor(key: &PrivateKey, chain_id: u64, nonce: u64, tag: &str) -> Transaction {

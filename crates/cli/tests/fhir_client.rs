@@ -18,7 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-const P2P_PORT: u16 = 34_700;
+// Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
+const P2P_PORT: u16 = 24_700;
 const API_PORT: u16 = 10_180;
 
 #[test]

@@ -21,7 +21,8 @@ use std::{
     time::Duration,
 };
 
-const P2P_PORT: u16 = 34_500;
+// Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
+const P2P_PORT: u16 = 24_500;
 const API_PORT: u16 = 9_980;
 const S3_PORT: u16 = 9_990;
 
