@@ -41,6 +41,9 @@ pub const MISSING_MAX: usize = 1_000_000;
 /// How often missing blobs are asked for.
 const FETCH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Most shared wraps kept waiting for their envelopes.
+pub const WAITING_WRAPS_MAX: usize = 200_000;
+
 /// Most requests sent per interval.
 const REQUESTS_PER_TICK_MAX: usize = 8;
 
@@ -182,6 +185,9 @@ pub struct Records<B: Blob> {
     promoted: Vec<[u8; 32]>,
     /// Share bundles of final grants not yet applied, by bundle hash.
     shares: BTreeMap<[u8; 32], (PatientId, GrantId)>,
+    /// Shared wraps for versions whose envelope has not arrived yet, by envelope hash; added
+    /// (if still entitled) when it does.
+    waiting_wraps: BTreeMap<[u8; 32], Vec<Wrap>>,
     /// Block time up to which grant expiries were carried out.
     expired_until_ms: u64,
 }
@@ -196,6 +202,7 @@ impl<B: Blob> Records<B> {
             next_peer: 0,
             promoted: Vec::new(),
             shares: BTreeMap::new(),
+            waiting_wraps: BTreeMap::new(),
             expired_until_ms: 0,
         }
     }
@@ -381,9 +388,19 @@ impl<B: Blob> Records<B> {
             if wrap.recipient.0 != grantee_key || !versions.contains(&version) {
                 continue;
             }
-            match self.store.add_wraps(&version, &[wrap]).await {
+            match self
+                .store
+                .add_wraps(&version, std::slice::from_ref(&wrap))
+                .await
+            {
                 Ok(true) => added += 1,
-                Ok(false) => {}
+                // The envelope is still on its way from a peer: add the wrap when it lands.
+                Ok(false) if self.waiting_wraps.len() < WAITING_WRAPS_MAX => {
+                    self.waiting_wraps.entry(version).or_default().push(wrap);
+                }
+                Ok(false) => {
+                    tracing::warn!("too many shared keys wait for their envelopes; one dropped")
+                }
                 Err(e) => halt(e),
             }
         }
@@ -519,13 +536,18 @@ impl<B: Blob> Records<B> {
                 s.version_by_hash(&hash)
                     .map(|v| entitled(s, &v, s.time_ms()))
             });
-            let wraps: Vec<Wrap> = match &allowed {
+            let waiting = self.waiting_wraps.remove(&hash).unwrap_or_default();
+            let mut wraps: Vec<Wrap> = match &allowed {
                 Some(allowed) => wraps
                     .into_iter()
+                    .chain(waiting)
                     .filter(|w| allowed.contains(&w.recipient.0))
                     .collect(),
                 None => Vec::new(),
             };
+            // One wrap per recipient (a peer's copy and a shared one may both be here).
+            wraps.sort_by_key(|w| w.recipient.0);
+            wraps.dedup_by_key(|w| w.recipient.0);
             if let Err(e) = self.store.put(&envelope, &wraps).await {
                 halt(e)
             }

@@ -673,8 +673,13 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     let failing = propose(&auditor_3);
     vote(1, &failing, "false");
     vote(3, &failing, "false");
-    let governance: Value =
-        serde_json::from_str(&ok(cli(&["governance", "list", "--api", &api2]))).unwrap();
+    // Node 2 may be a block behind the last vote.
+    let mut governance = Value::Null;
+    wait_until("the votes on node 2", Duration::from_secs(30), || {
+        governance =
+            serde_json::from_str(&ok(cli(&["governance", "list", "--api", &api2]))).unwrap();
+        !governance.to_string().contains("\"open\"")
+    });
     let status = |id: &str| {
         governance["proposals"]
             .as_array()
