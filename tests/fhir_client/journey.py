@@ -211,7 +211,8 @@ def main(path):
     everything = requests.get(f"{api_a}/fhir/Patient/{patient_id}/$everything", headers=auth_a, timeout=60)
     assert everything.status_code == 200, everything.text
     everything = validate(everything.json())
-    assert everything["total"] == 4 and everything["entry"][0]["resource"]["resourceType"] == "Patient"
+    assert everything["total"] == 4, everything["total"]
+    assert everything["entry"][0]["resource"]["resourceType"] == "Patient"
 
     # A transaction Bundle: a new patient and two records that reference it by urn:uuid.
     transaction = {
@@ -360,6 +361,24 @@ def main(path):
         ),
         403,
     )
+    if exe:
+        # An operator enrols a new clinician for FHIR use: the node keeps only their
+        # decryption key; the clinician logs in with their own key and reads what they wrote.
+        new_key = os.path.join(tempfile.mkdtemp(), "dr-new.key")
+        new_id = subprocess.run(
+            [exe, "identity", "enroll", "--api", api_a, "--key", os.path.join(home, "node-0", "validator.key"),
+             "--out", new_key, "--custody", os.path.join(home, "node-0", "data", "custody")],
+            capture_output=True, text=True, check=True).stdout.strip()
+        seed = bytes.fromhex(open(new_key).read().strip())
+        newcomer = {"id": new_id, "api": api_a, "private_key": base64.urlsafe_b64encode(seed).decode().rstrip("=")}
+        fhir_new, _ = client(newcomer)
+        note = fhir_new.resource(
+            "Observation", status="final",
+            code={"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            subject={"reference": "Patient/" + patient_id}, valueQuantity={"value": 120})
+        note.save()
+        assert fhir_new.reference("Observation", note.id).to_resource()["valueQuantity"]["value"] == 120
+
     print("journey complete:", len(trail), "audit events for the patient")
 
 

@@ -580,17 +580,7 @@ async fn read<B: Blob>(
     headers: HeaderMap,
     Path((kind, id)): Path<(String, String)>,
 ) -> Result<Response> {
-    let token = caller(&state, &headers)?;
-    let versions = versions_of(&state, resource_type(&kind)?, &id)?;
-    let latest = versions.last().expect("non-empty");
-    allowed(&state, &token, latest.anchor.record).await?;
-    let plain = reveal(&state, &token.identity, latest).await?;
-    let body = present(&plain, latest)?;
-    Ok(with_version_headers(
-        fhir_json(StatusCode::OK, &body),
-        latest,
-        &state.gateway.public_url,
-    ))
+    read_version(&state, &headers, &kind, &id, None).await
 }
 
 async fn vread<B: Blob>(
@@ -598,15 +588,29 @@ async fn vread<B: Blob>(
     headers: HeaderMap,
     Path((kind, id, vid)): Path<(String, String, String)>,
 ) -> Result<Response> {
-    let token = caller(&state, &headers)?;
-    let versions = versions_of(&state, resource_type(&kind)?, &id)?;
-    let version = vid
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| versions.iter().find(|v| v.anchor.version == n))
-        .ok_or_else(|| not_found("no such version"))?;
-    allowed(&state, &token, version.anchor.record).await?;
-    let plain = reveal(&state, &token.identity, version).await?;
+    read_version(&state, &headers, &kind, &id, Some(&vid)).await
+}
+
+/// Read the latest version, or version `vid`: recorded on chain, then opened here.
+async fn read_version<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    kind: &str,
+    id: &str,
+    vid: Option<&str>,
+) -> Result<Response> {
+    let token = caller(state, headers)?;
+    let versions = versions_of(state, resource_type(kind)?, id)?;
+    let version = match vid {
+        None => versions.last().expect("non-empty"),
+        Some(vid) => vid
+            .parse::<u32>()
+            .ok()
+            .and_then(|n| versions.iter().find(|v| v.anchor.version == n))
+            .ok_or_else(|| not_found("no such version"))?,
+    };
+    allowed(state, &token, version.anchor.record).await?;
+    let plain = reveal(state, &token.identity, version).await?;
     let body = present(&plain, version)?;
     Ok(with_version_headers(
         fhir_json(StatusCode::OK, &body),

@@ -125,8 +125,10 @@ pub enum PatientCommand {
 #[derive(Subcommand)]
 pub enum IdentityCommand {
     /// Enrol a clinician at an institution, with a new key written to OUT (mode 0600).
+    /// With --custody (the node's `<data_dir>/custody`), the node also keeps the clinician's
+    /// decryption key (X25519 only, it cannot sign) to open records for them over FHIR.
     ///
-    /// Example: ehrchain identity enroll --api http://127.0.0.1:8700 --key net/node-0/validator.key --out dr-bauer.key
+    /// Example: ehrchain identity enroll --api http://127.0.0.1:8700 --key net/node-0/validator.key --out dr-bauer.key --custody net/node-0/data/custody
     Enroll {
         #[arg(long)]
         api: String,
@@ -135,6 +137,8 @@ pub enum IdentityCommand {
         key: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        custody: Option<PathBuf>,
     },
     /// Appoint a guardian for a patient, signed by the patient, with a new key written to OUT
     /// (mode 0600). The guardian may then grant and revoke consent for the patient.
@@ -755,13 +759,24 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
 
 pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
     match command {
-        IdentityCommand::Enroll { api, key, out } => {
+        IdentityCommand::Enroll {
+            api,
+            key,
+            out,
+            custody,
+        } => {
             let clinician = register_new(&api, &key, &out, |new| {
                 ehrchain_types::Payload::EnrollClinician {
                     clinician: new.public.clone(),
                     encryption_key: new.encryption.public().0,
                 }
             })?;
+            if let Some(dir) = custody {
+                ehrchain_api::gateway::write_secret(
+                    &dir.join(format!("{}.enc", clinician.public)),
+                    &clinician.encryption.secret_bytes(),
+                )?;
+            }
             println!("{}", clinician.public);
         }
         IdentityCommand::Guardian {
