@@ -263,8 +263,8 @@ fn submit_failure(error: &SubmitError) -> FhirError {
     FhirError::new(response.0, "processing", &response.1)
 }
 
-/// Sign `payload` with the caller's session key and submit it; `before` runs after signing
-/// and before submission (to stage blobs), `undo` if the submission is refused.
+/// Sign `payload` with the caller's session key and submit it. The nonce advances only when
+/// the node admits the transaction, so a refusal leaves no gap for the next request.
 pub async fn submit_as<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
@@ -286,7 +286,7 @@ pub async fn submit_as<B: Blob>(
     Ok(tx)
 }
 
-/// Sign and submit with the session key, with `stage` run first and undone on refusal.
+/// Sign and submit with the session key; a blob staged for it is dropped on refusal.
 pub async fn submit_staged<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
