@@ -246,6 +246,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     };
     let (observation, observation_file) = put(&of_type("Observation"), "observation.json");
     let (condition, _) = put(&of_type("Condition"), "condition.json");
+    cluster.settle();
 
     // The matrix before any consent. Only the owner and the author read.
     let own = read_ok(&api0, &patient_1, &observation, "PATRQT");
@@ -342,6 +343,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         Duration::from_secs(30),
         || nodes_holding(&net, &b_encryption).is_empty(),
     );
+    cluster.settle();
     let listed: Value = serde_json::from_str(&ok(cli(&[
         "consent",
         "list",
@@ -436,6 +438,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         "1",
     ]));
     read_ok(&api0, &clinician_b, &p2_record.0, "ETREAT");
+    cluster.settle();
     let p2_trail = trail(&api2, &p2_record.1);
     assert!(
         p2_trail
@@ -524,6 +527,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     ])))
     .unwrap();
     let p3_record = written["record"].as_str().unwrap().to_string();
+    cluster.settle();
     // The author reads back what it wrote; write consent gives nobody else a read.
     let own = read_ok(&api1, &clinician_b, &p3_record, "TREAT");
     assert_eq!(own.trim_end().as_bytes(), std::fs::read(&p3_file).unwrap());
@@ -662,6 +666,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         "only a registered identity reads records",
     );
     vote(2, &passing, "true");
+    cluster.settle();
     refused(
         &read(&api0, &second_auditor, &observation, "HOPERAT"),
         "auditor",

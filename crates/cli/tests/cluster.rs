@@ -143,6 +143,7 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     assert_eq!(status, 202, "{answer}");
     let hash = answer["hash"].as_str().unwrap().to_string();
     let first_height = committed_height(&api0, &hash);
+    cluster.settle();
     let proof_file = dir.join("proof.json");
     let out = Command::new(EXE)
         .args([

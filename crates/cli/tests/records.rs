@@ -274,6 +274,7 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
     std::fs::write(&update_file, serde_json::to_vec(&updated).unwrap()).unwrap();
     let answer = put(&api0, &clinician_key, &update_file, Some(observation));
     assert_eq!(answer["version"], 2);
+    cluster.settle();
     let history: Value = serde_json::from_str(&ok(cli(&[
         "record",
         "history",

@@ -34,6 +34,29 @@ impl Cluster {
         self.nodes[index] = Some(child);
     }
 
+    /// Waits until every running node has reached the highest height any of them reports.
+    /// A write is committed on the node that answered it; another node may be a block
+    /// behind, so a test that reads elsewhere after a write settles first.
+    pub fn settle(&self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect();
+        let top = running
+            .iter()
+            .filter_map(|i| height(&self.api(*i)))
+            .max()
+            .unwrap_or(0);
+        wait_until(
+            "every node at the same height",
+            Duration::from_secs(30),
+            || {
+                running
+                    .iter()
+                    .all(|i| height(&self.api(*i)).is_some_and(|h| h >= top))
+            },
+        );
+    }
+
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].take() {
             child.kill().expect("SIGKILL");
