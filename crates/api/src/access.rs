@@ -156,8 +156,10 @@ pub fn grant_json(state: &ChainState, grant: &Grant, now_ms: u64) -> Value {
     } else {
         "active"
     };
-    let grantee =
-        ehrchain_chain::access::public_key(&grant.grantee).and_then(|k| state.identity(&k));
+    let grantee_key = ehrchain_chain::access::public_key(&grant.grantee);
+    let grantee = grantee_key.as_ref().and_then(|k| state.identity(k));
+    // A key rotated away or removed gets no new wraps: no encryption key to wrap for.
+    let retired = grantee_key.is_some_and(|k| state.retired(&k).is_some());
     let actions: Vec<&str> = [(1u8, "access"), (2, "correct")]
         .iter()
         .filter(|(bit, _)| grant.actions & bit != 0)
@@ -169,7 +171,10 @@ pub fn grant_json(state: &ChainState, grant: &Grant, now_ms: u64) -> Value {
         "granted_by": key_hex(&grant.granted_by),
         "grantee": key_hex(&grant.grantee),
         "grantee_role": grantee.as_ref().map(|i| i.role.name()),
-        "grantee_encryption_key": grantee.map(|i| hex::encode(i.encryption_key)),
+        "grantee_encryption_key": grantee
+            .filter(|_| !retired)
+            .map(|i| hex::encode(i.encryption_key)),
+        "grantee_retired": retired,
         "actions": actions,
         "types": grant.types,
         "purposes": grant.purposes.iter().map(|p| p.code()).collect::<Vec<_>>(),

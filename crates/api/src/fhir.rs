@@ -783,6 +783,7 @@ fn readers<B: Blob>(
                 && grant.allows_action(Action::Read)
                 && (grant.types.is_empty() || grant.types.contains(&kind))
                 && let Ok(key) = ehrchain_types::decode_public_key(grant.grantee)
+                && s.retired(&key).is_none()
                 && let Some(grantee) = s.identity(&key)
             {
                 keys.push(grantee.encryption_key);

@@ -264,6 +264,10 @@ fn payload_json(payload: &Payload) -> Value {
             "identity": identity.to_string(),
             "assertion_sha256": hex::encode(ehrchain_types::sha256(&[assertion])),
         }),
+        Payload::RemoveClinician { clinician } => json!({
+            "kind": "remove_clinician",
+            "clinician": clinician.to_string(),
+        }),
     }
 }
 

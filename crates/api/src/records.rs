@@ -476,14 +476,17 @@ async fn identity<B: Blob>(
                 .map(|(_, i)| i.encryption_key),
             _ => None,
         };
-        Some((identity, institution_key))
+        use ehrchain_chain::state::Reader as _;
+        Some((identity, institution_key, s.retired(&key)))
     });
-    let (identity, institution_key) =
+    let (identity, institution_key, retired_height) =
         found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown identity"))?;
     let mut answer = json!({
         "key": key.to_string(),
         "role": identity.role.name(),
         "encryption_key": hex::encode(identity.encryption_key),
+        // Set once the key was rotated away, removed by its institution or by governance.
+        "retired_height": retired_height,
     });
     match identity.role {
         Role::Clinician { institution } => {

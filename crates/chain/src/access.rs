@@ -475,6 +475,39 @@ pub(crate) fn rotate_key(
     move_identity(view, delta, at, signer, new_key, encryption_key)
 }
 
+/// An institution removes one of its clinicians. The key (and every earlier key of the
+/// identity) is retired at this height, so it signs nothing more and no session acts for it;
+/// grants to it wrap nothing new, and the keeper deletes the data keys wrapped for it.
+pub(crate) fn remove_clinician(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    clinician: &PublicKey,
+) -> Result<(), Rejection> {
+    let identity = view.identity(clinician).ok_or(Rejection::Unauthorized(
+        "only an enrolled clinician is removed",
+    ))?;
+    match &identity.role {
+        Role::Clinician { institution } if institution == signer => {}
+        Role::Clinician { .. } => {
+            return Err(Rejection::Unauthorized(
+                "only the clinician's own institution removes them",
+            ));
+        }
+        _ => {
+            return Err(Rejection::Unauthorized(
+                "only an enrolled clinician is removed",
+            ));
+        }
+    }
+    if view.retired(clinician).is_some() {
+        return Err(Rejection::RetiredKey);
+    }
+    delta.retired.insert(clinician.clone(), at.height);
+    Ok(())
+}
+
 /// A guardian or the home institution replaces a patient's lost key. Audited: a finding
 /// for the auditor and an entry on the patient's trail.
 #[allow(clippy::too_many_arguments)]
@@ -1065,6 +1098,355 @@ mod tests {
         let trail = w.state.patient_events(&P1);
         assert_eq!(trail.len(), 10);
         assert!(trail.windows(2).all(|p| p[0].0 < p[1].0));
+    }
+
+    /// The actor kinds of the authorization matrix (the list, plus the patient's
+    /// home institution, which has rights of its own).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Actor {
+        OwnPatient,
+        OtherPatient,
+        Consented,
+        NoConsent,
+        Expired,
+        Revoked,
+        HomeInstitution,
+        OtherInstitution,
+        Auditor,
+        Anonymous,
+    }
+
+    impl Actor {
+        const ALL: [Self; 10] = [
+            Self::OwnPatient,
+            Self::OtherPatient,
+            Self::Consented,
+            Self::NoConsent,
+            Self::Expired,
+            Self::Revoked,
+            Self::HomeInstitution,
+            Self::OtherInstitution,
+            Self::Auditor,
+            Self::Anonymous,
+        ];
+
+        fn key(self) -> PrivateKey {
+            match self {
+                Self::OwnPatient => patient_1(),
+                Self::OtherPatient => patient_2(),
+                Self::Consented => clinician_b(),
+                Self::NoConsent => key(12),
+                Self::Expired => key(13),
+                Self::Revoked => key(14),
+                Self::HomeInstitution => hospital_a(),
+                Self::OtherInstitution => hospital_b(),
+                Self::Auditor => auditor(),
+                Self::Anonymous => stranger(),
+            }
+        }
+    }
+
+    /// Every operation a transaction can carry, aimed at patient 1 and their record R1.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Operation {
+        Read,
+        WriteVersion,
+        WriteRecord,
+        Grant,
+        Revoke,
+        BreakGlass,
+        AppointGuardian,
+        Erase,
+        RecoverKey,
+        RegisterPatient,
+        EnrollClinician,
+        RemoveClinician,
+        Propose,
+        Vote,
+        RotateKey,
+        OpenSession,
+        Anchor,
+    }
+
+    impl Operation {
+        const ALL: [Self; 17] = [
+            Self::Read,
+            Self::WriteVersion,
+            Self::WriteRecord,
+            Self::Grant,
+            Self::Revoke,
+            Self::BreakGlass,
+            Self::AppointGuardian,
+            Self::Erase,
+            Self::RecoverKey,
+            Self::RegisterPatient,
+            Self::EnrollClinician,
+            Self::RemoveClinician,
+            Self::Propose,
+            Self::Vote,
+            Self::RotateKey,
+            Self::OpenSession,
+            Self::Anchor,
+        ];
+
+        /// The policy, written out plainly (docs/design/access.md), independent of the code.
+        fn authorized(self, actor: Actor) -> bool {
+            use Actor as A;
+            match self {
+                Self::Read => matches!(actor, A::OwnPatient | A::Consented),
+                // The home institution (care relationship) or a `correct` grant.
+                Self::WriteVersion | Self::WriteRecord => {
+                    matches!(actor, A::HomeInstitution | A::Consented)
+                }
+                Self::Grant | Self::Revoke | Self::AppointGuardian => actor == A::OwnPatient,
+                // Any enrolled clinician, consent or not: that is what break-glass is for.
+                Self::BreakGlass => {
+                    matches!(actor, A::Consented | A::NoConsent | A::Expired | A::Revoked)
+                }
+                Self::Erase => matches!(actor, A::OwnPatient | A::HomeInstitution),
+                Self::RecoverKey | Self::RemoveClinician => actor == A::HomeInstitution,
+                Self::RegisterPatient | Self::EnrollClinician | Self::Propose => {
+                    matches!(actor, A::HomeInstitution | A::OtherInstitution)
+                }
+                // The home institution proposed, and so already voted.
+                Self::Vote => actor == A::OtherInstitution,
+                // Any registered identity but a member (whose key is its validator key).
+                Self::RotateKey => !matches!(
+                    actor,
+                    A::HomeInstitution | A::OtherInstitution | A::Anonymous
+                ),
+                // A session for patient 1 opens only on an assertion signed by patient 1.
+                Self::OpenSession => actor == A::OwnPatient,
+                // A bare anchor of a digest: any signer (the ledger's own operation).
+                Self::Anchor => true,
+            }
+        }
+
+        fn payload(self, actor: Actor, time_ms: u64) -> (PrivateKey, Payload) {
+            let signer = actor.key();
+            let anchor = |record: RecordId, version: u32| {
+                Payload::RecordAnchor(RecordAnchor {
+                    record,
+                    version,
+                    patient: P1,
+                    resource_type: 2,
+                    ciphertext_hash: sha256(&[&record, &version.to_be_bytes()]),
+                    ciphertext_size: 100,
+                    timestamp_ms: 0,
+                })
+            };
+            let payload = match self {
+                Self::Read => Payload::Access {
+                    record: R1,
+                    purpose: Purpose::Treatment as u8,
+                },
+                Self::WriteVersion => anchor(R1, 2),
+                Self::WriteRecord => anchor([0x12; 16], 1),
+                Self::Grant => Payload::Grant(ConsentGrant {
+                    id: [9; 16],
+                    patient: P1,
+                    grantee: key(12).public_key(),
+                    actions: 1,
+                    types: Vec::new(),
+                    purposes: Vec::new(),
+                    valid_from_ms: time_ms,
+                    valid_until_ms: time_ms + HOUR,
+                    share: Digest::from([0; 32]),
+                }),
+                Self::Revoke => Payload::Revoke {
+                    patient: P1,
+                    grant: [1; 16],
+                },
+                Self::BreakGlass => Payload::BreakGlass {
+                    patient: P1,
+                    reason: 1,
+                },
+                Self::AppointGuardian => Payload::AppointGuardian {
+                    patient: P1,
+                    guardian: key(50).public_key(),
+                    encryption_key: [0x50; 32],
+                },
+                Self::Erase => Payload::ErasePatient { patient: P1 },
+                Self::RecoverKey => Payload::RecoverKey {
+                    patient: P1,
+                    new_key: key(51).public_key(),
+                    encryption_key: [0x51; 32],
+                },
+                Self::RegisterPatient => Payload::RegisterPatient {
+                    patient: [3; 16],
+                    key: key(52).public_key(),
+                    encryption_key: [0x52; 32],
+                },
+                Self::EnrollClinician => Payload::EnrollClinician {
+                    clinician: key(53).public_key(),
+                    encryption_key: [0x53; 32],
+                },
+                Self::RemoveClinician => Payload::RemoveClinician {
+                    clinician: clinician_a().public_key(),
+                },
+                Self::Propose => Payload::Propose {
+                    proposal: [8; 16],
+                    action: ehrchain_types::GovernanceAction::AppointAuditor {
+                        key: key(41).public_key(),
+                    },
+                },
+                Self::Vote => Payload::Vote {
+                    proposal: [7; 16],
+                    approve: true,
+                },
+                Self::RotateKey => Payload::RotateKey {
+                    new_key: key(54).public_key(),
+                    encryption_key: [0x54; 32],
+                },
+                Self::OpenSession => {
+                    use commonware_codec::Encode as _;
+                    let seed: [u8; 32] = signer.encode().as_ref().try_into().unwrap();
+                    let patient = hex::encode(patient_1().public_key().as_ref());
+                    let assertion = ehrchain_crypto::jwt::sign(
+                        &seed,
+                        &ehrchain_crypto::jwt::Claims {
+                            iss: patient.clone(),
+                            sub: patient,
+                            aud: "http://node/auth/token".into(),
+                            exp: (time_ms + 120_000) / 1000,
+                            jti: "matrix".into(),
+                        },
+                    );
+                    // The signer of an OpenSession is the gateway's fresh session key.
+                    return (
+                        key(60),
+                        Payload::OpenSession {
+                            identity: patient_1().public_key(),
+                            assertion: assertion.into_bytes(),
+                        },
+                    );
+                }
+                Self::Anchor => Payload::Anchor {
+                    label: 1,
+                    digest: Digest::from([0xAB; 32]),
+                },
+            };
+            (signer, payload)
+        }
+    }
+
+    /// Patient 1 granted `Consented` (clinician B) read and write on everything, `Expired`
+    /// a grant that ran out by block time and `Revoked` one that it took back; `NoConsent` is
+    /// enrolled at hospital B with nothing. Hospital A has an open proposal.
+    fn matrix_world() -> World {
+        let mut w = World::new(Rules::default());
+        for (seed, enc) in [(12, 0xB2), (13, 0xB3), (14, 0xB4)] {
+            w.ok(
+                &hospital_b(),
+                Payload::EnrollClinician {
+                    clinician: key(seed).public_key(),
+                    encryption_key: [enc; 32],
+                },
+            );
+        }
+        let now = w.time_ms;
+        let grant = |id: u8, grantee: PrivateKey, until_ms: u64| {
+            Payload::Grant(ConsentGrant {
+                id: [id; 16],
+                patient: P1,
+                grantee: grantee.public_key(),
+                actions: 3,
+                types: Vec::new(),
+                purposes: Vec::new(),
+                valid_from_ms: now,
+                valid_until_ms: until_ms,
+                share: Digest::from([0; 32]),
+            })
+        };
+        w.ok(&patient_1(), grant(1, clinician_b(), now + 10 * HOUR));
+        w.ok(&patient_1(), grant(2, key(13), now + 5_000));
+        w.ok(&patient_1(), grant(3, key(14), now + 10 * HOUR));
+        w.ok(
+            &patient_1(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [3; 16],
+            },
+        );
+        w.ok(
+            &hospital_a(),
+            Payload::Propose {
+                proposal: [7; 16],
+                action: ehrchain_types::GovernanceAction::AppointAuditor {
+                    key: key(40).public_key(),
+                },
+            },
+        );
+        w.time_ms += 60_000;
+        w
+    }
+
+    #[test]
+    fn authorization_matrix_every_operation_by_every_actor() {
+        let mut unauthorized_successes = Vec::new();
+        let mut wrongly_refused = Vec::new();
+        for operation in Operation::ALL {
+            for actor in Actor::ALL {
+                // A fresh world per attempt: an earlier success must not change the next.
+                let mut w = matrix_world();
+                let (signer, payload) = operation.payload(actor, w.time_ms);
+                let result = w.run(&signer, payload);
+                let succeeded = match (&result, operation) {
+                    // A read attempt is recorded either way; it succeeds when allowed.
+                    (Ok(_), Operation::Read) => matches!(
+                        w.state.event(w.height, 0).map(|e| e.outcome),
+                        Some(Outcome::Allowed(_))
+                    ),
+                    (Ok(_), _) => true,
+                    (Err(_), _) => false,
+                };
+                let authorized = operation.authorized(actor);
+                if succeeded && !authorized {
+                    unauthorized_successes.push((operation, actor));
+                }
+                if !succeeded && authorized {
+                    wrongly_refused.push((operation, actor, result.err()));
+                }
+            }
+        }
+        assert_eq!(unauthorized_successes, Vec::new(), "unauthorized successes");
+        assert!(wrongly_refused.is_empty(), "refused: {wrongly_refused:?}");
+    }
+
+    #[test]
+    fn an_institution_removes_its_clinician_and_the_key_stops_working() {
+        let mut w = World::new(Rules::default());
+        let remove = |who: &PrivateKey| Payload::RemoveClinician {
+            clinician: who.public_key(),
+        };
+        // Only the clinician's own institution.
+        for other in [hospital_b(), clinician_a(), patient_1(), auditor()] {
+            assert!(matches!(
+                w.run(&other, remove(&clinician_a())),
+                Err(state::Rejection::Unauthorized(_))
+            ));
+        }
+        assert!(matches!(
+            w.run(&hospital_a(), remove(&patient_1())),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        w.ok(&hospital_a(), remove(&clinician_a()));
+        // Refused from now on: a read attempt, a write, a second removal, a grant to it.
+        assert_eq!(
+            w.read(&clinician_a(), R1),
+            Err(state::Rejection::RetiredKey)
+        );
+        assert_eq!(
+            w.run(&hospital_a(), remove(&clinician_a())).err(),
+            Some(state::Rejection::RetiredKey)
+        );
+        let now = w.time_ms;
+        assert!(
+            w.grant(&patient_1(), &clinician_a(), 5, now + HOUR)
+                .is_err()
+        );
+        // The records it wrote stay with the patient.
+        assert_eq!(w.read(&patient_1(), R1), Ok(Outcome::Allowed(Basis::Owner)));
     }
 
     #[test]

@@ -308,6 +308,7 @@ impl<B: Blob> Records<B> {
                         self.withdraw(&grant).await;
                     }
                 }
+                Payload::RemoveClinician { clinician } => self.forget_clinician(clinician).await,
                 _ => {}
             }
         }
@@ -405,6 +406,57 @@ impl<B: Blob> Records<B> {
             }
         }
         tracing::info!(wraps = added, "consent share applied");
+    }
+
+    /// A removed clinician: delete every data key wrapped for it (under any of its keys), on
+    /// the versions it wrote and on the records of patients who granted it.
+    async fn forget_clinician(&mut self, clinician: &PublicKey) {
+        let found = self.chain.read(|s| {
+            let identity = s.identity(clinician)?;
+            let keys: Vec<&PublicKey> = std::iter::once(clinician)
+                .chain(identity.previous.iter())
+                .collect();
+            let granted: Vec<ehrchain_contracts::consent::Key> =
+                keys.iter().map(|k| crate::access::key_bytes(k)).collect();
+            let patients: std::collections::BTreeSet<PatientId> = s
+                .all_grants()
+                .filter(|g| granted.contains(&g.grantee))
+                .map(|g| g.patient)
+                .collect();
+            let mut hashes: std::collections::BTreeSet<[u8; 32]> = s
+                .all_versions()
+                .filter(|v| keys.contains(&&v.author))
+                .map(|v| hash_of(&v.anchor.ciphertext_hash))
+                .collect();
+            for patient in &patients {
+                for record in s.patient_records(patient) {
+                    hashes.extend(
+                        s.versions(&record)
+                            .iter()
+                            .map(|v| hash_of(&v.anchor.ciphertext_hash)),
+                    );
+                }
+            }
+            // Wraps were made for whichever encryption key the clinician had at the time.
+            let mut recipients: Vec<EncryptionPublicKey> = keys
+                .iter()
+                .filter_map(|k| s.identity(k))
+                .map(|i| EncryptionPublicKey(i.encryption_key))
+                .collect();
+            recipients.sort_by_key(|k| k.0);
+            recipients.dedup();
+            Some((recipients, hashes))
+        });
+        let Some((recipients, hashes)) = found else {
+            return;
+        };
+        for hash in hashes {
+            for recipient in &recipients {
+                if let Err(e) = self.store.remove_wrap(&hash, recipient).await {
+                    halt(e)
+                }
+            }
+        }
     }
 
     /// A grant no longer active: delete its bundle and the grantee's wraps on the patient's
@@ -577,8 +629,9 @@ fn entitled(state: &State, version: &RecordVersion, now_ms: u64) -> Vec<[u8; 32]
     }
     for grant in state.grants(&version.anchor.patient) {
         if covers_reads(&grant, version.anchor.resource_type, now_ms)
-            && let Some(grantee) =
-                crate::access::public_key(&grant.grantee).and_then(|k| state.identity(&k))
+            && let Some(grantee) = crate::access::public_key(&grant.grantee)
+                .filter(|k| state.retired(k).is_none())
+                .and_then(|k| state.identity(&k))
         {
             keys.push(grantee.encryption_key);
         }

@@ -708,6 +708,9 @@ fn apply_payload(
             identity,
             assertion,
         } => access::open_session(view, delta, signer, at, identity, assertion)?,
+        Payload::RemoveClinician { clinician } => {
+            access::remove_clinician(view, delta, signer, at, clinician)?
+        }
         Payload::RecoverKey {
             patient,
             new_key,

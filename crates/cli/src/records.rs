@@ -184,6 +184,21 @@ pub enum IdentityCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Remove a clinician, signed by their institution: from the next block their key (and
+    /// any FHIR session of theirs) is refused, and every node deletes the data keys wrapped
+    /// for them.
+    ///
+    /// Example: ehrchain identity remove --api http://127.0.0.1:8700 --key net/node-0/validator.key --clinician <public key>
+    Remove {
+        #[arg(long)]
+        api: String,
+        /// The institution's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The clinician's public key (hex), as `identity enroll` printed it.
+        #[arg(long)]
+        clinician: String,
+    },
     /// Print an identity's role and keys.
     ///
     /// Example: ehrchain identity show --api http://127.0.0.1:8700 --key-file dr-bauer.key
@@ -480,7 +495,12 @@ pub fn readers_for(
                     || t.iter()
                         .any(|x| x.as_u64() == Some(u64::from(resource_type)))
             });
-            if grant["status"] == "active" && reads && covers {
+            // A grantee whose key was rotated away or removed is sent no encryption key.
+            if grant["status"] == "active"
+                && reads
+                && covers
+                && !grant["grantee_retired"].as_bool().unwrap_or(false)
+            {
                 let key = key32(&grant["grantee_encryption_key"], "grantee encryption key")?;
                 if !readers.contains(&key) {
                     readers.push(key);
@@ -817,6 +837,27 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
                 }
             })?;
             println!("{}", new.public);
+        }
+        IdentityCommand::Remove {
+            api,
+            key,
+            clinician,
+        } => {
+            let clinician = ehrchain_types::public_key_from_hex(&clinician)
+                .context("--clinician must be a 64-hex-character public key")?;
+            let session = Session::open(&api)?;
+            let institution = Signer::load(&key)?;
+            let (tx, status) = session.send(
+                &institution,
+                ehrchain_types::Payload::RemoveClinician {
+                    clinician: clinician.clone(),
+                },
+            )?;
+            println!(
+                "removed: clinician {clinician} at height {} (transaction {})",
+                status["height"],
+                hex::encode(tx.id())
+            );
         }
         IdentityCommand::Show { api, key_file } => {
             let signer = Signer::load(&key_file)?;

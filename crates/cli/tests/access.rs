@@ -588,6 +588,29 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         "no longer accepted",
     );
     read_ok(&api1, &clinician_b2, &condition, "TREAT");
+
+    // Removal by its institution: the clinician's key is refused, and the data keys wrapped
+    // for it (here, for the record it wrote under its first key) go from every node.
+    assert!(!nodes_holding(&net, &b_encryption).is_empty());
+    ok(cli(&[
+        "identity",
+        "remove",
+        "--api",
+        &api1,
+        "--key",
+        path(&hospital_b),
+        "--clinician",
+        &public_key(&api1, &clinician_b2),
+    ]));
+    refused(
+        &read(&api1, &clinician_b2, &condition, "TREAT"),
+        "no longer accepted",
+    );
+    wait_until(
+        "the removed clinician's keys deleted everywhere",
+        Duration::from_secs(30),
+        || nodes_holding(&net, &b_encryption).is_empty(),
+    );
     // Recovery of patient 1's lost key by the home institution: audited; the new key reads
     // the patient's records, released by the node of the institution that holds their keys.
     let patient_1_new = inputs.join("patient-1-new.key");

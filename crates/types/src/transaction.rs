@@ -91,6 +91,10 @@ pub enum Payload {
         identity: PublicKey,
         assertion: Vec<u8>,
     },
+    /// An institution removes one of its clinicians: from this height the clinician's key
+    /// (and any session opened for it) is rejected, grants to it no longer count, and every
+    /// node deletes the data keys wrapped for it.
+    RemoveClinician { clinician: PublicKey },
 }
 
 /// A governance proposal id, chosen by the proposer (random).
@@ -174,6 +178,7 @@ impl Payload {
     const KIND_PROPOSE: u8 = 13;
     const KIND_VOTE: u8 = 14;
     const KIND_OPEN_SESSION: u8 = 15;
+    const KIND_REMOVE_CLINICIAN: u8 = 16;
 
     fn kind(&self) -> u8 {
         match self {
@@ -192,6 +197,7 @@ impl Payload {
             Self::Propose { .. } => Self::KIND_PROPOSE,
             Self::Vote { .. } => Self::KIND_VOTE,
             Self::OpenSession { .. } => Self::KIND_OPEN_SESSION,
+            Self::RemoveClinician { .. } => Self::KIND_REMOVE_CLINICIAN,
         }
     }
 
@@ -314,6 +320,7 @@ impl Payload {
                 out.extend_from_slice(&(assertion.len() as u16).to_be_bytes());
                 out.extend_from_slice(assertion);
             }
+            Self::RemoveClinician { clinician } => out.extend_from_slice(clinician.as_ref()),
         }
     }
 
@@ -436,6 +443,9 @@ impl Payload {
                     assertion: reader.take(len)?.to_vec(),
                 }
             }
+            Self::KIND_REMOVE_CLINICIAN => Self::RemoveClinician {
+                clinician: reader.public_key()?,
+            },
             other => return Err(Error::UnknownPayload(other)),
         };
         reader.finish()?;
@@ -711,6 +721,9 @@ mod tests {
             Payload::OpenSession {
                 identity: key.public_key(),
                 assertion: b"header.payload.signature".to_vec(),
+            },
+            Payload::RemoveClinician {
+                clinician: key.public_key(),
             },
             Payload::Propose {
                 proposal: [9; 16],
