@@ -206,6 +206,18 @@ def main(path):
         cli_token = subprocess.run([exe, "auth", "token", "--api", api_a, "--key", os.path.join(home, "identities", "clinician-1.key")], capture_output=True, text=True, check=True).stdout.strip()
         again = requests.get(f"{api_a}/fhir/Condition/{condition.id}", headers={"Authorization": "Bearer " + cli_token}, timeout=60)
         assert again.status_code == 200, again.text
+        # ... and `ehrchain fhir` does what a FHIR client does: a search, then a refused read.
+        searched = subprocess.run(
+            [exe, "fhir", "get", "--api", api_a, "--key", os.path.join(home, "identities", "clinician-1.key"),
+             f"Condition?patient={patient_id}"],
+            capture_output=True, text=True, check=True)
+        bundle = validate(json.loads(searched.stdout))
+        assert bundle["type"] == "searchset" and bundle["total"] >= 1, bundle
+        refused_cli = subprocess.run(
+            [exe, "fhir", "get", "--api", api_a, "--key", os.path.join(home, "auditor.key"),
+             f"Condition/{condition.id}"],
+            capture_output=True, text=True)
+        assert refused_cli.returncode == 1 and "OperationOutcome" in refused_cli.stderr, refused_cli
 
     # $everything: the Patient first, then the records.
     everything = requests.get(f"{api_a}/fhir/Patient/{patient_id}/$everything", headers=auth_a, timeout=60)

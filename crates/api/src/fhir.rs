@@ -2033,6 +2033,13 @@ fn audit_event_json<B: Blob>(
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
     })];
+    // A refused write or consent change, recorded as an attempt (not a read).
+    let refused_operation = match event.outcome {
+        Outcome::Denied(ehrchain_chain::access::Reason::NotPermitted { operation }) => {
+            Some(operation)
+        }
+        _ => None,
+    };
     let subtype = match event.record {
         Some((record, kind)) => {
             let name = ResourceType::from_code(kind).map_or("Resource", ResourceType::name);
@@ -2047,13 +2054,24 @@ fn audit_event_json<B: Blob>(
             json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT", "display": "break-glass"})
         }
     };
+    let (subtype, action) = match refused_operation {
+        Some(4) => (
+            json!({"system": "http://hl7.org/fhir/restful-interaction", "code": "update", "display": "write"}),
+            "U",
+        ),
+        Some(_) => (
+            json!({"system": "http://hl7.org/fhir/restful-interaction", "code": "operation", "display": "operation"}),
+            "E",
+        ),
+        None => (subtype, "R"),
+    };
     json!({
         "resourceType": "AuditEvent",
         "id": hex::encode(event.transaction),
         "meta": {"profile": ["https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read"]},
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
         "subtype": [subtype],
-        "action": "R",
+        "action": action,
         "recorded": instant(event.time_ms),
         "outcome": outcome,
         "outcomeDesc": description,

@@ -352,6 +352,13 @@ pub async fn commit<B: Blob>(state: &ApiState<B>, tx: &Transaction) -> Result<Lo
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
     loop {
         if let Some(location) = state.chain.location(&id) {
+            if let Some(reason) = crate::denial(state, &location) {
+                return Err(FhirError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    &format!("{reason}; the attempt is recorded on chain"),
+                ));
+            }
             return Ok(location);
         }
         if let Some(reason) = state.chain.rejection(&id) {

@@ -474,13 +474,38 @@ async fn transaction<B: Blob>(
         return Ok(Json(json!({ "hash": hash, "status": status })));
     };
     let proof = build_proof(state.as_ref(), &id, location.height, location.index).await?;
+    let denied = denial(state.as_ref(), &location).map(|reason| {
+        json!({
+            "reason": reason.code(),
+            "message": reason.to_string(),
+        })
+    });
     Ok(Json(json!({
         "hash": hex::encode(id),
         "status": "committed",
+        // Set when the operation was refused and only the attempt was recorded.
+        "denied": denied,
         "height": location.height,
         "index": location.index,
         "proof": proof,
     })))
+}
+
+/// The rule that refused a committed transaction whose attempt was recorded as denied (a
+/// write, consent change, break-glass, guardian, erasure or recovery the signer may not do).
+/// Read attempts are left to the read path, which reports their outcome itself.
+pub fn denial<B: Blob>(
+    state: &ApiState<B>,
+    location: &ehrchain_chain::Location,
+) -> Option<ehrchain_chain::access::Reason> {
+    state.chain.read(
+        |s| match s.event(location.height, location.index).map(|e| e.outcome) {
+            Some(ehrchain_chain::access::Outcome::Denied(
+                reason @ ehrchain_chain::access::Reason::NotPermitted { .. },
+            )) => Some(reason),
+            _ => None,
+        },
+    )
 }
 
 /// Build an inclusion proof; `None` while no finalization certificate covers the block yet.

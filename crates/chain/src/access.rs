@@ -64,6 +64,23 @@ pub enum Reason {
     Auditor,
     #[error("a patient reads only their own records")]
     NotTheirs,
+    /// A registered identity tried an operation on a patient's records that its role and
+    /// the patient's consent do not allow (a write, a grant, an erasure, ...), by payload kind.
+    #[error("{}", not_permitted(*operation))]
+    NotPermitted { operation: u8 },
+}
+
+/// The refusal of an operation, by payload kind: names the rule, never content.
+fn not_permitted(operation: u8) -> &'static str {
+    match operation {
+        4 => "this identity may not write this patient's records",
+        5 => "only the patient or their home institution asks for erasure",
+        6 | 7 => "only the patient or a guardian grants and revokes consent",
+        9 => "only an enrolled clinician opens break-glass access",
+        10 => "only the patient appoints a guardian",
+        12 => "only a guardian or the home institution recovers a patient's key",
+        _ => "this identity may not do this",
+    }
 }
 
 impl Reason {
@@ -78,14 +95,16 @@ impl Reason {
             Self::Consent(Denial::Revoked) => "consent-revoked",
             Self::Auditor => "auditor",
             Self::NotTheirs => "not-their-record",
+            Self::NotPermitted { .. } => "not-permitted",
         }
     }
 
-    fn number(&self) -> u8 {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Consent(d) => 1 + *d as u8,
-            Self::Auditor => 20,
-            Self::NotTheirs => 21,
+            Self::Consent(d) => out.push(1 + *d as u8),
+            Self::Auditor => out.push(20),
+            Self::NotTheirs => out.push(21),
+            Self::NotPermitted { operation } => out.extend_from_slice(&[22, *operation]),
         }
     }
 }
@@ -124,7 +143,7 @@ impl Outcome {
             }
             Self::Denied(reason) => {
                 out.push(2);
-                out.push(reason.number());
+                reason.write(out);
             }
         }
     }
@@ -174,7 +193,7 @@ impl FindingKind {
         match self {
             Self::DeniedAccess(reason) => {
                 out.push(1);
-                out.push(reason.number());
+                reason.write(out);
             }
             Self::BreakGlass { reason } => {
                 out.push(2);
@@ -473,6 +492,65 @@ pub(crate) fn rotate_key(
     encryption_key: &[u8; 32],
 ) -> Result<(), Rejection> {
     move_identity(view, delta, at, signer, new_key, encryption_key)
+}
+
+/// A registered identity's refused attempt on a patient's records (a write, a consent change,
+/// break-glass, a guardian, an erasure, a key recovery) is itself recorded: an event on the
+/// patient's trail and a finding for the auditor, with the rule that refused it. False when
+/// the attempt cannot be recorded (an unknown or retired signer, no such patient, another
+/// kind of operation): then it is refused outright and never reaches a block.
+pub(crate) fn record_denial(
+    view: &impl Reader,
+    delta: &mut Delta,
+    at: At,
+    tx: &ehrchain_types::Transaction,
+) -> bool {
+    use ehrchain_types::Payload as P;
+    let (patient, record) = match &tx.body.payload {
+        P::RecordAnchor(anchor) => (anchor.patient, Some((anchor.record, anchor.resource_type))),
+        P::Grant(grant) => (grant.patient, None),
+        P::Revoke { patient, .. }
+        | P::BreakGlass { patient, .. }
+        | P::AppointGuardian { patient, .. }
+        | P::ErasePatient { patient }
+        | P::RecoverKey { patient, .. } => (*patient, None),
+        _ => return false,
+    };
+    let Ok(actor) = actor(view, at, &tx.body.signer, &tx.body.payload) else {
+        return false;
+    };
+    if view.identity(&actor).is_none()
+        || view.retired(&actor).is_some()
+        || view.patient(&patient).is_none()
+    {
+        return false;
+    }
+    let reason = Reason::NotPermitted {
+        operation: tx.body.payload.kind(),
+    };
+    delta.events.insert(
+        (at.height, at.index),
+        AccessEvent {
+            actor: actor.clone(),
+            patient,
+            record,
+            purpose: 0,
+            outcome: Outcome::Denied(reason),
+            time_ms: at.time_ms,
+            transaction: tx.id(),
+        },
+    );
+    delta.findings.insert(
+        (at.height, at.index, 0),
+        Finding {
+            kind: FindingKind::DeniedAccess(reason),
+            actor,
+            patient,
+            time_ms: at.time_ms,
+            transaction: tx.id(),
+        },
+    );
+    true
 }
 
 /// An institution removes one of its clinicians. The key (and every earlier key of the
@@ -1021,6 +1099,23 @@ mod tests {
             )
         }
 
+        /// The operation kind refused by the last block, if its attempt was recorded as
+        /// denied (a `not-permitted` event on the trail).
+        fn recorded_denial(&self) -> Option<u8> {
+            match self.state.event(self.height, 0).map(|e| e.outcome) {
+                Some(Outcome::Denied(Reason::NotPermitted { operation })) => Some(operation),
+                _ => None,
+            }
+        }
+
+        /// Run an attempt that must be refused, with the refusal recorded on chain.
+        fn denied_on_record(&mut self, signer: &PrivateKey, payload: Payload) {
+            let kind = payload.kind();
+            let result = self.run(signer, payload);
+            assert!(result.is_ok(), "not recorded: {result:?}");
+            assert_eq!(self.recorded_denial(), Some(kind));
+        }
+
         fn findings(&self) -> Vec<&'static str> {
             self.state.findings().map(|(_, f)| f.kind.code()).collect()
         }
@@ -1385,11 +1480,13 @@ mod tests {
     fn authorization_matrix_every_operation_by_every_actor() {
         let mut unauthorized_successes = Vec::new();
         let mut wrongly_refused = Vec::new();
+        let mut unrecorded = Vec::new();
         for operation in Operation::ALL {
             for actor in Actor::ALL {
                 // A fresh world per attempt: an earlier success must not change the next.
                 let mut w = matrix_world();
                 let (signer, payload) = operation.payload(actor, w.time_ms);
+                let kind = payload.kind();
                 let result = w.run(&signer, payload);
                 let succeeded = match (&result, operation) {
                     // A read attempt is recorded either way; it succeeds when allowed.
@@ -1397,12 +1494,37 @@ mod tests {
                         w.state.event(w.height, 0).map(|e| e.outcome),
                         Some(Outcome::Allowed(_))
                     ),
-                    (Ok(_), _) => true,
+                    // Any other refused attempt by a registered identity is recorded as
+                    // denied; that is not a success either.
+                    (Ok(_), _) => !matches!(
+                        w.state.event(w.height, 0).map(|e| e.outcome),
+                        Some(Outcome::Denied(_))
+                    ),
                     (Err(_), _) => false,
                 };
                 let authorized = operation.authorized(actor);
                 if succeeded && !authorized {
                     unauthorized_successes.push((operation, actor));
+                }
+                // A registered identity's refused attempt on patient 1's records is recorded
+                // on the trail (reads are recorded by the read contract itself).
+                let patient_scoped = matches!(
+                    operation,
+                    Operation::WriteVersion
+                        | Operation::WriteRecord
+                        | Operation::Grant
+                        | Operation::Revoke
+                        | Operation::BreakGlass
+                        | Operation::AppointGuardian
+                        | Operation::Erase
+                        | Operation::RecoverKey
+                );
+                if patient_scoped
+                    && !authorized
+                    && actor != Actor::Anonymous
+                    && w.recorded_denial() != Some(kind)
+                {
+                    unrecorded.push((operation, actor));
                 }
                 if !succeeded && authorized {
                     wrongly_refused.push((operation, actor, result.err()));
@@ -1411,6 +1533,10 @@ mod tests {
         }
         assert_eq!(unauthorized_successes, Vec::new(), "unauthorized successes");
         assert!(wrongly_refused.is_empty(), "refused: {wrongly_refused:?}");
+        assert!(
+            unrecorded.is_empty(),
+            "refused but not recorded: {unrecorded:?}"
+        );
     }
 
     #[test]
@@ -1473,23 +1599,20 @@ mod tests {
             auditor(),
             patient_2(),
         ] {
-            assert_eq!(
-                w.grant(&intruder, &clinician_b(), 1, until).map(|_| ()),
-                Err(state::Rejection::Refused(consent::Refusal::NotTheOwner))
-            );
+            // Refused, and the attempt is on the patient's trail.
+            assert!(w.grant(&intruder, &clinician_b(), 1, until).is_ok());
+            assert_eq!(w.recorded_denial(), Some(6));
+            assert!(w.state.grant(&P1, &[1; 16]).is_none());
         }
         // A guardian appointed by the patient may grant and revoke.
-        assert!(matches!(
-            w.run(
-                &clinician_a(),
-                Payload::AppointGuardian {
-                    patient: P1,
-                    guardian: guardian_1().public_key(),
-                    encryption_key: [0xD1; 32],
-                }
-            ),
-            Err(state::Rejection::Unauthorized(_))
-        ));
+        w.denied_on_record(
+            &clinician_a(),
+            Payload::AppointGuardian {
+                patient: P1,
+                guardian: guardian_1().public_key(),
+                encryption_key: [0xD1; 32],
+            },
+        );
         w.ok(
             &patient_1(),
             Payload::AppointGuardian {
@@ -1499,16 +1622,12 @@ mod tests {
             },
         );
         w.grant(&guardian_1(), &clinician_b(), 1, until).unwrap();
-        assert_eq!(
-            w.run(
-                &clinician_b(),
-                Payload::Revoke {
-                    patient: P1,
-                    grant: [1; 16]
-                }
-            )
-            .map(|_| ()),
-            Err(state::Rejection::Refused(consent::Refusal::NotTheOwner))
+        w.denied_on_record(
+            &clinician_b(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [1; 16],
+            },
         );
         w.ok(
             &guardian_1(),
@@ -1548,16 +1667,13 @@ mod tests {
         let mut w = World::new(rules);
         // Only an enrolled clinician, with a listed reason.
         for other in [patient_2(), hospital_b(), auditor()] {
-            assert!(matches!(
-                w.run(
-                    &other,
-                    Payload::BreakGlass {
-                        patient: P1,
-                        reason: 1
-                    }
-                ),
-                Err(state::Rejection::Unauthorized(_))
-            ));
+            w.denied_on_record(
+                &other,
+                Payload::BreakGlass {
+                    patient: P1,
+                    reason: 1,
+                },
+            );
         }
         assert!(matches!(
             w.run(
@@ -1580,13 +1696,17 @@ mod tests {
             w.read(&clinician_b(), R1),
             Ok(Outcome::Allowed(Basis::BreakGlass))
         );
-        // The patient sees it; the auditor has a finding.
+        // The patient sees it, after the three refused attempts; the auditor has findings.
         let trail = w.state.patient_events(&P1);
+        assert!(trail[..3].iter().all(|(_, e)| matches!(
+            e.outcome,
+            Outcome::Denied(Reason::NotPermitted { operation: 9 })
+        )));
         assert!(matches!(
-            trail[0].1.outcome,
+            trail[3].1.outcome,
             Outcome::Allowed(Basis::BreakGlassOpened { reason: 1, .. })
         ));
-        assert_eq!(w.findings(), vec!["break-glass"]);
+        assert_eq!(w.findings()[3..], ["break-glass"]);
         // After the time box, refused again.
         w.time_ms += 61_000;
         assert_eq!(
@@ -1711,18 +1831,16 @@ mod tests {
         let mut w = World::new(Rules::default());
         let (lost_replaced, by_guardian) = (key(140), key(141));
         for outsider in [hospital_b(), clinician_a(), patient_2(), auditor()] {
-            assert!(matches!(
-                w.run(
-                    &outsider,
-                    Payload::RecoverKey {
-                        patient: P1,
-                        new_key: lost_replaced.public_key(),
-                        encryption_key: [0xE1; 32],
-                    }
-                ),
-                Err(state::Rejection::Unauthorized(_))
-            ));
+            w.denied_on_record(
+                &outsider,
+                Payload::RecoverKey {
+                    patient: P1,
+                    new_key: lost_replaced.public_key(),
+                    encryption_key: [0xE1; 32],
+                },
+            );
         }
+        assert_eq!(w.findings(), vec!["denied-access"; 4]);
         w.ok(
             &hospital_a(),
             Payload::RecoverKey {
@@ -1731,7 +1849,7 @@ mod tests {
                 encryption_key: [0xE1; 32],
             },
         );
-        assert_eq!(w.findings(), vec!["key-recovery"]);
+        assert_eq!(w.findings()[4..], ["key-recovery"]);
         assert_eq!(w.read(&patient_1(), R1), Err(state::Rejection::RetiredKey));
         assert_eq!(
             w.read(&lost_replaced, R1),
@@ -1755,7 +1873,7 @@ mod tests {
             },
         );
         assert_eq!(w.state.patient(&P1).unwrap().encryption_key, [0xE2; 32]);
-        assert_eq!(w.findings(), vec!["key-recovery", "key-recovery"]);
+        assert_eq!(w.findings()[4..], ["key-recovery", "key-recovery"]);
     }
 
     #[test]
@@ -1939,20 +2057,20 @@ mod tests {
             })
         };
         // Clinician B works at hospital B; patient 1 is registered at hospital A.
-        assert_eq!(
-            w.run(&clinician_b(), anchor([0x21; 16], 1, 2)).map(|_| ()),
-            Err(state::Rejection::Unauthorized(
-                "no consent to write this patient's records"
-            ))
-        );
-        assert!(w.run(&hospital_b(), anchor([0x21; 16], 1, 2)).is_err());
-        for other in [patient_1(), auditor(), stranger()] {
-            assert!(w.run(&other, anchor([0x21; 16], 1, 2)).is_err());
+        // Refused, and recorded as an attempt on the patient's trail: no version is made.
+        for other in [clinician_b(), hospital_b(), patient_1(), auditor()] {
+            w.denied_on_record(&other, anchor([0x21; 16], 1, 2));
         }
+        assert!(w.state.versions(&[0x21; 16]).is_empty());
+        // An unknown key's attempt cannot be recorded: it never reaches a block.
+        assert!(matches!(
+            w.run(&stranger(), anchor([0x21; 16], 1, 2)),
+            Err(state::Rejection::Unauthorized(_))
+        ));
         // A read-only grant is not enough; a write grant for Observations is, for them only.
         w.grant(&patient_1(), &clinician_b(), 1, w.time_ms + HOUR)
             .unwrap();
-        assert!(w.run(&clinician_b(), anchor([0x21; 16], 1, 2)).is_err());
+        w.denied_on_record(&clinician_b(), anchor([0x21; 16], 1, 2));
         let until = w.time_ms + HOUR;
         w.ok(
             &patient_1(),
@@ -1969,7 +2087,7 @@ mod tests {
             }),
         );
         w.ok(&clinician_b(), anchor([0x21; 16], 1, 2));
-        assert!(w.run(&clinician_b(), anchor([0x22; 16], 1, 3)).is_err());
+        w.denied_on_record(&clinician_b(), anchor([0x22; 16], 1, 3));
         // Revoked: no new records; the home institution's clinicians write as ever.
         w.ok(
             &patient_1(),
@@ -1978,7 +2096,7 @@ mod tests {
                 grant: [2; 16],
             },
         );
-        assert!(w.run(&clinician_b(), anchor([0x23; 16], 1, 2)).is_err());
+        w.denied_on_record(&clinician_b(), anchor([0x23; 16], 1, 2));
         // ...but the author of an earlier version may still amend it.
         w.ok(&clinician_b(), anchor([0x21; 16], 2, 2));
         w.ok(&clinician_a(), anchor([0x24; 16], 1, 3));

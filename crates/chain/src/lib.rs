@@ -10,7 +10,7 @@ pub mod records;
 pub mod reporter;
 pub mod state;
 
-pub use application::{Chain, ChainConfig, Finalization, Scheme, Status, SubmitError};
+pub use application::{Chain, ChainConfig, Finalization, Location, Scheme, Status, SubmitError};
 
 /// The member institutions named by a genesis, with their encryption keys. A validator
 /// without an encryption key gets all zeroes, for which no one can unwrap: records are then

@@ -280,13 +280,23 @@ impl<B: Blob> Records<B> {
         for tx in &block.transactions {
             match &tx.body.payload {
                 Payload::RecordAnchor(anchor) => {
-                    let erased = self.chain.read(|s| {
+                    let (erased, written) = self.chain.read(|s| {
                         use crate::state::Reader as _;
-                        s.patient(&anchor.patient)
-                            .is_some_and(|p| p.erased_height.is_some())
+                        (
+                            s.patient(&anchor.patient)
+                                .is_some_and(|p| p.erased_height.is_some()),
+                            s.versions(&anchor.record)
+                                .iter()
+                                .any(|v| v.transaction == tx.id()),
+                        )
                     });
                     let hash: [u8; 32] = anchor.ciphertext_hash.as_ref().try_into().expect("32");
-                    if erased {
+                    if !written {
+                        // A refused write, recorded as an attempt: its upload is dropped.
+                        if let Err(e) = self.store.unstage(&hash) {
+                            halt(e)
+                        }
+                    } else if erased {
                         self.erase_version(&hash).await;
                     } else {
                         self.acquire(Wanted {

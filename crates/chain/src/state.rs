@@ -759,7 +759,20 @@ pub fn apply(
     }
     // Payload checks write into a scratch delta so a rejection leaves nothing half-applied.
     let mut writes = Delta::default();
-    apply_payload(&view, &mut writes, at, tx)?;
+    match apply_payload(&view, &mut writes, at, tx) {
+        Ok(()) => {}
+        Err(
+            refusal @ (Rejection::Unauthorized(_)
+            | Rejection::Refused(ehrchain_contracts::consent::Refusal::NotTheOwner)),
+        ) => {
+            // Nothing of the refused operation is applied; the attempt itself is recorded.
+            writes = Delta::default();
+            if !access::record_denial(&view, &mut writes, at, tx) {
+                return Err(refusal);
+            }
+        }
+        Err(e) => return Err(e),
+    }
     delta.anchors.extend(writes.anchors);
     delta.identities.extend(writes.identities);
     delta.patients.extend(writes.patients);

@@ -286,6 +286,124 @@ pub fn login(api: &str, key: &std::path::Path) -> Result<String> {
         .context("the answer has no access_token")
 }
 
+#[derive(Subcommand)]
+pub enum FhirCommand {
+    /// GET a path under /fhir and print the answer: a read, vread, history, search
+    /// (searchset Bundle), `$everything`, Consent, AuditEvent or Provenance.
+    ///
+    /// Example: ehrchain fhir get --api http://127.0.0.1:8700 --key dr.key 'Observation?patient=<id>&code=8867-4'
+    ///          ehrchain fhir get --api http://127.0.0.1:8700 --key alice.key 'AuditEvent?patient=<id>'
+    Get {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// The path under /fhir, with its query.
+        path: String,
+    },
+    /// POST a resource from FILE (`-` for standard input): a create at `/fhir/{type}`, a
+    /// Consent (a grant), or a transaction or batch Bundle when PATH is omitted.
+    ///
+    /// Example: ehrchain fhir post --api http://127.0.0.1:8700 --key dr.key --file obs.json Observation
+    ///          ehrchain fhir post --api http://127.0.0.1:8700 --key dr.key --file bundle.json
+    Post {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(default_value = "")]
+        path: String,
+    },
+    /// PUT a resource from FILE at `/fhir/{type}/{id}`: a new version, or a Consent set to
+    /// `inactive` (a revocation). `--if-match W/"2"` refuses if another version came first.
+    ///
+    /// Example: ehrchain fhir put --api http://127.0.0.1:8700 --key dr.key --file obs.json Observation/<id>
+    Put {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        if_match: Option<String>,
+        path: String,
+    },
+}
+
+/// Run one FHIR request as the identity of `key`; print the answer (pretty JSON) on success,
+/// the OperationOutcome on standard error and exit 1 otherwise.
+pub fn fhir(command: FhirCommand) -> Result<ExitCode> {
+    let read_body = |file: &PathBuf| -> Result<Vec<u8>> {
+        if file.as_os_str() == "-" {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut body)?;
+            Ok(body)
+        } else {
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+        }
+    };
+    let (api, key) = match &command {
+        FhirCommand::Get { api, key, .. }
+        | FhirCommand::Post { api, key, .. }
+        | FhirCommand::Put { api, key, .. } => (api.trim_end_matches('/').to_string(), key),
+    };
+    let token = login(&api, key)?;
+    let url = |path: &str| {
+        let path = path.trim_start_matches('/');
+        if path.is_empty() {
+            format!("{api}/fhir")
+        } else {
+            format!("{api}/fhir/{path}")
+        }
+    };
+    let bearer = format!("Bearer {token}");
+    let agent = agent();
+    let response = match &command {
+        FhirCommand::Get { path, .. } => agent
+            .get(&url(path))
+            .header("Authorization", &bearer)
+            .header("Accept", "application/fhir+json")
+            .call(),
+        FhirCommand::Post { path, file, .. } => agent
+            .post(&url(path))
+            .header("Authorization", &bearer)
+            .header("Content-Type", "application/fhir+json")
+            .send(&read_body(file)?[..]),
+        FhirCommand::Put {
+            path,
+            file,
+            if_match,
+            ..
+        } => {
+            let mut request = agent
+                .put(&url(path))
+                .header("Authorization", &bearer)
+                .header("Content-Type", "application/fhir+json");
+            if let Some(tag) = if_match {
+                request = request.header("If-Match", tag);
+            }
+            request.send(&read_body(file)?[..])
+        }
+    }
+    .with_context(|| format!("cannot reach {api}"))?;
+    let status = response.status();
+    let text = response.into_body().read_to_string().unwrap_or_default();
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{status}\n{pretty}");
+        Ok(ExitCode::from(1))
+    }
+}
+
 pub fn auth(command: AuthCommand) -> Result<ExitCode> {
     match command {
         AuthCommand::Token { api, key } => println!("{}", login(&api, &key)?),

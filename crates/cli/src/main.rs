@@ -115,6 +115,12 @@ enum Command {
         command: access::AccessCommand,
     },
     Breakglass(access::BreakGlassArgs),
+    /// The FHIR API as an identity (it logs in with its key first): search, read, create,
+    /// update, history, Bundles, $everything, Consent, AuditEvent, Provenance.
+    Fhir {
+        #[command(subcommand)]
+        command: client::FhirCommand,
+    },
     /// SMART Backend Services login: a bearer token for the FHIR API.
     Auth {
         #[command(subcommand)]
@@ -238,6 +244,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Access { command } => return access::access(command),
         Command::Breakglass(args) => return access::break_glass(args),
         Command::Auth { command } => return client::auth(command),
+        Command::Fhir { command } => return client::fhir(command),
         Command::Governance { command } => return access::governance(command),
         Command::Bench(args) => bench::run(args)?,
         Command::BenchRecords(args) => bench_records::run(args)?,

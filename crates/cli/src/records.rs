@@ -317,6 +317,9 @@ impl Session {
                 self.api
             ))?;
             if status["status"] == "committed" {
+                if let Some(message) = status["denied"]["message"].as_str() {
+                    bail!("refused: {message}; the attempt is recorded on chain");
+                }
                 return Ok(status);
             }
             if status["status"] == "rejected" {

@@ -56,7 +56,7 @@ fn read_ok(api: &str, key: &Path, record: &str, purpose: &str) -> String {
         assert!(
             done || {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                stderr.contains("503") || stderr.contains("no key is wrapped")
+                stderr.contains("503 Service Unavailable") || stderr.contains("no key is wrapped")
             },
             "read failed: {}",
             String::from_utf8_lossy(&output.stderr)
@@ -271,6 +271,35 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     refused(
         &read(&api0, &anonymous, &observation, "TREAT"),
         "only a registered identity reads records",
+    );
+    // A write without the right (clinician B has no consent) is refused, and the attempt
+    // itself is on the patient's trail.
+    let intrusion = inputs.join("intrusion.json");
+    std::fs::write(
+        &intrusion,
+        serde_json::to_vec(&of_type("Observation")).unwrap(),
+    )
+    .unwrap();
+    let attempt = cli(&[
+        "record",
+        "put",
+        "--api",
+        &api1,
+        "--key",
+        path(&clinician_b),
+        "--file",
+        path(&intrusion),
+    ]);
+    let stderr = String::from_utf8_lossy(&attempt.stderr);
+    assert!(
+        !attempt.status.success() && stderr.contains("recorded on chain"),
+        "{stderr}"
+    );
+    assert!(
+        trail(&api1, &p1)
+            .iter()
+            .any(|e| e["reason"] == "not-permitted" && e["actor"] == dr_b.as_str()),
+        "the refused write is on the trail"
     );
     // Asking for a key without recording the read is refused outright.
     let b_key = hex::encode(encryption_key(&api0, &clinician_b));
@@ -558,7 +587,8 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         Duration::from_secs(90),
         || {
             let output = read(&api2, &clinician_a, &p3_record, "ETREAT");
-            let fetched = !String::from_utf8_lossy(&output.stderr).contains("503");
+            let fetched =
+                !String::from_utf8_lossy(&output.stderr).contains("503 Service Unavailable");
             if !fetched {
                 eprintln!("node 2: {}", String::from_utf8_lossy(&output.stderr));
             }

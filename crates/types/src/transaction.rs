@@ -180,7 +180,8 @@ impl Payload {
     const KIND_OPEN_SESSION: u8 = 15;
     const KIND_REMOVE_CLINICIAN: u8 = 16;
 
-    fn kind(&self) -> u8 {
+    /// The payload's kind byte on the wire.
+    pub fn kind(&self) -> u8 {
         match self {
             Self::Anchor { .. } => Self::KIND_ANCHOR,
             Self::RegisterPatient { .. } => Self::KIND_REGISTER_PATIENT,
