@@ -321,6 +321,14 @@ def main(path):
             "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
         },
     )
+    # B may not give itself consent: refused, and the attempt is recorded on chain.
+    self_granted = requests.post(
+        f"{clinician_b['api']}/fhir/Consent",
+        headers={"Authorization": "Bearer " + token_b, "Content-Type": "application/fhir+json"},
+        data=json.dumps(consent.serialize()),
+        timeout=60,
+    )
+    assert "recorded on chain" in json.dumps(expect_outcome(self_granted, 403))
     consent.save()
     validate(consent.serialize())
     assert consent["status"] == "active"
@@ -373,6 +381,16 @@ def main(path):
         ),
         403,
     )
+    # ... and that refused search is itself on the patient's trail (the patient's node may
+    # be a block behind B's).
+    for _ in range(40):
+        trail = fhir_p.resources("AuditEvent").search(patient=demo_patient_id).fetch_all()
+        if any(e["agent"][0]["who"]["reference"] == b_ref and e["outcome"] == "4" and e["action"] == "E"
+               for e in trail):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("B's refused trail search is not on the trail")
     if exe:
         # An operator enrols a new clinician for FHIR use: the node keeps only their
         # decryption key; the clinician logs in with their own key and reads what they wrote.

@@ -258,7 +258,9 @@ fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
         "kind": finding.kind.code(),
         "detail": detail,
         "actor": finding.actor.to_string(),
-        "patient": hex::encode(finding.patient),
+        // An identity or governance operation names no patient.
+        "patient": (finding.patient != ehrchain_chain::access::NO_PATIENT)
+            .then(|| hex::encode(finding.patient)),
         "time_ms": finding.time_ms,
         "transaction": hex::encode(finding.transaction),
     })

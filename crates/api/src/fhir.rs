@@ -1841,10 +1841,27 @@ async fn consent_create<B: Blob>(
         return Err(unprocessable("a new Consent has status active"));
     }
     let asked = parse_consent(&value, now_ms())?;
+    let grant = |id: [u8; 16], share_hash: [u8; 32]| {
+        Payload::Grant(ConsentGrant {
+            id,
+            patient: asked.patient,
+            grantee: asked.grantee.clone(),
+            actions: asked.actions,
+            types: asked.types.clone(),
+            purposes: asked.purposes.clone(),
+            valid_from_ms: asked.from_ms,
+            valid_until_ms: asked.until_ms,
+            share: Digest::from(share_hash),
+        })
+    };
     match role_of(&state, &token.identity) {
         Some(Role::Patient { patient } | Role::Guardian { patient })
             if patient == asked.patient => {}
         _ => {
+            // Not the caller's to give: the chain refuses it and records the attempt on the
+            // patient's trail (commit answers 403), sharing nothing.
+            let tx = submit_as(&state, &token, grant(gateway::random_bytes(), [0; 32])).await?;
+            commit(&state, &tx).await?;
             return Err(forbidden(
                 "only the patient or a guardian grants consent for the patient's records",
             ));
@@ -1866,23 +1883,7 @@ async fn consent_create<B: Blob>(
         None => ([0u8; 32], None),
     };
     let id: [u8; 16] = gateway::random_bytes();
-    let tx = submit_staged(
-        &state,
-        &token,
-        Payload::Grant(ConsentGrant {
-            id,
-            patient: asked.patient,
-            grantee: asked.grantee.clone(),
-            actions: asked.actions,
-            types: asked.types.clone(),
-            purposes: asked.purposes.clone(),
-            valid_from_ms: asked.from_ms,
-            valid_until_ms: asked.until_ms,
-            share: Digest::from(share_hash),
-        }),
-        staged,
-    )
-    .await?;
+    let tx = submit_staged(&state, &token, grant(id, share_hash), staged).await?;
     commit(&state, &tx).await?;
     let (grant, now) = state
         .chain
@@ -2059,6 +2060,10 @@ fn audit_event_json<B: Blob>(
             json!({"system": "http://hl7.org/fhir/restful-interaction", "code": "update", "display": "write"}),
             "U",
         ),
+        Some(17) => (
+            json!({"system": "http://hl7.org/fhir/restful-interaction", "code": "search-type", "display": "search the trail"}),
+            "E",
+        ),
         Some(_) => (
             json!({"system": "http://hl7.org/fhir/restful-interaction", "code": "operation", "display": "operation"}),
             "E",
@@ -2110,7 +2115,19 @@ async fn audit_events<B: Blob>(
         {
             Some(patient)
         }
-        _ => {
+        (_, asked) => {
+            // Asked for one patient's trail: the chain decides and records the refusal.
+            if let Some(patient) = asked
+                && state.chain.read(|s| s.patient(&patient).is_some())
+            {
+                let tx = crate::gateway::submit_as(
+                    &state,
+                    &token,
+                    ehrchain_types::Payload::TrailQuery { patient },
+                )
+                .await?;
+                crate::gateway::commit(&state, &tx).await?;
+            }
             return Err(forbidden(
                 "the trail is shown to its patient, their guardians and auditors",
             ));

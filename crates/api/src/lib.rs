@@ -268,6 +268,10 @@ fn payload_json(payload: &Payload) -> Value {
             "kind": "remove_clinician",
             "clinician": clinician.to_string(),
         }),
+        Payload::TrailQuery { patient } => json!({
+            "kind": "trail_query",
+            "patient": hex::encode(patient),
+        }),
     }
 }
 
@@ -499,8 +503,8 @@ pub fn denial<B: Blob>(
     location: &ehrchain_chain::Location,
 ) -> Option<ehrchain_chain::access::Reason> {
     state.chain.read(
-        |s| match s.event(location.height, location.index).map(|e| e.outcome) {
-            Some(ehrchain_chain::access::Outcome::Denied(
+        |s| match s.finding(location.height, location.index).map(|f| f.kind) {
+            Some(ehrchain_chain::access::FindingKind::DeniedAccess(
                 reason @ ehrchain_chain::access::Reason::NotPermitted { .. },
             )) => Some(reason),
             _ => None,

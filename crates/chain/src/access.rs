@@ -73,12 +73,19 @@ pub enum Reason {
 /// The refusal of an operation, by payload kind: names the rule, never content.
 fn not_permitted(operation: u8) -> &'static str {
     match operation {
+        2 => "only a member institution registers patients",
+        3 => "only a member institution enrols clinicians",
+        11 => "a member institution's key is its validator key: change it by governance",
+        13 => "only a member institution proposes",
+        14 => "only a member institution votes",
+        16 => "only the clinician's own institution removes them",
         4 => "this identity may not write this patient's records",
         5 => "only the patient or their home institution asks for erasure",
         6 | 7 => "only the patient or a guardian grants and revokes consent",
         9 => "only an enrolled clinician opens break-glass access",
         10 => "only the patient appoints a guardian",
         12 => "only a guardian or the home institution recovers a patient's key",
+        17 => "the trail is shown to its patient, their guardians and auditors",
         _ => "this identity may not do this",
     }
 }
@@ -494,11 +501,13 @@ pub(crate) fn rotate_key(
     move_identity(view, delta, at, signer, new_key, encryption_key)
 }
 
-/// A registered identity's refused attempt on a patient's records (a write, a consent change,
-/// break-glass, a guardian, an erasure, a key recovery) is itself recorded: an event on the
-/// patient's trail and a finding for the auditor, with the rule that refused it. False when
-/// the attempt cannot be recorded (an unknown or retired signer, no such patient, another
-/// kind of operation): then it is refused outright and never reaches a block.
+/// A registered identity's refused attempt is itself recorded, with the rule that refused
+/// it: on a patient's records (a write, a consent change, break-glass, a guardian, an erasure,
+/// a key recovery, a look at the trail) as an event on the patient's trail and a finding for
+/// the auditor; an identity or governance operation (which names no patient) as a finding
+/// whose patient is all zeros. False when the attempt cannot be recorded (an unknown or
+/// retired signer, no such patient, a session carrying what it may not): then it is refused
+/// outright and never reaches a block.
 pub(crate) fn record_denial(
     view: &impl Reader,
     delta: &mut Delta,
@@ -513,21 +522,41 @@ pub(crate) fn record_denial(
         | P::BreakGlass { patient, .. }
         | P::AppointGuardian { patient, .. }
         | P::ErasePatient { patient }
-        | P::RecoverKey { patient, .. } => (*patient, None),
-        _ => return false,
+        | P::RecoverKey { patient, .. }
+        | P::TrailQuery { patient } => (*patient, None),
+        P::RegisterPatient { .. }
+        | P::EnrollClinician { .. }
+        | P::RemoveClinician { .. }
+        | P::RotateKey { .. }
+        | P::Propose { .. }
+        | P::Vote { .. } => (NO_PATIENT, None),
+        P::Anchor { .. } | P::Access { .. } | P::OpenSession { .. } => return false,
     };
     let Ok(actor) = actor(view, at, &tx.body.signer, &tx.body.payload) else {
         return false;
     };
     if view.identity(&actor).is_none()
         || view.retired(&actor).is_some()
-        || view.patient(&patient).is_none()
+        || (patient != NO_PATIENT && view.patient(&patient).is_none())
     {
         return false;
     }
     let reason = Reason::NotPermitted {
         operation: tx.body.payload.kind(),
     };
+    if patient == NO_PATIENT {
+        delta.findings.insert(
+            (at.height, at.index, 0),
+            Finding {
+                kind: FindingKind::DeniedAccess(reason),
+                actor,
+                patient,
+                time_ms: at.time_ms,
+                transaction: tx.id(),
+            },
+        );
+        return true;
+    }
     delta.events.insert(
         (at.height, at.index),
         AccessEvent {
@@ -552,6 +581,33 @@ pub(crate) fn record_denial(
     );
     true
 }
+
+/// A request to see `patient`'s trail: the patient, a guardian and auditors may (and nothing
+/// is written); anyone else is refused, and the refusal is recorded (`record_denial`).
+pub(crate) fn trail_query(
+    view: &impl Reader,
+    signer: &PublicKey,
+    at: At,
+    tx: &ehrchain_types::Transaction,
+    patient: &PatientId,
+) -> Result<(), Rejection> {
+    let actor = actor(view, at, signer, &tx.body.payload)?;
+    view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+    match view.identity(&actor).map(|i| i.role) {
+        Some(Role::Patient { patient: own } | Role::Guardian { patient: own })
+            if own == *patient =>
+        {
+            Ok(())
+        }
+        Some(Role::Auditor) => Ok(()),
+        _ => Err(Rejection::Unauthorized(
+            "the trail is shown to its patient, their guardians and auditors",
+        )),
+    }
+}
+
+/// The patient of a finding about an operation that names none (identity, governance).
+pub const NO_PATIENT: PatientId = [0; 16];
 
 /// An institution removes one of its clinicians. The key (and every earlier key of the
 /// identity) is retired at this height, so it signs nothing more and no session acts for it;
@@ -708,7 +764,8 @@ pub(crate) fn actor(
         | P::Revoke { .. }
         | P::BreakGlass { .. }
         | P::ErasePatient { .. }
-        | P::AppointGuardian { .. } => Ok(session.identity),
+        | P::AppointGuardian { .. }
+        | P::TrailQuery { .. } => Ok(session.identity),
         _ => Err(Rejection::Unauthorized(
             "a gateway session may not carry this operation",
         )),
@@ -1100,12 +1157,24 @@ mod tests {
         }
 
         /// The operation kind refused by the last block, if its attempt was recorded as
-        /// denied (a `not-permitted` event on the trail).
+        /// denied (a `not-permitted` finding, and for a patient's records an event on the
+        /// trail too).
         fn recorded_denial(&self) -> Option<u8> {
-            match self.state.event(self.height, 0).map(|e| e.outcome) {
-                Some(Outcome::Denied(Reason::NotPermitted { operation })) => Some(operation),
+            let finding = match self.state.finding(self.height, 0).map(|f| f.kind) {
+                Some(FindingKind::DeniedAccess(Reason::NotPermitted { operation })) => {
+                    Some(operation)
+                }
                 _ => None,
+            };
+            if let Some(event) = self.state.event(self.height, 0) {
+                assert_eq!(
+                    event.outcome,
+                    Outcome::Denied(Reason::NotPermitted {
+                        operation: finding?
+                    })
+                );
             }
+            finding
         }
 
         /// Run an attempt that must be refused, with the refusal recorded on chain.
@@ -1261,10 +1330,11 @@ mod tests {
         RotateKey,
         OpenSession,
         Anchor,
+        TrailQuery,
     }
 
     impl Operation {
-        const ALL: [Self; 17] = [
+        const ALL: [Self; 18] = [
             Self::Read,
             Self::WriteVersion,
             Self::WriteRecord,
@@ -1282,6 +1352,7 @@ mod tests {
             Self::RotateKey,
             Self::OpenSession,
             Self::Anchor,
+            Self::TrailQuery,
         ];
 
         /// The policy, written out plainly (docs/design/access.md), independent of the code.
@@ -1314,6 +1385,8 @@ mod tests {
                 Self::OpenSession => actor == A::OwnPatient,
                 // A bare anchor of a digest: any signer (the ledger's own operation).
                 Self::Anchor => true,
+                // The trail: its patient (and guardians) and auditors.
+                Self::TrailQuery => matches!(actor, A::OwnPatient | A::Auditor),
             }
         }
 
@@ -1420,6 +1493,7 @@ mod tests {
                     label: 1,
                     digest: Digest::from([0xAB; 32]),
                 },
+                Self::TrailQuery => Payload::TrailQuery { patient: P1 },
             };
             (signer, payload)
         }
@@ -1496,34 +1570,29 @@ mod tests {
                     ),
                     // Any other refused attempt by a registered identity is recorded as
                     // denied; that is not a success either.
-                    (Ok(_), _) => !matches!(
-                        w.state.event(w.height, 0).map(|e| e.outcome),
-                        Some(Outcome::Denied(_))
-                    ),
+                    (Ok(_), _) => {
+                        !matches!(
+                            w.state.event(w.height, 0).map(|e| e.outcome),
+                            Some(Outcome::Denied(_))
+                        ) && w.recorded_denial().is_none()
+                    }
                     (Err(_), _) => false,
                 };
                 let authorized = operation.authorized(actor);
                 if succeeded && !authorized {
                     unauthorized_successes.push((operation, actor));
                 }
-                // A registered identity's refused attempt on patient 1's records is recorded
-                // on the trail (reads are recorded by the read contract itself).
-                let patient_scoped = matches!(
-                    operation,
-                    Operation::WriteVersion
-                        | Operation::WriteRecord
-                        | Operation::Grant
-                        | Operation::Revoke
-                        | Operation::BreakGlass
-                        | Operation::AppointGuardian
-                        | Operation::Erase
-                        | Operation::RecoverKey
+                // A registered identity's refused attempt is recorded (reads by the read
+                // contract itself; a second vote is malformed, not unauthorized).
+                let recordable = !matches!(
+                    (operation, actor),
+                    (
+                        Operation::Read | Operation::Anchor | Operation::OpenSession,
+                        _
+                    ) | (_, Actor::Anonymous)
+                        | (Operation::Vote, Actor::HomeInstitution)
                 );
-                if patient_scoped
-                    && !authorized
-                    && actor != Actor::Anonymous
-                    && w.recorded_denial() != Some(kind)
-                {
+                if recordable && !authorized && w.recorded_denial() != Some(kind) {
                     unrecorded.push((operation, actor));
                 }
                 if !succeeded && authorized {
@@ -1546,16 +1615,12 @@ mod tests {
             clinician: who.public_key(),
         };
         // Only the clinician's own institution.
+        // Refused, and each attempt is a finding for the auditor.
         for other in [hospital_b(), clinician_a(), patient_1(), auditor()] {
-            assert!(matches!(
-                w.run(&other, remove(&clinician_a())),
-                Err(state::Rejection::Unauthorized(_))
-            ));
+            w.denied_on_record(&other, remove(&clinician_a()));
         }
-        assert!(matches!(
-            w.run(&hospital_a(), remove(&patient_1())),
-            Err(state::Rejection::Unauthorized(_))
-        ));
+        w.denied_on_record(&hospital_a(), remove(&patient_1()));
+        assert!(w.state.findings().all(|(_, f)| f.patient == NO_PATIENT));
         w.ok(&hospital_a(), remove(&clinician_a()));
         // Refused from now on: a read attempt, a write, a second removal, a grant to it.
         assert_eq!(
@@ -1814,16 +1879,13 @@ mod tests {
             },
         );
         // Institutions change keys by governance, not by rotation.
-        assert!(matches!(
-            w.run(
-                &hospital_a(),
-                Payload::RotateKey {
-                    new_key: key(130).public_key(),
-                    encryption_key: [1; 32],
-                }
-            ),
-            Err(state::Rejection::Unauthorized(_))
-        ));
+        w.denied_on_record(
+            &hospital_a(),
+            Payload::RotateKey {
+                new_key: key(130).public_key(),
+                encryption_key: [1; 32],
+            },
+        );
     }
 
     #[test]
@@ -1893,17 +1955,15 @@ mod tests {
         };
         // Only members propose and vote.
         for outsider in [clinician_a(), patient_1(), auditor()] {
-            assert!(matches!(
-                propose(
-                    &mut w,
-                    &outsider,
-                    1,
-                    GovernanceAction::AppointAuditor {
+            w.denied_on_record(
+                &outsider,
+                Payload::Propose {
+                    proposal: [1; 16],
+                    action: GovernanceAction::AppointAuditor {
                         key: new_auditor.public_key(),
-                    }
-                ),
-                Err(state::Rejection::Unauthorized(_))
-            ));
+                    },
+                },
+            );
         }
         // Two members: one yes is not more than 2/3; a no settles it as rejected.
         propose(

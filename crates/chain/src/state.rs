@@ -711,6 +711,7 @@ fn apply_payload(
         Payload::RemoveClinician { clinician } => {
             access::remove_clinician(view, delta, signer, at, clinician)?
         }
+        Payload::TrailQuery { patient } => access::trail_query(view, signer, at, tx, patient)?,
         Payload::RecoverKey {
             patient,
             new_key,
@@ -934,6 +935,11 @@ impl State {
     /// The access event recorded by the transaction at (height, index).
     pub fn event(&self, height: u64, index: u32) -> Option<&AccessEvent> {
         self.events.get(&(height, index))
+    }
+
+    /// The first finding raised by the transaction at `index` of block `height`.
+    pub fn finding(&self, height: u64, index: u32) -> Option<&Finding> {
+        self.findings.get(&(height, index, 0))
     }
 
     /// Every supervision finding, oldest first.

@@ -95,6 +95,9 @@ pub enum Payload {
     /// (and any session opened for it) is rejected, grants to it no longer count, and every
     /// node deletes the data keys wrapped for it.
     RemoveClinician { clinician: PublicKey },
+    /// A request to see a patient's access trail, sent by a FHIR gateway that would refuse
+    /// it, so that the refused attempt is recorded on the trail it asked for.
+    TrailQuery { patient: PatientId },
 }
 
 /// A governance proposal id, chosen by the proposer (random).
@@ -179,6 +182,7 @@ impl Payload {
     const KIND_VOTE: u8 = 14;
     const KIND_OPEN_SESSION: u8 = 15;
     const KIND_REMOVE_CLINICIAN: u8 = 16;
+    const KIND_TRAIL_QUERY: u8 = 17;
 
     /// The payload's kind byte on the wire.
     pub fn kind(&self) -> u8 {
@@ -199,6 +203,7 @@ impl Payload {
             Self::Vote { .. } => Self::KIND_VOTE,
             Self::OpenSession { .. } => Self::KIND_OPEN_SESSION,
             Self::RemoveClinician { .. } => Self::KIND_REMOVE_CLINICIAN,
+            Self::TrailQuery { .. } => Self::KIND_TRAIL_QUERY,
         }
     }
 
@@ -322,6 +327,7 @@ impl Payload {
                 out.extend_from_slice(assertion);
             }
             Self::RemoveClinician { clinician } => out.extend_from_slice(clinician.as_ref()),
+            Self::TrailQuery { patient } => out.extend_from_slice(patient),
         }
     }
 
@@ -446,6 +452,9 @@ impl Payload {
             }
             Self::KIND_REMOVE_CLINICIAN => Self::RemoveClinician {
                 clinician: reader.public_key()?,
+            },
+            Self::KIND_TRAIL_QUERY => Self::TrailQuery {
+                patient: reader.array()?,
             },
             other => return Err(Error::UnknownPayload(other)),
         };
@@ -726,6 +735,7 @@ mod tests {
             Payload::RemoveClinician {
                 clinician: key.public_key(),
             },
+            Payload::TrailQuery { patient: [3; 16] },
             Payload::Propose {
                 proposal: [9; 16],
                 action: GovernanceAction::AddMember {
