@@ -495,15 +495,64 @@ async fn reveal<B: Blob>(
         .as_ref()
         .try_into()
         .expect("32");
+    let binding = Binding {
+        record: version.anchor.record,
+        version: version.anchor.version,
+        patient: version.anchor.patient,
+    };
+    // A share bundle for a grant to the caller (or its institution) may still be applying
+    // on this node when the read commits: then its keys are waited for, not refused.
+    let shared = state.chain.read(|s| {
+        let institution = match s.identity(identity).map(|i| i.role) {
+            Some(Role::Clinician { institution }) => Some(institution),
+            _ => None,
+        };
+        let now = s.time_ms();
+        s.grants(&version.anchor.patient).iter().any(|g| {
+            g.active(now)
+                && s.grant_share(&g.patient, &g.id)
+                    .is_some_and(|h| h != [0; 32])
+                && (g.grantee == ehrchain_chain::access::key_bytes(identity)
+                    || institution
+                        .as_ref()
+                        .is_some_and(|i| g.grantee == ehrchain_chain::access::key_bytes(i)))
+        })
+    });
+    let held = gateway::held_keys(state, identity, &version.anchor.patient);
     let mut tries = 0;
-    let (envelope, wraps) = loop {
+    loop {
         match state.store.get(&hash).await.map_err(unavailable)? {
-            Some(found) => break found,
-            // A new record's envelope may still be on its way from the author's node.
-            None if tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some((envelope, wraps)) => {
+                for key in &held {
+                    if let Some(wrap) = wraps.iter().find(|w| w.recipient == key.public())
+                        && let Ok(data_key) = ehrchain_crypto::unwrap(wrap, key, &binding, &hash)
+                    {
+                        return ehrchain_crypto::open(&data_key, &binding, &envelope).map_err(
+                            |_| {
+                                FhirError::new(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "exception",
+                                    "a stored record does not decrypt",
+                                )
+                            },
+                        );
+                    }
+                }
+                if !shared {
+                    return Err(forbidden(
+                        "this node holds no key that opens this record for you; use your institution's node",
+                    ));
+                }
+                if tries >= 30 {
+                    return Err(FhirError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        "the keys shared with you are still reaching this node; retry shortly",
+                    ));
+                }
             }
+            // A new record's envelope may still be on its way from the author's node.
+            None if tries < 50 => {}
             None => {
                 return Err(FhirError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -512,28 +561,9 @@ async fn reveal<B: Blob>(
                 ));
             }
         }
-    };
-    let binding = Binding {
-        record: version.anchor.record,
-        version: version.anchor.version,
-        patient: version.anchor.patient,
-    };
-    for key in gateway::held_keys(state, identity, &version.anchor.patient) {
-        if let Some(wrap) = wraps.iter().find(|w| w.recipient == key.public())
-            && let Ok(data_key) = ehrchain_crypto::unwrap(wrap, &key, &binding, &hash)
-        {
-            return ehrchain_crypto::open(&data_key, &binding, &envelope).map_err(|_| {
-                FhirError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "exception",
-                    "a stored record does not decrypt",
-                )
-            });
-        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    Err(forbidden(
-        "this node holds no key that opens this record for you; use your institution's node",
-    ))
 }
 
 fn versions_of<B: Blob>(

@@ -331,13 +331,23 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
         |agent, api, token, c, i| {
             let ids = &readable[readers[c].node];
             let id = &ids[(c * 7 + i) % ids.len()];
-            let response = agent
-                .get(format!("{api}/fhir/Observation/{id}"))
-                .header("Authorization", format!("Bearer {token}"))
-                .call()?;
-            let status = response.status().as_u16();
-            expect(status, 200, response)?;
-            Ok(())
+            // A 503 ("retry shortly": keys shared a moment ago still on their way to this
+            // node) is retried as a FHIR client would; its latency counts.
+            let mut retries = 0;
+            loop {
+                let response = agent
+                    .get(format!("{api}/fhir/Observation/{id}"))
+                    .header("Authorization", format!("Bearer {token}"))
+                    .call()?;
+                let status = response.status().as_u16();
+                if status == 503 && retries < 20 {
+                    retries += 1;
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+                expect(status, 200, response)?;
+                return Ok(());
+            }
         },
     )?;
     Ok(())
