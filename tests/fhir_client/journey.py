@@ -294,6 +294,14 @@ def main(path):
     assert own, "the demo patient has observations"
     record = own[0]
     validate(record.serialize())
+    # A patient reads their records but does not write them: refused, and recorded.
+    written_by_patient = requests.post(
+        f"{demo_patient['api']}/fhir/Observation",
+        headers={"Authorization": "Bearer " + token_p, "Content-Type": "application/fhir+json"},
+        data=json.dumps({k: v for k, v in record.serialize().items() if k not in ("id", "meta")}),
+        timeout=60,
+    )
+    assert "recorded on chain" in json.dumps(expect_outcome(written_by_patient, 403))
 
     fhir_b, token_b = client(clinician_b)
     # Before consent, B is refused, and the refusal is an OperationOutcome.

@@ -872,7 +872,30 @@ async fn submit_version<B: Blob>(
     version: u32,
     json: &[u8],
 ) -> Result<ehrchain_types::Transaction> {
-    let readers = readers(state, &token.identity, &patient, kind.code())?;
+    let readers = match readers(state, &token.identity, &patient, kind.code()) {
+        Ok(readers) => readers,
+        Err(refused) if refused.status == StatusCode::FORBIDDEN => {
+            // A role that never writes (a patient, a guardian, an auditor): nothing is sealed;
+            // an anchor of nothing goes to the chain, which refuses it and records the attempt.
+            let tx = submit_as(
+                state,
+                token,
+                Payload::RecordAnchor(RecordAnchor {
+                    record,
+                    version,
+                    patient,
+                    resource_type: kind.code(),
+                    ciphertext_hash: Digest::from([0; 32]),
+                    ciphertext_size: 0,
+                    timestamp_ms: now_ms(),
+                }),
+            )
+            .await?;
+            commit(state, &tx).await?;
+            return Err(refused);
+        }
+        Err(other) => return Err(other),
+    };
     let binding = Binding {
         record,
         version,
