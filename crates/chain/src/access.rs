@@ -544,31 +544,20 @@ pub(crate) fn record_denial(
     let reason = Reason::NotPermitted {
         operation: tx.body.payload.kind(),
     };
-    if patient == NO_PATIENT {
-        delta.findings.insert(
-            (at.height, at.index, 0),
-            Finding {
-                kind: FindingKind::DeniedAccess(reason),
-                actor,
+    if patient != NO_PATIENT {
+        delta.events.insert(
+            (at.height, at.index),
+            AccessEvent {
+                actor: actor.clone(),
                 patient,
+                record,
+                purpose: 0,
+                outcome: Outcome::Denied(reason),
                 time_ms: at.time_ms,
                 transaction: tx.id(),
             },
         );
-        return true;
     }
-    delta.events.insert(
-        (at.height, at.index),
-        AccessEvent {
-            actor: actor.clone(),
-            patient,
-            record,
-            purpose: 0,
-            outcome: Outcome::Denied(reason),
-            time_ms: at.time_ms,
-            transaction: tx.id(),
-        },
-    );
     delta.findings.insert(
         (at.height, at.index, 0),
         Finding {
