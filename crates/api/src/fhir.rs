@@ -872,25 +872,23 @@ async fn submit_version<B: Blob>(
     version: u32,
     json: &[u8],
 ) -> Result<ehrchain_types::Transaction> {
+    let anchor = |hash: [u8; 32], size: usize| {
+        Payload::RecordAnchor(RecordAnchor {
+            record,
+            version,
+            patient,
+            resource_type: kind.code(),
+            ciphertext_hash: Digest::from(hash),
+            ciphertext_size: size as u64,
+            timestamp_ms: now_ms(),
+        })
+    };
     let readers = match readers(state, &token.identity, &patient, kind.code()) {
         Ok(readers) => readers,
         Err(refused) if refused.status == StatusCode::FORBIDDEN => {
             // A role that never writes (a patient, a guardian, an auditor): nothing is sealed;
             // an anchor of nothing goes to the chain, which refuses it and records the attempt.
-            let tx = submit_as(
-                state,
-                token,
-                Payload::RecordAnchor(RecordAnchor {
-                    record,
-                    version,
-                    patient,
-                    resource_type: kind.code(),
-                    ciphertext_hash: Digest::from([0; 32]),
-                    ciphertext_size: 0,
-                    timestamp_ms: now_ms(),
-                }),
-            )
-            .await?;
+            let tx = submit_as(state, token, anchor([0; 32], 0)).await?;
             commit(state, &tx).await?;
             return Err(refused);
         }
@@ -914,21 +912,7 @@ async fn submit_version<B: Blob>(
         .stage(&envelope, &wraps)
         .await
         .map_err(unavailable)?;
-    let tx = submit_staged(
-        state,
-        token,
-        Payload::RecordAnchor(RecordAnchor {
-            record,
-            version,
-            patient,
-            resource_type: kind.code(),
-            ciphertext_hash: Digest::from(hash),
-            ciphertext_size: envelope.len() as u64,
-            timestamp_ms: now_ms(),
-        }),
-        Some(staged),
-    )
-    .await?;
+    let tx = submit_staged(state, token, anchor(hash, envelope.len()), Some(staged)).await?;
     Ok(tx)
 }
 

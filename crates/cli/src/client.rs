@@ -286,6 +286,16 @@ pub fn login(api: &str, key: &std::path::Path) -> Result<String> {
         .context("the answer has no access_token")
 }
 
+/// Where and as whom an `ehrchain fhir` request goes.
+#[derive(clap::Args)]
+pub struct FhirLogin {
+    #[arg(long)]
+    api: String,
+    /// The identity's key file; the command logs in with it first.
+    #[arg(long)]
+    key: PathBuf,
+}
+
 #[derive(Subcommand)]
 pub enum FhirCommand {
     /// GET a path under /fhir and print the answer: a read, vread, history, search
@@ -294,10 +304,8 @@ pub enum FhirCommand {
     /// Example: ehrchain fhir get --api http://127.0.0.1:8700 --key dr.key 'Observation?patient=<id>&code=8867-4'
     ///          ehrchain fhir get --api http://127.0.0.1:8700 --key alice.key 'AuditEvent?patient=<id>'
     Get {
-        #[arg(long)]
-        api: String,
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        login: FhirLogin,
         /// The path under /fhir, with its query.
         path: String,
     },
@@ -307,10 +315,8 @@ pub enum FhirCommand {
     /// Example: ehrchain fhir post --api http://127.0.0.1:8700 --key dr.key --file obs.json Observation
     ///          ehrchain fhir post --api http://127.0.0.1:8700 --key dr.key --file bundle.json
     Post {
-        #[arg(long)]
-        api: String,
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        login: FhirLogin,
         #[arg(long)]
         file: PathBuf,
         #[arg(default_value = "")]
@@ -321,10 +327,8 @@ pub enum FhirCommand {
     ///
     /// Example: ehrchain fhir put --api http://127.0.0.1:8700 --key dr.key --file obs.json Observation/<id>
     Put {
-        #[arg(long)]
-        api: String,
-        #[arg(long)]
-        key: PathBuf,
+        #[command(flatten)]
+        login: FhirLogin,
         #[arg(long)]
         file: PathBuf,
         #[arg(long)]
@@ -345,12 +349,11 @@ pub fn fhir(command: FhirCommand) -> Result<ExitCode> {
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
         }
     };
-    let (api, key) = match &command {
-        FhirCommand::Get { api, key, .. }
-        | FhirCommand::Post { api, key, .. }
-        | FhirCommand::Put { api, key, .. } => (api.trim_end_matches('/').to_string(), key),
-    };
-    let token = login(&api, key)?;
+    let (FhirCommand::Get { login: who, .. }
+    | FhirCommand::Post { login: who, .. }
+    | FhirCommand::Put { login: who, .. }) = &command;
+    let api = who.api.trim_end_matches('/').to_string();
+    let token = login(&api, &who.key)?;
     let url = |path: &str| {
         let path = path.trim_start_matches('/');
         if path.is_empty() {
