@@ -366,8 +366,9 @@ pub fn action_json(action: &ehrchain_types::GovernanceAction) -> Value {
         A::AddMember {
             key,
             encryption_key,
+            p2p_address,
         } => {
-            json!({"kind": "add-member", "key": key.to_string(), "encryption_key": hex::encode(encryption_key)})
+            json!({"kind": "add-member", "key": key.to_string(), "encryption_key": hex::encode(encryption_key), "p2p_address": p2p_address.to_string()})
         }
         A::RemoveMember { key } => json!({"kind": "remove-member", "key": key.to_string()}),
         A::AppointAuditor { key } => json!({"kind": "appoint-auditor", "key": key.to_string()}),

@@ -1538,16 +1538,22 @@ async fn provenance_json<B: Blob>(state: &ApiState<B>, version: &RecordVersion) 
             "the anchor is not final here yet",
         )
     })?;
-    let proof = crate::build_proof(state, &version.transaction, location.height, location.index)
-        .await
-        .map_err(|e| FhirError::new(e.0, "exception", &e.1))?
-        .ok_or_else(|| {
-            FhirError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "no finalization certificate covers the block yet; retry shortly",
-            )
-        })?;
+    let proof = crate::build_proof(
+        &state.chain,
+        &state.genesis,
+        &version.transaction,
+        location.height,
+        location.index,
+    )
+    .await
+    .map_err(|e| FhirError::new(e.0, "exception", &e.1))?
+    .ok_or_else(|| {
+        FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "no finalization certificate covers the block yet; retry shortly",
+        )
+    })?;
     let proof = serde_json::to_vec(&proof).map_err(|_| {
         FhirError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

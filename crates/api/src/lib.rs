@@ -22,8 +22,7 @@ use commonware_cryptography::certificate::Verifier as _;
 use commonware_runtime::Blob;
 use ehrchain_chain::{Chain, Finalization, Scheme, SubmitError};
 use ehrchain_types::{
-    Block, CONSENSUS_NAMESPACE, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX,
-    merkle,
+    Block, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX, merkle,
 };
 use proof::{InclusionProof, PROOF_HEADERS_MAX};
 use serde::Deserialize;
@@ -477,7 +476,14 @@ async fn transaction<B: Blob>(
         }
         return Ok(Json(json!({ "hash": hash, "status": status })));
     };
-    let proof = build_proof(state.as_ref(), &id, location.height, location.index).await?;
+    let proof = build_proof(
+        &state.chain,
+        &state.genesis,
+        &id,
+        location.height,
+        location.index,
+    )
+    .await?;
     let denied = denial(state.as_ref(), &location).map(|reason| {
         json!({
             "reason": reason.code(),
@@ -514,12 +520,13 @@ pub fn denial<B: Blob>(
 
 /// Build an inclusion proof; `None` while no finalization certificate covers the block yet.
 pub async fn build_proof<B: Blob>(
-    state: &ApiState<B>,
+    chain: &Chain<B>,
+    genesis: &Genesis,
     id: &ehrchain_types::Digest,
     height: u64,
     index: u32,
 ) -> Result<Option<InclusionProof>> {
-    let (block, mut finalization) = load_block(&state.chain, height).await?;
+    let (block, mut finalization) = load_block(chain, height).await?;
     let merkle_path = merkle::prove(&block.transaction_ids(), index)
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot build proof"))?;
     let mut headers = vec![hex::encode(block.header.encode())];
@@ -528,7 +535,7 @@ pub async fn build_proof<B: Blob>(
         if headers.len() >= PROOF_HEADERS_MAX {
             return Ok(None);
         }
-        let Ok((block, cert)) = load_block(&state.chain, next).await else {
+        let Ok((block, cert)) = load_block(chain, next).await else {
             return Ok(None);
         };
         headers.push(hex::encode(block.header.encode()));
@@ -536,31 +543,62 @@ pub async fn build_proof<B: Blob>(
         next += 1;
     }
     // Re-encode through the type so a damaged stored certificate fails here, not at the client.
-    let participants = commonware_utils::ordered::Set::try_from(
-        state
-            .genesis
-            .validator_keys()
-            .expect("genesis checked at start"),
-    )
-    .expect("unique validators");
-    let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
-    let decoded = Finalization::decode_cfg(
-        commonware_codec::Copying(&finalization),
-        &verifier.certificate_codec_config(),
-    )
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "stored certificate is damaged",
+    let reencode = |bytes: &[u8]| {
+        Finalization::decode_cfg(
+            commonware_codec::Copying(bytes),
+            &Scheme::certificate_codec_config_unbounded(),
         )
-    })?;
+        .map(|f| hex::encode(f.encode()))
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stored certificate is damaged",
+            )
+        })
+    };
+    let finalization = reencode(&finalization)?;
+    // Every change of the validator set up to the certified block's epoch.
+    let epoch_blocks = genesis.rules.epoch_blocks.max(1);
+    let last_epoch = (next - 1).max(height) / epoch_blocks;
+    let changes: Vec<(u64, Vec<ehrchain_types::PublicKey>, ehrchain_types::Digest)> =
+        chain.read(|s| {
+            let mut previous: Option<Vec<ehrchain_types::PublicKey>> = None;
+            let mut changes = Vec::new();
+            for (epoch, set) in s.epochs() {
+                if epoch > last_epoch {
+                    break;
+                }
+                if previous.as_deref().is_some_and(|p| p != set)
+                    && let Some(root) = s.epoch_state_root(epoch)
+                {
+                    changes.push((epoch, set.to_vec(), root));
+                }
+                previous = Some(set.to_vec());
+            }
+            changes
+        });
+    let mut epochs = Vec::with_capacity(changes.len());
+    for (epoch, validators, root) in changes {
+        let (boundary, certificate) = load_block(chain, epoch * epoch_blocks - 1).await?;
+        if certificate.is_empty() {
+            return Ok(None);
+        }
+        epochs.push(proof::EpochHandoff {
+            epoch,
+            validators: validators.iter().map(ToString::to_string).collect(),
+            boundary_header: hex::encode(boundary.header.encode()),
+            state_root: hex::encode(root),
+            finalization: reencode(&certificate)?,
+        });
+    }
     Ok(Some(InclusionProof {
-        chain_id: state.genesis.chain_id,
+        chain_id: genesis.chain_id,
         transaction: hex::encode(id),
         position: index,
         merkle_path: hex::encode(merkle_path),
         headers,
-        finalization: hex::encode(decoded.encode()),
+        finalization,
+        epochs,
     }))
 }
 

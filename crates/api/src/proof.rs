@@ -1,5 +1,12 @@
 //! Offline inclusion proofs: a transaction, the header chain above it, and a finalization
-//! certificate signed by more than two thirds of the genesis validators.
+//! certificate signed by more than two thirds of the validators of the block's epoch.
+//!
+//! The verifier starts from the genesis validators and follows every change of the set the
+//! proof carries (`epochs`): the last block of the epoch before a change commits to the new
+//! set in its state root (`state::epoch_root`) and is certified by the old set. Epochs whose
+//! set did not change are not carried; like any light client, the check then relies on
+//! validators that have since left not colluding to certify a history of their own (a
+//! long-range attack). `ehrchain verify` replays the whole chain and needs no such trust.
 
 use commonware_codec::{Decode, Encode};
 use commonware_cryptography::certificate::Verifier as _;
@@ -9,6 +16,24 @@ use serde::{Deserialize, Serialize};
 
 /// Most headers a proof may chain from the transaction's block to a finalized one.
 pub const PROOF_HEADERS_MAX: usize = 1_024;
+
+/// Most validator-set changes one proof may carry.
+pub const PROOF_EPOCHS_MAX: usize = 4_096;
+
+/// A change of the validator set: who validates from `epoch` on, and the certified block
+/// before it that commits to them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpochHandoff {
+    pub epoch: u64,
+    /// The new validators' Ed25519 keys, sorted.
+    pub validators: Vec<String>,
+    /// Header of the last block of the epoch before (height `epoch * epoch_blocks - 1`).
+    pub boundary_header: String,
+    /// That block's state root before it was bound to the new validators.
+    pub state_root: String,
+    /// Its finalization certificate, by the outgoing validators.
+    pub finalization: String,
+}
 
 /// An inclusion proof, as served by `GET /chain/transactions/{hash}` and checked by
 /// `ehrchain proof verify`. Every field is hex.
@@ -23,6 +48,9 @@ pub struct InclusionProof {
     pub headers: Vec<String>,
     /// Finalization certificate of the last header.
     pub finalization: String,
+    /// Every change of the validator set since genesis up to the last header's epoch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<EpochHandoff>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +67,8 @@ pub enum ProofError {
     WrongBlock,
     #[error("the finalization is not signed by more than two thirds of the validators")]
     BadFinalization,
+    #[error("the change of validators at epoch {0} is not certified")]
+    BadHandoff(u64),
 }
 
 /// What a verified proof establishes.
@@ -86,25 +116,49 @@ impl InclusionProof {
             }
         }
         let last = headers.last().expect("non-empty");
-        let validators = genesis
+        let epoch_blocks = genesis.rules.epoch_blocks.max(1);
+        let mut validators = genesis
             .validator_keys()
             .map_err(|_| ProofError::Malformed("genesis validators"))?;
-        let participants = commonware_utils::ordered::Set::try_from(validators)
-            .map_err(|_| ProofError::Malformed("genesis validators"))?;
-        let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
-        let bytes = hex_bytes(&self.finalization, "finalization")?;
-        let finalization = Finalization::decode_cfg(
-            commonware_codec::Copying(&bytes),
-            &verifier.certificate_codec_config(),
-        )
-        .map_err(|_| ProofError::Malformed("finalization"))?;
-        if finalization.proposal.payload != last.digest() {
-            return Err(ProofError::WrongBlock);
+        let mut epoch = 0;
+        if self.epochs.len() > PROOF_EPOCHS_MAX {
+            return Err(ProofError::Malformed("epoch count"));
         }
-        let mut rng = rand::rng();
-        if !finalization.verify(&mut rng, &verifier, &commonware_parallel::Sequential) {
-            return Err(ProofError::BadFinalization);
+        for handoff in &self.epochs {
+            if handoff.epoch <= epoch || handoff.validators.is_empty() {
+                return Err(ProofError::Malformed("epochs"));
+            }
+            let header = BlockHeader::decode(&hex_bytes(&handoff.boundary_header, "header")?)
+                .map_err(|_| ProofError::Malformed("header"))?;
+            if header.chain_id != genesis.chain_id {
+                return Err(ProofError::WrongChain(header.chain_id, genesis.chain_id));
+            }
+            if header.height.checked_add(1) != handoff.epoch.checked_mul(epoch_blocks) {
+                return Err(ProofError::BadHandoff(handoff.epoch));
+            }
+            let next = handoff
+                .validators
+                .iter()
+                .map(|k| ehrchain_types::public_key_from_hex(k))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(ProofError::Malformed("validator key"))?;
+            if next.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(ProofError::Malformed("validators not sorted"));
+            }
+            let root =
+                digest_from_hex(&handoff.state_root).ok_or(ProofError::Malformed("state root"))?;
+            if ehrchain_chain::state::epoch_root(&root, handoff.epoch, &next) != header.state_root {
+                return Err(ProofError::BadHandoff(handoff.epoch));
+            }
+            certified(&handoff.finalization, &header, &validators, epoch_blocks)
+                .map_err(|_| ProofError::BadHandoff(handoff.epoch))?;
+            validators = next;
+            epoch = handoff.epoch;
         }
+        if last.height / epoch_blocks < epoch {
+            return Err(ProofError::Malformed("epochs beyond the block"));
+        }
+        certified(&self.finalization, last, &validators, epoch_blocks)?;
         Ok(Verified {
             transaction,
             height: first.height,
@@ -112,6 +166,35 @@ impl InclusionProof {
             finalized_height: last.height,
         })
     }
+}
+
+/// Check that `finalization` (hex) certifies `header` in its epoch, signed by `validators`.
+fn certified(
+    finalization: &str,
+    header: &BlockHeader,
+    validators: &[ehrchain_types::PublicKey],
+    epoch_blocks: u64,
+) -> Result<(), ProofError> {
+    let participants = commonware_utils::ordered::Set::try_from(validators.to_vec())
+        .map_err(|_| ProofError::Malformed("validators"))?;
+    let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
+    let bytes = hex_bytes(finalization, "finalization")?;
+    let finalization = Finalization::decode_cfg(
+        commonware_codec::Copying(&bytes),
+        &verifier.certificate_codec_config(),
+    )
+    .map_err(|_| ProofError::Malformed("finalization"))?;
+    if finalization.proposal.payload != header.digest() {
+        return Err(ProofError::WrongBlock);
+    }
+    if finalization.proposal.round.epoch().get() != header.height / epoch_blocks {
+        return Err(ProofError::BadFinalization);
+    }
+    let mut rng = rand::rng();
+    if !finalization.verify(&mut rng, &verifier, &commonware_parallel::Sequential) {
+        return Err(ProofError::BadFinalization);
+    }
+    Ok(())
 }
 
 /// Encode a finalization for a proof.

@@ -2016,6 +2016,7 @@ mod tests {
             GovernanceAction::AddMember {
                 key: hospital_c.public_key(),
                 encryption_key: [0xCC; 32],
+                p2p_address: "10.0.0.3:9000".parse().unwrap(),
             },
         )
         .unwrap();
@@ -2036,7 +2037,7 @@ mod tests {
         };
         assert!(effective_height > height);
         assert_eq!(
-            effective_height % crate::governance::MEMBERSHIP_EPOCH_BLOCKS,
+            effective_height % ehrchain_types::genesis::Rules::default().epoch_blocks,
             0
         );
         assert_eq!(w.state.member_count(), 3);

@@ -268,7 +268,7 @@ impl<B: Blob> Chain<B> {
             }
             let delta = state::execute(&inner.state, &block)
                 .map_err(|e| format!("stored block {} does not execute: {e}", record.height))?;
-            let root = state::next_root(&inner.root, block.height(), &delta);
+            let root = state::block_root(&inner.state, &inner.root, block.height(), &delta);
             if root != block.header.state_root {
                 return Err(format!(
                     "stored block {} has a wrong state root",
@@ -294,6 +294,11 @@ impl<B: Blob> Chain<B> {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().expect("chain state lock poisoned")
+    }
+
+    /// The digest of the finalized block at `height`.
+    pub fn digest_at(&self, height: u64) -> Option<Digest> {
+        self.lock().digests.get(height as usize).copied()
     }
 
     pub fn config(&self) -> &ChainConfig {
@@ -507,7 +512,7 @@ impl<B: Blob> Chain<B> {
             deltas,
         };
         let delta = state::execute(&overlay, block).map_err(|e| e.to_string())?;
-        let root = state::next_root(&parent_root, header.height, &delta);
+        let root = state::block_root(&overlay, &parent_root, header.height, &delta);
         if root != header.state_root {
             return Err("state root mismatch".into());
         }
@@ -565,10 +570,10 @@ impl<B: Blob> Chain<B> {
                 Err(_) => failed.push(tx.id()),
             }
         }
+        let root = state::block_root(&overlay, &parent_root, height, &delta);
         for id in failed {
             inner.mempool.suspect(id);
         }
-        let root = state::next_root(&parent_root, height, &delta);
         let block = Block::new(
             self.config.chain_id,
             height,
@@ -597,9 +602,15 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
     let height = block.height();
     // Drop this height's pending entries first, so the delta is usually ours alone to move.
     inner.pending.retain(|_, p| p.height > height);
+    let epoch_blocks = inner.state.rules().epoch_blocks.max(1);
+    let unbound_root = state::closes_epoch(height, epoch_blocks)
+        .then(|| state::next_root(&inner.root, height, &delta));
     inner
         .state
         .commit(Arc::try_unwrap(delta).unwrap_or_else(|shared| (*shared).clone()));
+    if let Some(unbound_root) = unbound_root {
+        inner.state.close_epoch(height, unbound_root);
+    }
     inner.height = height;
     inner.digest = block.digest();
     inner.root = root;
@@ -797,7 +808,7 @@ impl<B: Blob> Finalizer<B> {
                     let delta = state::execute(&inner.state, block).expect(
                         "a finalized block does not execute: more than f validators are faulty",
                     );
-                    let root = state::next_root(&inner.root, height, &delta);
+                    let root = state::block_root(&inner.state, &inner.root, height, &delta);
                     (Arc::new(delta), root)
                 }
             }

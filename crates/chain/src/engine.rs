@@ -6,6 +6,7 @@
 
 use crate::{
     application::{App, Chain, ChainConfig, Finalizer, Scheme, run_finalizer},
+    epochs::{self, EpochProvider, PeerSets, Settings},
     log::BlockLog,
     reporter,
 };
@@ -17,23 +18,19 @@ use commonware_consensus::{
         resolver::p2p as marshal_resolver,
         standard::{Inline, Standard},
     },
-    simplex::{self, ForwardPolicy, SkipPolicy, elector::RoundRobin},
-    types::{Epoch, FixedEpocher, ViewDelta},
+    simplex,
+    types::{FixedEpocher, ViewDelta},
 };
-use commonware_cryptography::{
-    Digested, Sha256,
-    certificate::{ConstantProvider, Verifier as _},
-};
+use commonware_cryptography::{Digested, certificate::Verifier as _};
 use commonware_p2p::{Blocker, Provider, Receiver, Recipients, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::{
     Clock, Handle, Metrics, Spawner, Storage, Supervisor, buffer::paged::CacheRef,
 };
 use commonware_storage::archive::immutable;
-use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize, ordered::Set};
+use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize};
 use ehrchain_types::{
-    Block, CONSENSUS_NAMESPACE, PrivateKey, PublicKey, Transaction,
-    limits::GOSSIP_BATCH_TRANSACTIONS_MAX,
+    Block, PrivateKey, PublicKey, Transaction, limits::GOSSIP_BATCH_TRANSACTIONS_MAX,
 };
 use rand::{CryptoRng, Rng};
 use std::{num::NonZeroU64, time::Duration};
@@ -49,9 +46,6 @@ pub mod channel {
     /// Record envelopes and wrapped keys between peers (see `records`).
     pub const BLOBS: u64 = 6;
 }
-
-/// One epoch spans the whole chain until governance changes the validator set.
-pub const EPOCH_LENGTH_BLOCKS: NonZeroU64 = NZU64!(1 << 48);
 
 /// How often pending client transactions are gossiped to peers.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(20);
@@ -99,7 +93,11 @@ pub struct Channels<S, R> {
 /// Largest message any channel carries, for sizing the peer network.
 pub fn max_message_size(validators: usize) -> u32 {
     let participants = validators as u32;
-    let consensus = simplex::max_payload_size::<Scheme, ehrchain_types::Digest>(participants);
+    // Consensus runs on subchannels multiplexed by epoch: each message carries the prefix.
+    let consensus = commonware_p2p::utils::mux::prefixed(simplex::max_payload_size::<
+        Scheme,
+        ehrchain_types::Digest,
+    >(participants));
     let marshal = marshal::max_payload_size::<Standard<Block>, Scheme>(participants, &());
     let gossip = ehrchain_types::limits::GOSSIP_MESSAGE_BYTES_MAX;
     let blobs = crate::records::BLOB_MESSAGE_BYTES_MAX;
@@ -135,12 +133,18 @@ fn archive_config<C>(
 }
 
 /// Start a validator. Returns the shared chain handle and the handles of its actors.
-pub async fn start<E, S, R, P, K>(
+///
+/// `config.validators` is the genesis validator set (epoch 0); later epochs take theirs from
+/// the chain (see `epochs`). A node outside the current set follows the chain as an observer
+/// and starts voting from the epoch governance admits it in. `peer_sets` learns which peers
+/// to keep as members come and go.
+pub async fn start<E, S, R, P, K, T>(
     context: E,
     config: EngineConfig,
     channels: Channels<S, R>,
     peers: P,
     blocker: K,
+    peer_sets: T,
 ) -> (Chain<E::Blob>, Vec<Handle<()>>)
 where
     E: Spawner + Clock + Storage + Metrics + Supervisor + Rng + CryptoRng,
@@ -148,19 +152,14 @@ where
     R: Receiver<PublicKey = PublicKey>,
     P: Provider<PublicKey = PublicKey>,
     K: Blocker<PublicKey = PublicKey>,
+    T: PeerSets,
 {
     let mailbox = NZUsize!(config.mailbox_size.max(16));
-    let participants: Set<PublicKey> =
-        Set::try_from(config.validators.clone()).expect("validator keys are unique");
-    let scheme = Scheme::signer(
-        CONSENSUS_NAMESPACE,
-        participants.clone(),
-        config.signer.clone(),
-    )
-    .expect("this node's key must be one of the validators");
     let public_key = crate::application::key_public(&config.signer);
     let prefix = config.partition_prefix.as_str();
     let page_cache = CacheRef::new(NZU16!(16_384), NZUsize!(1_024));
+    let epoch_blocks = config.chain.rules.epoch_blocks.max(1);
+    let epocher = FixedEpocher::new(NonZeroU64::new(epoch_blocks).expect("non-zero"));
 
     // The block log and the state rebuilt from it.
     let (log, records) = BlockLog::open(&context, prefix)
@@ -176,6 +175,10 @@ where
     }
     drop(records);
     let finalizer = Finalizer::new(chain.clone(), log);
+
+    // Every epoch's certificate scheme; epoch 0 is the genesis set.
+    let provider = EpochProvider::new(config.signer.clone());
+    provider.insert(0, &config.validators);
 
     // Marshal: ordered delivery of finalized blocks, backfill from peers.
     let resolver = marshal_resolver::init(
@@ -229,8 +232,8 @@ where
         finalizations,
         blocks,
         marshal::Config {
-            provider: ConstantProvider::<Scheme, Epoch>::new(scheme.clone()),
-            epocher: FixedEpocher::new(EPOCH_LENGTH_BLOCKS),
+            provider: provider.clone(),
+            epocher: epocher.clone(),
             start: marshal::Start::Genesis(Digested::precomputed(
                 config.chain.genesis.clone(),
                 config.chain.genesis.digest(),
@@ -255,39 +258,7 @@ where
         context.child("inline"),
         App::new(chain.clone()),
         marshal_mailbox.clone(),
-        FixedEpocher::new(EPOCH_LENGTH_BLOCKS),
-    );
-
-    let engine = simplex::Engine::new(
-        context.child("consensus"),
-        simplex::Config {
-            scheme,
-            elector: RoundRobin::<Sha256>::default(),
-            blocker,
-            automaton: application.clone(),
-            relay: application.clone(),
-            reporter: application.clone(),
-            partition: format!("{prefix}-consensus"),
-            mailbox_size: mailbox,
-            epoch: Epoch::zero(),
-            floor: simplex::Floor::Genesis(config.chain.genesis.digest()),
-            replay_buffer: NZUsize!(1024 * 1024),
-            write_buffer: NZUsize!(1024 * 1024),
-            leader_timeout: config.timing.leader_timeout,
-            certification_timeout: config.timing.certification_timeout,
-            timeout_retry: config.timing.timeout_retry,
-            fetch_timeout: NZDuration!(config.timing.fetch_timeout),
-            fetch_retry_delay: Duration::from_millis(100),
-            view_retention: ViewDelta::new(10),
-            skip: SkipPolicy::Enabled {
-                timeout: config.timing.leader_timeout * 10,
-                budget: simplex::SkipBudget::Participants,
-            },
-            page_cache,
-            strategy: Sequential,
-            forward: ForwardPolicy::Disabled,
-            track_historical_votes: false,
-        },
+        epocher,
     );
 
     let (forwarder, updates) = reporter::channel();
@@ -296,7 +267,29 @@ where
         let marshal_mailbox = marshal_mailbox.clone();
         move |context| run_finalizer(finalizer, context, updates, marshal_mailbox)
     });
-    let engine_handle = engine.start(channels.votes, channels.certificates, channels.resolver);
+    let consensus_handle = context.child("epochs").spawn({
+        let chain = chain.clone();
+        let settings = Settings {
+            provider,
+            timing: config.timing.clone(),
+            mailbox_size: config.mailbox_size,
+            partition_prefix: config.partition_prefix.clone(),
+            page_cache,
+            epoch_blocks,
+        };
+        move |context| {
+            epochs::run(
+                context,
+                chain,
+                application,
+                marshal_mailbox,
+                settings,
+                blocker,
+                peer_sets,
+                (channels.votes, channels.certificates, channels.resolver),
+            )
+        }
+    });
     let gossip_handle = context.child("gossip").spawn({
         let chain = chain.clone();
         move |context| run_gossip(context, chain, channels.gossip)
@@ -307,7 +300,7 @@ where
             broadcast_handle,
             marshal_handle,
             finalizer_handle,
-            engine_handle,
+            consensus_handle,
             gossip_handle,
         ],
     )

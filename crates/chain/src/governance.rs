@@ -4,16 +4,14 @@
 //! longer happen. Executed by every validator inside block execution, like every contract.
 //!
 //! Membership in the state (who may register patients, enrol clinicians, vote) changes when
-//! the proposal passes. The validator set of the consensus engine is meant to change at the
-//! proposal's `effective_height`, the next membership epoch boundary; the engine does not
-//! switch sets yet (see `docs/design/access.md`).
+//! the proposal passes. The validator set of the consensus engine changes at the proposal's
+//! `effective_height`: the first block of the next consensus epoch (`Rules::epoch_blocks`
+//! blocks each). The set of epoch `e + 1` is the membership after the last block of epoch
+//! `e` (`State::epoch_validators`); `engine` starts a consensus instance for it there.
 
 use crate::access::At;
 use crate::state::{Delta, Identity, Reader, Rejection, Role};
 use ehrchain_types::{GovernanceAction, ProposalId, PublicKey};
-
-/// Membership epochs: a passed change of members takes effect at the next multiple of this.
-pub const MEMBERSHIP_EPOCH_BLOCKS: u64 = 1_000;
 
 /// How long a proposal stays open for votes (block time).
 pub const PROPOSAL_OPEN_MS: u64 = 7 * 24 * 3_600_000;
@@ -55,10 +53,12 @@ impl Proposal {
             GovernanceAction::AddMember {
                 key,
                 encryption_key,
+                p2p_address,
             } => {
                 out.push(1);
                 out.extend_from_slice(key.as_ref());
                 out.extend_from_slice(encryption_key);
+                ehrchain_types::transaction::write_socket_address(out, p2p_address);
             }
             GovernanceAction::RemoveMember { key } => {
                 out.push(2);
@@ -191,7 +191,8 @@ fn settle(
     mut proposal: Proposal,
 ) -> Result<(), Rejection> {
     if proposal.passes() {
-        let effective_height = (at.height / MEMBERSHIP_EPOCH_BLOCKS + 1) * MEMBERSHIP_EPOCH_BLOCKS;
+        let epoch_blocks = view.rules().epoch_blocks.max(1);
+        let effective_height = (at.height / epoch_blocks + 1) * epoch_blocks;
         proposal.status = Status::Passed {
             height: at.height,
             effective_height,
@@ -200,6 +201,7 @@ fn settle(
             GovernanceAction::AddMember {
                 key,
                 encryption_key,
+                ..
             } => {
                 if !unregistered(view, key) {
                     return Err(Rejection::AlreadyRegistered);

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod application;
 pub mod engine;
+pub mod epochs;
 pub mod governance;
 pub mod log;
 pub mod mempool;

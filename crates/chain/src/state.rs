@@ -166,6 +166,8 @@ pub trait Reader {
     fn time_ms(&self) -> u64;
     /// How many member institutions there are.
     fn member_count(&self) -> u32;
+    /// The member institutions' keys, sorted.
+    fn member_keys(&self) -> Vec<PublicKey>;
     /// Reads by `actor` counted in supervision window `window`.
     fn reads(&self, actor: &PublicKey, window: u64) -> u32;
     fn rules(&self) -> Rules;
@@ -400,6 +402,37 @@ pub fn next_root(previous: &Digest, height: u64, delta: &Delta) -> Digest {
     ])
 }
 
+/// The state root a block header carries. It is `next_root`, except for the last block of an
+/// epoch, whose root also commits to the next epoch's validators (the members after the
+/// block): `epoch_root(next_root, epoch, validators)`. A finalization of that block by the
+/// outgoing validators so certifies the incoming ones, which lets a proof verifier follow
+/// validator-set changes from genesis offline.
+pub fn block_root(base: &impl Reader, previous: &Digest, height: u64, delta: &Delta) -> Digest {
+    let root = next_root(previous, height, delta);
+    let epoch_blocks = base.rules().epoch_blocks.max(1);
+    if !closes_epoch(height, epoch_blocks) {
+        return root;
+    }
+    let members = Layered { base, delta }.member_keys();
+    epoch_root(&root, (height + 1) / epoch_blocks, &members)
+}
+
+/// Whether the block at `height` is the last of its epoch.
+pub fn closes_epoch(height: u64, epoch_blocks: u64) -> bool {
+    (height + 1).is_multiple_of(epoch_blocks.max(1))
+}
+
+/// The root of an epoch's last block: its state root bound to the next epoch's validators.
+pub fn epoch_root(state_root: &Digest, next_epoch: u64, validators: &[PublicKey]) -> Digest {
+    let mut bytes = Vec::with_capacity(8 + 4 + validators.len() * 32);
+    bytes.extend_from_slice(&next_epoch.to_be_bytes());
+    bytes.extend_from_slice(&(validators.len() as u32).to_be_bytes());
+    for key in validators {
+        bytes.extend_from_slice(key.as_ref());
+    }
+    sha256(&[b"ehrchain-epoch-v1", state_root.as_ref(), &bytes])
+}
+
 /// Root of the empty state at genesis.
 pub fn genesis_root(chain_id: u64) -> Digest {
     sha256(&[b"ehrchain-genesis-v1", &chain_id.to_be_bytes()])
@@ -490,6 +523,10 @@ impl<R: Reader> Reader for Layered<'_, R> {
         member_change(self.base.member_count(), [self.delta])
     }
 
+    fn member_keys(&self) -> Vec<PublicKey> {
+        apply_members(self.base.member_keys(), [self.delta])
+    }
+
     fn time_ms(&self) -> u64 {
         self.delta.time_ms.max(self.base.time_ms())
     }
@@ -519,6 +556,24 @@ fn member_change<'a>(base: u32, deltas: impl IntoIterator<Item = &'a Delta>) -> 
         }
     }
     count.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The member keys of `base` after `deltas` (oldest first), sorted.
+fn apply_members<'a>(
+    base: Vec<PublicKey>,
+    deltas: impl IntoIterator<Item = &'a Delta>,
+) -> Vec<PublicKey> {
+    let mut members: std::collections::BTreeSet<PublicKey> = base.into_iter().collect();
+    for delta in deltas {
+        for (key, admitted) in &delta.members {
+            if *admitted {
+                members.insert(key.clone());
+            } else {
+                members.remove(key);
+            }
+        }
+    }
+    members.into_iter().collect()
 }
 
 /// A patient's grants from `base`, overwritten by `deltas` applied oldest first.
@@ -841,6 +896,13 @@ pub struct State {
     version_hashes: BTreeMap<Digest, (RecordId, u32)>,
     /// Derived index: grants by the end of their validity.
     grant_expiry: BTreeMap<(u64, PatientId, GrantId), ()>,
+    /// Derived: the validator set of each consensus epoch, fixed at the epoch's first block.
+    epoch_validators: BTreeMap<u64, Vec<PublicKey>>,
+    /// Derived: for each epoch after genesis, the `next_root` of the block before it (the
+    /// root its header carries is that bound to the validators, see `block_root`).
+    epoch_state_roots: BTreeMap<u64, Digest>,
+    /// Derived: the peer address of each member admitted by governance.
+    member_addresses: BTreeMap<PublicKey, std::net::SocketAddr>,
 }
 
 impl State {
@@ -876,7 +938,46 @@ impl State {
                 },
             );
         }
+        let genesis_set = state.members.iter().cloned().collect();
+        state.epoch_validators.insert(0, genesis_set);
         state
+    }
+
+    /// Close the epoch whose last block was just committed at `height`, if it was one: the
+    /// members now are the next epoch's validators. Every node does this at the same height
+    /// over the same state, so every node agrees on every epoch's set.
+    pub fn close_epoch(&mut self, height: u64, state_root: Digest) -> Option<u64> {
+        let epoch_blocks = self.rules.epoch_blocks.max(1);
+        if !closes_epoch(height, epoch_blocks) {
+            return None;
+        }
+        let next = (height + 1) / epoch_blocks;
+        let set = self.members.iter().cloned().collect();
+        self.epoch_validators.insert(next, set);
+        self.epoch_state_roots.insert(next, state_root);
+        Some(next)
+    }
+
+    /// The `next_root` of epoch `epoch`'s boundary block (see `block_root`).
+    pub fn epoch_state_root(&self, epoch: u64) -> Option<Digest> {
+        self.epoch_state_roots.get(&epoch).copied()
+    }
+
+    /// The validators of consensus epoch `epoch` (sorted by key), once it is known.
+    pub fn epoch_validators(&self, epoch: u64) -> Option<&[PublicKey]> {
+        self.epoch_validators.get(&epoch).map(Vec::as_slice)
+    }
+
+    /// Every epoch whose validator set is known, with the set.
+    pub fn epochs(&self) -> impl Iterator<Item = (u64, &[PublicKey])> {
+        self.epoch_validators
+            .iter()
+            .map(|(e, v)| (*e, v.as_slice()))
+    }
+
+    /// The address a member admitted by governance gave for its validator.
+    pub fn member_address(&self, key: &PublicKey) -> Option<std::net::SocketAddr> {
+        self.member_addresses.get(key).copied()
     }
 
     pub fn commit(&mut self, delta: Delta) {
@@ -900,6 +1001,17 @@ impl State {
         self.break_glass.extend(delta.break_glass);
         self.reads.extend(delta.reads);
         self.retired.extend(delta.retired);
+        for proposal in delta.proposals.values() {
+            if let (
+                crate::governance::Status::Passed { .. },
+                ehrchain_types::GovernanceAction::AddMember {
+                    key, p2p_address, ..
+                },
+            ) = (&proposal.status, &proposal.action)
+            {
+                self.member_addresses.insert(key.clone(), *p2p_address);
+            }
+        }
         self.proposals.extend(delta.proposals);
         for (key, admitted) in delta.members {
             if admitted {
@@ -1082,6 +1194,10 @@ impl Reader for State {
         self.members.len() as u32
     }
 
+    fn member_keys(&self) -> Vec<PublicKey> {
+        self.members.iter().cloned().collect()
+    }
+
     fn time_ms(&self) -> u64 {
         self.time_ms
     }
@@ -1194,6 +1310,11 @@ impl Reader for Overlay<'_> {
 
     fn member_count(&self) -> u32 {
         member_change(self.base.member_count(), self.deltas.iter().copied())
+    }
+
+    fn member_keys(&self) -> Vec<PublicKey> {
+        // Deltas are newest first; admissions and removals apply oldest first.
+        apply_members(self.base.member_keys(), self.deltas.iter().rev().copied())
     }
 
     fn time_ms(&self) -> u64 {

@@ -121,6 +121,9 @@ pub enum GovernanceCommand {
         /// ...and its X25519 encryption key (hex).
         #[arg(long, requires = "add_member")]
         encryption_key: Option<String>,
+        /// ...and the `ip:port` its validator's peers dial.
+        #[arg(long, requires = "add_member")]
+        p2p_address: Option<std::net::SocketAddr>,
         #[arg(long)]
         remove_member: Option<String>,
         #[arg(long)]
@@ -164,6 +167,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
             key,
             add_member,
             encryption_key,
+            p2p_address,
             remove_member,
             appoint_auditor,
             remove_auditor,
@@ -181,6 +185,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
                 actions.push(A::AddMember {
                     key: key_arg(&member, "--add-member")?,
                     encryption_key,
+                    p2p_address: p2p_address.context("--add-member needs --p2p-address")?,
                 });
             }
             if let Some(k) = remove_member {

@@ -112,6 +112,7 @@ pub fn with_network(
         chain_id: 1,
         p2p_port,
         api_port,
+        epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
     })?;
     let apis = crate::dev::api_urls(&configs)?;
     let mut children = crate::dev::spawn_nodes(&configs, &dir)?;

@@ -52,6 +52,7 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
             chain_id: 1,
             p2p_port,
             api_port,
+            epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
         })?
     };
     let mut children = spawn_nodes(&configs, dir)?;

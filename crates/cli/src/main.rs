@@ -163,6 +163,28 @@ enum NetworkCommand {
         p2p_port: u16,
         #[arg(long, default_value_t = 8_700)]
         api_port: u16,
+        /// Blocks per consensus epoch: a validator-set change voted by governance takes
+        /// effect at the first block of the next epoch.
+        #[arg(long, default_value_t = 1_000)]
+        epoch_blocks: u64,
+    },
+    /// Prepare a node for an institution that is to become a member: a key and a config
+    /// beside the network's genesis. Prints the `governance propose` a member runs to admit it.
+    ///
+    /// Example: ehrchain network join --genesis net/genesis.json --dir net/node-4 --name member-4 --p2p-listen 127.0.0.1:30304 --api-listen 127.0.0.1:8704
+    Join {
+        #[arg(long)]
+        genesis: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        /// The institution's name (never PHI).
+        #[arg(long)]
+        name: String,
+        /// Where its validator listens for peers; members dial this address.
+        #[arg(long)]
+        p2p_listen: std::net::SocketAddr,
+        #[arg(long)]
+        api_listen: std::net::SocketAddr,
     },
 }
 
@@ -187,6 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     chain_id,
                     p2p_port,
                     api_port,
+                    epoch_blocks,
                 },
         } => {
             let nodes = network::init(&network::InitOptions {
@@ -195,10 +218,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 chain_id,
                 p2p_port,
                 api_port,
+                epoch_blocks,
             })?;
             for node in nodes {
                 println!("{}", node.display());
             }
+        }
+        Command::Network {
+            command:
+                NetworkCommand::Join {
+                    genesis,
+                    dir,
+                    name,
+                    p2p_listen,
+                    api_listen,
+                },
+        } => {
+            let joined = network::join(&genesis, &dir, &name, p2p_listen, api_listen)?;
+            println!("config:         {}", joined.config.display());
+            println!("public key:     {}", joined.public_key);
+            println!("encryption key: {}", joined.encryption_key);
+            println!("p2p address:    {}", joined.p2p_address);
+            println!(
+                "Start it (ehrchain node --config {}) and have a member propose its admission:",
+                joined.config.display()
+            );
+            println!(
+                "  ehrchain governance propose --api <member API> --key <member key> --add-member {} --encryption-key {} --p2p-address {}",
+                joined.public_key, joined.encryption_key, joined.p2p_address
+            );
         }
         Command::Node { config } => node::run(&config)?,
         Command::Dev {

@@ -1,4 +1,5 @@
 //! `ehrchain network init`: keys, genesis and per-node configs for a new network.
+//! `ehrchain network join`: the key and config of an institution that governance is to admit.
 
 use crate::config::{NodeConfig, random_seed, write_key};
 use anyhow::{Context, Result, bail};
@@ -16,10 +17,15 @@ pub struct InitOptions {
     pub chain_id: u64,
     pub p2p_port: u16,
     pub api_port: u16,
+    /// Blocks per consensus epoch (validator-set changes take effect at epoch starts).
+    pub epoch_blocks: u64,
 }
 
 /// Write the network; returns the config path of each node.
 pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
+    if options.epoch_blocks == 0 {
+        bail!("--epoch-blocks must be at least 1");
+    }
     if options.validators == 0 || options.validators > VALIDATORS_MAX {
         bail!("--validators must be between 1 and {VALIDATORS_MAX}");
     }
@@ -80,11 +86,68 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
             name: "consortium audit office".into(),
             public_key: ehrchain_chain::application::key_public(&auditor).to_string(),
         }],
-        rules: Default::default(),
+        rules: ehrchain_types::genesis::Rules {
+            epoch_blocks: options.epoch_blocks,
+            ..Default::default()
+        },
     };
     std::fs::write(
         dir.join("genesis.json"),
         serde_json::to_string_pretty(&genesis)?,
     )?;
     Ok(configs)
+}
+
+/// What a new member's operator gives the consortium so that it can vote the member in.
+pub struct Joined {
+    pub config: PathBuf,
+    pub public_key: String,
+    pub encryption_key: String,
+    pub p2p_address: std::net::SocketAddr,
+}
+
+/// Write a key and a config for a node of an institution not yet a member. Started, the node
+/// follows the chain once the members track it (when the admission passes) and votes from the
+/// epoch the admission takes effect in.
+pub fn join(
+    genesis: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+    p2p_listen: std::net::SocketAddr,
+    api_listen: std::net::SocketAddr,
+) -> Result<Joined> {
+    crate::config::load_genesis(genesis)?;
+    if dir.join("validator.key").exists() {
+        bail!(
+            "{} already holds a node; choose another --dir",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let genesis = std::path::absolute(genesis)?;
+    let seed = random_seed();
+    write_key(&dir.join("validator.key"), &seed)?;
+    let key = private_key_from_seed(&seed).expect("32-byte seed");
+    let config = NodeConfig {
+        name: name.to_string(),
+        genesis,
+        key_file: "validator.key".into(),
+        data_dir: "data".into(),
+        p2p_listen,
+        api_listen,
+        block_transactions_max: 8_192,
+        mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
+        log_format: "pretty".into(),
+        blob_store: None,
+    };
+    let path = dir.join("config.toml");
+    std::fs::write(&path, toml::to_string_pretty(&config)?)?;
+    Ok(Joined {
+        config: path,
+        public_key: ehrchain_chain::application::key_public(&key).to_string(),
+        encryption_key: ehrchain_crypto::EncryptionKey::from_seed(&seed)
+            .public()
+            .to_hex(),
+        p2p_address: p2p_listen,
+    })
 }

@@ -23,6 +23,40 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 /// every message of one burst from every peer, so this also sets memory use.
 pub const CHANNEL_MESSAGES_PER_SECOND_MAX: u32 = 1_000;
 
+/// Peers one node keeps connections with (members and validators), unless the genesis names
+/// more. The network preallocates inbound buffers per peer, so this bounds memory too.
+pub const PEERS_MAX: usize = 16;
+
+/// The peer network's view of the consortium: the peers the chain names, at the addresses
+/// governance admitted them with or, for genesis members, the genesis file's.
+struct LookupPeers<O> {
+    oracle: O,
+    genesis: std::collections::BTreeMap<PublicKey, Address>,
+}
+
+impl<O: AddressableManager<PublicKey = PublicKey> + Send + 'static> ehrchain_chain::epochs::PeerSets
+    for LookupPeers<O>
+{
+    fn track(&mut self, id: u64, peers: Vec<(PublicKey, Option<SocketAddr>)>) {
+        let known: Vec<(PublicKey, Address)> = peers
+            .into_iter()
+            .filter_map(|(key, address)| {
+                let address = address
+                    .map(Address::from)
+                    .or_else(|| self.genesis.get(&key).cloned())?;
+                Some((key, address))
+            })
+            .collect();
+        match Map::try_from(known) {
+            Ok(map) => {
+                tracing::info!(id, peers = map.len(), "tracking the consortium's peers");
+                let _ = self.oracle.track(id, map);
+            }
+            Err(_) => tracing::error!(id, "duplicate peer keys; peer set not updated"),
+        }
+    }
+}
+
 /// File in the data directory that records which genesis the data belongs to.
 pub const GENESIS_COPY: &str = "genesis.json";
 
@@ -39,11 +73,11 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         ehrchain_crypto::EncryptionKey::from_seed(&crate::config::read_seed(&config.key_file)?);
     let validators = genesis.validator_keys()?;
     let me = signer.public_key();
-    anyhow::ensure!(
-        validators.contains(&me),
-        "this node's key is not a validator in {}",
-        config.genesis.display()
-    );
+    if !validators.contains(&me) {
+        // A member admitted by governance after genesis: it follows the chain from the genesis
+        // validators and votes from the epoch its admission takes effect in.
+        tracing::info!(key = %me, "not a genesis validator: following the chain until governance admits this key");
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let copy = config.data_dir.join(GENESIS_COPY);
@@ -107,7 +141,11 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             ),
             P2P_NAMESPACE,
             config.p2p_listen,
-            commonware_p2p::authenticated::peer_set_limit(&validators, &me),
+            // Room for the consortium to grow by governance without a restart.
+            NZUsize!(PEERS_MAX).max(commonware_p2p::authenticated::peer_set_limit(
+                &validators,
+                &me,
+            )),
             max_message,
             NZUsize!(1_024),
         );
@@ -115,6 +153,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         // channel's inbound mailbox is preallocated per retained peer: keep one set.
         p2p.tracked_peer_sets = NZUsize!(1);
         let (mut network, mut oracle) = lookup::Network::new(context.child("network"), p2p);
+        let genesis_addresses = peers.clone();
         let peer_map: Map<PublicKey, Address> =
             Map::try_from(peers).expect("validator keys are unique");
         let _ = oracle.track(0, peer_map);
@@ -141,7 +180,11 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             },
             channels,
             oracle.clone(),
-            oracle,
+            oracle.clone(),
+            LookupPeers {
+                oracle,
+                genesis: genesis_addresses.into_iter().collect(),
+            },
         )
         .await;
         handles.push(network_handle);

@@ -38,11 +38,32 @@ pub struct Report {
 /// A record that passed every check that needs no other record.
 struct Checked {
     block: Block,
-    certified: bool,
+    /// Its finalization certificate, and whether its signatures were already checked (they
+    /// are when the epoch's validators were known when the window began).
+    finalization: Option<(Finalization, bool)>,
 }
 
-/// Decode a record, and check its transaction signatures and its certificate.
-fn check_alone(verifier: &Scheme, chain_id: u64, record: &Record) -> Result<Checked, Damage> {
+/// Every epoch's certificate verifier, from the validator sets the replayed state names.
+type Verifiers = std::collections::BTreeMap<u64, Scheme>;
+
+fn learn_verifiers(verifiers: &mut Verifiers, state: &State) {
+    for (epoch, set) in state.epochs() {
+        verifiers.entry(epoch).or_insert_with(|| {
+            let participants = commonware_utils::ordered::Set::try_from(set.to_vec())
+                .expect("validator sets have unique keys");
+            Scheme::verifier(CONSENSUS_NAMESPACE, participants)
+        });
+    }
+}
+
+/// Decode a record, and check its transaction signatures and, when its epoch's validators
+/// are known, its certificate.
+fn check_alone(
+    verifiers: &Verifiers,
+    epoch_blocks: u64,
+    chain_id: u64,
+    record: &Record,
+) -> Result<Checked, Damage> {
     let height = record.height;
     let damage = |reason: &str| Damage {
         height,
@@ -54,30 +75,44 @@ fn check_alone(verifier: &Scheme, chain_id: u64, record: &Record) -> Result<Chec
         return Err(damage("stored under the wrong height"));
     }
     let mut rng = rand::rng();
-    let certified = if record.finalization.is_empty() {
-        false
+    let finalization = if record.finalization.is_empty() {
+        None
     } else {
         let finalization = Finalization::decode_cfg(
             commonware_codec::Copying(&record.finalization),
-            &verifier.certificate_codec_config(),
+            &Scheme::certificate_codec_config_unbounded(),
         )
         .map_err(|_| damage("finalization certificate does not decode"))?;
         if finalization.proposal.payload != block.digest() {
             return Err(damage("block does not match its finalization certificate"));
         }
-        if !finalization.verify(&mut rng, verifier, &commonware_parallel::Sequential) {
-            return Err(damage("finalization certificate signatures do not verify"));
+        let epoch = finalization.proposal.round.epoch().get();
+        if epoch != height / epoch_blocks {
+            return Err(damage("finalization certificate is of another epoch"));
         }
-        true
+        let checked = match verifiers.get(&epoch) {
+            Some(verifier) => {
+                if !finalization.verify(&mut rng, verifier, &commonware_parallel::Sequential) {
+                    return Err(damage("finalization certificate signatures do not verify"));
+                }
+                true
+            }
+            None => false,
+        };
+        Some((finalization, checked))
     };
     let transactions: Vec<&ehrchain_types::Transaction> = block.transactions.iter().collect();
     ehrchain_chain::application::verify_signatures(&mut rng, chain_id, &transactions)
         .map_err(|e| damage(&format!("a transaction is invalid: {e}")))?;
-    Ok(Checked { block, certified })
+    Ok(Checked {
+        block,
+        finalization,
+    })
 }
 
 struct Chain {
     genesis_digest: Digest,
+    verifiers: Verifiers,
     state: State,
     previous: Option<(Digest, Digest, u64)>,
     /// The previous block had no certificate of its own.
@@ -88,8 +123,12 @@ struct Chain {
 impl Chain {
     /// Apply one checked block in order: hash link, time, transactions, state root.
     fn apply(&mut self, checked: Checked) -> Result<(), Damage> {
-        let Checked { block, certified } = checked;
+        let Checked {
+            block,
+            finalization,
+        } = checked;
         let height = block.height();
+        let certified = finalization.is_some();
         let damage = |reason: &str| Damage {
             height,
             reason: reason.to_string(),
@@ -120,15 +159,33 @@ impl Chain {
         if block.header.timestamp_ms < parent_time {
             return Err(damage("timestamp goes backwards"));
         }
+        // A certificate of an epoch whose validators the window did not know yet: they are
+        // known now, from the blocks applied before this one.
+        if let Some((finalization, false)) = &finalization {
+            let epoch = finalization.proposal.round.epoch().get();
+            let verifier = self
+                .verifiers
+                .get(&epoch)
+                .ok_or_else(|| damage("finalization certificate is of an unknown epoch"))?;
+            let mut rng = rand::rng();
+            if !finalization.verify(&mut rng, verifier, &commonware_parallel::Sequential) {
+                return Err(damage("finalization certificate signatures do not verify"));
+            }
+        }
         let delta = state::execute(&self.state, &block)
             .map_err(|e| damage(&format!("a transaction does not apply: {e}")))?;
-        let root = state::next_root(&parent_root, height, &delta);
+        let root = state::block_root(&self.state, &parent_root, height, &delta);
         if root != block.header.state_root {
             return Err(damage(
                 "state root does not match the executed transactions",
             ));
         }
+        let unbound = state::next_root(&parent_root, height, &delta);
         self.state.commit(delta);
+        if self.state.close_epoch(height, unbound).is_some() {
+            learn_verifiers(&mut self.verifiers, &self.state);
+        }
+
         self.transactions += block.transactions.len() as u64;
         self.previous = Some((block.digest(), root, block.header.timestamp_ms));
         self.previous_uncertified = !certified;
@@ -138,20 +195,21 @@ impl Chain {
 
 /// Check a window of consecutive records: the stateless part on every core, then in order.
 fn check_window(
-    verifier: &Scheme,
+    epoch_blocks: u64,
     chain_id: u64,
     chain: &mut Chain,
     window: &[Record],
     threads: usize,
 ) -> Result<(), Damage> {
     let chunk = window.len().div_ceil(threads.max(1)).max(1);
+    let verifiers = &chain.verifiers;
     let results: Vec<Result<Checked, Damage>> = std::thread::scope(|scope| {
         let handles: Vec<_> = window
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|record| check_alone(verifier, chain_id, record))
+                        .map(|record| check_alone(verifiers, epoch_blocks, chain_id, record))
                         .collect::<Vec<_>>()
                 })
             })
@@ -172,9 +230,7 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
     let genesis_path = data_dir.join(crate::node::GENESIS_COPY);
     let genesis: Genesis = crate::config::load_genesis(&genesis_path)
         .with_context(|| format!("{} is not a node data directory", data_dir.display()))?;
-    let participants = commonware_utils::ordered::Set::try_from(genesis.validator_keys()?)
-        .map_err(|_| anyhow::anyhow!("duplicate validators in genesis"))?;
-    let verifier = Scheme::verifier(CONSENSUS_NAMESPACE, participants);
+    let epoch_blocks = genesis.rules.epoch_blocks.max(1);
     let genesis_block =
         genesis.block(ehrchain_chain::application::genesis_root(genesis.chain_id))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -192,13 +248,17 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
                 .expect("valid template"),
         );
         let started = Instant::now();
+        let state = State::new(
+            &ehrchain_chain::institutions(&genesis)?,
+            &genesis.auditor_keys()?,
+            genesis.rules,
+        );
+        let mut verifiers = Verifiers::new();
+        learn_verifiers(&mut verifiers, &state);
         let mut chain = Chain {
             genesis_digest: genesis_block.digest(),
-            state: State::new(
-                &ehrchain_chain::institutions(&genesis)?,
-                &genesis.auditor_keys()?,
-                genesis.rules,
-            ),
+            verifiers,
+            state,
             previous: None,
             previous_uncertified: false,
             transactions: 0,
@@ -211,7 +271,8 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
             }
             window.push(record);
             if window.len() == WINDOW_RECORDS_MAX {
-                if let Err(found) = check_window(&verifier, chain_id, &mut chain, &window, threads)
+                if let Err(found) =
+                    check_window(epoch_blocks, chain_id, &mut chain, &window, threads)
                 {
                     damage = Some(found);
                 }
@@ -221,7 +282,7 @@ pub fn verify(data_dir: &Path, progress: bool) -> Result<std::result::Result<Rep
         })
         .await;
         if damage.is_none()
-            && let Err(found) = check_window(&verifier, chain_id, &mut chain, &window, threads)
+            && let Err(found) = check_window(epoch_blocks, chain_id, &mut chain, &window, threads)
         {
             damage = Some(found);
         }

@@ -4,7 +4,9 @@
 //! scheduling, message latency, jitter and loss all come from the seed, so a run replays
 //! exactly. The validators run the same `engine::start` as a production node.
 
+use commonware_codec::Decode as _;
 use commonware_consensus::simplex::mocks::conflicter;
+use commonware_cryptography::certificate::Verifier as _;
 use commonware_cryptography::{Sha256, Signer};
 use commonware_p2p::simulated::{self, Link, Network, Oracle};
 use commonware_runtime::{Clock, Handle, Quota, Runner, Spawner, Supervisor, deterministic};
@@ -12,10 +14,12 @@ use commonware_utils::{NZU32, NZUsize, Probability};
 use ehrchain_chain::{
     Chain, ChainConfig,
     engine::{self, Channels, EngineConfig, Timing, channel},
+    epochs::PeerSets,
 };
 use ehrchain_types::{
     Block, CONSENSUS_NAMESPACE, Digest, Genesis, Payload, PrivateKey, PublicKey, TransactionBody,
-    genesis::GenesisValidator, sha256,
+    genesis::{GenesisValidator, Rules},
+    sha256,
 };
 use rand::RngExt as _;
 use std::{
@@ -70,7 +74,7 @@ pub struct Outcome {
     pub accepted: BTreeSet<Digest>,
 }
 
-fn genesis(keys: &[PrivateKey]) -> (Genesis, Block) {
+fn genesis(keys: &[PrivateKey], rules: Rules) -> (Genesis, Block) {
     let genesis = Genesis {
         chain_id: 1,
         timestamp_ms: 0,
@@ -85,7 +89,7 @@ fn genesis(keys: &[PrivateKey]) -> (Genesis, Block) {
             })
             .collect(),
         auditors: Vec::new(),
-        rules: Default::default(),
+        rules,
     };
     let block = genesis
         .block(ehrchain_chain::application::genesis_root(1))
@@ -114,26 +118,46 @@ async fn channels(
 }
 
 /// Start validator `index` in its own supervised task; aborting the handle crashes it.
+/// The simulated network's peer sets, as the engine asks for them.
+struct SimPeers(simulated::Manager<PublicKey, Context>);
+
+impl PeerSets for SimPeers {
+    fn track(&mut self, id: u64, peers: Vec<(PublicKey, Option<std::net::SocketAddr>)>) {
+        let set = commonware_utils::ordered::Set::try_from(
+            peers.into_iter().map(|(key, _)| key).collect::<Vec<_>>(),
+        )
+        .expect("unique peers");
+        let _ = commonware_p2p::Manager::track(&mut self.0, id, set);
+    }
+}
+
+/// Start validator `index` (of `keys`) in its own supervised task; aborting the handle
+/// crashes it. The first `genesis_validators` keys are the genesis members.
 async fn start_validator(
     context: &Context,
     oracle: &Oracle<PublicKey, Context>,
     keys: &[PrivateKey],
-    block: &Block,
+    genesis_validators: usize,
+    (block, rules): (&Block, Rules),
     index: usize,
 ) -> (Chain<Blob>, Handle<()>) {
     let key = keys[index].clone();
     let channels = channels(oracle, &key.public_key()).await;
+    let members: Vec<PublicKey> = keys[..genesis_validators]
+        .iter()
+        .map(Signer::public_key)
+        .collect();
     let config = EngineConfig {
         signer: key.clone(),
-        validators: keys.iter().map(Signer::public_key).collect(),
+        validators: members.clone(),
         chain: ChainConfig {
             chain_id: 1,
             genesis: block.clone(),
             block_transactions_max: 1_000,
             mempool_transactions_max: 10_000,
-            institutions: Vec::new(),
+            institutions: members.into_iter().map(|k| (k, [0; 32])).collect(),
             auditors: Vec::new(),
-            rules: Default::default(),
+            rules,
         },
         timing: Timing::default(),
         mailbox_size: 1_024,
@@ -146,7 +170,15 @@ async fn start_validator(
         .child("validator")
         .with_attribute("index", index)
         .spawn(move |context| async move {
-            let (chain, handles) = engine::start(context, config, channels, peers, blocker).await;
+            let (chain, handles) = engine::start(
+                context,
+                config,
+                channels,
+                peers.clone(),
+                blocker,
+                SimPeers(peers),
+            )
+            .await;
             let _ = sender.send(chain);
             let _ = futures::future::select_all(handles).await;
         });
@@ -189,7 +221,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             .map(|i| PrivateKey::from_seed(1_000 + i))
             .collect();
         let publics: Vec<PublicKey> = keys.iter().map(Signer::public_key).collect();
-        let (_, block) = genesis(&keys);
+        let (_, block) = genesis(&keys, Rules::default());
         let (network, oracle) = Network::new_with_peers(
             context.child("network"),
             simulated::Config {
@@ -225,10 +257,26 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
                     context.child("byzantine"),
                     conflicter::Config { scheme },
                 );
-                byzantine.start(channels.votes);
+                // Votes travel on per-epoch subchannels; the equivocator speaks in epoch 0.
+                let (mux, mut handle) = commonware_p2p::utils::mux::Muxer::new(
+                    context.child("byzantine_mux"),
+                    channels.votes.0,
+                    channels.votes.1,
+                );
+                mux.start();
+                let votes = handle.register(0).await.expect("register epoch 0");
+                byzantine.start(votes);
                 continue;
             }
-            let (chain, handle) = start_validator(&context, &oracle, &keys, &block, index).await;
+            let (chain, handle) = start_validator(
+                &context,
+                &oracle,
+                &keys,
+                keys.len(),
+                (&block, Rules::default()),
+                index,
+            )
+            .await;
             chains.insert(index, chain);
             handles.insert(index, handle);
         }
@@ -271,8 +319,15 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
                     *crashed = true;
                 }
                 if *crashed && !*restarted && now >= *at + *down {
-                    let (chain, handle) =
-                        start_validator(&context, &oracle, &keys, &block, *victim).await;
+                    let (chain, handle) = start_validator(
+                        &context,
+                        &oracle,
+                        &keys,
+                        keys.len(),
+                        (&block, Rules::default()),
+                        *victim,
+                    )
+                    .await;
                     chains.insert(*victim, chain);
                     handles.insert(*victim, handle);
                     *restarted = true;
@@ -396,4 +451,323 @@ pub fn check(seed: u64, outcome: &Outcome) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What the membership scenario saw.
+#[derive(Debug)]
+pub struct MembershipOutcome {
+    pub trace: String,
+    /// Per validator still running at the end: (height, block digest, state root) of each block.
+    pub chains: BTreeMap<usize, Vec<(u64, Digest, Digest)>>,
+    /// The validator set of every epoch, as validator 0's state has it (by validator index).
+    pub epochs: Vec<(u64, Vec<usize>)>,
+    /// Height at which the admission and the removal took effect.
+    pub admitted_at: u64,
+    pub removed_at: u64,
+    /// Heights finalized while the progress provably needed the new member's votes (crash of
+    /// validator 3, admitted set of five needs four), and after the removal with validator 1
+    /// down (set of four needs three).
+    pub progress_needing_new_member: (u64, u64),
+    pub progress_after_removal: (u64, u64),
+    /// The genesis, and an inclusion proof (served by validator 4) of a transaction committed
+    /// after both changes.
+    pub genesis: Genesis,
+    pub proof: ehrchain_api::proof::InclusionProof,
+    /// For every stored finalization certificate on validator 0: (height, certificate epoch,
+    /// signers by validator index).
+    pub certificates: Vec<(u64, u64, Vec<usize>)>,
+}
+
+/// Governance changes the validator set while the chain runs. Four genesis validators and
+/// one newcomer (index 4, observing) start. The members vote the newcomer in; from the next
+/// epoch it votes, which the run proves by crashing validator 3: five validators need four
+/// votes, so blocks keep coming only with the newcomer's. Then they vote validator 3 out;
+/// from the following epoch the set is {0, 1, 2, 4}, which the run proves by also stopping
+/// validator 1: three of four still finalize. Validator 1 then restarts from its storage,
+/// in a later epoch than it stopped in, and catches up.
+pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
+    let config = deterministic::Config::default()
+        .with_seed(seed)
+        .with_timeout(Some(Duration::from_secs(600)));
+    let runner = deterministic::Runner::new(config);
+    runner.start(|context| async move {
+        let keys: Vec<PrivateKey> = (0..5u64)
+            .map(|i| PrivateKey::from_seed(1_000 + i))
+            .collect();
+        let publics: Vec<PublicKey> = keys.iter().map(Signer::public_key).collect();
+        let rules = Rules {
+            epoch_blocks,
+            ..Rules::default()
+        };
+        let (genesis, block) = genesis(&keys[..4], rules);
+        let (network, oracle) = Network::new_with_peers(
+            context.child("network"),
+            simulated::Config {
+                max_size: engine::max_message_size(keys.len()),
+                max_peers_per_set: NZUsize!(keys.len()),
+                disconnect_on_block: true,
+                tracked_peer_sets: NZUsize!(1),
+            },
+            publics[..4].to_vec(),
+        )
+        .await;
+        network.start();
+        let link = Link {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(3),
+            success_rate: Probability::from_f64(0.99).expect("probability"),
+        };
+        set_links(&oracle, &publics, &link, None).await;
+        let mut chains: BTreeMap<usize, Chain<Blob>> = BTreeMap::new();
+        let mut handles: BTreeMap<usize, Handle<()>> = BTreeMap::new();
+        for index in 0..keys.len() {
+            let (chain, handle) =
+                start_validator(&context, &oracle, &keys, 4, (&block, rules), index).await;
+            chains.insert(index, chain);
+            handles.insert(index, handle);
+        }
+        let mut nonces = [0u64; 5];
+        let mut submit = |chains: &BTreeMap<usize, Chain<Blob>>, signer: usize, payload| {
+            let tx = TransactionBody {
+                chain_id: 1,
+                signer: publics[signer].clone(),
+                nonce: nonces[signer],
+                payload,
+            }
+            .sign(&keys[signer]);
+            nonces[signer] += 1;
+            chains[&signer].submit(tx.bytes()).expect("admitted")
+        };
+        let height = |chains: &BTreeMap<usize, Chain<Blob>>, i: usize| chains[&i].status().height;
+        async fn wait_until(context: &Context, what: &str, mut done: impl FnMut() -> bool) {
+            let start = context.current();
+            while !done() {
+                let waited = context.current().duration_since(start).unwrap_or_default();
+                assert!(
+                    waited < Duration::from_secs(240),
+                    "timed out waiting for {what}"
+                );
+                context.sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let committed = |chains: &BTreeMap<usize, Chain<Blob>>, i: usize, id: &Digest| {
+            chains[&i].location(id).is_some()
+        };
+        let passed = |chains: &BTreeMap<usize, Chain<Blob>>, id: &[u8; 16]| {
+            chains[&0].read(|s| {
+                s.proposals()
+                    .find(|(p, _)| *p == id)
+                    .and_then(|(_, p)| match p.status {
+                        ehrchain_chain::governance::Status::Passed {
+                            effective_height, ..
+                        } => Some(effective_height),
+                        _ => None,
+                    })
+            })
+        };
+        wait_until(&context, "first blocks", || height(&chains, 0) >= 3).await;
+
+        // Admit validator 4: proposed by 0 (its yes), then 1 and 2 vote yes (3 of 4).
+        let admit = [1u8; 16];
+        let proposal = submit(
+            &chains,
+            0,
+            Payload::Propose {
+                proposal: admit,
+                action: ehrchain_types::GovernanceAction::AddMember {
+                    key: publics[4].clone(),
+                    encryption_key: [4; 32],
+                    p2p_address: "127.0.0.1:4004".parse().expect("address"),
+                },
+            },
+        );
+        wait_until(&context, "the admission proposal", || {
+            committed(&chains, 0, &proposal)
+        })
+        .await;
+        for voter in [1, 2] {
+            let vote = submit(
+                &chains,
+                voter,
+                Payload::Vote {
+                    proposal: admit,
+                    approve: true,
+                },
+            );
+            wait_until(&context, "a vote", || committed(&chains, voter, &vote)).await;
+        }
+        let admitted_at = passed(&chains, &admit).expect("admission passed");
+
+        // Once validator 4 votes, crash validator 3: only the newcomer's votes make a quorum.
+        wait_until(&context, "the admission epoch", || {
+            (0..5).all(|i| height(&chains, i) > admitted_at)
+        })
+        .await;
+        let victim = handles.remove(&3).expect("validator 3 runs");
+        victim.abort();
+        let _ = victim.await;
+        chains.remove(&3);
+        let before = height(&chains, 0);
+        wait_until(&context, "progress with the newcomer", || {
+            [0, 1, 2, 4]
+                .iter()
+                .all(|i| height(&chains, *i) >= before + epoch_blocks)
+        })
+        .await;
+        let progress_needing_new_member = (before, height(&chains, 0));
+
+        // Remove validator 3: 0 proposes, 1, 2 and 4 vote yes (4 of 5).
+        let remove = [2u8; 16];
+        let proposal = submit(
+            &chains,
+            0,
+            Payload::Propose {
+                proposal: remove,
+                action: ehrchain_types::GovernanceAction::RemoveMember {
+                    key: publics[3].clone(),
+                },
+            },
+        );
+        wait_until(&context, "the removal proposal", || {
+            committed(&chains, 0, &proposal)
+        })
+        .await;
+        for voter in [1, 2, 4] {
+            let vote = submit(
+                &chains,
+                voter,
+                Payload::Vote {
+                    proposal: remove,
+                    approve: true,
+                },
+            );
+            wait_until(&context, "a vote", || committed(&chains, voter, &vote)).await;
+        }
+        let removed_at = passed(&chains, &remove).expect("removal passed");
+        wait_until(&context, "the removal epoch", || {
+            [0, 1, 2, 4]
+                .iter()
+                .all(|i| height(&chains, *i) > removed_at)
+        })
+        .await;
+        // With 3 gone for good, stop 1 too: {0, 2, 4} are three of the four validators.
+        let stopped = handles.remove(&1).expect("validator 1 runs");
+        stopped.abort();
+        let _ = stopped.await;
+        chains.remove(&1);
+        let before = height(&chains, 0);
+        wait_until(&context, "progress after the removal", || {
+            [0, 2, 4]
+                .iter()
+                .all(|i| height(&chains, *i) >= before + epoch_blocks + 2)
+        })
+        .await;
+        let progress_after_removal = (before, height(&chains, 0));
+
+        // Validator 1 restarts in a later epoch than it stopped in and catches up.
+        let (chain, handle) =
+            start_validator(&context, &oracle, &keys, 4, (&block, rules), 1).await;
+        chains.insert(1, chain);
+        handles.insert(1, handle);
+        let target = height(&chains, 0);
+        wait_until(&context, "validator 1 to catch up", || {
+            height(&chains, 1) >= target
+        })
+        .await;
+
+        // A transaction in the newest epoch, and its proof as the newcomer serves it.
+        let client = PrivateKey::from_seed(77);
+        let tx = TransactionBody {
+            chain_id: 1,
+            signer: client.public_key(),
+            nonce: 0,
+            payload: Payload::Anchor {
+                label: 1,
+                digest: sha256(&[b"after the changes"]),
+            },
+        }
+        .sign(&client);
+        let id = chains[&4].submit(tx.bytes()).expect("admitted");
+        wait_until(&context, "the last transaction", || {
+            committed(&chains, 4, &id)
+        })
+        .await;
+        let location = chains[&4].location(&id).expect("committed");
+        let proof = loop {
+            if let Ok(Some(proof)) = ehrchain_api::build_proof(
+                &chains[&4],
+                &genesis,
+                &id,
+                location.height,
+                location.index,
+            )
+            .await
+            {
+                break proof;
+            }
+            context.sleep(Duration::from_millis(50)).await;
+        };
+
+        let mut outcome_chains = BTreeMap::new();
+        for (index, chain) in &chains {
+            let mut blocks = Vec::new();
+            for h in 1..=chain.status().height {
+                let record = chain.record(h).await.expect("stored block");
+                let block = Block::decode(&record.block).expect("stored block decodes");
+                blocks.push((h, block.digest(), block.header.state_root));
+            }
+            outcome_chains.insert(*index, blocks);
+        }
+        let epochs = chains[&0].read(|s| {
+            s.epochs()
+                .map(|(epoch, set)| {
+                    let indices = set
+                        .iter()
+                        .map(|k| publics.iter().position(|p| p == k).expect("known key"))
+                        .collect();
+                    (epoch, indices)
+                })
+                .collect()
+        });
+        let mut certificates = Vec::new();
+        for h in 1..=chains[&0].status().height {
+            let record = chains[&0].record(h).await.expect("stored block");
+            if record.finalization.is_empty() {
+                continue;
+            }
+            let finalization = ehrchain_chain::Finalization::decode_cfg(
+                commonware_codec::Copying(&record.finalization),
+                &ehrchain_chain::Scheme::certificate_codec_config_unbounded(),
+            )
+            .expect("stored certificate decodes");
+            let epoch = finalization.proposal.round.epoch().get();
+            let set = chains[&0].read(|s| s.epoch_validators(epoch).map(<[_]>::to_vec));
+            let set = set.expect("the certificate's epoch is known");
+            let signers = finalization
+                .certificate
+                .signers
+                .iter()
+                .map(|p| {
+                    let key = &set[p.get() as usize];
+                    publics.iter().position(|k| k == key).expect("known key")
+                })
+                .collect();
+            certificates.push((h, epoch, signers));
+        }
+        for handle in handles.into_values() {
+            handle.abort();
+        }
+        MembershipOutcome {
+            certificates,
+            trace: context.auditor().state(),
+            chains: outcome_chains,
+            epochs,
+            admitted_at,
+            removed_at,
+            progress_needing_new_member,
+            progress_after_removal,
+            genesis,
+            proof,
+        }
+    })
 }

@@ -78,3 +78,109 @@ fn byzantine_equivocator_cannot_break_safety() {
         assert_eq!(outcome.chains.len(), 3);
     }
 }
+
+#[test]
+fn governance_changes_the_validator_set_at_epoch_boundaries() {
+    let epoch_blocks = 20;
+    for seed in seeds().into_iter().take(3) {
+        let outcome = ehrchain_sim::run_membership(seed, epoch_blocks);
+        // Changes take effect exactly at an epoch's first block.
+        assert_eq!(outcome.admitted_at % epoch_blocks, 0, "seed {seed}");
+        assert_eq!(outcome.removed_at % epoch_blocks, 0, "seed {seed}");
+        let admitted_epoch = outcome.admitted_at / epoch_blocks;
+        let removed_epoch = outcome.removed_at / epoch_blocks;
+        for (epoch, set) in &outcome.epochs {
+            let expected: &[usize] = if *epoch < admitted_epoch {
+                &[0, 1, 2, 3]
+            } else if *epoch < removed_epoch {
+                &[0, 1, 2, 3, 4]
+            } else {
+                &[0, 1, 2, 4]
+            };
+            let mut set = set.clone();
+            set.sort();
+            assert_eq!(set, expected, "seed {seed}: validators of epoch {epoch}");
+        }
+        assert!(outcome.epochs.iter().any(|(e, _)| *e >= removed_epoch));
+        // Liveness that only the new set can give.
+        let (from, to) = outcome.progress_needing_new_member;
+        assert!(to >= from + epoch_blocks, "seed {seed}: {from}..{to}");
+        let (from, to) = outcome.progress_after_removal;
+        assert!(to > from + epoch_blocks, "seed {seed}: {from}..{to}");
+        // Every running validator, the newcomer and the restarted one included, agrees.
+        let reference = &outcome.chains[&0];
+        for (index, chain) in &outcome.chains {
+            let common = reference.len().min(chain.len());
+            assert_eq!(
+                reference[..common],
+                chain[..common],
+                "seed {seed}: validator {index} finalized a different chain"
+            );
+            assert!(
+                common >= outcome.removed_at as usize,
+                "seed {seed}: {index} is behind"
+            );
+        }
+        // Certificates: each of its block's epoch, and from the admission until the removal
+        // (validator 3 down from shortly after the admission) the newcomer signs them.
+        for (height, epoch, signers) in &outcome.certificates {
+            assert_eq!(
+                *epoch,
+                height / epoch_blocks,
+                "seed {seed}: certificate of {height}"
+            );
+            if *epoch >= removed_epoch {
+                assert!(
+                    !signers.contains(&3),
+                    "seed {seed}: removed validator signed {height}"
+                );
+            }
+        }
+        let newcomer_signed = outcome
+            .certificates
+            .iter()
+            .filter(|(h, _, s)| *h >= outcome.admitted_at && s.contains(&4))
+            .count();
+        assert!(
+            newcomer_signed as u64 >= epoch_blocks,
+            "seed {seed}: {newcomer_signed}"
+        );
+        assert!(
+            outcome
+                .certificates
+                .iter()
+                .all(|(h, _, s)| *h >= outcome.admitted_at || !s.contains(&4)),
+            "seed {seed}: the newcomer signed before its epoch"
+        );
+        // A proof of a transaction after both changes verifies offline from the genesis,
+        // following the two certified changes of the validator set, and fails without them.
+        let verified = outcome
+            .proof
+            .verify(&outcome.genesis)
+            .expect("proof verifies");
+        assert!(verified.height > outcome.removed_at, "seed {seed}");
+        assert_eq!(
+            outcome.proof.epochs.len(),
+            2,
+            "seed {seed}: one handoff per change"
+        );
+        let mut stripped = outcome.proof.clone();
+        stripped.epochs.clear();
+        assert!(stripped.verify(&outcome.genesis).is_err(), "seed {seed}");
+        let mut forged = outcome.proof.clone();
+        forged.epochs[1].validators.swap(0, 1);
+        assert!(forged.verify(&outcome.genesis).is_err(), "seed {seed}");
+        let replay = ehrchain_sim::run_membership(seed, epoch_blocks);
+        assert_eq!(
+            outcome.trace, replay.trace,
+            "seed {seed} did not replay exactly"
+        );
+        eprintln!(
+            "seed {seed}: admitted at {}, removed at {}, {} epochs, height {}",
+            outcome.admitted_at,
+            outcome.removed_at,
+            outcome.epochs.len(),
+            reference.len()
+        );
+    }
+}

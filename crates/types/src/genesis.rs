@@ -52,6 +52,9 @@ pub struct Rules {
     pub read_volume_max: u32,
     /// The length of the (tumbling) window reads are counted in.
     pub read_volume_window_ms: u64,
+    /// Blocks per consensus epoch. A validator-set change passed by governance takes effect
+    /// at the first block of the next epoch.
+    pub epoch_blocks: u64,
 }
 
 impl Default for Rules {
@@ -60,6 +63,7 @@ impl Default for Rules {
             break_glass_ms: 24 * 3_600_000,
             read_volume_max: 500,
             read_volume_window_ms: 3_600_000,
+            epoch_blocks: 1_000,
         }
     }
 }
@@ -92,7 +96,10 @@ impl Genesis {
             }
             keys.push(key);
         }
-        if self.rules.read_volume_window_ms == 0 || self.rules.break_glass_ms == 0 {
+        if self.rules.read_volume_window_ms == 0
+            || self.rules.break_glass_ms == 0
+            || self.rules.epoch_blocks == 0
+        {
             return Err(Error::OutOfRange("rules"));
         }
         Ok(keys)

@@ -106,10 +106,12 @@ pub type ProposalId = [u8; 16];
 /// What a governance proposal would change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GovernanceAction {
-    /// Admit a member institution (and its validator) with its encryption key.
+    /// Admit a member institution (and its validator) with its encryption key and the
+    /// address its validator's peers dial. The address is consortium configuration, never PHI.
     AddMember {
         key: PublicKey,
         encryption_key: [u8; 32],
+        p2p_address: std::net::SocketAddr,
     },
     /// Remove a member institution (and its validator).
     RemoveMember { key: PublicKey },
@@ -117,6 +119,31 @@ pub enum GovernanceAction {
     AppointAuditor { key: PublicKey },
     /// Remove an auditor.
     RemoveAuditor { key: PublicKey },
+}
+
+/// A socket address on the wire: family (4 or 6), the address bytes, the port (big-endian).
+pub fn write_socket_address(out: &mut Vec<u8>, address: &std::net::SocketAddr) {
+    match address.ip() {
+        std::net::IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&address.port().to_be_bytes());
+}
+
+fn read_socket_address(reader: &mut crate::Reader<'_>) -> Result<std::net::SocketAddr, Error> {
+    let ip = match reader.u8()? {
+        4 => std::net::IpAddr::from(reader.array::<4>()?),
+        6 => std::net::IpAddr::from(reader.array::<16>()?),
+        _ => return Err(Error::OutOfRange("address family")),
+    };
+    let port = u16::from_be_bytes(reader.array()?);
+    Ok(std::net::SocketAddr::new(ip, port))
 }
 
 /// A grant id, chosen by the granting client (random); unique per patient.
@@ -295,10 +322,12 @@ impl Payload {
                     GovernanceAction::AddMember {
                         key,
                         encryption_key,
+                        p2p_address,
                     } => {
                         out.push(1);
                         out.extend_from_slice(key.as_ref());
                         out.extend_from_slice(encryption_key);
+                        write_socket_address(out, p2p_address);
                     }
                     GovernanceAction::RemoveMember { key } => {
                         out.push(2);
@@ -417,6 +446,7 @@ impl Payload {
                     1 => GovernanceAction::AddMember {
                         key: reader.public_key()?,
                         encryption_key: reader.array()?,
+                        p2p_address: read_socket_address(&mut reader)?,
                     },
                     2 => GovernanceAction::RemoveMember {
                         key: reader.public_key()?,
@@ -741,6 +771,15 @@ mod tests {
                 action: GovernanceAction::AddMember {
                     key: key.public_key(),
                     encryption_key: [10; 32],
+                    p2p_address: "127.0.0.1:3000".parse().unwrap(),
+                },
+            },
+            Payload::Propose {
+                proposal: [9; 16],
+                action: GovernanceAction::AddMember {
+                    key: key.public_key(),
+                    encryption_key: [10; 32],
+                    p2p_address: "[::1]:3000".parse().unwrap(),
                 },
             },
             Payload::Propose {
