@@ -408,9 +408,22 @@ async fn proposals<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value
                 })
             })
             .collect();
+        let epoch_blocks = s.rules().epoch_blocks.max(1);
+        let epochs: Vec<Value> = s
+            .epochs()
+            .map(|(epoch, set)| {
+                json!({
+                    "epoch": epoch,
+                    "first_height": epoch * epoch_blocks,
+                    "validators": set.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
         json!({
             "members": s.members().map(ToString::to_string).collect::<Vec<_>>(),
             "proposals": proposals,
+            "epoch_blocks": epoch_blocks,
+            "validator_sets": epochs,
         })
     });
     Json(answer)

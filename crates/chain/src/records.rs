@@ -179,7 +179,8 @@ pub struct Records<B: Blob> {
     store: Arc<BlobStore>,
     /// What this node still needs, with when it was last asked for.
     missing: BTreeMap<Wanted, Option<std::time::Instant>>,
-    peers: Vec<PublicKey>,
+    /// This node's key: every other member is a peer to fetch from.
+    me: PublicKey,
     next_peer: usize,
     /// Staged uploads copied into the store, to drop once the store is synced.
     promoted: Vec<[u8; 32]>,
@@ -193,12 +194,12 @@ pub struct Records<B: Blob> {
 }
 
 impl<B: Blob> Records<B> {
-    pub fn new(chain: Chain<B>, store: Arc<BlobStore>, peers: Vec<PublicKey>) -> Self {
+    pub fn new(chain: Chain<B>, store: Arc<BlobStore>, me: PublicKey) -> Self {
         Self {
             chain,
             store,
             missing: BTreeMap::new(),
-            peers,
+            me,
             next_peer: 0,
             promoted: Vec::new(),
             shares: BTreeMap::new(),
@@ -525,7 +526,14 @@ impl<B: Blob> Records<B> {
 
     /// Requests for what is missing and not asked for recently, spread over the peers.
     fn next_requests(&mut self) -> Vec<(PublicKey, Vec<u8>)> {
-        if self.missing.is_empty() || self.peers.is_empty() {
+        if self.missing.is_empty() {
+            return Vec::new();
+        }
+        // The members now (governance admits and removes them), other than this node.
+        let peers: Vec<PublicKey> = self
+            .chain
+            .read(|s| s.members().filter(|k| **k != self.me).cloned().collect());
+        if peers.is_empty() {
             return Vec::new();
         }
         let now = std::time::Instant::now();
@@ -541,7 +549,7 @@ impl<B: Blob> Records<B> {
             for wanted in chunk {
                 self.missing.insert(*wanted, Some(now));
             }
-            let peer = self.peers[self.next_peer % self.peers.len()].clone();
+            let peer = peers[self.next_peer % peers.len()].clone();
             self.next_peer = self.next_peer.wrapping_add(1);
             requests.push((peer, encode_request(chunk)));
         }

@@ -122,7 +122,6 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         None => ehrchain_storage::BlobStore::local(&config.data_dir.join("records"))?,
     };
     let store = Arc::new(store);
-    let others: Vec<PublicKey> = validators.iter().filter(|k| **k != me).cloned().collect();
     tracing::info!(name = %config.name, key = %me, blob_store = store.kind(), p2p = %config.p2p_listen, api = %config.api_listen, "starting validator");
 
     let runtime = cw_tokio::Config::new().with_storage_directory(&config.data_dir);
@@ -188,7 +187,8 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         )
         .await;
         handles.push(network_handle);
-        let keeper = ehrchain_chain::records::Records::new(chain.clone(), store.clone(), others);
+        let keeper =
+            ehrchain_chain::records::Records::new(chain.clone(), store.clone(), me.clone());
         tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
 
         let metrics_context = context.child("api");
