@@ -256,6 +256,15 @@ pub async fn run<E, S, R, K, P, B>(
                     active.abort();
                     active = engine;
                     tracing::info!(epoch, validator = provider.is_validator(epoch), "entered consensus epoch");
+                    // The journal of the epoch before the previous one is of no further use
+                    // (its engine stopped an epoch ago, so nothing holds it open).
+                    if let Some(old) = epoch.checked_sub(2) {
+                        let partition = format!("{}-consensus-{old}", settings.partition_prefix);
+                        match context.remove(&partition, None).await {
+                            Ok(()) | Err(commonware_runtime::Error::PartitionMissing(_)) => {}
+                            Err(error) => tracing::warn!(%error, partition, "cannot remove an old consensus journal"),
+                        }
+                    }
                 }
             },
             message = vote_backup.recv() => {

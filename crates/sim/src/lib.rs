@@ -473,6 +473,9 @@ pub struct MembershipOutcome {
     /// after both changes.
     pub genesis: Genesis,
     pub proof: ehrchain_api::proof::InclusionProof,
+    /// Whether validator 0 still stores the consensus journal of epoch 0 (deleted two epochs
+    /// after it ended) and of its current epoch.
+    pub journals: (bool, bool),
     /// For every stored finalization certificate on validator 0: (height, certificate epoch,
     /// signers by validator index).
     pub certificates: Vec<(u64, u64, Vec<usize>)>,
@@ -754,10 +757,18 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
                 .collect();
             certificates.push((h, epoch, signers));
         }
+        let stored = async |epoch: u64| {
+            commonware_runtime::Storage::scan(&context, &format!("validator-0-consensus-{epoch}"))
+                .await
+                .is_ok_and(|blobs| !blobs.is_empty())
+        };
+        let current = (chains[&0].status().height + 1) / epoch_blocks;
+        let journals = (stored(0).await, stored(current).await);
         for handle in handles.into_values() {
             handle.abort();
         }
         MembershipOutcome {
+            journals,
             certificates,
             trace: context.auditor().state(),
             chains: outcome_chains,

@@ -152,6 +152,11 @@ fn governance_changes_the_validator_set_at_epoch_boundaries() {
                 .all(|(h, _, s)| *h >= outcome.admitted_at || !s.contains(&4)),
             "seed {seed}: the newcomer signed before its epoch"
         );
+        assert_eq!(
+            outcome.journals,
+            (false, true),
+            "seed {seed}: old journals are deleted"
+        );
         // A proof of a transaction after both changes verifies offline from the genesis,
         // following the two certified changes of the validator set, and fails without them.
         let verified = outcome
