@@ -38,6 +38,11 @@ pub struct Args {
     /// Client threads (each writes as its own clinician).
     #[arg(long, default_value_t = 16)]
     workers: usize,
+    /// Validate, seal and wrap every record before the clock starts, so only the nodes'
+    /// share of the path (upload, stage, anchor, replicate, commit) is timed: what the
+    /// consortium ingests when its clients encrypt on their own machines.
+    #[arg(long)]
+    presealed: bool,
     /// Distinct patients.
     #[arg(long, default_value_t = 64)]
     patients: usize,
@@ -178,36 +183,38 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
     let start_height = get_json(&format!("{}/chain/status", apis[0]))?["height"]
         .as_u64()
         .context("no height")?;
-    let began = Instant::now();
+    // Every worker starts the clock together (after sealing, with --presealed).
+    let start: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+    let ready = Arc::new(std::sync::Barrier::new(args.workers));
+    if args.presealed {
+        eprintln!("sealing every record first (--presealed)...");
+    }
     let workers: Vec<_> = (0..args.workers)
         .map(|worker| {
+            let (start, ready) = (start.clone(), ready.clone());
             let population = population.clone();
             let documents = documents.clone();
             let submitted = submitted.clone();
             let apis = apis.to_vec();
             let (total, rate, workers) = (args.records, args.rate.max(1), args.workers);
             let validators = args.validators;
+            let presealed = args.presealed;
             std::thread::spawn(move || -> Result<usize> {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .build()
                     .into();
                 let (clinician, institution) = &population.clinicians[worker];
-                let mut rejected = 0;
-                for (nonce, index) in (worker..total).step_by(workers).enumerate() {
-                    let due = began + Duration::from_secs_f64(index as f64 / rate as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
+                // Validate, seal and wrap record `index` (the worker's `nonce`-th).
+                let seal = |nonce: usize, index: usize| {
                     // Each clinician writes for patients of its own institution (patient i
                     // is registered by institution i mod n, clinician w works at w mod n).
                     let n = validators;
                     let slots = (documents.len() / n).max(1);
                     let which = (((index / n) % slots) * n + worker % n) % documents.len();
                     let (_, patient_key) = &population.patients[which];
-                    let started = Instant::now();
                     let readers = [*patient_key, *institution, clinician.encryption.public()];
-                    let prepared = prepare(
+                    prepare(
                         1,
                         clinician,
                         nonce as u64,
@@ -215,19 +222,44 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
                         None,
                         1,
                         &readers,
-                    )?;
+                    )
+                };
+                let mine: Vec<usize> = (worker..total).step_by(workers).collect();
+                let mut sealed = Vec::new();
+                if presealed {
+                    for (nonce, index) in mine.iter().enumerate() {
+                        sealed.push(seal(nonce, *index)?);
+                    }
+                    ready.wait();
+                }
+                let began = *start.get_or_init(Instant::now);
+                let mut sealed = sealed.into_iter();
+                let mut rejected = 0;
+                for (nonce, index) in mine.into_iter().enumerate() {
+                    let due = began + Duration::from_secs_f64(index as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let started = Instant::now();
+                    let prepared = match sealed.next() {
+                        Some(prepared) => prepared,
+                        None => seal(nonce, index)?,
+                    };
                     submitted
                         .lock()
                         .expect("lock")
                         .insert(prepared.transaction.id(), started);
                     let api = &apis[(worker + index) % apis.len()];
-                    let response = agent
+                    let mut response = agent
                         .post(format!("{api}/records"))
                         .header("content-type", "application/octet-stream")
                         .send(&prepared.upload[..])?;
                     if !response.status().is_success() {
                         rejected += 1;
                     }
+                    // Read the answer to the end, so the connection goes back to the pool
+                    // instead of a new one per record.
+                    response.body_mut().read_to_vec()?;
                 }
                 Ok(rejected)
             })
@@ -245,10 +277,12 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
     }
     latencies.sort();
     let committed = latencies.len();
+    let began = *start.get().context("no worker started")?;
     let seconds = last_commit.duration_since(began).as_secs_f64().max(1e-9);
     println!(
-        "{{\"validators\":{},\"record_bytes\":{size_mean},\"recipients\":3,\"offered_rate\":{},\"submitted\":{},\"rejected\":{rejected},\"committed\":{committed},\"seconds\":{seconds:.2},\"records_per_second\":{:.0},\"megabytes_per_second\":{:.2},\"latency_ms_p50\":{},\"latency_ms_p99\":{},\"blocks\":{}}}",
+        "{{\"validators\":{},\"presealed\":{},\"record_bytes\":{size_mean},\"recipients\":3,\"offered_rate\":{},\"submitted\":{},\"rejected\":{rejected},\"committed\":{committed},\"seconds\":{seconds:.2},\"records_per_second\":{:.0},\"megabytes_per_second\":{:.2},\"latency_ms_p50\":{},\"latency_ms_p99\":{},\"blocks\":{}}}",
         args.validators,
+        args.presealed,
         args.rate,
         args.records,
         committed as f64 / seconds,
