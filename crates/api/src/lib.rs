@@ -18,9 +18,8 @@ use axum::{
     routing::{get, post},
 };
 use commonware_codec::{Decode, Encode};
-use commonware_cryptography::certificate::Verifier as _;
 use commonware_runtime::Blob;
-use ehrchain_chain::{Chain, Finalization, Scheme, SubmitError};
+use ehrchain_chain::{Chain, Finalization, SubmitError};
 use ehrchain_types::{
     Block, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX, merkle,
 };
@@ -135,6 +134,28 @@ async fn metrics<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
 
 async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
     let status = state.chain.status();
+    // The validators of the epoch the next block belongs to: the genesis set until
+    // governance changes it.
+    let epoch = (status.height + 1) / state.genesis.rules.epoch_blocks.max(1);
+    let validators: Vec<Value> = state.chain.read(|s| {
+        s.epoch_validators(epoch)
+            .unwrap_or_default()
+            .iter()
+            .map(|key| {
+                let hex = key.to_string();
+                let name = state
+                    .genesis
+                    .validators
+                    .iter()
+                    .find(|v| v.public_key == hex)
+                    .map_or("admitted by governance", |v| v.name.as_str());
+                let encryption_key = ehrchain_chain::state::Reader::identity(s, key)
+                    .map(|i| hex::encode(i.encryption_key))
+                    .unwrap_or_default();
+                json!({"name": name, "public_key": hex, "encryption_key": encryption_key})
+            })
+            .collect()
+    });
     Json(json!({
         "chain_id": status.chain_id,
         "height": status.height,
@@ -143,11 +164,8 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
         "timestamp_ms": status.timestamp_ms,
         "transactions": status.transactions,
         "mempool": status.mempool,
-        "validators": state.genesis.validators.iter().map(|v| json!({
-            "name": v.name,
-            "public_key": v.public_key,
-            "encryption_key": v.encryption_key,
-        })).collect::<Vec<_>>(),
+        "epoch": epoch,
+        "validators": validators,
     }))
 }
 
@@ -546,7 +564,7 @@ pub async fn build_proof<B: Blob>(
     let reencode = |bytes: &[u8]| {
         Finalization::decode_cfg(
             commonware_codec::Copying(bytes),
-            &Scheme::certificate_codec_config_unbounded(),
+            &ehrchain_types::limits::VALIDATORS_MAX, // the most signers a certificate can carry
         )
         .map(|f| hex::encode(f.encode()))
         .map_err(|_| {

@@ -6,7 +6,6 @@
 
 use anyhow::{Context, Result};
 use commonware_codec::Decode;
-use commonware_cryptography::certificate::Verifier as _;
 use commonware_runtime::{Runner, tokio as cw_tokio};
 use ehrchain_chain::{
     Finalization, Scheme,
@@ -80,7 +79,7 @@ fn check_alone(
     } else {
         let finalization = Finalization::decode_cfg(
             commonware_codec::Copying(&record.finalization),
-            &Scheme::certificate_codec_config_unbounded(),
+            &ehrchain_types::limits::VALIDATORS_MAX, // the most signers a certificate can carry
         )
         .map_err(|_| damage("finalization certificate does not decode"))?;
         if finalization.proposal.payload != block.digest() {

@@ -157,6 +157,15 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
     let validators = epoch["validators"].as_array().unwrap();
     assert_eq!(validators.len(), 5, "{epoch}");
     assert!(validators.iter().any(|v| v == newcomer.as_str()), "{epoch}");
+    let status = get(&format!("{}/chain/status", cluster.api(4))).unwrap().1;
+    assert!(
+        status["validators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["public_key"] == newcomer.as_str() && v["name"] == "admitted by governance"),
+        "{status}"
+    );
 
     // Without a genesis validator, five validators finalize only with the newcomer's vote.
     cluster.kill(3);

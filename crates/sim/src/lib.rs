@@ -6,7 +6,6 @@
 
 use commonware_codec::Decode as _;
 use commonware_consensus::simplex::mocks::conflicter;
-use commonware_cryptography::certificate::Verifier as _;
 use commonware_cryptography::{Sha256, Signer};
 use commonware_p2p::simulated::{self, Link, Network, Oracle};
 use commonware_runtime::{Clock, Handle, Quota, Runner, Spawner, Supervisor, deterministic};
@@ -740,7 +739,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             }
             let finalization = ehrchain_chain::Finalization::decode_cfg(
                 commonware_codec::Copying(&record.finalization),
-                &ehrchain_chain::Scheme::certificate_codec_config_unbounded(),
+                &ehrchain_types::limits::VALIDATORS_MAX,
             )
             .expect("stored certificate decodes");
             let epoch = finalization.proposal.round.epoch().get();
