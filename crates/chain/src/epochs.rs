@@ -208,19 +208,44 @@ pub async fn run<E, S, R, K, P, B>(
             }
         });
     };
-    learn(&provider);
-    let (mut epoch, floor) = next_epoch(&chain, epoch_blocks);
-    let mut active = enter(
-        &context,
-        &application,
-        &settings,
-        blocker.clone(),
-        epoch,
-        floor,
-        (&mut vote_mux, &mut certificate_mux, &mut resolver_mux),
-    )
-    .await;
+    // The epoch whose engine runs, and that engine.
+    let mut running: Option<(u64, Handle<()>)> = None;
     loop {
+        // Enter the epoch the next block belongs to, if the chain has reached a new one.
+        learn(&provider);
+        let (next, floor) = next_epoch(&chain, epoch_blocks);
+        if running.as_ref().is_none_or(|(epoch, _)| next > *epoch) {
+            let engine = enter(
+                &context,
+                &application,
+                &settings,
+                blocker.clone(),
+                next,
+                floor,
+                (&mut vote_mux, &mut certificate_mux, &mut resolver_mux),
+            )
+            .await;
+            // The previous epoch is over: its last block is final here.
+            if let Some((_, previous)) = running.replace((next, engine)) {
+                previous.abort();
+            }
+            tracing::info!(
+                epoch = next,
+                validator = provider.is_validator(next),
+                "entered consensus epoch"
+            );
+            // The journal of the epoch before the previous one is of no further use (its
+            // engine stopped an epoch ago, so nothing holds it open).
+            if let Some(old) = next.checked_sub(2) {
+                let partition = format!("{}-consensus-{old}", settings.partition_prefix);
+                match context.remove(&partition, None).await {
+                    Ok(()) | Err(commonware_runtime::Error::PartitionMissing(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, partition, "cannot remove an old consensus journal")
+                    }
+                }
+            }
+        }
         // Keep the network's peer set in step with the chain.
         let peers = peer_set(&chain);
         if peers != tracked {
@@ -233,38 +258,12 @@ pub async fn run<E, S, R, K, P, B>(
             peer_sets.track(chain.status().height + 1, addressed);
             tracked = peers;
         }
+        let (epoch, active) = running.as_mut().expect("an epoch was entered");
+        let epoch = *epoch;
         commonware_macros::select! {
             changed = heights.changed() => {
                 if changed.is_err() {
                     return;
-                }
-                learn(&provider);
-                let (next, floor) = next_epoch(&chain, epoch_blocks);
-                if next > epoch {
-                    epoch = next;
-                    let engine = enter(
-                        &context,
-                        &application,
-                        &settings,
-                        blocker.clone(),
-                        epoch,
-                        floor,
-                        (&mut vote_mux, &mut certificate_mux, &mut resolver_mux),
-                    )
-                    .await;
-                    // The previous epoch is over: its last block is final here.
-                    active.abort();
-                    active = engine;
-                    tracing::info!(epoch, validator = provider.is_validator(epoch), "entered consensus epoch");
-                    // The journal of the epoch before the previous one is of no further use
-                    // (its engine stopped an epoch ago, so nothing holds it open).
-                    if let Some(old) = epoch.checked_sub(2) {
-                        let partition = format!("{}-consensus-{old}", settings.partition_prefix);
-                        match context.remove(&partition, None).await {
-                            Ok(()) | Err(commonware_runtime::Error::PartitionMissing(_)) => {}
-                            Err(error) => tracing::warn!(%error, partition, "cannot remove an old consensus journal"),
-                        }
-                    }
                 }
             },
             message = vote_backup.recv() => {
@@ -275,7 +274,7 @@ pub async fn run<E, S, R, K, P, B>(
                 let Some((theirs, (from, _))) = message else { return };
                 catch_up(&marshal, epoch, epoch_blocks, theirs, from);
             },
-            result = &mut active => {
+            result = active => {
                 tracing::error!(epoch, ?result, "the consensus engine stopped");
                 return;
             },

@@ -567,38 +567,43 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
                     })
             })
         };
-        wait_until(&context, "first blocks", || height(&chains, 0) >= 3).await;
-
-        // Admit validator 4: proposed by 0 (its yes), then 1 and 2 vote yes (3 of 4).
-        let admit = [1u8; 16];
-        let proposal = submit(
-            &chains,
-            0,
-            Payload::Propose {
-                proposal: admit,
-                action: ehrchain_types::GovernanceAction::AddMember {
-                    key: publics[4].clone(),
-                    encryption_key: [4; 32],
-                    p2p_address: "127.0.0.1:4004".parse().expect("address"),
-                },
-            },
-        );
-        wait_until(&context, "the admission proposal", || {
-            committed(&chains, 0, &proposal)
-        })
-        .await;
-        for voter in [1, 2] {
-            let vote = submit(
-                &chains,
-                voter,
-                Payload::Vote {
-                    proposal: admit,
-                    approve: true,
+        // Validator 0 proposes (its own vote is yes), `voters` vote yes; the proposal's
+        // effective height once it passed.
+        let mut decide = async |chains: &BTreeMap<usize, Chain<Blob>>,
+                                id: [u8; 16],
+                                action: ehrchain_types::GovernanceAction,
+                                voters: &[usize]| {
+            let proposal = submit(
+                chains,
+                0,
+                Payload::Propose {
+                    proposal: id,
+                    action,
                 },
             );
-            wait_until(&context, "a vote", || committed(&chains, voter, &vote)).await;
-        }
-        let admitted_at = passed(&chains, &admit).expect("admission passed");
+            wait_until(&context, "a proposal", || committed(chains, 0, &proposal)).await;
+            for voter in voters {
+                let vote = submit(
+                    chains,
+                    *voter,
+                    Payload::Vote {
+                        proposal: id,
+                        approve: true,
+                    },
+                );
+                wait_until(&context, "a vote", || committed(chains, *voter, &vote)).await;
+            }
+            passed(chains, &id).expect("the proposal passed")
+        };
+        wait_until(&context, "first blocks", || height(&chains, 0) >= 3).await;
+
+        // Admit validator 4: 0, 1 and 2 say yes (3 of 4).
+        let admission = ehrchain_types::GovernanceAction::AddMember {
+            key: publics[4].clone(),
+            encryption_key: [4; 32],
+            p2p_address: "127.0.0.1:4004".parse().expect("address"),
+        };
+        let admitted_at = decide(&chains, [1; 16], admission, &[1, 2]).await;
 
         // Once validator 4 votes, crash validator 3: only the newcomer's votes make a quorum.
         wait_until(&context, "the admission epoch", || {
@@ -618,34 +623,11 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         .await;
         let progress_needing_new_member = (before, height(&chains, 0));
 
-        // Remove validator 3: 0 proposes, 1, 2 and 4 vote yes (4 of 5).
-        let remove = [2u8; 16];
-        let proposal = submit(
-            &chains,
-            0,
-            Payload::Propose {
-                proposal: remove,
-                action: ehrchain_types::GovernanceAction::RemoveMember {
-                    key: publics[3].clone(),
-                },
-            },
-        );
-        wait_until(&context, "the removal proposal", || {
-            committed(&chains, 0, &proposal)
-        })
-        .await;
-        for voter in [1, 2, 4] {
-            let vote = submit(
-                &chains,
-                voter,
-                Payload::Vote {
-                    proposal: remove,
-                    approve: true,
-                },
-            );
-            wait_until(&context, "a vote", || committed(&chains, voter, &vote)).await;
-        }
-        let removed_at = passed(&chains, &remove).expect("removal passed");
+        // Remove validator 3: 0, 1, 2 and 4 say yes (4 of 5).
+        let removal = ehrchain_types::GovernanceAction::RemoveMember {
+            key: publics[3].clone(),
+        };
+        let removed_at = decide(&chains, [2; 16], removal, &[1, 2, 4]).await;
         wait_until(&context, "the removal epoch", || {
             [0, 1, 2, 4]
                 .iter()
