@@ -125,7 +125,10 @@ impl InclusionProof {
             return Err(ProofError::Malformed("epoch count"));
         }
         for handoff in &self.epochs {
-            if handoff.epoch <= epoch || handoff.validators.is_empty() {
+            if handoff.epoch <= epoch
+                || handoff.validators.is_empty()
+                || handoff.validators.len() > ehrchain_types::limits::VALIDATORS_MAX
+            {
                 return Err(ProofError::Malformed("epochs"));
             }
             let header = BlockHeader::decode(&hex_bytes(&handoff.boundary_header, "header")?)

@@ -77,6 +77,22 @@ impl EpochProvider {
         schemes.insert(epoch, entry);
     }
 
+    /// Learn the epochs the state names beyond the newest known one (sets are fixed once
+    /// known, and epochs are numbered without gaps).
+    pub fn learn(&self, state: &crate::state::State) {
+        let mut epoch = self
+            .schemes
+            .read()
+            .expect("provider lock")
+            .keys()
+            .next_back()
+            .map_or(0, |e| e + 1);
+        while let Some(set) = state.epoch_validators(epoch) {
+            self.insert(epoch, set);
+            epoch += 1;
+        }
+    }
+
     /// Whether this node votes in `epoch`.
     pub fn is_validator(&self, epoch: u64) -> bool {
         self.schemes
@@ -201,18 +217,11 @@ pub async fn run<E, S, R, K, P, B>(
 
     let mut heights = chain.subscribe();
     let mut tracked: Vec<PublicKey> = Vec::new();
-    let learn = |provider: &EpochProvider| {
-        chain.read(|state| {
-            for (epoch, set) in state.epochs() {
-                provider.insert(epoch, set);
-            }
-        });
-    };
     // The epoch whose engine runs, and that engine.
     let mut running: Option<(u64, Handle<()>)> = None;
     loop {
         // Enter the epoch the next block belongs to, if the chain has reached a new one.
-        learn(&provider);
+        chain.read(|state| provider.learn(state));
         let (next, floor) = next_epoch(&chain, epoch_blocks);
         if running.as_ref().is_none_or(|(epoch, _)| next > *epoch) {
             let engine = enter(

@@ -45,13 +45,14 @@ struct Checked {
 /// Every epoch's certificate verifier, from the validator sets the replayed state names.
 type Verifiers = std::collections::BTreeMap<u64, Scheme>;
 
+/// Add the verifiers of the epochs the state names beyond the newest known one.
 fn learn_verifiers(verifiers: &mut Verifiers, state: &State) {
-    for (epoch, set) in state.epochs() {
-        verifiers.entry(epoch).or_insert_with(|| {
-            let participants = commonware_utils::ordered::Set::try_from(set.to_vec())
-                .expect("validator sets have unique keys");
-            Scheme::verifier(CONSENSUS_NAMESPACE, participants)
-        });
+    let mut epoch = verifiers.keys().next_back().map_or(0, |e| e + 1);
+    while let Some(set) = state.epoch_validators(epoch) {
+        let participants = commonware_utils::ordered::Set::try_from(set.to_vec())
+            .expect("validator sets have unique keys");
+        verifiers.insert(epoch, Scheme::verifier(CONSENSUS_NAMESPACE, participants));
+        epoch += 1;
     }
 }
 
