@@ -577,7 +577,8 @@ pub async fn build_proof<B: Blob>(
     let finalization = reencode(&finalization)?;
     // Every change of the validator set up to the certified block's epoch.
     let epoch_blocks = genesis.rules.epoch_blocks.max(1);
-    let last_epoch = (next - 1).max(height) / epoch_blocks;
+    // `next - 1` is the certified block's height.
+    let last_epoch = (next - 1) / epoch_blocks;
     let changes: Vec<(u64, Vec<ehrchain_types::PublicKey>, ehrchain_types::Digest)> =
         chain.read(|s| {
             let mut previous: Option<Vec<ehrchain_types::PublicKey>> = None;

@@ -602,15 +602,12 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
     let height = block.height();
     // Drop this height's pending entries first, so the delta is usually ours alone to move.
     inner.pending.retain(|_, p| p.height > height);
-    let epoch_blocks = inner.state.rules().epoch_blocks.max(1);
-    let unbound_root = state::closes_epoch(height, epoch_blocks)
-        .then(|| state::next_root(&inner.root, height, &delta));
-    inner
-        .state
-        .commit(Arc::try_unwrap(delta).unwrap_or_else(|shared| (*shared).clone()));
-    if let Some(unbound_root) = unbound_root {
-        inner.state.close_epoch(height, unbound_root);
-    }
+    let previous_root = inner.root;
+    inner.state.commit_block(
+        height,
+        &previous_root,
+        Arc::try_unwrap(delta).unwrap_or_else(|shared| (*shared).clone()),
+    );
     inner.height = height;
     inner.digest = block.digest();
     inner.root = root;

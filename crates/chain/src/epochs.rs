@@ -22,7 +22,7 @@ use commonware_consensus::{
         standard::{Inline, Standard},
     },
     simplex::{self, ForwardPolicy, SkipPolicy, elector::RoundRobin},
-    types::{Epoch, Epocher, FixedEpocher, ViewDelta},
+    types::{Epoch, FixedEpocher, Height, ViewDelta},
 };
 use commonware_cryptography::{
     Sha256,
@@ -171,9 +171,8 @@ type MarshalMailbox = marshal::core::Mailbox<Scheme, Standard<Block>>;
 fn next_epoch<B: commonware_runtime::Blob>(chain: &Chain<B>, epoch_blocks: u64) -> (u64, Digest) {
     let height = chain.status().height;
     let epoch = (height + 1) / epoch_blocks;
-    let floor_height = (epoch * epoch_blocks).saturating_sub(1);
     let floor = chain
-        .digest_at(if epoch == 0 { 0 } else { floor_height })
+        .digest_at((epoch * epoch_blocks).saturating_sub(1))
         .expect("the boundary block is committed");
     (epoch, floor)
 }
@@ -297,10 +296,8 @@ fn catch_up(marshal: &MarshalMailbox, ours: u64, epoch_blocks: u64, theirs: u64,
     if theirs <= ours {
         return;
     }
-    let epocher = FixedEpocher::new(std::num::NonZeroU64::new(epoch_blocks).expect("non-zero"));
-    if let Some(last) = epocher.last(Epoch::new(ours)) {
-        marshal.hint_finalized(last, NonEmptyVec::new(from));
-    }
+    let last = (ours + 1) * epoch_blocks - 1;
+    marshal.hint_finalized(Height::new(last), NonEmptyVec::new(from));
 }
 
 /// Start epoch `epoch`'s simplex engine on its own subchannels.

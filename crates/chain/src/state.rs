@@ -943,14 +943,23 @@ impl State {
         state
     }
 
-    /// Close the epoch whose last block was just committed at `height`, if it was one: the
-    /// members now are the next epoch's validators. Every node does this at the same height
-    /// over the same state, so every node agrees on every epoch's set.
-    pub fn close_epoch(&mut self, height: u64, state_root: Digest) -> Option<u64> {
+    /// Commit the writes of the finalized block at `height` (whose parent's root is
+    /// `previous_root`), and close its epoch if it is an epoch's last block: the members now
+    /// are the next epoch's validators. Every node does this at the same height over the same
+    /// state, so every node agrees on every epoch's set. Returns the epoch it opened, if any.
+    pub fn commit_block(
+        &mut self,
+        height: u64,
+        previous_root: &Digest,
+        delta: Delta,
+    ) -> Option<u64> {
         let epoch_blocks = self.rules.epoch_blocks.max(1);
         if !closes_epoch(height, epoch_blocks) {
+            self.commit(delta);
             return None;
         }
+        let state_root = next_root(previous_root, height, &delta);
+        self.commit(delta);
         let next = (height + 1) / epoch_blocks;
         let set = self.members.iter().cloned().collect();
         self.epoch_validators.insert(next, set);

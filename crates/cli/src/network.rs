@@ -21,6 +21,27 @@ pub struct InitOptions {
     pub epoch_blocks: u64,
 }
 
+/// A node's config: its key `validator.key` and data `data/` beside the config file.
+fn node_config(
+    name: &str,
+    genesis: PathBuf,
+    p2p_listen: std::net::SocketAddr,
+    api_listen: std::net::SocketAddr,
+) -> NodeConfig {
+    NodeConfig {
+        name: name.to_string(),
+        genesis,
+        key_file: "validator.key".into(),
+        data_dir: "data".into(),
+        p2p_listen,
+        api_listen,
+        block_transactions_max: 8_192,
+        mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
+        log_format: "pretty".into(),
+        blob_store: None,
+    }
+}
+
 /// Write the network; returns the config path of each node.
 pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
     if options.epoch_blocks == 0 {
@@ -55,18 +76,12 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
                 .public()
                 .to_hex(),
         });
-        let config = NodeConfig {
-            name: format!("member-{index}"),
-            genesis: "../genesis.json".into(),
-            key_file: "validator.key".into(),
-            data_dir: "data".into(),
-            p2p_listen: format!("127.0.0.1:{p2p_port}").parse()?,
-            api_listen: format!("127.0.0.1:{api_port}").parse()?,
-            block_transactions_max: 8_192,
-            mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
-            log_format: "pretty".into(),
-            blob_store: None,
-        };
+        let config = node_config(
+            &format!("member-{index}"),
+            "../genesis.json".into(),
+            format!("127.0.0.1:{p2p_port}").parse()?,
+            format!("127.0.0.1:{api_port}").parse()?,
+        );
         let path = node_dir.join("config.toml");
         std::fs::write(&path, toml::to_string_pretty(&config)?)?;
         configs.push(path);
@@ -128,18 +143,7 @@ pub fn join(
     let seed = random_seed();
     write_key(&dir.join("validator.key"), &seed)?;
     let key = private_key_from_seed(&seed).expect("32-byte seed");
-    let config = NodeConfig {
-        name: name.to_string(),
-        genesis,
-        key_file: "validator.key".into(),
-        data_dir: "data".into(),
-        p2p_listen,
-        api_listen,
-        block_transactions_max: 8_192,
-        mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
-        log_format: "pretty".into(),
-        blob_store: None,
-    };
+    let config = node_config(name, genesis, p2p_listen, api_listen);
     let path = dir.join("config.toml");
     std::fs::write(&path, toml::to_string_pretty(&config)?)?;
     Ok(Joined {

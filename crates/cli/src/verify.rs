@@ -180,9 +180,11 @@ impl Chain {
                 "state root does not match the executed transactions",
             ));
         }
-        let unbound = state::next_root(&parent_root, height, &delta);
-        self.state.commit(delta);
-        if self.state.close_epoch(height, unbound).is_some() {
+        if self
+            .state
+            .commit_block(height, &parent_root, delta)
+            .is_some()
+        {
             learn_verifiers(&mut self.verifiers, &self.state);
         }
 

@@ -208,6 +208,27 @@ async fn set_links(
     }
 }
 
+/// Start a simulated network sized for `size` nodes, tracking `peers` at first.
+async fn network(
+    context: &Context,
+    size: usize,
+    peers: Vec<PublicKey>,
+) -> Oracle<PublicKey, Context> {
+    let (network, oracle) = Network::new_with_peers(
+        context.child("network"),
+        simulated::Config {
+            max_size: engine::max_message_size(size),
+            max_peers_per_set: NZUsize!(size),
+            disconnect_on_block: true,
+            tracked_peer_sets: NZUsize!(1),
+        },
+        peers,
+    )
+    .await;
+    network.start();
+    oracle
+}
+
 /// Run one seeded scenario to completion and collect its outcome.
 pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
     let config = deterministic::Config::default()
@@ -221,18 +242,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             .collect();
         let publics: Vec<PublicKey> = keys.iter().map(Signer::public_key).collect();
         let (_, block) = genesis(&keys, Rules::default());
-        let (network, oracle) = Network::new_with_peers(
-            context.child("network"),
-            simulated::Config {
-                max_size: engine::max_message_size(keys.len()),
-                max_peers_per_set: NZUsize!(keys.len()),
-                disconnect_on_block: true,
-                tracked_peer_sets: NZUsize!(1),
-            },
-            publics.clone(),
-        )
-        .await;
-        network.start();
+        let oracle = network(&context, keys.len(), publics.clone()).await;
         let (latency, jitter, success) = scenario.link;
         let link = Link {
             latency,
@@ -502,18 +512,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             ..Rules::default()
         };
         let (genesis, block) = genesis(&keys[..4], rules);
-        let (network, oracle) = Network::new_with_peers(
-            context.child("network"),
-            simulated::Config {
-                max_size: engine::max_message_size(keys.len()),
-                max_peers_per_set: NZUsize!(keys.len()),
-                disconnect_on_block: true,
-                tracked_peer_sets: NZUsize!(1),
-            },
-            publics[..4].to_vec(),
-        )
-        .await;
-        network.start();
+        let oracle = network(&context, keys.len(), publics[..4].to_vec()).await;
         let link = Link {
             latency: Duration::from_millis(10),
             jitter: Duration::from_millis(3),
