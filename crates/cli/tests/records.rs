@@ -363,18 +363,16 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
 
     // A blob altered by one byte is detected and never served.
     let (tampered_record, _) = &written[4];
-    let tampered_hash = history_hash(&cluster.api(1), tampered_record);
-    let blob = net.join(format!(
-        "node-1/data/records/records/{}/{tampered_hash}",
-        &tampered_hash[..2]
-    ));
+    let envelope = envelopes(&api0, tampered_record).remove(0);
+    let packs = net.join("node-1/data/records");
     wait_until("node 1 holds the record", Duration::from_secs(30), || {
-        blob.exists()
+        find_bytes(&packs, &envelope).is_some()
     });
-    let mut bytes = std::fs::read(&blob).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    std::fs::write(&blob, &bytes).unwrap();
+    let (pack, at) = find_bytes(&packs, &envelope).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[at + envelope.len() - 1] ^= 1;
+    let damaged = bytes[at..at + envelope.len()].to_vec();
+    std::fs::write(&pack, &bytes).unwrap();
     let verify = cli(&[
         "record",
         "verify",
@@ -384,7 +382,10 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         tampered_record,
     ]);
     assert!(!verify.status.success(), "a damaged blob must not verify");
-    assert!(!blob.exists(), "the damaged copy is discarded");
+    assert!(
+        find_bytes(&packs, &damaged).is_none(),
+        "the damaged copy is discarded"
+    );
     ok(cli(&[
         "record",
         "verify",
@@ -418,6 +419,7 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         .map(|(r, _)| r.clone())
         .chain([late_record.clone()])
         .collect();
+    let ciphertexts: Vec<Vec<u8>> = records.iter().flat_map(|r| envelopes(&api0, r)).collect();
     ok(cli(&[
         "patient",
         "erase",
@@ -436,6 +438,13 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
     });
     let leftovers = || {
         let mut found = Vec::new();
+        for envelope in &ciphertexts {
+            for root in [&net, &s3_root] {
+                if let Some((file, _)) = find_bytes(root, envelope) {
+                    found.push(format!("{} still holds a ciphertext", file.display()));
+                }
+            }
+        }
         files_named(&net, &hashes, &mut found);
         files_named(&net, &records, &mut found);
         files_named(&s3_root, &hashes, &mut found);
@@ -473,6 +482,39 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
             .status
             .success()
     );
+}
+
+/// Every version's envelope (ciphertext) of a record, as any node serves it.
+fn envelopes(api: &str, record: &str) -> Vec<Vec<u8>> {
+    let (_, history) = get(&format!("{api}/records/{record}")).unwrap();
+    let versions = history["versions"].as_array().unwrap().len();
+    (1..=versions)
+        .map(|v| {
+            let mut response = common::agent()
+                .get(&format!("{api}/records/{record}/{v}/envelope"))
+                .call()
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response.body_mut().read_to_vec().unwrap()
+        })
+        .collect()
+}
+
+/// The first file under `root` holding `needle`, and where.
+fn find_bytes(root: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = find_bytes(&p, needle) {
+                return Some(found);
+            }
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && let Some(at) = bytes.windows(needle.len()).position(|w| w == needle)
+        {
+            return Some((p, at));
+        }
+    }
+    None
 }
 
 fn history_hash(api: &str, record: &str) -> String {

@@ -20,10 +20,9 @@ use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit,
     aead::{Aead, Payload},
 };
-use hpke::{
-    Deserializable, Kem as _, OpModeR, OpModeS, Serializable, aead::ChaCha20Poly1305 as HpkeAead,
-    kdf::HkdfSha256, kem::X25519HkdfSha256,
-};
+mod hpke_lc;
+
+use hpke::{Deserializable, Kem as _, Serializable, kem::X25519HkdfSha256};
 use sha2::{Digest as _, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -302,20 +301,12 @@ pub fn wrap(
     binding: &Binding,
     envelope_hash: &[u8; 32],
 ) -> Result<Wrap, Error> {
-    let public = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(&recipient.0)
+    // A point that is not a valid X25519 public key is refused before anything is sealed.
+    <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(&recipient.0)
         .map_err(|_| Error::InvalidPublicKey)?;
     let info = wrap_info(binding, envelope_hash);
-    let (encapsulated, ciphertext) =
-        hpke::single_shot_seal::<HpkeAead, HkdfSha256, X25519HkdfSha256>(
-            &OpModeS::Base,
-            &public,
-            &info,
-            &key.0,
-            &[],
-        )
-        .map_err(|_| Error::InvalidPublicKey)?;
-    let mut enc = [0u8; 32];
-    enc.copy_from_slice(&encapsulated.to_bytes());
+    let (enc, ciphertext) =
+        hpke_lc::seal(&recipient.0, &info, &key.0).ok_or(Error::InvalidPublicKey)?;
     let mut ct = [0u8; 48];
     if ciphertext.len() != ct.len() {
         return Err(Error::MalformedWrap(ciphertext.len()));
@@ -338,18 +329,11 @@ pub fn unwrap(
     if wrap.recipient != key.public {
         return Err(Error::Unwrap);
     }
-    let encapsulated = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&wrap.encapsulated)
-        .map_err(|_| Error::Unwrap)?;
     let info = wrap_info(binding, envelope_hash);
-    let mut plain = hpke::single_shot_open::<HpkeAead, HkdfSha256, X25519HkdfSha256>(
-        &OpModeR::Base,
-        &key.secret,
-        &encapsulated,
-        &info,
-        &wrap.ciphertext,
-        &[],
-    )
-    .map_err(|_| Error::Unwrap)?;
+    let mut secret = key.secret_bytes();
+    let opened = hpke_lc::open(&secret, &wrap.encapsulated, &info, &wrap.ciphertext);
+    secret.zeroize();
+    let mut plain = opened.ok_or(Error::Unwrap)?;
     if plain.len() != 32 {
         plain.zeroize();
         return Err(Error::Unwrap);

@@ -3,25 +3,32 @@
 //! A record version is one object, content-addressed by the SHA-256 of its envelope, which
 //! is what the chain anchors; every read re-checks the hash, so a damaged or substituted
 //! envelope is never served. The data key's wraps travel in the same object, so erasing a
-//! version is one delete and writing one is one file.
+//! version is one delete and writing one is one append.
 //!
 //! ```text
-//! records/{hash[0..2]}/{hash}:  count u16 | count x wrap (recipient | HPKE enc | key+tag) | envelope
+//! object: count u16 | count x wrap (recipient | HPKE enc | key+tag) | envelope
+//! local:  {dir}/{segment:08}.pack, objects appended as entries (see `pack`)
+//! S3:     {prefix}/records/{hash[0..2]}/{hash}
 //! ```
-//! An upload is first *staged* on local disk. Only when its anchor transaction is final is
-//! it moved into the store, so no stored blob is ever left without its anchor; staged
-//! uploads whose anchor never commits are swept away.
+//! An upload is first *staged* (an entry marked staged in the local pack, synced before the
+//! client is answered). Only when its anchor transaction is final is it promoted into the
+//! store (on local disk the entry's state byte flips; for S3 it is PUT), so no stored blob is
+//! ever left without its anchor; staged uploads whose anchor never commits are swept away.
+
+mod pack;
 
 use ehrchain_crypto::{WRAP_BYTES, Wrap, envelope_hash};
 use object_store::{
     ObjectStore, ObjectStoreExt as _, PutPayload, aws::AmazonS3Builder, path::Path as ObjectPath,
 };
+use pack::Pack;
 use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+pub use pack::{ENTRY_BYTES_MAX, SEGMENT_BYTES_MAX};
 
 /// Most wraps one record version keeps (its readers).
 pub const WRAPS_PER_VERSION_MAX: usize = 1_024;
@@ -37,6 +44,8 @@ pub enum Error {
     MalformedWraps(String),
     #[error("too many wraps for one record version (limit {WRAPS_PER_VERSION_MAX})")]
     TooManyWraps,
+    #[error("an object of {0} bytes is over the store's limit")]
+    TooLarge(usize),
     #[error("invalid S3 configuration: {0}")]
     Config(String),
 }
@@ -56,7 +65,8 @@ pub struct S3Config {
 }
 
 enum Backend {
-    Local(PathBuf),
+    /// Stored objects live in the pack, beside the staged ones.
+    Local,
     S3 {
         store: Arc<dyn ObjectStore>,
         prefix: String,
@@ -66,7 +76,8 @@ enum Backend {
 /// The off-chain store of one node.
 pub struct BlobStore {
     backend: Backend,
-    staging: PathBuf,
+    /// Staged uploads (both backends) and stored objects (local backend).
+    pack: Arc<Pack>,
     /// Serializes read-modify-write of wrap lists.
     wraps_lock: tokio::sync::Mutex<()>,
     /// Uploads waiting for the stager's next group flush.
@@ -80,15 +91,22 @@ pub const STAGE_QUEUE_MAX: usize = 4_096;
 const STAGE_GROUP_MAX: usize = 256;
 
 struct StageRequest {
-    path: PathBuf,
+    hash: [u8; 32],
     bytes: Vec<u8>,
     done: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
-/// Group commit for staging: write every waiting upload, flush the file system once, then
-/// answer them all. Under load one flush covers hundreds of uploads; alone, an upload waits
-/// for just its own flush.
-fn run_stager(staging: PathBuf, mut queue: tokio::sync::mpsc::Receiver<StageRequest>) {
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Group commit for staging: append every waiting upload, flush the segments written once,
+/// then answer them all. Under load one flush covers hundreds of uploads; alone, an upload
+/// waits for just its own flush.
+fn run_stager(pack: Arc<Pack>, mut queue: tokio::sync::mpsc::Receiver<StageRequest>) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < STAGE_GROUP_MAX {
@@ -98,17 +116,25 @@ fn run_stager(staging: PathBuf, mut queue: tokio::sync::mpsc::Receiver<StageRequ
             }
         }
         let mut written = Vec::with_capacity(group.len());
+        let mut segments = Vec::new();
+        let staged_ms = now_ms();
         for request in group {
-            let result = write_file(&request.path, &request.bytes, false);
+            let result = pack
+                .append(true, &request.hash, staged_ms, &request.bytes)
+                .map(|segment| {
+                    if !segments.contains(&segment) {
+                        segments.push(segment);
+                    }
+                });
             written.push((request.done, result));
         }
-        let flushed = sync_file_system(&staging);
+        let flushed = pack.sync_segments(&segments);
         for (done, result) in written {
             let answer = match (&result, &flushed) {
                 (Ok(()), Ok(())) => Ok(()),
                 (Err(_), _) => result,
                 (Ok(()), Err(e)) => Err(Error::Io(
-                    staging.display().to_string(),
+                    "blob pack".into(),
                     std::io::Error::new(e_kind(e), "flush failed"),
                 )),
             };
@@ -124,56 +150,17 @@ fn e_kind(error: &Error) -> std::io::ErrorKind {
     }
 }
 
-fn spawn_stager(staging: &Path) -> tokio::sync::mpsc::Sender<StageRequest> {
+fn spawn_stager(pack: Arc<Pack>) -> tokio::sync::mpsc::Sender<StageRequest> {
     let (sender, receiver) = tokio::sync::mpsc::channel(STAGE_QUEUE_MAX);
-    let staging = staging.to_path_buf();
     std::thread::Builder::new()
         .name("ehrchain-stager".into())
-        .spawn(move || run_stager(staging, receiver))
+        .spawn(move || run_stager(pack, receiver))
         .expect("spawn the stager thread");
     sender
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io(path.display().to_string(), e)
-}
-
-/// Write `bytes` to `path` atomically (a temporary file, then a rename). With `durable`, the
-/// file and its directory entry are flushed before returning; otherwise the caller flushes a
-/// whole batch at once with [`BlobStore::sync`].
-fn write_file(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
-    let dir = path.parent().expect("store paths have a parent");
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let temporary = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&temporary).map_err(io(&temporary))?;
-        file.write_all(bytes).map_err(io(&temporary))?;
-        if durable {
-            file.sync_all().map_err(io(&temporary))?;
-        }
-    }
-    std::fs::rename(&temporary, path).map_err(io(path))?;
-    if durable {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
-    }
-    Ok(())
-}
-
-/// Flush every pending write of the file system that holds `dir` (Linux `syncfs`): one flush
-/// for a whole batch of blobs instead of two per file.
-fn sync_file_system(dir: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let handle = std::fs::File::open(dir).map_err(io(dir))?;
-    // SAFETY: `syncfs` takes a valid open descriptor, which `handle` keeps alive.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(Error::Io(
-            dir.display().to_string(),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -184,12 +171,50 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-fn remove_optional(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Io(path.display().to_string(), e)),
+/// Move objects of the earlier one-file-per-object layout (`records/{xx}/{hash}`, and
+/// `staging/{hash}.upload`) into the pack, then delete the files.
+fn import_files(dir: &Path, pack: &Pack) -> Result<usize> {
+    let mut moved = 0;
+    let mut files = Vec::new();
+    for (sub, staged) in [("records", false), ("staging", true)] {
+        let root = dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                for inner in std::fs::read_dir(&path).map_err(io(&path))?.flatten() {
+                    files.push((inner.path(), staged));
+                }
+            } else {
+                files.push((path, staged));
+            }
+        }
     }
+    for (path, staged) in &files {
+        let hash = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .and_then(|n| hex::decode(n).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        if let (Some(hash), Some(bytes)) = (hash, read_optional(path)?)
+            && decode_object(&bytes).is_some_and(|(envelope, _)| envelope_hash(&envelope) == hash)
+        {
+            pack.append(*staged, &hash, now_ms(), &bytes)?;
+            moved += 1;
+        }
+    }
+    if !files.is_empty() {
+        pack.sync()?;
+        for sub in ["records", "staging"] {
+            let root = dir.join(sub);
+            if root.exists() {
+                std::fs::remove_dir_all(&root).map_err(io(&root))?;
+            }
+        }
+    }
+    Ok(moved)
 }
 
 fn decode_wraps(bytes: &[u8], at: &str) -> Result<Vec<Wrap>> {
@@ -233,13 +258,18 @@ fn decode_object(bytes: &[u8]) -> Option<(Vec<u8>, Vec<Wrap>)> {
 impl BlobStore {
     /// A store in `dir` on local disk (the default: embedded, nothing to install).
     pub fn local(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let staging = dir.join("staging");
-        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        let pack = Arc::new(Pack::open(dir)?);
+        let moved = import_files(dir, &pack)?;
+        if moved > 0 {
+            tracing::info!(
+                objects = moved,
+                "moved blobs of the file-per-object layout into the pack"
+            );
+        }
         Ok(Self {
-            backend: Backend::Local(dir.to_path_buf()),
-            stager: spawn_stager(&staging),
-            staging,
+            backend: Backend::Local,
+            stager: spawn_stager(pack.clone()),
+            pack,
             wraps_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -258,21 +288,21 @@ impl BlobStore {
             .with_allow_http(config.endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(false)
             .build()?;
-        std::fs::create_dir_all(staging_dir).map_err(io(staging_dir))?;
+        let pack = Arc::new(Pack::open(staging_dir)?);
         Ok(Self {
             backend: Backend::S3 {
                 store: Arc::new(store),
                 prefix: config.prefix.trim_matches('/').to_owned(),
             },
-            staging: staging_dir.to_path_buf(),
-            stager: spawn_stager(staging_dir),
+            stager: spawn_stager(pack.clone()),
+            pack,
             wraps_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn kind(&self) -> &'static str {
         match self.backend {
-            Backend::Local(_) => "local",
+            Backend::Local => "local",
             Backend::S3 { .. } => "s3",
         }
     }
@@ -285,67 +315,24 @@ impl BlobStore {
         }
     }
 
-    async fn put_raw(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
-        match &self.backend {
-            Backend::Local(dir) => {
-                let path = dir.join(key);
-                tokio::task::spawn_blocking(move || write_file(&path, &bytes, false))
-                    .await
-                    .expect("blob write task")
-            }
-            Backend::S3 { store, prefix } => {
-                store
-                    .put(&Self::object_path(prefix, key), PutPayload::from(bytes))
-                    .await?;
-                Ok(())
-            }
-        }
-    }
-
-    async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match &self.backend {
-            Backend::Local(dir) => {
-                let path = dir.join(key);
-                tokio::task::spawn_blocking(move || read_optional(&path))
-                    .await
-                    .expect("blob read task")
-            }
-            Backend::S3 { store, prefix } => {
-                match store.get(&Self::object_path(prefix, key)).await {
-                    Ok(result) => Ok(Some(result.bytes().await?.to_vec())),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        }
-    }
-
-    async fn delete_raw(&self, key: &str) -> Result<()> {
-        match &self.backend {
-            Backend::Local(dir) => {
-                let path = dir.join(key);
-                remove_optional(&path)?;
-                // An emptied per-record directory goes too; a non-empty one stays.
-                if let Some(parent) = path.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
-                Ok(())
-            }
-            Backend::S3 { store, prefix } => {
-                match store.delete(&Self::object_path(prefix, key)).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        }
-    }
-
     /// Store a record version: its envelope and wraps, under the envelope's hash (the caller
     /// checked the hash against the anchor). Durable after the next [`BlobStore::sync`].
     pub async fn put(&self, envelope: &[u8], wraps: &[Wrap]) -> Result<[u8; 32]> {
         let hash = envelope_hash(envelope);
-        self.put_raw(&object_key(&hash), encode_object(envelope, wraps)?)
-            .await?;
+        let bytes = encode_object(envelope, wraps)?;
+        match &self.backend {
+            Backend::Local => {
+                self.pack.append(false, &hash, 0, &bytes)?;
+            }
+            Backend::S3 { store, prefix } => {
+                store
+                    .put(
+                        &Self::object_path(prefix, &object_key(&hash)),
+                        PutPayload::from(bytes),
+                    )
+                    .await?;
+            }
+        }
         Ok(hash)
     }
 
@@ -353,25 +340,53 @@ impl BlobStore {
     /// envelope no longer hashes to its name is deleted and reported missing, so it is never
     /// served and is fetched again from a peer.
     pub async fn get(&self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, Vec<Wrap>)>> {
-        let key = object_key(hash);
-        let Some(bytes) = self.get_raw(&key).await? else {
-            return Ok(None);
-        };
-        match decode_object(&bytes) {
-            Some((envelope, wraps)) if envelope_hash(&envelope) == *hash => {
-                Ok(Some((envelope, wraps)))
-            }
-            _ => {
-                tracing::error!(hash = %hex::encode(hash), "a stored record does not match its hash; deleting it");
-                self.delete_raw(&key).await?;
-                Ok(None)
+        match &self.backend {
+            Backend::Local => self.read_pack(false, hash),
+            Backend::S3 { store, prefix } => {
+                let path = Self::object_path(prefix, &object_key(hash));
+                let bytes = match store.get(&path).await {
+                    Ok(result) => result.bytes().await?.to_vec(),
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                match decode_object(&bytes) {
+                    Some((envelope, wraps)) if envelope_hash(&envelope) == *hash => {
+                        Ok(Some((envelope, wraps)))
+                    }
+                    _ => {
+                        tracing::error!(hash = %hex::encode(hash), "a stored record does not match its hash; deleting it");
+                        self.delete(hash).await?;
+                        Ok(None)
+                    }
+                }
             }
         }
     }
 
+    /// A pack entry, checked against its hash; a damaged one is erased (only if no rewrite
+    /// replaced it meanwhile: then the new entry is read instead).
+    fn read_pack(&self, staged: bool, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, Vec<Wrap>)>> {
+        for _ in 0..4 {
+            let Some(slot) = self.pack.slot(staged, hash) else {
+                return Ok(None);
+            };
+            let bytes = self.pack.read(slot)?;
+            if let Some((envelope, wraps)) = decode_object(&bytes)
+                && envelope_hash(&envelope) == *hash
+            {
+                return Ok(Some((envelope, wraps)));
+            }
+            if self.pack.remove(staged, hash, Some(slot))? {
+                tracing::error!(hash = %hex::encode(hash), staged, "a stored record does not match its hash; deleting it");
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     pub async fn contains(&self, hash: &[u8; 32]) -> Result<bool> {
         match &self.backend {
-            Backend::Local(dir) => Ok(dir.join(object_key(hash)).exists()),
+            Backend::Local => Ok(self.pack.slot(false, hash).is_some()),
             Backend::S3 { store, prefix } => {
                 match store
                     .head(&Self::object_path(prefix, &object_key(hash)))
@@ -385,9 +400,24 @@ impl BlobStore {
         }
     }
 
-    /// Delete a record version's envelope and every wrap of it (erasure).
+    /// Delete a record version's envelope and every wrap of it (erasure). On local disk the
+    /// bytes are punched out of the pack; durable after the next [`BlobStore::sync`].
     pub async fn delete(&self, hash: &[u8; 32]) -> Result<()> {
-        self.delete_raw(&object_key(hash)).await
+        match &self.backend {
+            Backend::Local => {
+                self.pack.remove(false, hash, None)?;
+                Ok(())
+            }
+            Backend::S3 { store, prefix } => {
+                match store
+                    .delete(&Self::object_path(prefix, &object_key(hash)))
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
     }
 
     /// Add wraps to a stored version (a recipient already present is replaced).
@@ -422,20 +452,14 @@ impl BlobStore {
         Ok(())
     }
 
-    fn staged_path(&self, hash: &[u8; 32]) -> PathBuf {
-        self.staging.join(format!("{}.upload", hex::encode(hash)))
-    }
-
-    /// Stage an upload until its anchor is final: one file in the stored format, flushed with
-    /// its directory entry before this returns, so a crash loses nothing a client was told is
-    /// pending.
+    /// Stage an upload until its anchor is final: an entry in the local pack, flushed before
+    /// this returns, so a crash loses nothing a client was told is pending.
     pub async fn stage(&self, envelope: &[u8], wraps: &[Wrap]) -> Result<[u8; 32]> {
         let hash = envelope_hash(envelope);
-        let path = self.staged_path(&hash);
         let bytes = encode_object(envelope, wraps)?;
         let (done, answer) = tokio::sync::oneshot::channel();
         self.stager
-            .send(StageRequest { path, bytes, done })
+            .send(StageRequest { hash, bytes, done })
             .await
             .expect("the stager runs as long as the store");
         answer.await.expect("the stager answers every request")?;
@@ -444,43 +468,21 @@ impl BlobStore {
 
     /// A staged upload, if present and intact.
     pub fn staged(&self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, Vec<Wrap>)>> {
-        let path = self.staged_path(hash);
-        let Some(bytes) = read_optional(&path)? else {
-            return Ok(None);
-        };
-        match decode_object(&bytes) {
-            Some((envelope, wraps)) if envelope_hash(&envelope) == *hash => {
-                Ok(Some((envelope, wraps)))
-            }
-            _ => {
-                tracing::error!(hash = %hex::encode(hash), "a staged upload is damaged; dropping it");
-                self.unstage(hash)?;
-                Ok(None)
-            }
-        }
+        self.read_pack(true, hash)
     }
 
     /// Drop a staged upload (its anchor was refused, or it was promoted and synced).
     pub fn unstage(&self, hash: &[u8; 32]) -> Result<()> {
-        remove_optional(&self.staged_path(hash))
+        self.pack.remove(true, hash, None)?;
+        Ok(())
     }
 
     /// Move a staged upload into the store once its anchor is final; false when nothing was
-    /// staged under this hash. On local disk this is a rename; for S3 a PUT, after which the
-    /// caller syncs and unstages.
+    /// staged under this hash. On local disk the entry's state flips in place; for S3 a PUT,
+    /// after which the caller syncs and unstages.
     pub async fn promote(&self, hash: &[u8; 32]) -> Result<bool> {
         match &self.backend {
-            Backend::Local(dir) => {
-                let from = self.staged_path(hash);
-                if !from.exists() {
-                    return Ok(false);
-                }
-                let to = dir.join(object_key(hash));
-                let parent = to.parent().expect("object paths have a parent");
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-                std::fs::rename(&from, &to).map_err(io(&to))?;
-                Ok(true)
-            }
+            Backend::Local => self.pack.promote(hash),
             Backend::S3 { .. } => {
                 let Some((envelope, wraps)) = self.staged(hash)? else {
                     return Ok(false);
@@ -491,44 +493,23 @@ impl BlobStore {
         }
     }
 
-    /// Make every write and delete so far durable. Local store: one `syncfs`; S3: each PUT
-    /// and DELETE is already durable when it returns.
+    /// Make every write and delete so far durable. Local store: one `fdatasync` per segment
+    /// written; S3: each PUT and DELETE is already durable when it returns (the staging pack
+    /// is synced too, so dropped uploads stay dropped).
     pub async fn sync(&self) -> Result<()> {
-        match &self.backend {
-            Backend::Local(dir) => {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || sync_file_system(&dir))
-                    .await
-                    .expect("sync task")
-            }
-            Backend::S3 { .. } => Ok(()),
-        }
+        let pack = self.pack.clone();
+        tokio::task::spawn_blocking(move || pack.sync())
+            .await
+            .expect("sync task")
     }
 
     /// Delete staged uploads older than `age` whose anchors never became final.
     pub fn sweep_staged(&self, age: Duration, keep: impl Fn(&[u8; 32]) -> bool) -> Result<usize> {
+        let now = now_ms();
         let mut removed = 0;
-        let now = SystemTime::now();
-        let entries = std::fs::read_dir(&self.staging).map_err(io(&self.staging))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(name) = path.file_stem().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let Some(hash) = hex::decode(name)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-            else {
-                // A temporary file from an interrupted write.
-                remove_optional(&path)?;
-                continue;
-            };
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > age);
-            if old && !keep(&hash) {
-                remove_optional(&path)?;
+        for (hash, staged_ms) in self.pack.staged() {
+            let old = now.saturating_sub(staged_ms) > age.as_millis() as u64;
+            if old && !keep(&hash) && self.pack.remove(true, &hash, None)? {
                 removed += 1;
             }
         }
@@ -578,16 +559,48 @@ mod tests {
         let reader = EncryptionKey::from_seed(&[5; 32]);
         let (envelope, hash, wraps) = sealed(b"{}", &reader);
         store.put(&envelope, &wraps).await.unwrap();
-        let path = dir.path().join(object_key(&hash));
+        store.sync().await.unwrap();
+        let path = dir.path().join("00000001.pack");
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
+        let at = bytes
+            .windows(envelope.len())
+            .position(|w| w == envelope)
+            .unwrap();
+        bytes[at + envelope.len() - 1] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         assert!(store.get(&hash).await.unwrap().is_none());
+        store.sync().await.unwrap();
         assert!(
-            !path.exists(),
+            !store.contains(&hash).await.unwrap(),
             "the damaged copy is removed so it is fetched again"
         );
+        let bytes = std::fs::read(&path).unwrap();
+        let body = &envelope[..envelope.len() - 1];
+        assert!(!bytes.windows(body.len()).any(|w| w == body));
+    }
+
+    #[tokio::test]
+    async fn files_of_the_earlier_layout_move_into_the_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = EncryptionKey::from_seed(&[5; 32]);
+        let (envelope, hash, wraps) = sealed(b"{\"old\":1}", &reader);
+        let old = dir.path().join(object_key(&hash));
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, encode_object(&envelope, &wraps).unwrap()).unwrap();
+        let (staged_envelope, staged_hash, _) = sealed(b"{\"staged\":1}", &reader);
+        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("staging")
+                .join(format!("{}.upload", hex::encode(staged_hash))),
+            encode_object(&staged_envelope, &[]).unwrap(),
+        )
+        .unwrap();
+        let store = BlobStore::local(dir.path()).unwrap();
+        assert_eq!(store.get(&hash).await.unwrap().unwrap(), (envelope, wraps));
+        assert!(store.staged(&staged_hash).unwrap().is_some());
+        assert!(!dir.path().join("records").exists());
+        assert!(!dir.path().join("staging").exists());
     }
 
     #[tokio::test]
