@@ -49,7 +49,12 @@ pub struct Gateway {
     tokens: Mutex<HashMap<String, Arc<Token>>>,
     jtis: Mutex<HashMap<String, u64>>,
     institution_nonce: tokio::sync::Mutex<u64>,
+    /// Custodial keys already read and parsed, by file, with the file's modification time.
+    custody_keys: Mutex<HashMap<PathBuf, (SystemTime, ehrchain_crypto::EncryptionKey)>>,
 }
+
+/// Most custodial keys kept parsed in memory (the cache is emptied when full).
+pub const CUSTODY_KEYS_CACHED_MAX: usize = 100_000;
 
 impl Gateway {
     pub fn new(public_url: String, institution: Option<PrivateKey>) -> Self {
@@ -59,6 +64,7 @@ impl Gateway {
             tokens: Mutex::default(),
             jtis: Mutex::default(),
             institution_nonce: tokio::sync::Mutex::new(0),
+            custody_keys: Mutex::default(),
         }
     }
 
@@ -388,17 +394,53 @@ pub fn held_keys<B: Blob>(
 ) -> Vec<ehrchain_crypto::EncryptionKey> {
     let mut keys = Vec::new();
     if let Some(dir) = &state.custody_dir {
-        if let Some(secret) = read_hex32(dir.join(format!("{}.enc", hex::encode(identity))))
-            && let Ok(key) = ehrchain_crypto::EncryptionKey::from_secret_bytes(&secret)
-        {
+        let gateway = &state.gateway;
+        if let Some(key) = gateway.custody_key(
+            dir.join(format!("{}.enc", hex::encode(identity))),
+            |secret| ehrchain_crypto::EncryptionKey::from_secret_bytes(&secret).ok(),
+        ) {
             keys.push(key);
         }
-        if let Some(seed) = read_hex32(dir.join(format!("{}.key", hex::encode(patient)))) {
-            keys.push(ehrchain_crypto::EncryptionKey::from_seed(&seed));
+        if let Some(key) = gateway
+            .custody_key(dir.join(format!("{}.key", hex::encode(patient))), |seed| {
+                Some(ehrchain_crypto::EncryptionKey::from_seed(&seed))
+            })
+        {
+            keys.push(key);
         }
     }
     keys.extend(state.institution_key.iter().cloned());
     keys
+}
+
+impl Gateway {
+    /// The key in a custody file, parsed once and reused while the file is unchanged (its
+    /// modification time is checked on every use, so a rotated or deleted key is noticed).
+    fn custody_key(
+        &self,
+        path: PathBuf,
+        parse: impl FnOnce([u8; 32]) -> Option<ehrchain_crypto::EncryptionKey>,
+    ) -> Option<ehrchain_crypto::EncryptionKey> {
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified());
+        let mut cache = self.custody_keys.lock().expect("custody key cache");
+        let Ok(modified) = modified else {
+            cache.remove(&path);
+            return None;
+        };
+        if let Some((at, key)) = cache.get(&path)
+            && *at == modified
+        {
+            return Some(key.clone());
+        }
+        drop(cache);
+        let key = parse(read_hex32(path.clone())?)?;
+        let mut cache = self.custody_keys.lock().expect("custody key cache");
+        if cache.len() >= CUSTODY_KEYS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.insert(path, (modified, key.clone()));
+        Some(key)
+    }
 }
 
 fn read_hex32(path: PathBuf) -> Option<[u8; 32]> {
