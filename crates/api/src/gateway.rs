@@ -277,6 +277,12 @@ pub async fn submit_as<B: Blob>(
     payload: Payload,
 ) -> Result<Transaction, FhirError> {
     let mut nonce = token.nonce.lock().await;
+    // A session transaction the pool dropped (one that can never apply takes its successors
+    // with it) leaves a gap no later nonce can cross: start again after the last one alive.
+    let next = state.chain.next_nonce(&token.key.public_key());
+    if *nonce > next {
+        *nonce = next;
+    }
     let tx = TransactionBody {
         chain_id: state.genesis.chain_id,
         signer: token.key.public_key(),

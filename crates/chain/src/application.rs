@@ -402,6 +402,13 @@ impl<B: Blob> Chain<B> {
         self.lock().state.nonce(signer)
     }
 
+    /// The nonce a new transaction of `signer` should carry: after its final state and the
+    /// transactions of it still waiting in the pool.
+    pub fn next_nonce(&self, signer: &PublicKey) -> u64 {
+        let inner = self.lock();
+        inner.mempool.next_nonce(signer, inner.state.nonce(signer))
+    }
+
     /// The record of an anchored digest.
     pub fn anchor(&self, digest: &Digest) -> Option<state::AnchorRecord> {
         self.lock().state.anchor(digest).cloned()

@@ -107,6 +107,18 @@ impl Mempool {
         evicted
     }
 
+    /// The nonce after the run of this signer's pooled transactions that starts at `next`
+    /// (its next nonce on the final state): what its next transaction should carry.
+    pub fn next_nonce(&self, signer: &PublicKey, next: u64) -> u64 {
+        let mut nonce = next;
+        if let Some(slots) = self.by_signer.get(signer) {
+            while slots.contains_key(&nonce) {
+                nonce += 1;
+            }
+        }
+        nonce
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
@@ -348,6 +360,7 @@ mod tests {
         for tx in [&first, &second, &later] {
             pool.insert(tx.clone(), &state).unwrap();
         }
+        assert_eq!(pool.next_nonce(&bob.public_key(), 0), 2);
         // Building a block with both: the second fails and becomes a suspect.
         pool.suspect(second.id());
         let mut delta = crate::state::Delta::default();
@@ -371,5 +384,10 @@ mod tests {
         assert_eq!(evicted[1].0, later.id());
         assert_eq!(pool.len(), 0);
         assert!(pool.evict_failed(&state).is_empty());
+        // Bob's client must start again from nonce 0, not 2: nothing of his is pooled.
+        assert_eq!(
+            pool.next_nonce(&bob.public_key(), state.nonce(&bob.public_key())),
+            0
+        );
     }
 }

@@ -148,38 +148,50 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
     Ok((writers, readers, patients))
 }
 
-/// Run `total` requests from one thread per client (closed loop); `request` returns the
-/// status of request `i` of client `c`. Prints and returns (per second, p50, p99).
+/// Run `total` requests from `clients.len()` concurrent clients, closed loop (each client sends
+/// its next request when the last is answered): `request` makes request `i` of client `c`.
+/// The clients are tasks on one thread with async HTTP, so that the load generator takes as
+/// little as possible of the CPU the nodes share (a thread per client spent a good part of
+/// it switching between hundreds of blocked threads).
 fn closed_loop(
     label: &str,
     clients: &[(String, String)],
     total: usize,
-    request: impl Fn(&ureq::Agent, &str, &str, usize, usize) -> Result<()> + Sync,
+    request: impl AsyncFn(&reqwest::Client, &str, &str, usize, usize) -> Result<()>,
 ) -> Result<()> {
-    let latencies = Mutex::new(Vec::with_capacity(total));
-    let errors = Mutex::new(Vec::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients.len())
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let per_client = total.div_ceil(clients.len());
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        for (c, (api, token)) in clients.iter().enumerate() {
-            let (latencies, errors, request) = (&latencies, &errors, &request);
-            scope.spawn(move || {
-                let agent = agent();
+    let results = runtime.block_on(futures::future::join_all(clients.iter().enumerate().map(
+        |(c, (api, token))| {
+            let (client, request) = (&client, &request);
+            async move {
                 let mut mine = Vec::with_capacity(per_client);
+                let mut failed = Vec::new();
                 for i in 0..per_client {
                     let at = Instant::now();
-                    match request(&agent, api, token, c, i) {
+                    match request(client, api, token, c, i).await {
                         Ok(()) => mine.push(at.elapsed()),
-                        Err(error) => errors.lock().unwrap().push(error.to_string()),
+                        Err(error) => failed.push(error.to_string()),
                     }
                 }
-                latencies.lock().unwrap().extend(mine);
-            });
-        }
-    });
+                (mine, failed)
+            }
+        },
+    )));
+    let mut latencies = Vec::with_capacity(total);
+    let mut errors = Vec::new();
+    for (mine, failed) in results {
+        latencies.extend(mine);
+        errors.extend(failed);
+    }
     let elapsed = started.elapsed();
-    let mut latencies = latencies.into_inner().unwrap();
-    let errors = errors.into_inner().unwrap();
     latencies.sort();
     println!(
         "{label}: {} ok, {} failed in {:.1} s: {:.0}/s; latency p50 {} ms, p99 {} ms ({} clients)",
@@ -199,6 +211,20 @@ fn closed_loop(
 
 fn expect(status: u16, want: u16, mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
     let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+    expect_json(status, want, body)
+}
+
+async fn expect_async(want: u16, response: reqwest::Response) -> Result<Value> {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    expect_json(
+        status,
+        want,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn expect_json(status: u16, want: u16, body: Value) -> Result<Value> {
     ensure!(
         status == want,
         "HTTP {status}: {}",
@@ -242,16 +268,22 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
         "FHIR creates",
         &writer_tokens,
         args.creates,
-        |agent, api, token, c, i| {
+        async |client: &reqwest::Client,
+               api: &str,
+               token: &str,
+               c: usize,
+               i: usize|
+               -> Result<()> {
             let node = writers[c].node;
             let (_, body) = &bodies[node][(c + i) % bodies[node].len()];
-            let response = agent
+            let response = client
                 .post(format!("{api}/fhir/Observation"))
                 .header("Authorization", format!("Bearer {token}"))
                 .header("Content-Type", "application/fhir+json")
-                .send(&body[..])?;
-            let status = response.status().as_u16();
-            let body = expect(status, 201, response)?;
+                .body(body.clone())
+                .send()
+                .await?;
+            let body = expect_async(201, response).await?;
             let id = body["id"].as_str().context("no id")?.to_string();
             created.lock().unwrap().push((node, id));
             Ok(())
@@ -328,24 +360,29 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
         "FHIR consented reads",
         &reader_tokens,
         args.reads,
-        |agent, api, token, c, i| {
+        async |client: &reqwest::Client,
+               api: &str,
+               token: &str,
+               c: usize,
+               i: usize|
+               -> Result<()> {
             let ids = &readable[readers[c].node];
             let id = &ids[(c * 7 + i) % ids.len()];
             // A 503 ("retry shortly": keys shared a moment ago still on their way to this
             // node) is retried as a FHIR client would; its latency counts.
             let mut retries = 0;
             loop {
-                let response = agent
+                let response = client
                     .get(format!("{api}/fhir/Observation/{id}"))
                     .header("Authorization", format!("Bearer {token}"))
-                    .call()?;
-                let status = response.status().as_u16();
-                if status == 503 && retries < 20 {
+                    .send()
+                    .await?;
+                if response.status().as_u16() == 503 && retries < 20 {
                     retries += 1;
-                    std::thread::sleep(Duration::from_millis(250));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 }
-                expect(status, 200, response)?;
+                expect_async(200, response).await?;
                 return Ok(());
             }
         },

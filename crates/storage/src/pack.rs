@@ -257,24 +257,34 @@ impl Pack {
         Ok(id)
     }
 
-    fn erase(&self, inner: &mut Inner, slot: Slot) -> Result<()> {
-        let path = segment_path(&self.dir, slot.segment);
+    /// Rewrite an entry's state byte in place; returns its segment.
+    fn set_state<'a>(
+        &self,
+        inner: &'a mut Inner,
+        slot: Slot,
+        state: u8,
+    ) -> Result<&'a mut Segment> {
         let segment = inner
             .segments
             .get_mut(&slot.segment)
             .expect("indexed entries have their segment");
         segment
             .file
-            .write_all_at(&[ERASED], slot.offset + 4)
-            .map_err(io(&path))?;
+            .write_all_at(&[state], slot.offset + 4)
+            .map_err(io(&segment_path(&self.dir, slot.segment)))?;
+        segment.dirty = true;
+        Ok(segment)
+    }
+
+    fn erase(&self, inner: &mut Inner, slot: Slot) -> Result<()> {
+        let segment = self.set_state(inner, slot, ERASED)?;
         punch(
             &segment.file,
             slot.offset + HEADER_BYTES,
             slot.len as u64,
-            &path,
+            &segment_path(&self.dir, slot.segment),
         )?;
         segment.live -= 1;
-        segment.dirty = true;
         Ok(())
     }
 
@@ -326,15 +336,7 @@ impl Pack {
         let Some(slot) = inner.staged.remove(hash) else {
             return Ok(false);
         };
-        let segment = inner
-            .segments
-            .get_mut(&slot.segment)
-            .expect("indexed entries have their segment");
-        segment
-            .file
-            .write_all_at(&[STORED], slot.offset + 4)
-            .map_err(io(&segment_path(&self.dir, slot.segment)))?;
-        segment.dirty = true;
+        self.set_state(&mut inner, slot, STORED)?;
         if let Some(old) = inner.stored.insert(*hash, slot) {
             self.erase(&mut inner, old)?;
         }
