@@ -268,12 +268,7 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
         "FHIR creates",
         &writer_tokens,
         args.creates,
-        async |client: &reqwest::Client,
-               api: &str,
-               token: &str,
-               c: usize,
-               i: usize|
-               -> Result<()> {
+        async |client, api, token, c, i| {
             let node = writers[c].node;
             let (_, body) = &bodies[node][(c + i) % bodies[node].len()];
             let response = client
@@ -360,12 +355,7 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
         "FHIR consented reads",
         &reader_tokens,
         args.reads,
-        async |client: &reqwest::Client,
-               api: &str,
-               token: &str,
-               c: usize,
-               i: usize|
-               -> Result<()> {
+        async |client, api, token, c, i| {
             let ids = &readable[readers[c].node];
             let id = &ids[(c * 7 + i) % ids.len()];
             // A 503 ("retry shortly": keys shared a moment ago still on their way to this

@@ -330,10 +330,10 @@ pub fn unwrap(
         return Err(Error::Unwrap);
     }
     let info = wrap_info(binding, envelope_hash);
-    let mut secret = key.secret_bytes();
-    let opened = hpke_lc::open(&secret, &wrap.encapsulated, &info, &wrap.ciphertext);
-    secret.zeroize();
-    let mut plain = opened.ok_or(Error::Unwrap)?;
+    // Zeroed when dropped.
+    let secret = key.secret_bytes();
+    let mut plain =
+        hpke_lc::open(&secret, &wrap.encapsulated, &info, &wrap.ciphertext).ok_or(Error::Unwrap)?;
     if plain.len() != 32 {
         plain.zeroize();
         return Err(Error::Unwrap);

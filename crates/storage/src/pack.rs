@@ -302,6 +302,8 @@ impl Pack {
     pub fn read(&self, slot: Slot) -> Result<Vec<u8>> {
         let file = match self.lock().segments.get(&slot.segment) {
             Some(segment) => segment.file.clone(),
+            // Erased and its segment deleted since the slot was looked up: the caller finds
+            // the empty body wrong, sees the slot gone, and reports the entry missing.
             None => return Ok(Vec::new()),
         };
         let mut body = vec![0u8; slot.len as usize];
