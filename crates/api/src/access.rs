@@ -209,7 +209,7 @@ fn purpose_code(number: u8) -> &'static str {
 }
 
 /// An access event as JSON.
-pub fn event_json(position: (u64, u32), event: &AccessEvent) -> Value {
+pub fn event_json(position: ehrchain_chain::state::EventKey, event: &AccessEvent) -> Value {
     let (outcome, basis, reason) = match &event.outcome {
         Outcome::Allowed(basis) => {
             let basis = match basis {
@@ -229,6 +229,7 @@ pub fn event_json(position: (u64, u32), event: &AccessEvent) -> Value {
     json!({
         "height": position.0,
         "index": position.1,
+        "entry": position.2,
         "transaction": hex::encode(event.transaction),
         "time_ms": event.time_ms,
         "actor": event.actor.to_string(),
@@ -250,6 +251,7 @@ fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
             count,
             window_start_ms,
         } => json!({"count": count, "window_start_ms": window_start_ms}),
+        FindingKind::LateLog { lag_ms } => json!({"lag_ms": lag_ms}),
         FindingKind::AfterRevocation | FindingKind::KeyRecovery => json!({}),
     };
     json!({
@@ -339,7 +341,7 @@ async fn one_event<B: Blob>(
         .chain
         .read(|s| {
             s.event(location.height, location.index)
-                .map(|e| event_json((location.height, location.index), e))
+                .map(|e| event_json((location.height, location.index, 0), e))
         })
         .map(Json)
         .ok_or_else(not_found)

@@ -439,7 +439,48 @@ fn purpose_for(role: Option<&Role>) -> Purpose {
     }
 }
 
-/// Record read attempts on chain and wait for their outcome: `Ok(true)` allowed.
+/// Decide a read here, with the contract's code against this node's final state: the time it
+/// was decided at when allowed, for the access log; `None` when the chain must decide it (a
+/// denial, an unknown record, a session this gateway cannot log for).
+fn decided_here<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    record: &[u8; 16],
+    purpose: Purpose,
+) -> Option<u64> {
+    state.gateway.access_log.as_ref()?;
+    let gateway = commonware_cryptography::Signer::public_key(state.gateway.institution.as_ref()?);
+    let session = token.session();
+    let wall = crate::gateway::now_ms();
+    state.chain.read(|s| {
+        let now = s.time_ms();
+        if wall.saturating_sub(now) > crate::access_log::DECISION_STATE_AGE_MAX_MS {
+            return None;
+        }
+        let open = s
+            .session(&session)
+            .is_some_and(|e| e.gateway == gateway && now < e.expires_ms);
+        if !open || s.retired(&token.identity).is_some() {
+            return None;
+        }
+        let identity = s.identity(&token.identity)?;
+        let (_, _, outcome) = ehrchain_chain::access::decide_read(
+            s,
+            &token.identity,
+            &identity,
+            record,
+            purpose,
+            now,
+        )
+        .ok()?;
+        outcome.allowed().then_some(now)
+    })
+}
+
+/// Record read attempts and learn their outcome: `Ok(())` allowed. A read this gateway allows
+/// by the contract is journalled in its access log (durable before this returns) and reaches
+/// the chain in the next log batch; any other goes to the chain as its own `Access`
+/// transaction and waits for its outcome there.
 async fn record_reads<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
@@ -447,7 +488,25 @@ async fn record_reads<B: Blob>(
     purpose: Purpose,
 ) -> Result<Vec<std::result::Result<(), String>>> {
     let mut transactions = Vec::with_capacity(records.len());
-    for record in records {
+    let mut logged = vec![false; records.len()];
+    for (i, record) in records.iter().enumerate() {
+        if let (Some(log), Some(checked_ms)) = (
+            &state.gateway.access_log,
+            decided_here(state, token, record, purpose),
+        ) {
+            log.record(ehrchain_types::transaction::AccessLogEntry {
+                session: token.session(),
+                record: *record,
+                purpose: purpose as u8,
+                checked_ms,
+            })
+            .await
+            .map_err(|e| {
+                FhirError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", &e.to_string())
+            })?;
+            logged[i] = true;
+            continue;
+        }
         transactions.push(
             submit_as(
                 state,
@@ -461,7 +520,15 @@ async fn record_reads<B: Blob>(
         );
     }
     let mut outcomes = Vec::with_capacity(records.len());
-    for tx in &transactions {
+    let mut transactions = transactions.iter();
+    for logged in logged {
+        if logged {
+            outcomes.push(Ok(()));
+            continue;
+        }
+        let tx = transactions
+            .next()
+            .expect("one transaction per read not logged");
         let location = commit(state, tx).await?;
         let outcome = state.chain.read(|s| {
             s.event(location.height, location.index)
@@ -2061,9 +2128,22 @@ async fn consent_search<B: Blob>(
 
 // ---- AuditEvent ----------------------------------------------------------------------------
 
+/// An AuditEvent's id: the hash of the transaction that recorded it, and for a later entry of
+/// a gateway's access log, a prefix of it with the entry number (FHIR ids are 64 at most).
+fn audit_event_id(
+    position: ehrchain_chain::state::EventKey,
+    event: &ehrchain_chain::access::AccessEvent,
+) -> String {
+    let hash = hex::encode(event.transaction);
+    match position.2 {
+        0 => hash,
+        entry => format!("{}-{entry}", &hash[..56]),
+    }
+}
+
 fn audit_event_json<B: Blob>(
     state: &ApiState<B>,
-    position: (u64, u32),
+    position: ehrchain_chain::state::EventKey,
     event: &ehrchain_chain::access::AccessEvent,
 ) -> Value {
     let role = role_of(state, &event.actor);
@@ -2115,7 +2195,7 @@ fn audit_event_json<B: Blob>(
     };
     json!({
         "resourceType": "AuditEvent",
-        "id": hex::encode(event.transaction),
+        "id": audit_event_id(position, event),
         "meta": {"profile": ["https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read"]},
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
         "subtype": [subtype],
@@ -2130,7 +2210,10 @@ fn audit_event_json<B: Blob>(
             "requestor": true,
         }],
         "source": {
-            "site": format!("block {} transaction {}", position.0, position.1),
+            "site": match position.2 {
+                0 => format!("block {} transaction {}", position.0, position.1),
+                entry => format!("block {} transaction {} entry {entry}", position.0, position.1),
+            },
             "observer": {"display": "ehrchain consortium ledger"},
             "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
         },
@@ -2177,7 +2260,10 @@ async fn audit_events<B: Blob>(
         }
     };
     let (total, page) = state.chain.read(|s| {
-        let events: Vec<((u64, u32), ehrchain_chain::access::AccessEvent)> = match &patient {
+        let events: Vec<(
+            ehrchain_chain::state::EventKey,
+            ehrchain_chain::access::AccessEvent,
+        )> = match &patient {
             Some(p) => s
                 .patient_events(p)
                 .into_iter()
@@ -2195,7 +2281,7 @@ async fn audit_events<B: Blob>(
         .iter()
         .map(|(position, event)| {
             json!({
-                "fullUrl": format!("{base}/fhir/AuditEvent/{}", hex::encode(event.transaction)),
+                "fullUrl": format!("{base}/fhir/AuditEvent/{}", audit_event_id(*position, event)),
                 "resource": audit_event_json(&state, *position, event),
                 "search": {"mode": "match"},
             })

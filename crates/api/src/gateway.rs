@@ -40,6 +40,13 @@ pub struct Token {
     expires: Instant,
 }
 
+impl Token {
+    /// The session key the gateway signs with for this token.
+    pub fn session(&self) -> PublicKey {
+        self.key.public_key()
+    }
+}
+
 /// The node's gateway: its URL, its institution's signing key, live tokens.
 pub struct Gateway {
     /// The base URL clients reach this node at (`aud` is `{public_url}/auth/token`).
@@ -51,6 +58,9 @@ pub struct Gateway {
     institution_nonce: tokio::sync::Mutex<u64>,
     /// Custodial keys already read and parsed, by file, with the file's modification time.
     custody_keys: Mutex<HashMap<PathBuf, (SystemTime, ehrchain_crypto::EncryptionKey)>>,
+    /// The journal of reads this gateway decided and served, on their way to the chain.
+    /// Without one, every read waits for its own `Access` transaction to commit.
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// Most custodial keys kept parsed in memory (the cache is emptied when full).
@@ -65,7 +75,19 @@ impl Gateway {
             jtis: Mutex::default(),
             institution_nonce: tokio::sync::Mutex::new(0),
             custody_keys: Mutex::default(),
+            access_log: None,
         }
+    }
+
+    /// Serve consented reads through an access log journalled in `dir` (see `access_log`).
+    /// `recorded` is the institution's next log entry number on chain.
+    pub fn with_access_log(
+        mut self,
+        dir: &std::path::Path,
+        recorded: u64,
+    ) -> std::io::Result<Self> {
+        self.access_log = Some(crate::access_log::AccessLog::open(dir, recorded)?);
+        Ok(self)
     }
 
     pub fn token_url(&self) -> String {
@@ -192,6 +214,18 @@ pub async fn token<B: Blob>(
         }
         jtis.insert(id, exp_ms);
     }
+    let gateway = state
+        .gateway
+        .institution
+        .as_ref()
+        .map(|key| key.public_key())
+        .ok_or_else(|| {
+            OAuthError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "this node opens no sessions".into(),
+            )
+        })?;
     // A fresh session key, authorized on chain by the assertion itself.
     let session = ehrchain_types::private_key_from_seed(&random_bytes::<32>())
         .expect("32 random bytes are a seed");
@@ -201,6 +235,7 @@ pub async fn token<B: Blob>(
         nonce: 0,
         payload: Payload::OpenSession {
             identity: identity.clone(),
+            gateway,
             assertion: assertion.into_bytes(),
         },
     }
@@ -328,7 +363,11 @@ pub async fn submit_as_institution<B: Blob>(
         )
     })?;
     let mut last = state.gateway.institution_nonce.lock().await;
-    let mut nonce = (*last).max(state.chain.nonce(&key.public_key()));
+    // After the pool dropped one of ours, start again after the last one alive.
+    let signer = key.public_key();
+    let mut nonce = (*last)
+        .min(state.chain.next_nonce(&signer))
+        .max(state.chain.nonce(&signer));
     // Another client of the same key (the operator's CLI) may hold a nonce: step past it.
     for _ in 0..8 {
         let tx = TransactionBody {

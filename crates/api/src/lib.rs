@@ -4,6 +4,7 @@
 //! 4xx status that names the problem; they never carry request contents.
 
 pub mod access;
+pub mod access_log;
 pub mod fhir;
 pub mod gateway;
 pub mod proof;
@@ -156,6 +157,8 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
             })
             .collect()
     });
+    let access_events = state.chain.read(|s| s.event_count());
+    let access_log_unrecorded = state.gateway.access_log.as_ref().map(|l| l.unrecorded());
     Json(json!({
         "chain_id": status.chain_id,
         "height": status.height,
@@ -166,6 +169,8 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
         "mempool": status.mempool,
         "epoch": epoch,
         "validators": validators,
+        "access_events": access_events,
+        "access_log_unrecorded": access_log_unrecorded,
     }))
 }
 
@@ -275,10 +280,12 @@ fn payload_json(payload: &Payload) -> Value {
         }),
         Payload::OpenSession {
             identity,
+            gateway,
             assertion,
         } => json!({
             "kind": "open_session",
             "identity": identity.to_string(),
+            "gateway": gateway.to_string(),
             "assertion_sha256": hex::encode(ehrchain_types::sha256(&[assertion])),
         }),
         Payload::RemoveClinician { clinician } => json!({
@@ -288,6 +295,16 @@ fn payload_json(payload: &Payload) -> Value {
         Payload::TrailQuery { patient } => json!({
             "kind": "trail_query",
             "patient": hex::encode(patient),
+        }),
+        Payload::AccessLog { first, entries } => json!({
+            "kind": "access_log",
+            "first": first,
+            "entries": entries.iter().map(|e| json!({
+                "session": e.session.to_string(),
+                "record": hex::encode(e.record),
+                "purpose": e.purpose,
+                "checked_ms": e.checked_ms,
+            })).collect::<Vec<_>>(),
         }),
     }
 }

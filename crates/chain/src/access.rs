@@ -68,6 +68,10 @@ pub enum Reason {
     /// the patient's consent do not allow (a write, a grant, an erasure, ...), by payload kind.
     #[error("{}", not_permitted(*operation))]
     NotPermitted { operation: u8 },
+    /// A gateway logged a read of an identity whose key was retired before the log reached
+    /// the chain (removed, or rotated away and no longer found).
+    #[error("the reader's key was retired")]
+    RetiredKey,
 }
 
 /// The refusal of an operation, by payload kind: names the rule, never content.
@@ -86,6 +90,7 @@ fn not_permitted(operation: u8) -> &'static str {
         10 => "only the patient appoints a guardian",
         12 => "only a guardian or the home institution recovers a patient's key",
         17 => "the trail is shown to its patient, their guardians and auditors",
+        18 => "a member institution logs only reads made in sessions its gateway opened",
         _ => "this identity may not do this",
     }
 }
@@ -103,6 +108,7 @@ impl Reason {
             Self::Auditor => "auditor",
             Self::NotTheirs => "not-their-record",
             Self::NotPermitted { .. } => "not-permitted",
+            Self::RetiredKey => "retired-key",
         }
     }
 
@@ -112,6 +118,7 @@ impl Reason {
             Self::Auditor => out.push(20),
             Self::NotTheirs => out.push(21),
             Self::NotPermitted { operation } => out.extend_from_slice(&[22, *operation]),
+            Self::RetiredKey => out.push(23),
         }
     }
 }
@@ -183,6 +190,9 @@ pub enum FindingKind {
     AfterRevocation,
     /// A patient's key was replaced by a guardian or the home institution.
     KeyRecovery,
+    /// A gateway logged a read later than `ACCESS_LOG_LAG_MS` after deciding it (it was
+    /// down, or it held the log back): the read is on the trail, decided as of then.
+    LateLog { lag_ms: u64 },
 }
 
 impl FindingKind {
@@ -193,6 +203,7 @@ impl FindingKind {
             Self::ReadVolume { .. } => "read-volume",
             Self::AfterRevocation => "after-revocation",
             Self::KeyRecovery => "key-recovery",
+            Self::LateLog { .. } => "late-log",
         }
     }
 
@@ -216,6 +227,10 @@ impl FindingKind {
             }
             Self::AfterRevocation => out.push(4),
             Self::KeyRecovery => out.push(5),
+            Self::LateLog { lag_ms } => {
+                out.push(6);
+                out.extend_from_slice(&lag_ms.to_be_bytes());
+            }
         }
     }
 }
@@ -410,7 +425,7 @@ pub(crate) fn break_glass(
         },
     );
     delta.events.insert(
-        (at.height, at.index),
+        (at.height, at.index, 0),
         AccessEvent {
             actor: signer.clone(),
             patient: *patient,
@@ -526,6 +541,7 @@ pub(crate) fn record_denial(
         | P::TrailQuery { patient } => (*patient, None),
         P::RegisterPatient { .. }
         | P::EnrollClinician { .. }
+        | P::AccessLog { .. }
         | P::RemoveClinician { .. }
         | P::RotateKey { .. }
         | P::Propose { .. }
@@ -546,7 +562,7 @@ pub(crate) fn record_denial(
     };
     if patient != NO_PATIENT {
         delta.events.insert(
-            (at.height, at.index),
+            (at.height, at.index, 0),
             AccessEvent {
                 actor: actor.clone(),
                 patient,
@@ -769,10 +785,18 @@ pub(crate) fn open_session(
     signer: &PublicKey,
     at: At,
     identity: &PublicKey,
+    gateway: &PublicKey,
     assertion: &[u8],
 ) -> Result<(), Rejection> {
     if view.identity(signer).is_some() || view.session(signer).is_some() {
         return Err(Rejection::AlreadyRegistered);
+    }
+    if view.identity(gateway).map(|i| i.role) != Some(Role::Institution)
+        || view.retired(gateway).is_some()
+    {
+        return Err(Rejection::Unauthorized(
+            "a session's gateway must be a member institution",
+        ));
     }
     if view.identity(identity).is_none() || view.retired(identity).is_some() {
         return Err(Rejection::Unauthorized(
@@ -809,26 +833,28 @@ pub(crate) fn open_session(
         crate::state::SessionEntry {
             identity: identity.clone(),
             expires_ms: at.time_ms.saturating_add(SESSION_MS),
+            gateway: gateway.clone(),
         },
     );
     Ok(())
 }
 
-/// Decide a read attempt and record it, with any findings.
-pub(crate) fn access(
+/// How long after deciding a read a gateway may log it before the entry raises a `late-log`
+/// finding (block time). Reads are never dropped for lateness: the trail keeps them all.
+pub const ACCESS_LOG_LAG_MS: u64 = 30_000;
+
+/// The outcome of a read attempt by `identity` (acting with key `signer`) on `record` at
+/// `now_ms`, decided against `view`, with the record's patient and resource type. A pure
+/// function of the state: the node that answers a FHIR read and every validator that records
+/// it decide alike. Consent is judged as of `now_ms` (a grant revoked later still counted).
+pub fn decide_read(
     view: &impl Reader,
-    delta: &mut Delta,
     signer: &PublicKey,
-    at: At,
-    transaction: Digest,
+    identity: &Identity,
     record: &RecordId,
-    purpose_number: u8,
-) -> Result<(), Rejection> {
-    let purpose =
-        Purpose::from_number(purpose_number).ok_or(Rejection::Malformed("unknown purpose"))?;
-    let identity = view.identity(signer).ok_or(Rejection::Unauthorized(
-        "only a registered identity reads records",
-    ))?;
+    purpose: Purpose,
+    now_ms: u64,
+) -> Result<(PatientId, u8, Outcome), Rejection> {
     let latest = view.latest(record).ok_or(Rejection::UnknownRecord)?;
     let patient = latest.anchor.patient;
     let resource_type = latest.anchor.resource_type;
@@ -838,7 +864,29 @@ pub(crate) fn access(
     {
         return Err(Rejection::PatientErased);
     }
-    let outcome = match identity.role {
+    let outcome = read_outcome(
+        view,
+        signer,
+        identity,
+        record,
+        (patient, resource_type),
+        purpose,
+        now_ms,
+    );
+    Ok((patient, resource_type, outcome))
+}
+
+/// The consent decision of `decide_read`, for a record of `(patient, resource type)`.
+fn read_outcome(
+    view: &impl Reader,
+    signer: &PublicKey,
+    identity: &Identity,
+    record: &RecordId,
+    (patient, resource_type): (PatientId, u8),
+    purpose: Purpose,
+    now_ms: u64,
+) -> Outcome {
+    match identity.role {
         Role::Patient { patient: own } if own == patient => Outcome::Allowed(Basis::Owner),
         Role::Patient { .. } => Outcome::Denied(Reason::NotTheirs),
         Role::Guardian { patient: own } if own == patient => Outcome::Allowed(Basis::Guardian),
@@ -869,7 +917,7 @@ pub(crate) fn access(
                                 action: Action::Read,
                                 resource_type,
                                 purpose,
-                                now_ms: at.time_ms,
+                                now_ms,
                             },
                         )
                     })
@@ -883,7 +931,7 @@ pub(crate) fn access(
                     Err(denial) => {
                         let glass = view
                             .break_glass(signer, &patient)
-                            .is_some_and(|g| at.time_ms < g.until_ms);
+                            .is_some_and(|g| now_ms < g.until_ms);
                         if glass {
                             Outcome::Allowed(Basis::BreakGlass)
                         } else {
@@ -893,16 +941,75 @@ pub(crate) fn access(
                 }
             }
         }
-    };
-    delta.events.insert(
-        (at.height, at.index),
-        AccessEvent {
-            actor: signer.clone(),
-            patient,
-            record: Some((*record, resource_type)),
+    }
+}
+
+/// Decide a read attempt and record it, with any findings.
+pub(crate) fn access(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    transaction: Digest,
+    record: &RecordId,
+    purpose_number: u8,
+) -> Result<(), Rejection> {
+    let purpose =
+        Purpose::from_number(purpose_number).ok_or(Rejection::Malformed("unknown purpose"))?;
+    let identity = view.identity(signer).ok_or(Rejection::Unauthorized(
+        "only a registered identity reads records",
+    ))?;
+    let decided = decide_read(view, signer, &identity, record, purpose, at.time_ms)?;
+    let mut seq = 0;
+    record_read(
+        view,
+        delta,
+        Read {
+            actor: signer,
+            record,
             purpose: purpose_number,
-            outcome,
+            decided,
             time_ms: at.time_ms,
+        },
+        (at.height, at.index, 0),
+        &mut seq,
+        transaction,
+        None,
+    );
+    Ok(())
+}
+
+/// One decided read, to be put on the trail.
+struct Read<'a> {
+    actor: &'a PublicKey,
+    record: &'a RecordId,
+    purpose: u8,
+    decided: (PatientId, u8, Outcome),
+    time_ms: u64,
+}
+
+/// Write a decided read's event and its findings (numbered from `seq` within the transaction).
+#[allow(clippy::too_many_arguments)]
+fn record_read(
+    view: &impl Reader,
+    delta: &mut Delta,
+    read: Read,
+    key: crate::state::EventKey,
+    seq: &mut u8,
+    transaction: Digest,
+    late: Option<u64>,
+) {
+    let (patient, resource_type, outcome) = read.decided;
+    let actor = read.actor;
+    delta.events.insert(
+        key,
+        AccessEvent {
+            actor: actor.clone(),
+            patient,
+            record: Some((*read.record, resource_type)),
+            purpose: read.purpose,
+            outcome,
+            time_ms: read.time_ms,
             transaction,
         },
     );
@@ -913,29 +1020,127 @@ pub(crate) fn access(
             findings.push(FindingKind::AfterRevocation);
         }
     }
+    if let Some(lag_ms) = late {
+        findings.push(FindingKind::LateLog { lag_ms });
+    }
     // Read volume, counted in tumbling windows of block time.
     let rules = view.rules();
-    let window = at.time_ms / rules.read_volume_window_ms;
-    let count = view.reads(signer, window).saturating_add(1);
-    delta.reads.insert((signer.clone(), window), count);
+    let window = read.time_ms / rules.read_volume_window_ms;
+    let count = crate::state::Layered { base: view, delta }
+        .reads(actor, window)
+        .saturating_add(1);
+    delta.reads.insert((actor.clone(), window), count);
     if count == rules.read_volume_max.saturating_add(1) {
         findings.push(FindingKind::ReadVolume {
             count,
             window_start_ms: window * rules.read_volume_window_ms,
         });
     }
-    for (seq, kind) in findings.into_iter().enumerate() {
+    for kind in findings {
         delta.findings.insert(
-            (at.height, at.index, seq as u8),
+            (key.0, key.1, *seq),
             Finding {
                 kind,
-                actor: signer.clone(),
+                actor: actor.clone(),
                 patient,
-                time_ms: at.time_ms,
+                time_ms: read.time_ms,
                 transaction,
             },
         );
+        *seq = seq.saturating_add(1);
     }
+}
+
+/// A member institution's gateway logs reads it decided and served (`Payload::AccessLog`).
+///
+/// Entries before the institution's next entry number were logged already (a gateway that
+/// restarted sends its journal again) and are skipped; a gap is refused. Each new entry must
+/// name a session this institution's gateway opened, live at the entry's decision time, and a
+/// decision time no later than this block. Every validator decides the read again as of that
+/// time, with the same code the gateway used, and records what it finds: a read the gateway
+/// should not have served is on the trail as denied, with its finding. A decision logged more
+/// than `ACCESS_LOG_LAG_MS` after it was made is kept and raises a `late-log` finding.
+pub(crate) fn access_log(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    transaction: Digest,
+    first: u64,
+    entries: &[ehrchain_types::transaction::AccessLogEntry],
+) -> Result<(), Rejection> {
+    if view.identity(signer).map(|i| i.role) != Some(Role::Institution) {
+        return Err(Rejection::Unauthorized(
+            "only a member institution logs its gateway's reads",
+        ));
+    }
+    let next = view.access_log_next(signer);
+    if first > next {
+        return Err(Rejection::AccessLogGap {
+            expected: next,
+            got: first,
+        });
+    }
+    let skip = (next - first).min(entries.len() as u64) as usize;
+    let mut seq = 0u8;
+    for (number, entry) in entries.iter().enumerate().skip(skip) {
+        let purpose =
+            Purpose::from_number(entry.purpose).ok_or(Rejection::Malformed("unknown purpose"))?;
+        if entry.checked_ms > at.time_ms {
+            return Err(Rejection::Malformed(
+                "an access log entry is decided after its block",
+            ));
+        }
+        let session = view
+            .session(&entry.session)
+            .filter(|s| &s.gateway == signer)
+            .ok_or(Rejection::Unauthorized(
+                "an access log names a session its gateway did not open",
+            ))?;
+        if entry.checked_ms >= session.expires_ms {
+            return Err(Rejection::Unauthorized(
+                "an access log entry is decided after its session ended",
+            ));
+        }
+        let actor = &session.identity;
+        let latest = view.latest(&entry.record).ok_or(Rejection::Malformed(
+            "an access log names an unknown record",
+        ))?;
+        let target = (latest.anchor.patient, latest.anchor.resource_type);
+        // Erasure since the read does not undo it: the read stays on the trail, decided as of
+        // its time. An identity whose key was retired since is recorded as refused.
+        let outcome = match view.identity(actor) {
+            Some(identity) if view.retired(actor).is_none() => read_outcome(
+                view,
+                actor,
+                &identity,
+                &entry.record,
+                target,
+                purpose,
+                entry.checked_ms,
+            ),
+            _ => Outcome::Denied(Reason::RetiredKey),
+        };
+        let lag = at.time_ms - entry.checked_ms;
+        record_read(
+            view,
+            delta,
+            Read {
+                actor,
+                record: &entry.record,
+                purpose: entry.purpose,
+                decided: (target.0, target.1, outcome),
+                time_ms: entry.checked_ms,
+            },
+            (at.height, at.index, number as u16),
+            &mut seq,
+            transaction,
+            (lag > ACCESS_LOG_LAG_MS).then_some(lag),
+        );
+    }
+    delta
+        .access_logs
+        .insert(signer.clone(), next.max(first + entries.len() as u64));
     Ok(())
 }
 
@@ -1474,6 +1679,7 @@ mod tests {
                         key(60),
                         Payload::OpenSession {
                             identity: patient_1().public_key(),
+                            gateway: hospital_a().public_key(),
                             assertion: assertion.into_bytes(),
                         },
                     );
@@ -2175,6 +2381,7 @@ mod tests {
         };
         let open = |assertion: Vec<u8>, identity: &PrivateKey| Payload::OpenSession {
             identity: identity.public_key(),
+            gateway: hospital_a().public_key(),
             assertion,
         };
         let good = assertion(w.time_ms + 300_000, "a");
@@ -2247,5 +2454,145 @@ mod tests {
             ),
             Err(state::Rejection::Unauthorized(_))
         ));
+    }
+
+    /// Open a session for `identity` at `gateway`'s node; the session key.
+    fn open_session(
+        w: &mut World,
+        identity: &PrivateKey,
+        gateway: &PrivateKey,
+        seed: u64,
+    ) -> PrivateKey {
+        use commonware_codec::Encode as _;
+        let secret: [u8; 32] = identity.encode().as_ref().try_into().unwrap();
+        let id = hex::encode(identity.public_key().as_ref());
+        let assertion = ehrchain_crypto::jwt::sign(
+            &secret,
+            &ehrchain_crypto::jwt::Claims {
+                iss: id.clone(),
+                sub: id,
+                aud: "http://node/auth/token".into(),
+                exp: (w.time_ms + 120_000) / 1000,
+                jti: format!("log-{seed}"),
+            },
+        );
+        let session = key(seed);
+        w.ok(
+            &session,
+            Payload::OpenSession {
+                identity: identity.public_key(),
+                gateway: gateway.public_key(),
+                assertion: assertion.into_bytes(),
+            },
+        );
+        session
+    }
+
+    #[test]
+    fn a_gateway_logs_the_reads_it_served_and_the_chain_decides_them_again() {
+        use ehrchain_types::transaction::AccessLogEntry;
+        let mut w = World::new(Rules::default());
+        let session = open_session(&mut w, &clinician_b(), &hospital_b(), 600);
+        // A session opened naming a gateway that is not a member institution opens nothing.
+        assert!(matches!(
+            w.run(
+                &key(601),
+                Payload::OpenSession {
+                    identity: clinician_b().public_key(),
+                    gateway: clinician_a().public_key(),
+                    assertion: b"x".to_vec(),
+                }
+            ),
+            Err(state::Rejection::Unauthorized(_))
+        ));
+        w.grant(&patient_1(), &clinician_b(), 7, w.time_ms + HOUR)
+            .unwrap();
+        let granted_at = w.time_ms;
+        let entry = |checked_ms: u64| AccessLogEntry {
+            session: session.public_key(),
+            record: R1,
+            purpose: Purpose::Treatment as u8,
+            checked_ms,
+        };
+        w.ok(
+            &patient_1(),
+            Payload::Revoke {
+                patient: P1,
+                grant: [7; 16],
+            },
+        );
+        let revoked_at = w.time_ms;
+        // Logged after the revocation: the read decided before it was allowed, the one
+        // decided at the revocation's own time is not.
+        let log = |first: u64, entries: Vec<AccessLogEntry>| Payload::AccessLog { first, entries };
+        let tx = w
+            .ok(
+                &hospital_b(),
+                log(0, vec![entry(granted_at), entry(revoked_at)]),
+            )
+            .id();
+        let first = w.state.event_at(&(w.height, 0, 0)).cloned().unwrap();
+        assert_eq!(
+            first.actor,
+            clinician_b().public_key(),
+            "the trail names the reader"
+        );
+        assert_eq!(first.outcome, Outcome::Allowed(Basis::Consent([7; 16])));
+        assert_eq!(first.time_ms, granted_at, "the time the gateway decided");
+        assert_eq!(first.transaction, tx);
+        let second = w.state.event_at(&(w.height, 0, 1)).cloned().unwrap();
+        assert_eq!(
+            second.outcome,
+            Outcome::Denied(Reason::Consent(Denial::Revoked))
+        );
+        assert_eq!(w.findings(), vec!["denied-access", "after-revocation"]);
+        assert_eq!(w.state.access_log_next(&hospital_b().public_key()), 2);
+        assert_eq!(w.state.patient_events(&P1).len(), 2);
+
+        // Sent again after a restart, with one more: only the new entry is recorded.
+        w.ok(
+            &hospital_b(),
+            log(
+                0,
+                vec![entry(granted_at), entry(revoked_at), entry(revoked_at)],
+            ),
+        );
+        assert_eq!(w.state.patient_events(&P1).len(), 3);
+        assert!(w.state.event_at(&(w.height, 0, 2)).is_some());
+        assert_eq!(w.state.access_log_next(&hospital_b().public_key()), 3);
+        // A log wholly sent before changes nothing, and never moves the log back.
+        w.ok(&hospital_b(), log(1, vec![entry(granted_at)]));
+        assert_eq!(w.state.patient_events(&P1).len(), 3);
+        assert_eq!(w.state.access_log_next(&hospital_b().public_key()), 3);
+        // A gap is refused (the gateway sends again from the chain's next entry).
+        assert!(matches!(
+            w.run(&hospital_b(), log(4, vec![entry(revoked_at)])),
+            Err(state::Rejection::AccessLogGap {
+                expected: 3,
+                got: 4
+            })
+        ));
+        // A decision time after the block is refused.
+        assert!(matches!(
+            w.run(&hospital_b(), log(3, vec![entry(w.time_ms + 5_000)])),
+            Err(state::Rejection::Malformed(_))
+        ));
+        // Another institution cannot log reads of a session it did not open: the attempt is
+        // recorded as a finding and logs nothing.
+        w.ok(&hospital_a(), log(0, vec![entry(granted_at)]));
+        assert_eq!(w.recorded_denial(), Some(18));
+        assert_eq!(w.state.access_log_next(&hospital_a().public_key()), 0);
+        assert_eq!(w.state.patient_events(&P1).len(), 3);
+        // Nor can anyone but a member institution log.
+        w.ok(&clinician_b(), log(0, vec![entry(granted_at)]));
+        assert_eq!(w.recorded_denial(), Some(18));
+        assert_eq!(w.state.patient_events(&P1).len(), 3);
+
+        // A read logged long after it was decided is kept, with a late-log finding.
+        w.time_ms += 2 * ACCESS_LOG_LAG_MS;
+        w.ok(&hospital_b(), log(3, vec![entry(granted_at)]));
+        let late = w.state.event_at(&(w.height, 0, 0)).cloned().unwrap();
+        assert_eq!(late.outcome, Outcome::Allowed(Basis::Consent([7; 16])));
+        assert_eq!(w.findings().last(), Some(&"late-log"));
     }
 }

@@ -29,6 +29,8 @@ pub enum Rejection {
     FutureNonce { expected: u64, got: u64 },
     #[error("digest already anchored")]
     AlreadyAnchored,
+    #[error("access log entry {got} leaves a gap: the log's next entry is {expected}")]
+    AccessLogGap { expected: u64, got: u64 },
     #[error("the signer's role may not do this: {0}")]
     Unauthorized(&'static str),
     #[error("unknown patient")]
@@ -143,7 +145,13 @@ pub struct RecordVersion {
 pub struct SessionEntry {
     pub identity: PublicKey,
     pub expires_ms: u64,
+    /// The member institution whose gateway holds the session key.
+    pub gateway: PublicKey,
 }
+
+/// Where an access event sits on the trail: block height, position of its transaction in the
+/// block, and entry within that transaction (0 unless it is an access log).
+pub type EventKey = (u64, u32, u16);
 
 /// A state read interface, so execution can run over the finalized state plus overlays.
 pub trait Reader {
@@ -175,6 +183,8 @@ pub trait Reader {
     fn session(&self, key: &PublicKey) -> Option<SessionEntry>;
     /// Whether a client assertion (by its SHA-256) already opened a session.
     fn assertion_used(&self, hash: &Digest) -> bool;
+    /// The next entry number an institution's access log must record.
+    fn access_log_next(&self, institution: &PublicKey) -> u64;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -195,14 +205,16 @@ pub struct Delta {
     pub proposals: BTreeMap<ProposalId, Proposal>,
     /// Members admitted (true) or removed (false).
     pub members: BTreeMap<PublicKey, bool>,
-    /// The access trail, by (height, position in block).
-    pub events: BTreeMap<(u64, u32), AccessEvent>,
+    /// The access trail.
+    pub events: BTreeMap<EventKey, AccessEvent>,
     /// Supervision findings, by (height, position in block, sequence).
     pub findings: BTreeMap<(u64, u32, u8), Finding>,
     /// Gateway sessions, by session key.
     pub sessions: BTreeMap<PublicKey, SessionEntry>,
     /// Client assertions that opened a session (SHA-256), with the session key.
     pub assertions: BTreeMap<Digest, PublicKey>,
+    /// The next access-log entry number of each institution that has logged reads.
+    pub access_logs: BTreeMap<PublicKey, u64>,
     /// Block time of the block these writes belong to.
     pub time_ms: u64,
 }
@@ -348,9 +360,10 @@ impl Delta {
             bytes.push(u8::from(*admitted));
         }
         bytes.extend_from_slice(&(self.events.len() as u64).to_be_bytes());
-        for ((height, index), event) in &self.events {
+        for ((height, index, entry), event) in &self.events {
             bytes.extend_from_slice(&height.to_be_bytes());
             bytes.extend_from_slice(&index.to_be_bytes());
+            bytes.extend_from_slice(&entry.to_be_bytes());
             bytes.extend_from_slice(event.actor.as_ref());
             bytes.extend_from_slice(&event.patient);
             match &event.record {
@@ -382,11 +395,17 @@ impl Delta {
             bytes.extend_from_slice(key.as_ref());
             bytes.extend_from_slice(session.identity.as_ref());
             bytes.extend_from_slice(&session.expires_ms.to_be_bytes());
+            bytes.extend_from_slice(session.gateway.as_ref());
         }
         bytes.extend_from_slice(&(self.assertions.len() as u64).to_be_bytes());
         for (hash, key) in &self.assertions {
             bytes.extend_from_slice(hash.as_ref());
             bytes.extend_from_slice(key.as_ref());
+        }
+        bytes.extend_from_slice(&(self.access_logs.len() as u64).to_be_bytes());
+        for (institution, next) in &self.access_logs {
+            bytes.extend_from_slice(institution.as_ref());
+            bytes.extend_from_slice(&next.to_be_bytes());
         }
         sha256(&[&bytes])
     }
@@ -439,9 +458,9 @@ pub fn genesis_root(chain_id: u64) -> Digest {
 }
 
 /// State reads over `base` with `delta` (the block being built or checked) on top.
-struct Layered<'a, R: Reader> {
-    base: &'a R,
-    delta: &'a Delta,
+pub(crate) struct Layered<'a, R: Reader> {
+    pub(crate) base: &'a R,
+    pub(crate) delta: &'a Delta,
 }
 
 impl<R: Reader> Reader for Layered<'_, R> {
@@ -544,6 +563,13 @@ impl<R: Reader> Reader for Layered<'_, R> {
 
     fn assertion_used(&self, hash: &Digest) -> bool {
         self.delta.assertions.contains_key(hash) || self.base.assertion_used(hash)
+    }
+
+    fn access_log_next(&self, institution: &PublicKey) -> u64 {
+        match self.delta.access_logs.get(institution) {
+            Some(next) => *next,
+            None => self.base.access_log_next(institution),
+        }
     }
 }
 
@@ -761,12 +787,16 @@ fn apply_payload(
         }
         Payload::OpenSession {
             identity,
+            gateway,
             assertion,
-        } => access::open_session(view, delta, signer, at, identity, assertion)?,
+        } => access::open_session(view, delta, signer, at, identity, gateway, assertion)?,
         Payload::RemoveClinician { clinician } => {
             access::remove_clinician(view, delta, signer, at, clinician)?
         }
         Payload::TrailQuery { patient } => access::trail_query(view, signer, at, tx, patient)?,
+        Payload::AccessLog { first, entries } => {
+            access::access_log(view, delta, signer, at, tx.id(), *first, entries)?
+        }
         Payload::RecoverKey {
             patient,
             new_key,
@@ -844,6 +874,7 @@ pub fn apply(
     delta.findings.extend(writes.findings);
     delta.sessions.extend(writes.sessions);
     delta.assertions.extend(writes.assertions);
+    delta.access_logs.extend(writes.access_logs);
     delta.time_ms = at.time_ms;
     delta.nonces.insert(tx.body.signer.clone(), expected + 1);
     Ok(())
@@ -881,17 +912,18 @@ pub struct State {
     retired: BTreeMap<PublicKey, u64>,
     proposals: BTreeMap<ProposalId, Proposal>,
     members: std::collections::BTreeSet<PublicKey>,
-    events: BTreeMap<(u64, u32), AccessEvent>,
+    events: BTreeMap<EventKey, AccessEvent>,
     findings: BTreeMap<(u64, u32, u8), Finding>,
     sessions: BTreeMap<PublicKey, SessionEntry>,
     assertions: BTreeMap<Digest, PublicKey>,
+    access_logs: BTreeMap<PublicKey, u64>,
     rules: Rules,
     /// Block time of the newest committed block.
     time_ms: u64,
     /// Derived index: the records of each patient.
     patient_records: BTreeMap<(PatientId, RecordId), ()>,
     /// Derived index: the access events of each patient.
-    patient_events: BTreeMap<(PatientId, u64, u32), ()>,
+    patient_events: BTreeMap<(PatientId, EventKey), ()>,
     /// Derived index: record versions by envelope hash.
     version_hashes: BTreeMap<Digest, (RecordId, u32)>,
     /// Derived index: grants by the end of their validity.
@@ -1030,32 +1062,42 @@ impl State {
             }
         }
         for (key, event) in delta.events {
-            self.patient_events
-                .insert((event.patient, key.0, key.1), ());
+            self.patient_events.insert((event.patient, key), ());
             self.events.insert(key, event);
         }
         self.findings.extend(delta.findings);
         self.sessions.extend(delta.sessions);
         self.assertions.extend(delta.assertions);
+        self.access_logs.extend(delta.access_logs);
         self.time_ms = self.time_ms.max(delta.time_ms);
     }
 
     /// A patient's access trail, oldest first.
-    pub fn patient_events(&self, patient: &PatientId) -> Vec<((u64, u32), &AccessEvent)> {
+    pub fn patient_events(&self, patient: &PatientId) -> Vec<(EventKey, &AccessEvent)> {
         self.patient_events
-            .range((*patient, 0, 0)..=(*patient, u64::MAX, u32::MAX))
-            .filter_map(|((_, h, i), ())| self.events.get(&(*h, *i)).map(|e| ((*h, *i), e)))
+            .range((*patient, (0, 0, 0))..=(*patient, (u64::MAX, u32::MAX, u16::MAX)))
+            .filter_map(|((_, key), ())| self.events.get(key).map(|e| (*key, e)))
             .collect()
     }
 
     /// The whole access trail, oldest first.
-    pub fn events(&self) -> impl Iterator<Item = (&(u64, u32), &AccessEvent)> {
+    pub fn events(&self) -> impl Iterator<Item = (&EventKey, &AccessEvent)> {
         self.events.iter()
     }
 
-    /// The access event recorded by the transaction at (height, index).
+    /// The access event recorded by the transaction at (height, index) (its first entry).
     pub fn event(&self, height: u64, index: u32) -> Option<&AccessEvent> {
-        self.events.get(&(height, index))
+        self.events.get(&(height, index, 0))
+    }
+
+    /// The access event at `key`.
+    pub fn event_at(&self, key: &EventKey) -> Option<&AccessEvent> {
+        self.events.get(key)
+    }
+
+    /// How many access events the trail holds.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
     }
 
     /// The first finding raised by the transaction at `index` of block `height`.
@@ -1222,6 +1264,10 @@ impl Reader for State {
     fn assertion_used(&self, hash: &Digest) -> bool {
         self.assertions.contains_key(hash)
     }
+
+    fn access_log_next(&self, institution: &PublicKey) -> u64 {
+        self.access_logs.get(institution).copied().unwrap_or(0)
+    }
 }
 
 /// A chain of not-yet-finalized deltas over the finalized state, newest first.
@@ -1347,6 +1393,13 @@ impl Reader for Overlay<'_> {
     fn assertion_used(&self, hash: &Digest) -> bool {
         self.deltas.iter().any(|d| d.assertions.contains_key(hash))
             || self.base.assertion_used(hash)
+    }
+
+    fn access_log_next(&self, institution: &PublicKey) -> u64 {
+        self.deltas
+            .iter()
+            .find_map(|d| d.access_logs.get(institution).copied())
+            .unwrap_or_else(|| self.base.access_log_next(institution))
     }
 }
 

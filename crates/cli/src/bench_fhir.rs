@@ -1,6 +1,8 @@
 //! FHIR API benchmark: creates (validate, seal, wrap, store, anchor, commit) and consented
-//! reads (each an `Access` transaction committed before the record is opened) through
-//! `/fhir` on a fresh local network, closed loop, one token per client thread.
+//! reads (each decided by the gateway, journalled in its access log before the record is
+//! opened, and put on chain in the node's next log batch) through `/fhir` on a fresh local
+//! network, closed loop, one token per client. After the reads it waits until the chain's
+//! trail holds every one of them, and says how long that took.
 //!
 //! Population: every institution enrols writer and reader clinicians (their decryption keys
 //! in the node's custody directory, as `ehrchain dev` does) and registers custodial patients.
@@ -350,6 +352,11 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
         }
     }
     let readers = Arc::new(readers);
+    let events = || -> Result<u64> {
+        let status = crate::client::get_json(&format!("{}/chain/status", apis[0]))?;
+        status["access_events"].as_u64().context("no access_events")
+    };
+    let before = events()?;
     eprintln!("reading {} times through /fhir...", args.reads);
     closed_loop(
         "FHIR consented reads",
@@ -377,5 +384,23 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
             }
         },
     )?;
-    Ok(())
+    // Every answered read must reach the trail: wait for the access logs to commit.
+    let answered = Instant::now();
+    loop {
+        let recorded = events()? - before;
+        if recorded >= args.reads as u64 {
+            println!(
+                "all {} reads on the chain's trail {:.2} s after the last answer",
+                args.reads,
+                answered.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        ensure!(
+            answered.elapsed() < Duration::from_secs(120),
+            "only {recorded} of {} reads reached the trail",
+            args.reads
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

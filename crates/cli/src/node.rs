@@ -192,6 +192,24 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
 
         let metrics_context = context.child("api");
+        // Reads served by the gateway are journalled here until the chain records them.
+        let recorded = {
+            use ehrchain_chain::state::Reader as _;
+            let me = me.clone();
+            chain.read(|s| s.access_log_next(&me))
+        };
+        let gateway = match ehrchain_api::gateway::Gateway::new(
+            format!("http://{}", config.api_listen),
+            Some(gateway_key),
+        )
+        .with_access_log(&config.data_dir.join("access-log"), recorded)
+        {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                tracing::error!(%error, "cannot open the access log");
+                std::process::exit(1);
+            }
+        };
         let state = Arc::new(ApiState {
             chain,
             genesis,
@@ -199,11 +217,9 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             store,
             institution_key: Some(institution_key),
             custody_dir: Some(config.data_dir.join("custody")),
-            gateway: ehrchain_api::gateway::Gateway::new(
-                format!("http://{}", config.api_listen),
-                Some(gateway_key),
-            ),
+            gateway,
         });
+        tokio::spawn(ehrchain_api::access_log::run(state.clone()));
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {
             Ok(listener) => listener,

@@ -125,7 +125,13 @@ impl Grant {
 
     /// Whether the grant is in force at `now_ms`.
     pub fn active(&self, now_ms: u64) -> bool {
-        self.revoked_at_ms.is_none() && self.valid_from_ms <= now_ms && now_ms < self.valid_until_ms
+        !self.revoked_by(now_ms) && self.valid_from_ms <= now_ms && now_ms < self.valid_until_ms
+    }
+
+    /// Whether the grant was revoked at or before `now_ms` (a decision as of an earlier time,
+    /// such as a gateway's logged read, still counts a grant revoked after it).
+    pub fn revoked_by(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_some_and(|at| at <= now_ms)
     }
 }
 
@@ -208,7 +214,7 @@ pub fn decide<'a>(
         if !for_actor {
             continue;
         }
-        let denial = if grant.revoked_at_ms.is_some() {
+        let denial = if grant.revoked_by(request.now_ms) {
             Some(Denial::Revoked)
         } else if request.now_ms >= grant.valid_until_ms {
             Some(Denial::Expired)
@@ -380,6 +386,16 @@ mod tests {
             consents.decide(&request(doctor, None, Action::Read, 170)),
             Err(Denial::Revoked)
         );
+        assert_eq!(
+            consents.decide(&request(doctor, None, Action::Read, 160)),
+            Err(Denial::Revoked),
+            "revocation binds from its own time"
+        );
+        assert_eq!(
+            consents.decide(&request(doctor, None, Action::Read, 159)),
+            Ok([1; 16]),
+            "a decision as of an earlier time (a logged read) still sees the grant"
+        );
         assert!(consents.readers(&PATIENT, 2, 170).is_empty());
     }
 
@@ -435,7 +451,7 @@ mod tests {
         fn allowed(&self, r: &Request) -> bool {
             self.grants.iter().any(|g| {
                 g.patient == r.patient
-                    && g.revoked_at_ms.is_none()
+                    && g.revoked_at_ms.is_none_or(|at| at > r.now_ms)
                     && g.valid_from_ms <= r.now_ms
                     && r.now_ms < g.valid_until_ms
                     && (g.grantee == r.actor || Some(g.grantee) == r.actor_institution)

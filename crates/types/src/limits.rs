@@ -3,8 +3,8 @@
 /// Largest encoded transaction (body and signature).
 pub const TRANSACTION_SIZE_BYTES_MAX: usize = 4 * 1024;
 
-/// Largest opaque payload carried by one transaction.
-pub const PAYLOAD_SIZE_BYTES_MAX: usize = 2 * 1024;
+/// Largest payload carried by one transaction (a full access log is the largest).
+pub const PAYLOAD_SIZE_BYTES_MAX: usize = 3584;
 
 /// Longest client assertion (JWT) an `OpenSession` carries.
 pub const SESSION_ASSERTION_BYTES_MAX: usize = 1024;
@@ -32,7 +32,17 @@ pub const GOSSIP_MESSAGE_BYTES_MAX: usize =
     4 + GOSSIP_BATCH_TRANSACTIONS_MAX * (4 + TRANSACTION_SIZE_BYTES_MAX);
 
 const _: () = assert!(PAYLOAD_SIZE_BYTES_MAX < TRANSACTION_SIZE_BYTES_MAX);
-const _: () = assert!(32 + 2 + SESSION_ASSERTION_BYTES_MAX <= PAYLOAD_SIZE_BYTES_MAX);
+const _: () = assert!(32 + 32 + 2 + SESSION_ASSERTION_BYTES_MAX <= PAYLOAD_SIZE_BYTES_MAX);
+const _: () = assert!(
+    8 + 2
+        + crate::transaction::ACCESS_LOG_ENTRIES_MAX
+            * crate::transaction::AccessLogEntry::SIZE_BYTES
+        <= PAYLOAD_SIZE_BYTES_MAX
+);
+const _: () = assert!(
+    crate::transaction::TRANSACTION_SIZE_BYTES_MIN + PAYLOAD_SIZE_BYTES_MAX
+        <= TRANSACTION_SIZE_BYTES_MAX
+);
 const _: () = assert!(
     BLOCK_TRANSACTIONS_MAX * (4 + crate::transaction::TRANSACTION_SIZE_BYTES_MIN)
         <= BLOCK_SIZE_BYTES_MAX

@@ -87,9 +87,20 @@ pub enum Payload {
     /// session key held by the gateway; until the session ends, transactions it signs count
     /// as the identity's own, for the operations a session may carry. An assertion opens one
     /// session only.
+    ///
+    /// `gateway` names the member institution whose node holds the session key: only that
+    /// institution's access logs may record reads made in this session.
     OpenSession {
         identity: PublicKey,
+        gateway: PublicKey,
         assertion: Vec<u8>,
+    },
+    /// A member institution's gateway records reads it has already decided and served: one
+    /// entry per read, numbered from `first` in the institution's own access-log sequence.
+    /// Every validator decides each entry again as of the time it names (see `AccessLogEntry`).
+    AccessLog {
+        first: u64,
+        entries: Vec<AccessLogEntry>,
     },
     /// An institution removes one of its clinicians: from this height the clinician's key
     /// (and any session opened for it) is rejected, grants to it no longer count, and every
@@ -177,6 +188,24 @@ pub type PatientId = [u8; 16];
 /// A record id (random, assigned at creation; also the FHIR resource id).
 pub type RecordId = [u8; 16];
 
+/// Most reads one `AccessLog` transaction records (it must fit one transaction).
+pub const ACCESS_LOG_ENTRIES_MAX: usize = 60;
+
+/// One read a gateway served: in which session, of which record, for which purpose, decided
+/// against the final state of the block whose time is `checked_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogEntry {
+    pub session: PublicKey,
+    pub record: RecordId,
+    pub purpose: u8,
+    pub checked_ms: u64,
+}
+
+impl AccessLogEntry {
+    /// Encoded size: session, record, purpose, time.
+    pub const SIZE_BYTES: usize = 32 + 16 + 1 + 8;
+}
+
 /// The on-chain facts about one record version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordAnchor {
@@ -210,6 +239,7 @@ impl Payload {
     const KIND_OPEN_SESSION: u8 = 15;
     const KIND_REMOVE_CLINICIAN: u8 = 16;
     const KIND_TRAIL_QUERY: u8 = 17;
+    const KIND_ACCESS_LOG: u8 = 18;
 
     /// The payload's kind byte on the wire.
     pub fn kind(&self) -> u8 {
@@ -231,6 +261,7 @@ impl Payload {
             Self::OpenSession { .. } => Self::KIND_OPEN_SESSION,
             Self::RemoveClinician { .. } => Self::KIND_REMOVE_CLINICIAN,
             Self::TrailQuery { .. } => Self::KIND_TRAIL_QUERY,
+            Self::AccessLog { .. } => Self::KIND_ACCESS_LOG,
         }
     }
 
@@ -349,14 +380,26 @@ impl Payload {
             }
             Self::OpenSession {
                 identity,
+                gateway,
                 assertion,
             } => {
                 out.extend_from_slice(identity.as_ref());
+                out.extend_from_slice(gateway.as_ref());
                 out.extend_from_slice(&(assertion.len() as u16).to_be_bytes());
                 out.extend_from_slice(assertion);
             }
             Self::RemoveClinician { clinician } => out.extend_from_slice(clinician.as_ref()),
             Self::TrailQuery { patient } => out.extend_from_slice(patient),
+            Self::AccessLog { first, entries } => {
+                out.extend_from_slice(&first.to_be_bytes());
+                out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for entry in entries {
+                    out.extend_from_slice(entry.session.as_ref());
+                    out.extend_from_slice(&entry.record);
+                    out.push(entry.purpose);
+                    out.extend_from_slice(&entry.checked_ms.to_be_bytes());
+                }
+            }
         }
     }
 
@@ -471,12 +514,14 @@ impl Payload {
             },
             Self::KIND_OPEN_SESSION => {
                 let identity = reader.public_key()?;
+                let gateway = reader.public_key()?;
                 let len = reader.u16()? as usize;
                 if len > SESSION_ASSERTION_BYTES_MAX {
                     return Err(Error::OutOfRange("session assertion length"));
                 }
                 Self::OpenSession {
                     identity,
+                    gateway,
                     assertion: reader.take(len)?.to_vec(),
                 }
             }
@@ -486,6 +531,23 @@ impl Payload {
             Self::KIND_TRAIL_QUERY => Self::TrailQuery {
                 patient: reader.array()?,
             },
+            Self::KIND_ACCESS_LOG => {
+                let first = reader.u64()?;
+                let len = reader.u16()? as usize;
+                if len == 0 || len > ACCESS_LOG_ENTRIES_MAX {
+                    return Err(Error::OutOfRange("access log length"));
+                }
+                let mut entries = Vec::with_capacity(len);
+                for _ in 0..len {
+                    entries.push(AccessLogEntry {
+                        session: reader.public_key()?,
+                        record: reader.array()?,
+                        purpose: reader.u8()?,
+                        checked_ms: reader.u64()?,
+                    });
+                }
+                Self::AccessLog { first, entries }
+            }
             other => return Err(Error::UnknownPayload(other)),
         };
         reader.finish()?;
@@ -760,7 +822,20 @@ mod tests {
             },
             Payload::OpenSession {
                 identity: key.public_key(),
+                gateway: key.public_key(),
                 assertion: b"header.payload.signature".to_vec(),
+            },
+            Payload::AccessLog {
+                first: 7,
+                entries: vec![
+                    AccessLogEntry {
+                        session: key.public_key(),
+                        record: [4; 16],
+                        purpose: 1,
+                        checked_ms: 1_700_000_000_000,
+                    };
+                    ACCESS_LOG_ENTRIES_MAX
+                ],
             },
             Payload::RemoveClinician {
                 clinician: key.public_key(),

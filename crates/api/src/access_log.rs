@@ -1,0 +1,456 @@
+//! The gateway's access log: reads it served, made durable before the answer and put on chain
+//! in batches (`Payload::AccessLog`).
+//!
+//! A consented read is decided by the gateway with the chain's own contract code against its
+//! final state (`ehrchain_chain::access::decide_read`). Before the record is revealed, the read
+//! is appended to a local journal and flushed (`fdatasync`, one flush for every read that
+//! arrived meanwhile). A batcher then submits the journal, in order, as access logs signed by
+//! the institution: entry numbers continue the institution's on-chain sequence, so a log sent
+//! twice (after a crash, or a batch the pool dropped) records each read once. At start-up the
+//! journal entries the chain has not recorded are sent again. Nothing is revealed that is not
+//! in the journal, and nothing in the journal is forgotten before the chain holds it.
+//!
+//! Journal segments are files `{first entry:020}.log` of fixed-size entries:
+//! `entry number u64 | session [32] | record [16] | purpose u8 | checked_ms u64 | crc32 u32`.
+//! A torn last entry (a crash mid-write) is cut at start-up; damage anywhere else stops the
+//! node, since reads it served could otherwise be lost from the trail unnoticed.
+
+use crate::ApiState;
+use commonware_runtime::Blob;
+use ehrchain_chain::state::Reader as _;
+use ehrchain_types::{
+    PublicKey,
+    transaction::{ACCESS_LOG_ENTRIES_MAX, AccessLogEntry},
+};
+use std::{
+    collections::VecDeque,
+    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Bytes of one journal entry.
+const ENTRY_BYTES: usize = 8 + AccessLogEntry::SIZE_BYTES + 4;
+/// A segment is closed for new entries past this size.
+const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Most reads waiting for one flush (the writer takes them as one group).
+const GROUP_MAX: usize = 4_096;
+/// Most reads queued for the writer.
+const QUEUE_MAX: usize = 16_384;
+/// Most journalled reads the chain has not recorded yet; past it, reads wait with 503.
+pub const UNRECORDED_MAX: usize = 500_000;
+/// The oldest final state (by its block time, against this node's clock) a gateway decides a
+/// read against. A node cut off from the others stops deciding on its own within this long,
+/// so a revocation it has not seen cannot be ignored for longer; its reads then wait for their
+/// own `Access` transaction, which cannot commit until it is back.
+pub const DECISION_STATE_AGE_MAX_MS: u64 = 5_000;
+/// How often the batcher looks for new entries and the chain's progress.
+const BATCH_TICK: Duration = Duration::from_millis(20);
+/// After this long without the chain's progress on what was sent, it is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
+
+/// Why a read could not be logged.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("the access log is backed up; retry shortly")]
+    Busy,
+    #[error("the access log is not writable")]
+    Stopped,
+}
+
+struct Request {
+    entry: AccessLogEntry,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Journalled entries the chain has not recorded yet, oldest first, and the segments.
+#[derive(Default)]
+struct Unrecorded {
+    entries: VecDeque<(u64, AccessLogEntry)>,
+    /// First entry number of each segment, oldest first (the last is being written).
+    segments: Vec<u64>,
+}
+
+/// The journal and its writer.
+pub struct AccessLog {
+    dir: PathBuf,
+    queue: tokio::sync::mpsc::Sender<Request>,
+    unrecorded: Arc<Mutex<Unrecorded>>,
+    written: Arc<tokio::sync::Notify>,
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.log"))
+}
+
+fn encode(number: u64, entry: &AccessLogEntry, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(entry.session.as_ref());
+    out.extend_from_slice(&entry.record);
+    out.push(entry.purpose);
+    out.extend_from_slice(&entry.checked_ms.to_be_bytes());
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+fn decode(bytes: &[u8]) -> Option<(u64, AccessLogEntry)> {
+    let (body, crc) = bytes.split_at(ENTRY_BYTES - 4);
+    if crc32fast::hash(body).to_be_bytes() != crc {
+        return None;
+    }
+    let number = u64::from_be_bytes(body[..8].try_into().ok()?);
+    let session = ehrchain_types::decode_public_key(body[8..40].try_into().ok()?).ok()?;
+    Some((
+        number,
+        AccessLogEntry {
+            session,
+            record: body[40..56].try_into().ok()?,
+            purpose: body[56],
+            checked_ms: u64::from_be_bytes(body[57..65].try_into().ok()?),
+        },
+    ))
+}
+
+/// Journal entries with their numbers.
+type Numbered = Vec<(u64, AccessLogEntry)>;
+
+/// Read every segment: the entries and the segments' first numbers. A torn tail of the last
+/// segment is cut off.
+fn replay(dir: &Path) -> std::io::Result<(Numbered, Vec<u64>)> {
+    let mut segments: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    segments.sort_unstable();
+    let mut entries = Vec::new();
+    for (i, first) in segments.iter().enumerate() {
+        let path = segment_path(dir, *first);
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)?.read_to_end(&mut bytes)?;
+        let last = i + 1 == segments.len();
+        let mut good = 0;
+        let mut expected = *first;
+        for chunk in bytes.chunks(ENTRY_BYTES) {
+            match (chunk.len() == ENTRY_BYTES)
+                .then(|| decode(chunk))
+                .flatten()
+            {
+                Some((number, entry)) if number == expected => {
+                    entries.push((number, entry));
+                    expected += 1;
+                    good += ENTRY_BYTES;
+                }
+                _ if last => break,
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("access log segment {} is damaged", path.display()),
+                    ));
+                }
+            }
+        }
+        if good < bytes.len() {
+            tracing::warn!(
+                segment = %path.display(),
+                cut = bytes.len() - good,
+                "cutting a torn tail off the access log"
+            );
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            file.set_len(good as u64)?;
+            file.sync_all()?;
+        }
+    }
+    Ok((entries, segments))
+}
+
+impl AccessLog {
+    /// Open the journal in `dir`. `recorded` is the institution's next entry number on chain:
+    /// entries before it are on the trail already.
+    pub fn open(dir: &Path, recorded: u64) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (entries, mut segments) = replay(dir)?;
+        let next = entries
+            .last()
+            .map_or(recorded, |(n, _)| (n + 1).max(recorded));
+        let continues = segments
+            .last()
+            .is_some_and(|first| entries.last().map_or(*first, |(n, _)| n + 1) == next);
+        if !continues {
+            // A new journal, or one behind the chain (its entries are all recorded).
+            segments.push(next);
+        }
+        let current = *segments.last().expect("a segment");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, current))?;
+        file.seek(SeekFrom::End(0))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        let unrecorded = Arc::new(Mutex::new(Unrecorded {
+            entries: entries
+                .into_iter()
+                .filter(|(n, _)| *n >= recorded)
+                .collect(),
+            segments,
+        }));
+        let (queue, requests) = tokio::sync::mpsc::channel(QUEUE_MAX);
+        let written = Arc::new(tokio::sync::Notify::new());
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            file,
+            next,
+            unrecorded: unrecorded.clone(),
+            written: written.clone(),
+        };
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run(requests))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            queue,
+            unrecorded,
+            written,
+        })
+    }
+
+    /// Journal one read; returns once it is on disk.
+    pub async fn record(&self, entry: AccessLogEntry) -> Result<(), LogError> {
+        if self.unrecorded.lock().expect("access log").entries.len() >= UNRECORDED_MAX {
+            return Err(LogError::Busy);
+        }
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Request { entry, done })
+            .await
+            .map_err(|_| LogError::Stopped)?;
+        flushed.await.map_err(|_| LogError::Stopped)
+    }
+
+    /// Journalled reads the chain has not recorded yet.
+    pub fn unrecorded(&self) -> usize {
+        self.unrecorded.lock().expect("access log").entries.len()
+    }
+
+    /// Forget entries before `recorded` (the chain's next entry number) and delete segments
+    /// that hold only such entries.
+    fn recorded(&self, recorded: u64) {
+        let mut unrecorded = self.unrecorded.lock().expect("access log");
+        while unrecorded
+            .entries
+            .front()
+            .is_some_and(|(n, _)| *n < recorded)
+        {
+            unrecorded.entries.pop_front();
+        }
+        while unrecorded.segments.len() > 1 && unrecorded.segments[1] <= recorded {
+            let first = unrecorded.segments.remove(0);
+            let path = segment_path(&self.dir, first);
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(%error, segment = %path.display(), "cannot delete a recorded access log segment");
+            }
+        }
+    }
+
+    /// Up to `ACCESS_LOG_ENTRIES_MAX` consecutive entries from `from`, if any are journalled.
+    fn batch(&self, from: u64) -> Vec<AccessLogEntry> {
+        let unrecorded = self.unrecorded.lock().expect("access log");
+        let Some((front, _)) = unrecorded.entries.front() else {
+            return Vec::new();
+        };
+        let skip = from.saturating_sub(*front) as usize;
+        unrecorded
+            .entries
+            .iter()
+            .skip(skip)
+            .take(ACCESS_LOG_ENTRIES_MAX)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: std::fs::File,
+    next: u64,
+    unrecorded: Arc<Mutex<Unrecorded>>,
+    written: Arc<tokio::sync::Notify>,
+}
+
+impl Writer {
+    fn run(mut self, mut requests: tokio::sync::mpsc::Receiver<Request>) {
+        let mut group = Vec::with_capacity(GROUP_MAX);
+        let mut bytes = Vec::with_capacity(GROUP_MAX * ENTRY_BYTES);
+        while let Some(first) = requests.blocking_recv() {
+            group.push(first);
+            while group.len() < GROUP_MAX {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            bytes.clear();
+            for (i, request) in group.iter().enumerate() {
+                encode(self.next + i as u64, &request.entry, &mut bytes);
+            }
+            if let Err(error) = self.write(&bytes) {
+                // The journal's state on disk is unknown: stop rather than serve reads that
+                // might not reach the trail.
+                tracing::error!(%error, "cannot write the access log; stopping the node");
+                std::process::exit(1);
+            }
+            let mut unrecorded = self.unrecorded.lock().expect("access log");
+            for request in group.drain(..) {
+                unrecorded.entries.push_back((self.next, request.entry));
+                self.next += 1;
+                let _ = request.done.send(());
+            }
+            drop(unrecorded);
+            self.written.notify_one();
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.file.metadata()?.len() >= SEGMENT_BYTES_MAX {
+            self.file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segment_path(&self.dir, self.next))?;
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            self.unrecorded
+                .lock()
+                .expect("access log")
+                .segments
+                .push(self.next);
+        }
+        self.file.write_all(bytes)?;
+        self.file.sync_data()
+    }
+}
+
+/// Submit the journal to the chain, in order, as the institution's access logs, until the
+/// process ends.
+pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
+    let (Some(log), Some(key)) = (&state.gateway.access_log, &state.gateway.institution) else {
+        return;
+    };
+    use commonware_cryptography::Signer as _;
+    let institution: PublicKey = key.public_key();
+    let recorded_now = || state.chain.read(|s| s.access_log_next(&institution));
+    let mut sent = recorded_now();
+    let mut progress = (sent, tokio::time::Instant::now());
+    loop {
+        tokio::select! {
+            _ = log.written.notified() => {}
+            _ = tokio::time::sleep(BATCH_TICK) => {}
+        }
+        let recorded = recorded_now();
+        log.recorded(recorded);
+        if recorded != progress.0 {
+            progress = (recorded, tokio::time::Instant::now());
+        } else if sent > recorded && progress.1.elapsed() > RESEND_AFTER {
+            // What was sent is not getting recorded (a batch dropped by the pool, say): send
+            // again from the chain's next entry; entries recorded meanwhile are skipped.
+            tracing::warn!(recorded, sent, "access log not progressing; sending again");
+            sent = recorded;
+            progress.1 = tokio::time::Instant::now();
+        }
+        sent = sent.max(recorded);
+        loop {
+            let entries = log.batch(sent);
+            if entries.is_empty() {
+                break;
+            }
+            let count = entries.len() as u64;
+            let payload = ehrchain_types::Payload::AccessLog {
+                first: sent,
+                entries,
+            };
+            match crate::gateway::submit_as_institution(&state, payload).await {
+                Ok(_) => sent += count,
+                Err(error) => {
+                    tracing::warn!(
+                        error = error.diagnostics(),
+                        "cannot submit the access log yet"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commonware_cryptography::Signer as _;
+
+    fn entry(n: u8) -> AccessLogEntry {
+        AccessLogEntry {
+            session: ehrchain_types::PrivateKey::from_seed(7).public_key(),
+            record: [n; 16],
+            purpose: 1,
+            checked_ms: 1_000 + u64::from(n),
+        }
+    }
+
+    async fn write(log: &AccessLog, range: std::ops::Range<u8>) {
+        for n in range {
+            log.record(entry(n)).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn journalled_reads_survive_a_restart_until_the_chain_records_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AccessLog::open(dir.path(), 0).unwrap();
+        write(&log, 0..5).await;
+        assert_eq!(log.batch(0).len(), 5);
+        assert_eq!(log.batch(3), vec![entry(3), entry(4)]);
+        drop(log);
+        // The chain recorded the first two: the other three are sent again.
+        let log = AccessLog::open(dir.path(), 2).unwrap();
+        assert_eq!(log.batch(2), vec![entry(2), entry(3), entry(4)]);
+        write(&log, 5..6).await;
+        assert_eq!(log.batch(2).last(), Some(&entry(5)));
+        log.recorded(6);
+        assert_eq!(log.unrecorded(), 0);
+        drop(log);
+        let log = AccessLog::open(dir.path(), 6).unwrap();
+        assert!(log.batch(6).is_empty());
+        // Numbers go on from the chain's, also when the journal is behind it.
+        drop(log);
+        let log = AccessLog::open(dir.path(), 9).unwrap();
+        write(&log, 9..10).await;
+        assert_eq!(log.batch(9), vec![entry(9)]);
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_damage_before_it_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AccessLog::open(dir.path(), 0).unwrap();
+        write(&log, 0..3).await;
+        drop(log);
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        std::fs::write(&path, &bytes).unwrap();
+        let log = AccessLog::open(dir.path(), 0).unwrap();
+        assert_eq!(log.batch(0).len(), 3);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            3 * ENTRY_BYTES as u64
+        );
+        drop(log);
+        // A damaged entry in a segment that is not the last one is not silently dropped.
+        std::fs::write(segment_path(dir.path(), 3), []).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[ENTRY_BYTES + 20] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(AccessLog::open(dir.path(), 0).is_err());
+    }
+}
