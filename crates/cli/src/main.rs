@@ -13,6 +13,11 @@ mod node;
 mod records;
 mod verify;
 
+/// mimalloc instead of glibc's allocator: under read load a node spent a tenth of its CPU in
+/// glibc's malloc and free (arena locks, consolidation), see docs/DEPENDENCIES.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
