@@ -218,17 +218,24 @@ impl AccessLog {
         })
     }
 
-    /// Journal one read; returns once it is on disk.
-    pub async fn record(&self, entry: AccessLogEntry) -> Result<(), LogError> {
+    /// Journal reads; returns once all of them are on disk (in one flush when they fit).
+    pub async fn record(&self, entries: Vec<AccessLogEntry>) -> Result<(), LogError> {
         if self.unrecorded.lock().expect("access log").entries.len() >= UNRECORDED_MAX {
             return Err(LogError::Busy);
         }
-        let (done, flushed) = tokio::sync::oneshot::channel();
-        self.queue
-            .send(Request { entry, done })
-            .await
-            .map_err(|_| LogError::Stopped)?;
-        flushed.await.map_err(|_| LogError::Stopped)
+        let mut flushed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (done, written) = tokio::sync::oneshot::channel();
+            self.queue
+                .send(Request { entry, done })
+                .await
+                .map_err(|_| LogError::Stopped)?;
+            flushed.push(written);
+        }
+        for written in flushed {
+            written.await.map_err(|_| LogError::Stopped)?;
+        }
+        Ok(())
     }
 
     /// Journalled reads the chain has not recorded yet.
@@ -399,9 +406,7 @@ mod tests {
     }
 
     async fn write(log: &AccessLog, range: std::ops::Range<u8>) {
-        for n in range {
-            log.record(entry(n)).await.unwrap();
-        }
+        log.record(range.map(entry).collect()).await.unwrap();
     }
 
     #[tokio::test]

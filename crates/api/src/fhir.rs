@@ -487,26 +487,31 @@ async fn record_reads<B: Blob>(
     records: &[[u8; 16]],
     purpose: Purpose,
 ) -> Result<Vec<std::result::Result<(), String>>> {
-    let mut transactions = Vec::with_capacity(records.len());
-    let mut logged = vec![false; records.len()];
-    for (i, record) in records.iter().enumerate() {
-        if let (Some(log), Some(checked_ms)) = (
-            &state.gateway.access_log,
-            decided_here(state, token, record, purpose),
-        ) {
-            log.record(ehrchain_types::transaction::AccessLogEntry {
-                session: token.session(),
-                record: *record,
-                purpose: purpose as u8,
-                checked_ms,
+    let logged: Vec<Option<u64>> = records
+        .iter()
+        .map(|record| decided_here(state, token, record, purpose))
+        .collect();
+    if let Some(log) = &state.gateway.access_log {
+        let entries: Vec<_> = records
+            .iter()
+            .zip(&logged)
+            .filter_map(|(record, checked_ms)| {
+                Some(ehrchain_types::transaction::AccessLogEntry {
+                    session: token.session(),
+                    record: *record,
+                    purpose: purpose as u8,
+                    checked_ms: (*checked_ms)?,
+                })
             })
-            .await
-            .map_err(|e| {
+            .collect();
+        if !entries.is_empty() {
+            log.record(entries).await.map_err(|e| {
                 FhirError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", &e.to_string())
             })?;
-            logged[i] = true;
-            continue;
         }
+    }
+    let mut transactions = Vec::new();
+    for (record, _) in records.iter().zip(&logged).filter(|(_, l)| l.is_none()) {
         transactions.push(
             submit_as(
                 state,
@@ -522,7 +527,7 @@ async fn record_reads<B: Blob>(
     let mut outcomes = Vec::with_capacity(records.len());
     let mut transactions = transactions.iter();
     for logged in logged {
-        if logged {
+        if logged.is_some() {
             outcomes.push(Ok(()));
             continue;
         }

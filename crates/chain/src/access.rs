@@ -1082,11 +1082,19 @@ pub(crate) fn access_log(
         });
     }
     let skip = (next - first).min(entries.len() as u64) as usize;
+    // Admission checks against the admitting node's final state (height 0), which may be a
+    // block behind the gateway's: a decision after that state's time, or a record it does not
+    // know yet, is judged when the log executes in a block, which always follows the block
+    // the gateway decided on.
+    let admission = at.height == 0;
     let mut seq = 0u8;
     for (number, entry) in entries.iter().enumerate().skip(skip) {
         let purpose =
             Purpose::from_number(entry.purpose).ok_or(Rejection::Malformed("unknown purpose"))?;
         if entry.checked_ms > at.time_ms {
+            if admission {
+                continue;
+            }
             return Err(Rejection::Malformed(
                 "an access log entry is decided after its block",
             ));
@@ -1103,9 +1111,14 @@ pub(crate) fn access_log(
             ));
         }
         let actor = &session.identity;
-        let latest = view.latest(&entry.record).ok_or(Rejection::Malformed(
-            "an access log names an unknown record",
-        ))?;
+        let Some(latest) = view.latest(&entry.record) else {
+            if admission {
+                continue;
+            }
+            return Err(Rejection::Malformed(
+                "an access log names an unknown record",
+            ));
+        };
         let target = (latest.anchor.patient, latest.anchor.resource_type);
         // Erasure since the read does not undo it: the read stays on the trail, decided as of
         // its time. An identity whose key was retired since is recorded as refused.
@@ -2594,5 +2607,21 @@ mod tests {
         let late = w.state.event_at(&(w.height, 0, 0)).cloned().unwrap();
         assert_eq!(late.outcome, Outcome::Allowed(Basis::Consent([7; 16])));
         assert_eq!(w.findings().last(), Some(&"late-log"));
+
+        // A node whose final state is a block behind the gateway's admits its log (a decision
+        // after that state's time); the block it lands in judges it.
+        let decided = w.time_ms + 500;
+        let tx = w.sign(&hospital_b(), log(4, vec![entry(decided)]));
+        let admission = At {
+            height: 0,
+            time_ms: w.state.time_ms(),
+            index: 0,
+        };
+        state::apply(&w.state, &mut state::Delta::default(), admission, &tx).unwrap();
+        w.ok(&hospital_b(), log(4, vec![entry(decided)]));
+        assert_eq!(
+            w.state.event_at(&(w.height, 0, 0)).map(|e| e.time_ms),
+            Some(decided)
+        );
     }
 }
