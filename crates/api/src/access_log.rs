@@ -47,8 +47,8 @@ pub const UNRECORDED_MAX: usize = 500_000;
 pub const DECISION_STATE_AGE_MAX_MS: u64 = 5_000;
 /// How often the batcher looks for new entries and the chain's progress.
 const BATCH_TICK: Duration = Duration::from_millis(20);
-/// After this long without the chain's progress on what was sent, it is sent again.
-const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// Least time between two warnings that the log cannot be submitted.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a read could not be logged.
 #[derive(Debug, thiserror::Error)]
@@ -349,7 +349,9 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
     let institution: PublicKey = key.public_key();
     let recorded_now = || state.chain.read(|s| s.access_log_next(&institution));
     let mut sent = recorded_now();
-    let mut progress = (sent, tokio::time::Instant::now());
+    // Logs submitted and not yet recorded: the entry number after each, and its transaction.
+    let mut in_flight: VecDeque<(u64, ehrchain_types::Digest)> = VecDeque::new();
+    let mut warned: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = log.written.notified() => {}
@@ -357,14 +359,18 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
         }
         let recorded = recorded_now();
         log.recorded(recorded);
-        if recorded != progress.0 {
-            progress = (recorded, tokio::time::Instant::now());
-        } else if sent > recorded && progress.1.elapsed() > RESEND_AFTER {
-            // What was sent is not getting recorded (a batch dropped by the pool, say): send
-            // again from the chain's next entry; entries recorded meanwhile are skipped.
-            tracing::warn!(recorded, sent, "access log not progressing; sending again");
+        while in_flight.front().is_some_and(|(end, _)| *end <= recorded) {
+            in_flight.pop_front();
+        }
+        // A log the pool dropped (or refused after all) is neither pending nor on chain: send
+        // again from the chain's next entry (entries recorded meanwhile are skipped).
+        if in_flight
+            .iter()
+            .any(|(_, id)| !state.chain.is_pending(id) && state.chain.location(id).is_none())
+        {
+            tracing::warn!(recorded, sent, "an access log was dropped; sending again");
+            in_flight.clear();
             sent = recorded;
-            progress.1 = tokio::time::Instant::now();
         }
         sent = sent.max(recorded);
         loop {
@@ -378,12 +384,20 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
                 entries,
             };
             match crate::gateway::submit_as_institution(&state, payload).await {
-                Ok(_) => sent += count,
+                Ok(tx) => {
+                    sent += count;
+                    in_flight.push_back((sent, tx.id()));
+                }
                 Err(error) => {
-                    tracing::warn!(
-                        error = error.diagnostics(),
-                        "cannot submit the access log yet"
-                    );
+                    // Say it once in a while, not every tick: the chain may be stalled for long.
+                    if warned.is_none_or(|at| at.elapsed() > WARN_EVERY) {
+                        tracing::warn!(
+                            error = error.diagnostics(),
+                            unrecorded = log.unrecorded(),
+                            "cannot submit the access log yet"
+                        );
+                        warned = Some(tokio::time::Instant::now());
+                    }
                     break;
                 }
             }

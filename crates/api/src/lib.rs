@@ -110,6 +110,16 @@ async fn metrics<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
             "Transactions waiting in the mempool.",
             status.mempool as u64,
         ),
+        (
+            "ehrchain_access_log_unrecorded",
+            "gauge",
+            "Reads this gateway answered that the chain has not recorded yet.",
+            state
+                .gateway
+                .access_log
+                .as_ref()
+                .map_or(0, |log| log.unrecorded() as u64),
+        ),
     ] {
         let sample = if kind == "counter" {
             format!("{name}_total")
