@@ -363,11 +363,12 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
             in_flight.pop_front();
         }
         // A log the pool dropped (or refused after all) is neither pending nor on chain: send
-        // again from the chain's next entry (entries recorded meanwhile are skipped).
-        if in_flight
-            .iter()
-            .any(|(_, id)| !state.chain.is_pending(id) && state.chain.location(id).is_none())
-        {
+        // again from the chain's next entry (entries recorded meanwhile are skipped). The
+        // oldest is enough to look at: a later one is dropped only after it, or is looked at
+        // once the ones before it are recorded.
+        if in_flight.front().is_some_and(|(_, id)| {
+            !state.chain.is_pending(id) && state.chain.location(id).is_none()
+        }) {
             tracing::warn!(recorded, sent, "an access log was dropped; sending again");
             in_flight.clear();
             sent = recorded;
