@@ -41,7 +41,8 @@ fn read(api: &str, key: &Path, record: &str, purpose: &str) -> Output {
     ])
 }
 
-/// A read that must succeed, retried while the node still fetches the envelope.
+/// A read that must succeed, retried while the node still fetches the envelope (or, for a
+/// record written through another node, has not applied its block yet).
 fn read_ok(api: &str, key: &Path, record: &str, purpose: &str) -> String {
     let mut out = None;
     wait_until("a readable record", Duration::from_secs(30), || {
@@ -56,7 +57,9 @@ fn read_ok(api: &str, key: &Path, record: &str, purpose: &str) -> String {
         assert!(
             done || {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                stderr.contains("503 Service Unavailable") || stderr.contains("no key is wrapped")
+                stderr.contains("503 Service Unavailable")
+                    || stderr.contains("no key is wrapped")
+                    || stderr.contains("unknown record")
             },
             "read failed: {}",
             String::from_utf8_lossy(&output.stderr)

@@ -15,12 +15,9 @@
 
 mod common;
 
-use common::{Cluster, EXE, agent, cli, get, height, ok, wait_until};
+use common::{Cluster, agent, cli, get, height, ok, wait_until};
 use serde_json::Value;
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
 const P2P_PORT: u16 = 24_900;
@@ -47,28 +44,7 @@ fn fhir_get(api: &str, token: &str, path: &str) -> (u16, Value) {
 #[test]
 fn reads_answered_before_a_crash_reach_the_trail_after_it() {
     let dir = std::env::temp_dir().join(format!("ehrchain-access-log-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut dev = Command::new(EXE)
-        .args(["dev", "--dir"])
-        .arg(&dir)
-        .args([
-            "--p2p-port",
-            &P2P_PORT.to_string(),
-            "--api-port",
-            &API_PORT.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ehrchain dev");
-    let identities = dir.join("identities.json");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !identities.exists() {
-        assert!(Instant::now() < deadline, "the demo network never came up");
-        assert!(dev.try_wait().unwrap().is_none(), "ehrchain dev stopped");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
     // Take the nodes over, so that each can be stopped and started on its own.
     let _ = dev.kill();
     let _ = dev.wait();

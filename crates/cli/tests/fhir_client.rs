@@ -13,10 +13,7 @@
 mod common;
 
 use common::EXE;
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
 const P2P_PORT: u16 = 24_700;
@@ -28,32 +25,7 @@ fn an_independent_fhir_client_walks_the_users_journey() {
         "EHRCHAIN_PYTHON names a Python with fhirpy, fhirclient and PyJWT (scripts/test sets it)",
     );
     let dir = std::env::temp_dir().join(format!("ehrchain-fhir-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut dev = Command::new(EXE)
-        .args(["dev", "--dir"])
-        .arg(dir.as_path())
-        .args([
-            "--p2p-port",
-            &P2P_PORT.to_string(),
-            "--api-port",
-            &API_PORT.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ehrchain dev");
-    let identities = dir.as_path().join("identities.json");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !identities.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the demo network never wrote identities.json"
-        );
-        assert!(dev.try_wait().unwrap().is_none(), "ehrchain dev stopped");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    // identities.json is written once the demo data is in; give the file a moment to close.
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fhir_client/journey.py"

@@ -144,3 +144,35 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+/// Start `ehrchain dev` in `dir` (a fresh 4-validator demo network with its demo data) and wait
+/// until it has written `identities.json`; the `dev` process, and that file's path.
+pub fn dev_network(dir: &std::path::Path, p2p_port: u16, api_port: u16) -> (Child, PathBuf) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut dev = Command::new(EXE)
+        .args(["dev", "--dir"])
+        .arg(dir)
+        .args([
+            "--p2p-port",
+            &p2p_port.to_string(),
+            "--api-port",
+            &api_port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start ehrchain dev");
+    let identities = dir.join("identities.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !identities.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the demo network never wrote identities.json"
+        );
+        assert!(dev.try_wait().unwrap().is_none(), "ehrchain dev stopped");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // identities.json is written once the demo data is in; give the file a moment to close.
+    std::thread::sleep(Duration::from_secs(1));
+    (dev, identities)
+}
