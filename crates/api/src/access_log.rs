@@ -24,7 +24,7 @@ use ehrchain_types::{
 };
 use std::{
     collections::VecDeque,
-    io::{Read as _, Seek as _, SeekFrom, Write as _},
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -185,11 +185,10 @@ impl AccessLog {
             segments.push(next);
         }
         let current = *segments.last().expect("a segment");
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(segment_path(dir, current))?;
-        file.seek(SeekFrom::End(0))?;
         std::fs::File::open(dir)?.sync_all()?;
         let unrecorded = Arc::new(Mutex::new(Unrecorded {
             entries: entries

@@ -439,41 +439,47 @@ fn purpose_for(role: Option<&Role>) -> Purpose {
     }
 }
 
-/// Decide a read here, with the contract's code against this node's final state: the time it
-/// was decided at when allowed, for the access log; `None` when the chain must decide it (a
-/// denial, an unknown record, a session this gateway cannot log for).
+/// Decide reads here, with the contract's code against this node's final state (read once for
+/// all of them): for each allowed one the time it was decided at, for the access log; `None`
+/// where the chain must decide (a denial, an unknown record, a session this gateway cannot log
+/// for, a final state too old to trust).
 fn decided_here<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
-    record: &[u8; 16],
+    records: &[[u8; 16]],
     purpose: Purpose,
-) -> Option<u64> {
-    state.gateway.access_log.as_ref()?;
-    let gateway = commonware_cryptography::Signer::public_key(state.gateway.institution.as_ref()?);
+) -> Vec<Option<u64>> {
+    let gateway = match (&state.gateway.access_log, &state.gateway.institution) {
+        (Some(_), Some(key)) => commonware_cryptography::Signer::public_key(key),
+        _ => return vec![None; records.len()],
+    };
     let session = token.session();
     let wall = crate::gateway::now_ms();
     state.chain.read(|s| {
         let now = s.time_ms();
-        if wall.saturating_sub(now) > crate::access_log::DECISION_STATE_AGE_MAX_MS {
-            return None;
-        }
+        let fresh = wall.saturating_sub(now) <= crate::access_log::DECISION_STATE_AGE_MAX_MS;
         let open = s
             .session(&session)
             .is_some_and(|e| e.gateway == gateway && now < e.expires_ms);
-        if !open || s.retired(&token.identity).is_some() {
-            return None;
-        }
-        let identity = s.identity(&token.identity)?;
-        let (_, _, outcome) = ehrchain_chain::access::decide_read(
-            s,
-            &token.identity,
-            &identity,
-            record,
-            purpose,
-            now,
-        )
-        .ok()?;
-        outcome.allowed().then_some(now)
+        let identity = s
+            .identity(&token.identity)
+            .filter(|_| fresh && open && s.retired(&token.identity).is_none());
+        records
+            .iter()
+            .map(|record| {
+                let identity = identity.as_ref()?;
+                let (_, _, outcome) = ehrchain_chain::access::decide_read(
+                    s,
+                    &token.identity,
+                    identity,
+                    record,
+                    purpose,
+                    now,
+                )
+                .ok()?;
+                outcome.allowed().then_some(now)
+            })
+            .collect()
     })
 }
 
@@ -487,10 +493,7 @@ async fn record_reads<B: Blob>(
     records: &[[u8; 16]],
     purpose: Purpose,
 ) -> Result<Vec<std::result::Result<(), String>>> {
-    let logged: Vec<Option<u64>> = records
-        .iter()
-        .map(|record| decided_here(state, token, record, purpose))
-        .collect();
+    let logged = decided_here(state, token, records, purpose);
     if let Some(log) = &state.gateway.access_log {
         let entries: Vec<_> = records
             .iter()
