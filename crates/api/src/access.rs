@@ -185,18 +185,38 @@ pub fn grant_json(state: &ChainState, grant: &Grant, now_ms: u64) -> Value {
     })
 }
 
+/// A patient's grants: all of them for the patient, their guardians and auditors; for anyone
+/// else only the grants made to them (a clinician checking what they were given).
 async fn consents<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(patient): Path<String>,
 ) -> Result<Json<Value>> {
     let id = id16(&patient)?;
+    let all = crate::auth::may_see_trail(&caller, &id);
     let answer = state.chain.read(|s| {
+        let grants: Vec<Value> = {
+            let now = s.time_ms();
+            s.grants(&id)
+                .iter()
+                .filter(|g| {
+                    all || ehrchain_chain::access::public_key(&g.grantee)
+                        .is_some_and(|k| caller.is(&k))
+                })
+                .map(|g| grant_json(s, g, now))
+                .collect()
+        };
+        if !all {
+            // Nothing is said about whether the patient exists.
+            return Some(
+                json!({"patient": hex::encode(id), "time_ms": s.time_ms(), "consents": grants}),
+            );
+        }
         s.patient(&id)?;
-        let now = s.time_ms();
         Some(json!({
             "patient": hex::encode(id),
-            "time_ms": now,
-            "consents": s.grants(&id).iter().map(|g| grant_json(s, g, now)).collect::<Vec<_>>(),
+            "time_ms": s.time_ms(),
+            "consents": grants,
         }))
     });
     answer
@@ -287,12 +307,20 @@ impl Page {
     }
 }
 
+fn trail_forbidden() -> ApiError {
+    crate::auth::forbidden("the trail is shown to its patient, their guardians and auditors")
+}
+
 async fn patient_trail<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(patient): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>> {
     let id = id16(&patient)?;
+    if !crate::auth::may_see_trail(&caller, &id) {
+        return Err(trail_forbidden());
+    }
     let answer = state.chain.read(|s| {
         s.patient(&id)?;
         let events: Vec<Value> = s
@@ -309,10 +337,22 @@ async fn patient_trail<B: Blob>(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown patient"))
 }
 
+fn auditors_only(caller: &crate::auth::Caller) -> Result<()> {
+    if caller.is_auditor() {
+        Ok(())
+    } else {
+        Err(crate::auth::forbidden(
+            "the whole trail and the findings are shown to auditors",
+        ))
+    }
+}
+
 async fn all_events<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Query(page): Query<Page>,
-) -> Json<Value> {
+) -> Result<Json<Value>> {
+    auditors_only(&caller)?;
     let events: Vec<Value> = state.chain.read(|s| {
         s.events()
             .filter(|(p, _)| page.admits(p.0))
@@ -320,12 +360,13 @@ async fn all_events<B: Blob>(
             .map(|(p, e)| event_json(*p, e))
             .collect()
     });
-    Json(json!({"events": events}))
+    Ok(Json(json!({"events": events})))
 }
 
 /// The access event a transaction recorded: how the contract decided that read.
 async fn one_event<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(transaction): Path<String>,
 ) -> Result<Json<Value>> {
     let id = ehrchain_types::digest_from_hex(&transaction)
@@ -336,11 +377,16 @@ async fn one_event<B: Blob>(
             "no final access event for that transaction",
         )
     };
+    // Shown to its reader, its patient and guardians, and auditors; to anyone else it is as
+    // if there were none.
     let location = state.chain.location(&id).ok_or_else(not_found)?;
     state
         .chain
         .read(|s| {
             s.event(location.height, location.index)
+                .filter(|e| {
+                    caller.is_auditor() || caller.is(&e.actor) || caller.speaks_for(&e.patient)
+                })
                 .map(|e| event_json((location.height, location.index, 0), e))
         })
         .map(Json)
@@ -349,8 +395,10 @@ async fn one_event<B: Blob>(
 
 async fn findings<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Query(page): Query<Page>,
-) -> Json<Value> {
+) -> Result<Json<Value>> {
+    auditors_only(&caller)?;
     let findings: Vec<Value> = state.chain.read(|s| {
         s.findings()
             .filter(|(p, _)| page.admits(p.0))
@@ -358,7 +406,7 @@ async fn findings<B: Blob>(
             .map(|(p, f)| finding_json(*p, f))
             .collect()
     });
-    Json(json!({"findings": findings}))
+    Ok(Json(json!({"findings": findings})))
 }
 
 /// A governance action as JSON.
@@ -378,7 +426,16 @@ pub fn action_json(action: &ehrchain_types::GovernanceAction) -> Value {
     }
 }
 
-async fn proposals<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
+/// Governance: shown to the consortium's members and auditors, who take part in it.
+async fn proposals<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<Json<Value>> {
+    if !(caller.is_institution() || caller.is_auditor()) {
+        return Err(crate::auth::forbidden(
+            "governance is shown to member institutions and auditors",
+        ));
+    }
     use ehrchain_chain::governance::{PROPOSAL_OPEN_MS, Status};
     let answer = state.chain.read(|s| {
         let now = s.time_ms();
@@ -428,7 +485,7 @@ async fn proposals<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value
             "validator_sets": epochs,
         })
     });
-    Json(answer)
+    Ok(Json(answer))
 }
 
 async fn reasons() -> Json<Value> {

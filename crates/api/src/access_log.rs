@@ -45,6 +45,24 @@ pub const UNRECORDED_MAX: usize = 500_000;
 /// so a revocation it has not seen cannot be ignored for longer; its reads then wait for their
 /// own `Access` transaction, which cannot commit until it is back.
 pub const DECISION_STATE_AGE_MAX_MS: u64 = 5_000;
+
+/// Whether a final state whose newest block is from `state_ms` is recent enough, at wall time
+/// `wall_ms`, to decide reads against. A busy chain finalizes blocks every few milliseconds;
+/// a resting one only per heartbeat, but it certifies views all along. So the state is fresh
+/// if its block is at most [`DECISION_STATE_AGE_MAX_MS`] old, or if this node saw a consensus
+/// certificate within that long and the block is at most a heartbeat older still: a node that
+/// hears a quorum's certificates is not cut off, and any block with a revocation in it would
+/// have been finalized instead of the views being nullified.
+pub fn state_is_fresh<B: commonware_runtime::Blob>(
+    chain: &ehrchain_chain::Chain<B>,
+    wall_ms: u64,
+    state_ms: u64,
+) -> bool {
+    let age = wall_ms.saturating_sub(state_ms);
+    age <= DECISION_STATE_AGE_MAX_MS
+        || (wall_ms.saturating_sub(chain.progress_ms()) <= DECISION_STATE_AGE_MAX_MS
+            && age <= chain.heartbeat_ms() + DECISION_STATE_AGE_MAX_MS)
+}
 /// How often the batcher looks for new entries and the chain's progress.
 const BATCH_TICK: Duration = Duration::from_millis(20);
 /// Least time between two warnings that the log cannot be submitted.

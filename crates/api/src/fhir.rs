@@ -65,6 +65,10 @@ impl FhirError {
     pub fn diagnostics(&self) -> &str {
         &self.diagnostics
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 impl IntoResponse for FhirError {
@@ -114,6 +118,11 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
     Router::new()
         .route(
             "/.well-known/smart-configuration",
+            get(smart_configuration::<B>),
+        )
+        // SMART discovery lives under the FHIR base URL (SMART App Launch 2.x, 2.1).
+        .route(
+            "/fhir/.well-known/smart-configuration",
             get(smart_configuration::<B>),
         )
         .route("/auth/token", post(gateway::token::<B>))
@@ -457,7 +466,7 @@ fn decided_here<B: Blob>(
     let wall = crate::gateway::now_ms();
     state.chain.read(|s| {
         let now = s.time_ms();
-        let fresh = wall.saturating_sub(now) <= crate::access_log::DECISION_STATE_AGE_MAX_MS;
+        let fresh = crate::access_log::state_is_fresh(&state.chain, wall, now);
         let open = s
             .session(&session)
             .is_some_and(|e| e.gateway == gateway && now < e.expires_ms);
@@ -842,62 +851,34 @@ async fn history<B: Blob>(
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
-/// The X25519 keys a new version of `patient`'s record of `kind` is wrapped for: the
-/// patient, the author, the author's institution and every active read grantee covering it.
+/// The X25519 keys a new version of `patient`'s record of `kind` is wrapped for
+/// (`access::wrap_readers`, the one statement of that rule).
 fn readers<B: Blob>(
     state: &ApiState<B>,
     author: &PublicKey,
     patient: &[u8; 16],
     kind: u8,
 ) -> Result<Vec<EncryptionPublicKey>> {
-    state.chain.read(|s| {
-        let entry = s.patient(patient).ok_or_else(|| {
-            FhirError::new(
+    use ehrchain_chain::access::ReadersError;
+    let keys = state
+        .chain
+        .read(|s| ehrchain_chain::access::wrap_readers(s, author, patient, Some(kind)))
+        .map_err(|error| match error {
+            ReadersError::UnknownPatient => FhirError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "not-found",
                 "the referenced patient is not registered",
-            )
-        })?;
-        if entry.erased_height.is_some() {
-            return Err(FhirError::new(
+            ),
+            ReadersError::Erased => FhirError::new(
                 StatusCode::GONE,
                 "deleted",
                 "the patient's records were erased",
-            ));
-        }
-        let identity = s
-            .identity(author)
-            .ok_or_else(|| forbidden("unknown author"))?;
-        let mut keys = vec![entry.encryption_key, identity.encryption_key];
-        match &identity.role {
-            Role::Clinician { institution } => {
-                if let Some(i) = s.identity(institution) {
-                    keys.push(i.encryption_key);
-                }
+            ),
+            ReadersError::NotAWriter => {
+                forbidden("only a clinician or an institution writes records")
             }
-            Role::Institution => {}
-            _ => {
-                return Err(forbidden(
-                    "only a clinician or an institution writes records",
-                ));
-            }
-        }
-        let now = s.time_ms();
-        for grant in s.grants(patient) {
-            if grant.active(now)
-                && grant.allows_action(Action::Read)
-                && (grant.types.is_empty() || grant.types.contains(&kind))
-                && let Ok(key) = ehrchain_types::decode_public_key(grant.grantee)
-                && s.retired(&key).is_none()
-                && let Some(grantee) = s.identity(&key)
-            {
-                keys.push(grantee.encryption_key);
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        Ok(keys.into_iter().map(EncryptionPublicKey).collect())
-    })
+        })?;
+    Ok(keys.into_iter().map(EncryptionPublicKey).collect())
 }
 
 /// Seal, store and anchor one version as the caller; wait for it to commit.
@@ -1476,8 +1457,18 @@ async fn bundle<B: Blob>(
     // Pass 1: server ids for every POST, so references between entries resolve.
     let mut ids = std::collections::HashMap::new();
     let mut assigned = Vec::with_capacity(entries.len());
+    let mut full_urls = std::collections::HashSet::new();
     for (index, entry) in entries.iter().enumerate() {
         let at = |what: &str| unprocessable(&format!("entry {index}: {what}"));
+        // A fullUrl names one entry: two entries with the same one make references between
+        // entries ambiguous (FHIR R4 Bundle rule bdl-7), so the Bundle is refused whole.
+        if let Some(full) = entry["fullUrl"].as_str()
+            && !full_urls.insert(full)
+        {
+            return Err(invalid(&format!(
+                "entry {index}: fullUrl is not unique in the Bundle (bdl-7)"
+            )));
+        }
         let method = entry["request"]["method"].as_str().unwrap_or("");
         let kind = entry["resource"]["resourceType"]
             .as_str()
@@ -1675,7 +1666,7 @@ async fn provenance_search<B: Blob>(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    caller(&state, &headers)?;
+    let token = caller(&state, &headers)?;
     let pairs = query_pairs(query)?;
     let target = pairs
         .iter()
@@ -1687,6 +1678,7 @@ async fn provenance_search<B: Blob>(
         .ok_or_else(|| invalid("target must be {type}/{id}"))?;
     let id = id.split('/').next().unwrap_or(id);
     let versions = versions_of(&state, resource_type(kind)?, id)?;
+    provenance_visible(&state, token, &versions[0].anchor.record)?;
     let base = &state.gateway.public_url;
     let mut entries = Vec::new();
     for version in versions.iter().rev() {
@@ -1706,18 +1698,39 @@ async fn provenance_search<B: Blob>(
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
+/// A Provenance follows the read rule of its target (`auth::may_see_record`): its author,
+/// time and hash are the record's metadata.
+fn provenance_visible<B: Blob>(
+    state: &ApiState<B>,
+    token: Arc<Token>,
+    record: &[u8; 16],
+) -> Result<()> {
+    let caller = crate::auth::Caller::of(state, token);
+    if state
+        .chain
+        .read(|s| crate::auth::may_see_record(s, &caller, record))
+    {
+        Ok(())
+    } else {
+        Err(forbidden(
+            "a Provenance is shown to those who may read its target, and to auditors",
+        ))
+    }
+}
+
 async fn provenance_read<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    caller(&state, &headers)?;
+    let token = caller(&state, &headers)?;
     let hash =
         ehrchain_types::digest_from_hex(&id).ok_or_else(|| not_found("no such Provenance"))?;
     let version = state
         .chain
         .read(|s| s.all_versions().find(|v| v.transaction == hash).cloned())
         .ok_or_else(|| not_found("no such Provenance"))?;
+    provenance_visible(&state, token, &version.anchor.record)?;
     let resource = provenance_json(&state, &version).await?;
     Ok(fhir_json(StatusCode::OK, &resource))
 }
@@ -2073,6 +2086,14 @@ async fn consent_update<B: Blob>(
     let bytes = body_bytes(body).await?;
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|_| invalid("the body is not JSON"))?;
+    // An update names its resource twice, in the URL and in the body: both must agree
+    // (FHIR R4 http.html#update), or the request is refused before anything is changed.
+    if value["resourceType"] != "Consent" {
+        return Err(invalid("the body must be a Consent"));
+    }
+    if value["id"].as_str() != Some(id.as_str()) {
+        return Err(invalid("the resource id must be present and match the URL"));
+    }
     let (grant, _) = find_grant(&state, &id)?;
     match value["status"].as_str() {
         Some("inactive" | "rejected") => {}

@@ -32,6 +32,9 @@ pub const JTIS_MAX: usize = 100_000;
 /// Furthest ahead an assertion may expire (SMART Backend Services: 5 minutes), plus skew.
 pub const ASSERTION_AHEAD: Duration = Duration::from_secs(5 * 60 + 60);
 
+/// Clock difference allowed between a client and this node when checking `iat` and `nbf`.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 /// A live access token.
 pub struct Token {
     pub identity: PublicKey,
@@ -41,6 +44,17 @@ pub struct Token {
 }
 
 impl Token {
+    /// A token for tests of authorization rules.
+    #[cfg(test)]
+    pub fn new_for_test(identity: PublicKey, key: PrivateKey) -> Self {
+        Self {
+            identity,
+            key,
+            nonce: tokio::sync::Mutex::new(0),
+            expires: Instant::now() + TOKEN_LIFETIME,
+        }
+    }
+
     /// The session key the gateway signs with for this token.
     pub fn session(&self) -> PublicKey {
         self.key.public_key()
@@ -176,11 +190,20 @@ pub async fn token<B: Blob>(
     let (claims, _, _) = jwt::parse(&assertion).map_err(|e| invalid_client(e.to_string()))?;
     let identity = ehrchain_types::public_key_from_hex(&claims.sub)
         .ok_or_else(|| invalid_client("sub must be an identity id (64 hex characters)"))?;
-    if state.chain.read(|s| {
+    let (known, retired) = state.chain.read(|s| {
         use ehrchain_chain::state::Reader;
-        s.identity(&identity).is_none()
-    }) {
+        (
+            s.identity(&identity).is_some(),
+            s.retired(&identity).is_some(),
+        )
+    });
+    if !known {
         return Err(invalid_client("unknown identity"));
+    }
+    if retired {
+        return Err(invalid_client(
+            "this key is no longer accepted: it was rotated away or removed",
+        ));
     }
     let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
     let claims = jwt::verify(&assertion, &key).map_err(|e| invalid_client(e.to_string()))?;
@@ -197,6 +220,15 @@ pub async fn token<B: Blob>(
     }
     if exp_ms > now + ASSERTION_AHEAD.as_millis() as u64 {
         return Err(invalid_client("exp may be at most 5 minutes ahead"));
+    }
+    // An assertion from the future is not valid yet (RFC 7523 §3: nbf; iat is the issuer's
+    // clock): a little skew is allowed, an hour is not.
+    for (name, at) in [("iat", claims.iat), ("nbf", claims.nbf)] {
+        if let Some(at) = at
+            && at.saturating_mul(1000) > now + CLOCK_SKEW.as_millis() as u64
+        {
+            return Err(invalid_client(format!("{name} is in the future")));
+        }
     }
     {
         let mut jtis = state.gateway.jtis.lock().expect("jti lock");
@@ -243,10 +275,18 @@ pub async fn token<B: Blob>(
     state
         .chain
         .submit(tx.bytes())
-        .map_err(|e| invalid_client(e.to_string()))?;
-    commit(&state, &tx)
-        .await
-        .map_err(|e| invalid_client(e.diagnostics().to_string()))?;
+        .map_err(|e| login_refused(&e))?;
+    commit(&state, &tx).await.map_err(|e| {
+        if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+            OAuthError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                e.diagnostics().to_string(),
+            )
+        } else {
+            invalid_client(e.diagnostics().to_string())
+        }
+    })?;
     let access_token = hex::encode(random_bytes::<32>());
     {
         let mut tokens = state.gateway.tokens.lock().expect("token lock");
@@ -279,6 +319,19 @@ pub async fn token<B: Blob>(
         })),
     )
         .into_response())
+}
+
+/// The OAuth answer when a login's `OpenSession` is not admitted: a busy node is not a bad
+/// client, so a full pool is 503 `temporarily_unavailable` (retry), anything else 401.
+fn login_refused(error: &SubmitError) -> OAuthError {
+    match error {
+        SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Full(_)) => OAuthError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the node is busy; retry shortly".into(),
+        ),
+        e => invalid_client(e.to_string()),
+    }
 }
 
 /// The caller of a FHIR request, from its bearer token; 401 without a live one.
@@ -506,4 +559,25 @@ pub fn write_secret(path: &std::path::Path, secret: &[u8; 32]) -> std::io::Resul
         .open(path)?;
     file.write_all(hex::encode(secret).as_bytes())?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_pool_makes_a_login_wait_not_fail() {
+        let full = login_refused(&SubmitError::Admission(
+            ehrchain_chain::mempool::AdmissionError::Full(3_000),
+        ));
+        assert_eq!(
+            (full.0, full.1),
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        );
+        let stale = login_refused(&SubmitError::AlreadyCommitted);
+        assert_eq!(
+            (stale.0, stale.1),
+            (StatusCode::UNAUTHORIZED, "invalid_client")
+        );
+    }
 }

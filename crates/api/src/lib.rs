@@ -5,10 +5,12 @@
 
 pub mod access;
 pub mod access_log;
+pub mod auth;
 pub mod fhir;
 pub mod gateway;
 pub mod proof;
 pub mod records;
+pub mod serve;
 
 use axum::{
     Json, Router,
@@ -46,6 +48,10 @@ pub struct ApiState<B: Blob> {
     pub custody_dir: Option<std::path::PathBuf>,
     /// The FHIR gateway: tokens and on-chain sessions.
     pub gateway: gateway::Gateway,
+    /// The API's open connections and those refused or closed by its limits.
+    pub connections: Arc<serve::Connections>,
+    /// Record blobs of final blocks this node does not hold yet (kept by the records keeper).
+    pub blobs_missing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
@@ -67,9 +73,10 @@ impl IntoResponse for ApiError {
 type Result<T> = std::result::Result<T, ApiError>;
 
 pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
-    Router::new()
+    // Everything but metrics and the FHIR router (which checks its own callers and serves
+    // its discovery documents and token endpoint openly) sits behind `require_token`.
+    let protected = Router::new()
         .route("/chain/status", get(status::<B>))
-        .route("/metrics", get(metrics::<B>))
         .route("/chain/blocks/{height}", get(block::<B>))
         .route("/chain/transactions", post(submit::<B>))
         .route("/chain/transactions/batch", post(submit_batch::<B>))
@@ -78,7 +85,14 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/chain/accounts/{key}", get(account::<B>))
         .merge(records::routes::<B>())
         .merge(access::routes::<B>())
-        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token::<B>,
+        ))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX));
+    Router::new()
+        .route("/metrics", get(metrics::<B>))
+        .merge(protected)
         .merge(fhir::routes::<B>())
         .with_state(state)
 }
@@ -119,6 +133,38 @@ async fn metrics<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
                 .access_log
                 .as_ref()
                 .map_or(0, |log| log.unrecorded() as u64),
+        ),
+        (
+            "ehrchain_blobs_missing",
+            "gauge",
+            "Record blobs of final blocks this node does not hold yet (being fetched from peers).",
+            state
+                .blobs_missing
+                .load(std::sync::atomic::Ordering::Relaxed) as u64,
+        ),
+        (
+            "ehrchain_api_connections",
+            "gauge",
+            "API connections open now.",
+            state.connections.open() as u64,
+        ),
+        (
+            "ehrchain_api_connections_refused",
+            "counter",
+            "API connections closed at accept because a connection cap was reached.",
+            state
+                .connections
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "ehrchain_api_connections_timed_out",
+            "counter",
+            "API connections closed for sending no complete request, or no byte, in time.",
+            state
+                .connections
+                .timed_out
+                .load(std::sync::atomic::Ordering::Relaxed),
         ),
     ] {
         let sample = if kind == "counter" {
@@ -181,6 +227,7 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
         "validators": validators,
         "access_events": access_events,
         "access_log_unrecorded": access_log_unrecorded,
+        "blobs_missing": state.blobs_missing.load(std::sync::atomic::Ordering::Relaxed),
     }))
 }
 
@@ -336,12 +383,17 @@ async fn load_block<B: Blob>(chain: &Chain<B>, height: u64) -> Result<(Block, Ve
     Ok((block, record.finalization))
 }
 
+/// A block: its header and certificate for everyone; each transaction's signer and payload
+/// only for member institutions and auditors (who see the chain's metadata), and for the
+/// caller whom it concerns. Others see the transaction's hash alone.
 async fn block<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<auth::Caller>,
     Path(height): Path<u64>,
 ) -> Result<Json<Value>> {
     let (block, finalization) = load_block(&state.chain, height).await?;
     let header = &block.header;
+    let everything = caller.is_auditor() || caller.is_institution();
     Ok(Json(json!({
         "height": header.height,
         "hash": hex::encode(block.digest()),
@@ -352,12 +404,18 @@ async fn block<B: Blob>(
         "state_root": hex::encode(header.state_root),
         "header": hex::encode(header.encode()),
         "finalization": (!finalization.is_empty()).then(|| hex::encode(&finalization)),
-        "transactions": block.transactions.iter().map(|tx| json!({
-            "hash": hex::encode(tx.id()),
-            "signer": hex::encode(tx.body.signer.as_ref()),
-            "nonce": tx.body.nonce,
-            "payload": payload_json(&tx.body.payload),
-        })).collect::<Vec<_>>(),
+        "transactions": block.transactions.iter().map(|tx| {
+            if everything || auth::concerns(&caller, &tx.body.signer, &tx.body.payload) {
+                json!({
+                    "hash": hex::encode(tx.id()),
+                    "signer": hex::encode(tx.body.signer.as_ref()),
+                    "nonce": tx.body.nonce,
+                    "payload": payload_json(&tx.body.payload),
+                })
+            } else {
+                json!({"hash": hex::encode(tx.id())})
+            }
+        }).collect::<Vec<_>>(),
     })))
 }
 
@@ -409,6 +467,8 @@ pub(crate) fn submit_error(error: &SubmitError) -> ApiError {
         SubmitError::Invalid(_) => StatusCode::BAD_REQUEST,
         SubmitError::AlreadyCommitted => StatusCode::CONFLICT,
         SubmitError::Admission(AdmissionError::Full(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        SubmitError::Admission(AdmissionError::UnknownSigner) => StatusCode::FORBIDDEN,
+        SubmitError::Admission(AdmissionError::TooManyGapped(_)) => StatusCode::TOO_MANY_REQUESTS,
         SubmitError::Admission(AdmissionError::Rejected(Rejection::Unauthorized(_))) => {
             StatusCode::FORBIDDEN
         }

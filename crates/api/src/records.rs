@@ -112,6 +112,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
             get(wrap::<B>),
         )
         .route("/patients/{patient}", get(patient::<B>))
+        .route("/patients/{patient}/readers", get(readers::<B>))
         .route("/identities/{key}", get(identity::<B>))
 }
 
@@ -232,9 +233,11 @@ fn gone() -> ApiError {
 
 async fn history<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(record): Path<String>,
 ) -> Result<Json<Value>> {
     let record = id16(&record, "record id")?;
+    see_record(&state, &caller, &record)?;
     let (versions, patient) = lookup(&state, &record)?;
     Ok(Json(json!({
         "record": hex::encode(record),
@@ -251,10 +254,30 @@ fn pick(versions: &[RecordVersion], version: u32) -> Result<&RecordVersion> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such version"))
 }
 
+/// 403 unless `caller` may see `record` (`auth::may_see_record`).
+fn see_record<B: Blob>(
+    state: &ApiState<B>,
+    caller: &crate::auth::Caller,
+    record: &[u8; 16],
+) -> Result<()> {
+    if state
+        .chain
+        .read(|s| crate::auth::may_see_record(s, caller, record))
+    {
+        Ok(())
+    } else {
+        Err(crate::auth::forbidden(
+            "a record is shown to those the consent contract lets read it, and to auditors",
+        ))
+    }
+}
+
 async fn envelope<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path((record, version)): Path<(String, u32)>,
 ) -> Result<Response> {
+    see_record(&state, &caller, &id16(&record, "record id")?)?;
     let hash = live_hash(&state, &record, version)?;
     match state.store.get(&hash).await {
         Ok(Some((bytes, _))) => {
@@ -287,6 +310,7 @@ pub struct KeyQuery {
 /// `recipient` on `record`. Keys are released only then.
 fn check_access<B: Blob>(
     state: &ApiState<B>,
+    caller: &crate::auth::Caller,
     record: &[u8; 16],
     recipient: &[u8; 32],
     access: Option<&str>,
@@ -311,6 +335,9 @@ fn check_access<B: Blob>(
         if let ehrchain_chain::access::Outcome::Denied(reason) = event.outcome {
             return Err(forbidden(&format!("access was denied: {}", reason.code())));
         }
+        if event.actor != caller.identity {
+            return Err(forbidden("the access transaction is someone else's"));
+        }
         let actor = s
             .identity(&event.actor)
             .ok_or_else(|| forbidden("unknown actor"))?;
@@ -330,6 +357,7 @@ fn check_access<B: Blob>(
 
 async fn wrap<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path((record, version, recipient)): Path<(String, u32, String)>,
     axum::extract::Query(query): axum::extract::Query<KeyQuery>,
 ) -> Result<Response> {
@@ -338,7 +366,13 @@ async fn wrap<B: Blob>(
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| bad("recipient must be a 64-hex-character X25519 public key"))?;
     let record_id = id16(&record, "record id")?;
-    check_access(&state, &record_id, &recipient, query.access.as_deref())?;
+    check_access(
+        &state,
+        &caller,
+        &record_id,
+        &recipient,
+        query.access.as_deref(),
+    )?;
     let hash = live_hash(&state, &record, version)?;
     let wraps = match state.store.get(&hash).await {
         Ok(Some((_, wraps))) => wraps,
@@ -430,9 +464,16 @@ fn rewrap<B: Blob>(
 
 async fn patient<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(patient): Path<String>,
 ) -> Result<Json<Value>> {
     let id = id16(&patient, "patient id")?;
+    if !crate::auth::may_see_patient(&caller, &id) {
+        return Err(crate::auth::forbidden(
+            "a patient's registration is shown to the patient, their guardians, auditors, \
+             institutions and clinicians",
+        ));
+    }
     let found = state.chain.read(|s| {
         let entry = s
             .patients()
@@ -442,7 +483,13 @@ async fn patient<B: Blob>(
             .identities()
             .find(|(k, _)| **k == entry.home)
             .map(|(_, i)| i.encryption_key);
-        Some((entry, home, s.patient_records(&id)))
+        // Only the records this caller may see are listed.
+        let records: Vec<[u8; 16]> = s
+            .patient_records(&id)
+            .into_iter()
+            .filter(|r| crate::auth::may_see_record(s, &caller, r))
+            .collect();
+        Some((entry, home, records))
     });
     let (entry, home_key, records) =
         found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown patient"))?;
@@ -455,6 +502,55 @@ async fn patient<B: Blob>(
         "registered_height": entry.registered_height,
         "erased_height": entry.erased_height,
         "records": records.iter().map(hex::encode).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct ReadersQuery {
+    /// The resource type number of the version to be written.
+    #[serde(rename = "type")]
+    resource_type: u8,
+    /// The record a new version is for; a new record when absent.
+    record: Option<String>,
+}
+
+/// `GET /patients/{id}/readers?type=N[&record=R]`: the X25519 keys a new version of this
+/// patient's record R (or a new record) of type N, written by the caller, must be wrapped for
+/// (`access::wrap_readers`). Only someone who may write it asks.
+async fn readers<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(patient): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ReadersQuery>,
+) -> Result<Json<Value>> {
+    use ehrchain_chain::access::ReadersError;
+    let id = id16(&patient, "patient id")?;
+    let record = query
+        .record
+        .as_deref()
+        .map(|r| id16(r, "record id"))
+        .transpose()?;
+    let keys = state
+        .chain
+        .read(|s| {
+            ehrchain_chain::access::wrap_readers_for_writer(
+                s,
+                &caller.identity,
+                &id,
+                query.resource_type,
+                record.as_ref(),
+            )
+        })
+        .map_err(|error| match error {
+            ReadersError::UnknownPatient => ApiError::new(StatusCode::NOT_FOUND, "unknown patient"),
+            ReadersError::Erased => gone(),
+            ReadersError::NotAWriter => crate::auth::forbidden(
+                "the readers of a record are shown to those who may write it",
+            ),
+        })?;
+    Ok(Json(json!({
+        "patient": hex::encode(id),
+        "readers": keys.iter().map(hex::encode).collect::<Vec<_>>(),
     })))
 }
 

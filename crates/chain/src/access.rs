@@ -694,6 +694,23 @@ pub(crate) fn may_write(
     patient: &crate::state::PatientEntry,
     anchor: &ehrchain_types::RecordAnchor,
 ) -> Result<(), Rejection> {
+    may_write_record(
+        view,
+        signer,
+        at.time_ms,
+        patient,
+        (&anchor.record, &anchor.patient, anchor.resource_type),
+    )
+}
+
+/// `may_write` for a record `(id, patient, resource type)` at block time `now_ms`.
+pub fn may_write_record(
+    view: &impl Reader,
+    signer: &PublicKey,
+    now_ms: u64,
+    patient: &crate::state::PatientEntry,
+    (record, patient_id, resource_type): (&RecordId, &PatientId, u8),
+) -> Result<(), Rejection> {
     let identity = view
         .identity(signer)
         .ok_or(Rejection::Unauthorized("unknown writer"))?;
@@ -712,21 +729,21 @@ pub(crate) fn may_write(
     let keys: Vec<&PublicKey> = std::iter::once(signer)
         .chain(identity.previous.iter())
         .collect();
-    if keys.iter().any(|k| view.authored(&anchor.record, k)) {
+    if keys.iter().any(|k| view.authored(record, k)) {
         return Ok(());
     }
-    let grants = view.grants(&anchor.patient);
+    let grants = view.grants(patient_id);
     let granted = keys.iter().any(|key| {
         grants.iter().any(|g| {
-            g.active(at.time_ms)
+            g.active(now_ms)
                 && g.allows_action(Action::Write)
-                && (g.types.is_empty() || g.types.contains(&anchor.resource_type))
+                && (g.types.is_empty() || g.types.contains(&resource_type))
                 && (g.grantee == key_bytes(key) || g.grantee == key_bytes(&institution))
         })
     });
     let glass = view
-        .break_glass(signer, &anchor.patient)
-        .is_some_and(|g| at.time_ms < g.until_ms);
+        .break_glass(signer, patient_id)
+        .is_some_and(|g| now_ms < g.until_ms);
     if granted || glass {
         Ok(())
     } else {
@@ -1167,6 +1184,92 @@ pub fn readers(grants: &[Grant], resource_type: u8, now_ms: u64) -> Vec<consent:
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+/// Why no reader list can be given for a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadersError {
+    UnknownPatient,
+    Erased,
+    /// The author is neither an enrolled clinician nor an institution, or may not write this.
+    NotAWriter,
+}
+
+/// The X25519 keys a new version of `patient`'s record of `resource_type`, written by
+/// `author`, is wrapped for: the patient, the author, the author's institution, and (for a
+/// known type) every grantee whose active grant covers reads of that type (keys rotated away
+/// or removed left out), sorted and without repeats. The one statement of the rule: the FHIR gateway seals
+/// with it, and `GET /patients/{id}/readers` serves it to clients that seal themselves.
+pub fn wrap_readers(
+    view: &impl Reader,
+    author: &PublicKey,
+    patient: &PatientId,
+    resource_type: Option<u8>,
+) -> Result<Vec<[u8; 32]>, ReadersError> {
+    let entry = view.patient(patient).ok_or(ReadersError::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(ReadersError::Erased);
+    }
+    wrap_readers_of(view, author, patient, &entry, resource_type)
+}
+
+/// `wrap_readers` for a caller who asks before writing: only someone who may write this
+/// record (`record`, or a new one) of that type learns who may read it.
+pub fn wrap_readers_for_writer(
+    view: &impl Reader,
+    author: &PublicKey,
+    patient: &PatientId,
+    resource_type: u8,
+    record: Option<&RecordId>,
+) -> Result<Vec<[u8; 32]>, ReadersError> {
+    let entry = view.patient(patient).ok_or(ReadersError::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(ReadersError::Erased);
+    }
+    let fresh = [0u8; 16];
+    may_write_record(
+        view,
+        author,
+        view.time_ms(),
+        &entry,
+        (record.unwrap_or(&fresh), patient, resource_type),
+    )
+    .map_err(|_| ReadersError::NotAWriter)?;
+    wrap_readers_of(view, author, patient, &entry, Some(resource_type))
+}
+
+fn wrap_readers_of(
+    view: &impl Reader,
+    author: &PublicKey,
+    patient: &PatientId,
+    entry: &crate::state::PatientEntry,
+    resource_type: Option<u8>,
+) -> Result<Vec<[u8; 32]>, ReadersError> {
+    let identity = view.identity(author).ok_or(ReadersError::NotAWriter)?;
+    let mut keys = vec![entry.encryption_key, identity.encryption_key];
+    match &identity.role {
+        Role::Clinician { institution } => {
+            if let Some(i) = view.identity(institution) {
+                keys.push(i.encryption_key);
+            }
+        }
+        Role::Institution => {}
+        _ => return Err(ReadersError::NotAWriter),
+    }
+    let grantees = resource_type.map_or_else(Vec::new, |kind| {
+        readers(&view.grants(patient), kind, view.time_ms())
+    });
+    for grantee in grantees {
+        if let Ok(key) = ehrchain_types::decode_public_key(grantee)
+            && view.retired(&key).is_none()
+            && let Some(grantee) = view.identity(&key)
+        {
+            keys.push(grantee.encryption_key);
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// The rules a chain runs under (re-exported for callers that build a state).
@@ -1685,6 +1788,8 @@ mod tests {
                             aud: "http://node/auth/token".into(),
                             exp: (time_ms + 120_000) / 1000,
                             jti: "matrix".into(),
+                            iat: None,
+                            nbf: None,
                         },
                     );
                     // The signer of an OpenSession is the gateway's fresh session key.
@@ -2388,6 +2493,8 @@ mod tests {
                     aud: "http://node/auth/token".into(),
                     exp: exp_ms / 1000,
                     jti: jti.into(),
+                    iat: None,
+                    nbf: None,
                 },
             )
             .into_bytes()
@@ -2487,6 +2594,8 @@ mod tests {
                 aud: "http://node/auth/token".into(),
                 exp: (w.time_ms + 120_000) / 1000,
                 jti: format!("log-{seed}"),
+                iat: None,
+                nbf: None,
             },
         );
         let session = key(seed);

@@ -126,6 +126,9 @@ struct Inner {
     /// Transactions evicted from the mempool because they can never apply, with the reason.
     rejected: HashMap<Digest, String>,
     rejected_order: VecDeque<Digest>,
+    /// Transactions admitted since start: a proposer waiting for work rebuilds only when
+    /// this moved.
+    admissions: u64,
 }
 
 impl Inner {
@@ -181,6 +184,9 @@ pub struct Chain<B: Blob> {
     inner: Arc<Mutex<Inner>>,
     blob: Arc<Mutex<Option<Arc<B>>>>,
     committed_height: tokio::sync::watch::Sender<u64>,
+    /// When (runtime clock, ms) this node last saw a consensus certificate: a notarization,
+    /// nullification or finalization. An idle chain still certifies a view a second.
+    progress_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<B: Blob> Clone for Chain<B> {
@@ -190,6 +196,7 @@ impl<B: Blob> Clone for Chain<B> {
             inner: self.inner.clone(),
             blob: self.blob.clone(),
             committed_height: self.committed_height.clone(),
+            progress_ms: self.progress_ms.clone(),
         }
     }
 }
@@ -256,6 +263,7 @@ impl<B: Blob> Chain<B> {
             digests: vec![genesis.digest()],
             rejected: HashMap::new(),
             rejected_order: VecDeque::new(),
+            admissions: 0,
         };
         for record in records.iter().skip(1) {
             let block = Block::decode(&record.block)
@@ -289,7 +297,23 @@ impl<B: Blob> Chain<B> {
             inner: Arc::new(Mutex::new(inner)),
             blob: Arc::new(Mutex::new(None)),
             committed_height,
+            progress_ms: Arc::default(),
         })
+    }
+
+    /// Where consensus notes the time of each certificate it sees.
+    pub fn progress_handle(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.progress_ms.clone()
+    }
+
+    /// When this node last saw a consensus certificate (ms since the Unix epoch; 0 never).
+    pub fn progress_ms(&self) -> u64 {
+        self.progress_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The longest an idle chain goes without a block (`Rules::heartbeat_ms`).
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.config.rules.heartbeat_ms
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -303,6 +327,39 @@ impl<B: Blob> Chain<B> {
 
     pub fn config(&self) -> &ChainConfig {
         &self.config
+    }
+
+    /// Whether a proposer on top of `parent` may wait for transactions instead of proposing an
+    /// empty block now, and until which block time it may. `None`: propose now. A chain rests
+    /// between heartbeats (`Rules::heartbeat_ms`, 0 = never rest) but not while a change of
+    /// validators waits for its epoch boundary, which only blocks can reach.
+    fn rest_until(&self, parent: &Digest) -> Option<u64> {
+        let heartbeat = self.config.rules.heartbeat_ms;
+        if heartbeat == 0 {
+            return None;
+        }
+        let inner = self.lock();
+        let (parent_height, _, parent_time) = inner.summary(parent)?;
+        let epoch_blocks = self.config.rules.epoch_blocks.max(1);
+        let next_epoch = (parent_height + 1) / epoch_blocks + 1;
+        let members: Vec<PublicKey> = inner.state.member_keys();
+        let current = inner
+            .state
+            .epoch_validators((parent_height + 1) / epoch_blocks);
+        if current.is_some_and(|set| set != members.as_slice())
+            || inner
+                .state
+                .epoch_validators(next_epoch)
+                .is_some_and(|set| set != members.as_slice())
+        {
+            return None;
+        }
+        Some(parent_time.saturating_add(heartbeat))
+    }
+
+    /// Transactions admitted so far (a counter that only grows).
+    fn admissions(&self) -> u64 {
+        self.lock().admissions
     }
 
     pub fn status(&self) -> Status {
@@ -335,6 +392,7 @@ impl<B: Blob> Chain<B> {
         let Inner { mempool, state, .. } = &mut *inner;
         mempool.insert(tx.clone(), state)?;
         inner.remember_verified(id);
+        inner.admissions += 1;
         if gossip && inner.outbox.len() < OUTBOX_TRANSACTIONS_MAX {
             inner.outbox.push(tx);
         }
@@ -643,6 +701,13 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
             )
         });
     let evicted: Vec<(Digest, String)> = displaced.chain(mempool.evict_failed(state)).collect();
+    let expired = mempool.expire_gapped(state);
+    if expired > 0 {
+        tracing::info!(
+            expired,
+            "dropped transactions that waited too long behind a nonce gap"
+        );
+    }
     for (id, reason) in evicted {
         if inner.rejected_order.len() >= REJECTED_MAX
             && let Some(oldest) = inner.rejected_order.pop_front()
@@ -653,6 +718,10 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
         inner.rejected.insert(id, reason);
     }
 }
+
+/// How often a resting proposer looks for new transactions (the added latency of the first
+/// transaction after a quiet spell).
+pub const IDLE_POLL: Duration = Duration::from_millis(5);
 
 /// The consensus-facing side of the chain: proposes and verifies blocks.
 pub struct App<B: Blob> {
@@ -698,10 +767,27 @@ where
         {
             return None;
         }
-        let now_ms = to_ms(runtime.current());
-        let block = self.chain.build(&parent_digest, context.leader, now_ms)?;
-        let digest = block.digest();
-        Some(Digested::precomputed(block, digest))
+        // With nothing to order, wait (polling the pool) until a transaction arrives or the
+        // heartbeat is due. Consensus cancels this wait when the view times out; the next
+        // leader then waits in its turn, so an idle chain only nullifies views.
+        let rest_until = self.chain.rest_until(&parent_digest);
+        let mut tried = None;
+        loop {
+            let now_ms = to_ms(runtime.current());
+            let due = rest_until.is_none_or(|until| now_ms >= until);
+            let admissions = self.chain.admissions();
+            if due || tried != Some(admissions) {
+                tried = Some(admissions);
+                let block = self
+                    .chain
+                    .build(&parent_digest, context.leader.clone(), now_ms)?;
+                if due || !block.transactions.is_empty() {
+                    let digest = block.digest();
+                    return Some(Digested::precomputed(block, digest));
+                }
+            }
+            runtime.sleep(IDLE_POLL).await;
+        }
     }
 
     async fn verify(

@@ -276,6 +276,7 @@ where
             partition_prefix: config.partition_prefix.clone(),
             page_cache,
             epoch_blocks,
+            progress: chain.progress_handle(),
         };
         move |context| {
             epochs::run(

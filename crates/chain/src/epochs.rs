@@ -161,6 +161,52 @@ pub struct Settings {
     pub partition_prefix: String,
     pub page_cache: CacheRef,
     pub epoch_blocks: u64,
+    /// Where the time of the newest certificate seen is kept (see `Chain::progress_ms`).
+    pub progress: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Passes consensus activity on to marshal, noting the time of every certificate: a resting
+/// chain finalizes a block only per heartbeat, but certifies views all along, so this tells
+/// the gateway that its node is still in touch with a quorum.
+struct Progress<R, C> {
+    inner: R,
+    clock: Arc<C>,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Clone, C> Clone for Progress<R, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            clock: self.clock.clone(),
+            last_ms: self.last_ms.clone(),
+        }
+    }
+}
+
+impl<R, C> commonware_consensus::Reporter for Progress<R, C>
+where
+    R: commonware_consensus::Reporter<Activity = simplex::types::Activity<Scheme, Digest>>,
+    C: Clock + Send + Sync + 'static,
+{
+    type Activity = R::Activity;
+
+    fn report(&mut self, activity: Self::Activity) -> commonware_actor::Feedback {
+        use simplex::types::Activity;
+        if matches!(
+            activity,
+            Activity::Notarization(_) | Activity::Nullification(_) | Activity::Finalization(_)
+        ) {
+            let now = self
+                .clock
+                .current()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.last_ms
+                .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.report(activity)
+    }
 }
 
 type Application<E, B> = Inline<E, Scheme, App<B>, Block, FixedEpocher>;
@@ -329,7 +375,11 @@ where
             blocker,
             automaton: application.clone(),
             relay: application.clone(),
-            reporter: application.clone(),
+            reporter: Progress {
+                inner: application.clone(),
+                clock: Arc::new(context.child("progress")),
+                last_ms: settings.progress.clone(),
+            },
             partition: format!("{}-consensus-{epoch}", settings.partition_prefix),
             mailbox_size: NZUsize!(settings.mailbox_size.max(16)),
             epoch: Epoch::new(epoch),

@@ -30,14 +30,27 @@ pub enum AdmissionError {
     Rejected(#[from] Rejection),
     #[error("nonce {got} is too far ahead of the signer's next nonce {expected}")]
     NonceGap { expected: u64, got: u64 },
+    #[error("the signer is not a registered identity or session")]
+    UnknownSigner,
+    #[error("the signer already has {0} transactions waiting behind a nonce gap")]
+    TooManyGapped(usize),
 }
 
 /// Largest gap between a signer's next nonce and an admitted transaction's nonce.
 pub const NONCE_AHEAD_MAX: u64 = 1_024;
+/// Most transactions of one signer held behind a nonce gap (waiting for an earlier nonce).
+pub const SIGNER_GAPPED_MAX: usize = 64;
+/// How long, in block time, a transaction behind a nonce gap may wait before it is dropped.
+pub const GAPPED_EXPIRY_MS: u64 = 60_000;
+/// How often, in block time, the pool looks for expired gapped transactions.
+const EXPIRY_SWEEP_MS: u64 = 5_000;
 
 pub struct Mempool {
     capacity: usize,
+    /// Each transaction, with the block time of the final state it was admitted on.
     by_id: HashMap<Digest, Transaction>,
+    admitted_ms: HashMap<Digest, u64>,
+    last_sweep_ms: u64,
     by_signer: HashMap<PublicKey, BTreeMap<u64, Digest>>,
     order: VecDeque<Digest>,
     /// Transactions that failed a payload check while a block was built: re-checked against
@@ -50,6 +63,8 @@ impl Mempool {
         Self {
             capacity,
             by_id: HashMap::new(),
+            admitted_ms: HashMap::new(),
+            last_sweep_ms: 0,
             by_signer: HashMap::new(),
             order: VecDeque::new(),
             suspects: std::collections::BTreeSet::new(),
@@ -91,6 +106,7 @@ impl Mempool {
                 for n in dropped {
                     if let Some(dropped_id) = slots.remove(&n) {
                         self.by_id.remove(&dropped_id);
+                        self.admitted_ms.remove(&dropped_id);
                         let why = if dropped_id == id {
                             reason.to_string()
                         } else {
@@ -132,7 +148,20 @@ impl Mempool {
     }
 
     /// Admit an already signature-checked transaction, given the finalized state.
+    ///
+    /// Admission is where an outsider could clog the pool, so it refuses a signer the chain
+    /// does not know (an `OpenSession` excepted: the client assertion inside authorizes its
+    /// fresh key, and it is checked in full below), holds at most [`SIGNER_GAPPED_MAX`] of one
+    /// signer's transactions behind a nonce gap, and, when full, makes room for a signer with
+    /// fewer transactions waiting by dropping the newest of the signer with the most.
     pub fn insert(&mut self, tx: Transaction, state: &impl Reader) -> Result<(), AdmissionError> {
+        let signer = &tx.body.signer;
+        if state.identity(signer).is_none()
+            && state.session(signer).is_none()
+            && !matches!(tx.body.payload, ehrchain_types::Payload::OpenSession { .. })
+        {
+            return Err(AdmissionError::UnknownSigner);
+        }
         let expected = state.nonce(&tx.body.signer);
         if tx.body.nonce < expected {
             return Err(Rejection::StaleNonce {
@@ -166,18 +195,100 @@ impl Mempool {
         if self.by_id.contains_key(&id) {
             return Err(AdmissionError::Duplicate);
         }
-        let slots = self.by_signer.entry(tx.body.signer.clone()).or_default();
+        let empty = BTreeMap::new();
+        let slots = self.by_signer.get(&tx.body.signer).unwrap_or(&empty);
         if slots.contains_key(&tx.body.nonce) {
             // Another transaction with the same nonce is pending; first come, first served.
             return Err(AdmissionError::Duplicate);
         }
-        if self.by_id.len() >= self.capacity {
+        let nonce = tx.body.nonce;
+        if nonce > expected && slots.range(expected..nonce).count() as u64 != nonce - expected {
+            // Behind a gap: count what this signer already holds past its contiguous run.
+            let mut run_end = expected;
+            while slots.contains_key(&run_end) {
+                run_end += 1;
+            }
+            let gapped = slots.range(run_end..).count();
+            if gapped >= SIGNER_GAPPED_MAX {
+                return Err(AdmissionError::TooManyGapped(gapped));
+            }
+        }
+        let held = slots.len();
+        if self.by_id.len() >= self.capacity && !self.evict_for(signer, held) {
             return Err(AdmissionError::Full(self.capacity));
         }
-        slots.insert(tx.body.nonce, id);
+        let slots = self.by_signer.entry(tx.body.signer.clone()).or_default();
+        slots.insert(nonce, id);
+        self.admitted_ms.insert(id, state.time_ms());
         self.by_id.insert(id, tx);
         self.order.push_back(id);
         Ok(())
+    }
+
+    /// Make room for a transaction of `signer`, who holds `held`: drop the newest transaction
+    /// of the signer holding the most, if that is more than `held + 1`. Dropping a signer's
+    /// highest nonce never leaves a gap before its others.
+    fn evict_for(&mut self, signer: &PublicKey, held: usize) -> bool {
+        let Some((heaviest, count)) = self
+            .by_signer
+            .iter()
+            .filter(|(key, _)| *key != signer)
+            .map(|(key, slots)| (key.clone(), slots.len()))
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        else {
+            return false;
+        };
+        if count <= held + 1 {
+            return false;
+        }
+        let slots = self.by_signer.get_mut(&heaviest).expect("present");
+        let (_, id) = slots.pop_last().expect("non-empty");
+        if slots.is_empty() {
+            self.by_signer.remove(&heaviest);
+        }
+        self.by_id.remove(&id);
+        self.admitted_ms.remove(&id);
+        true
+    }
+
+    /// Drop transactions that have waited behind a nonce gap for longer than
+    /// [`GAPPED_EXPIRY_MS`] of block time; returns how many. Runs at most every few seconds
+    /// of block time, since it looks at every signer.
+    pub fn expire_gapped(&mut self, state: &impl Reader) -> usize {
+        let now = state.time_ms();
+        if now < self.last_sweep_ms + EXPIRY_SWEEP_MS {
+            return 0;
+        }
+        self.last_sweep_ms = now;
+        let mut expired = 0;
+        let signers: Vec<PublicKey> = self.by_signer.keys().cloned().collect();
+        for signer in signers {
+            let slots = self.by_signer.get_mut(&signer).expect("listed");
+            let mut run_end = state.nonce(&signer);
+            while slots.contains_key(&run_end) {
+                run_end += 1;
+            }
+            let stale: Vec<u64> = slots
+                .range(run_end..)
+                .filter(|(_, id)| {
+                    self.admitted_ms
+                        .get(*id)
+                        .is_some_and(|at| at + GAPPED_EXPIRY_MS < now)
+                })
+                .map(|(n, _)| *n)
+                .collect();
+            for n in stale {
+                if let Some(id) = slots.remove(&n) {
+                    self.by_id.remove(&id);
+                    self.admitted_ms.remove(&id);
+                    expired += 1;
+                }
+            }
+            if slots.is_empty() {
+                self.by_signer.remove(&signer);
+            }
+        }
+        expired
     }
 
     /// Pick up to `limit` transactions that apply, in order, on top of `state`.
@@ -231,6 +342,7 @@ impl Mempool {
         let mut displaced = Vec::new();
         for tx in committed {
             self.by_id.remove(&tx.id());
+            self.admitted_ms.remove(&tx.id());
             let signer = &tx.body.signer;
             let next = state.nonce(signer);
             if let Some(slots) = self.by_signer.get_mut(signer) {
@@ -238,6 +350,7 @@ impl Mempool {
                 for nonce in stale {
                     if let Some(id) = slots.remove(&nonce) {
                         self.by_id.remove(&id);
+                        self.admitted_ms.remove(&id);
                         if id != tx.id() {
                             displaced.push(id);
                         }
@@ -269,6 +382,12 @@ mod tests {
     use commonware_cryptography::Signer;
     use ehrchain_types::{Payload, PrivateKey, TransactionBody, sha256};
 
+    /// A state in which `keys` are member institutions, hence known signers.
+    fn known(keys: &[&PrivateKey]) -> State {
+        let members: Vec<_> = keys.iter().map(|k| (k.public_key(), [0u8; 32])).collect();
+        State::new(&members, &[], Default::default())
+    }
+
     fn tx(key: &PrivateKey, nonce: u64) -> Transaction {
         TransactionBody {
             chain_id: 1,
@@ -284,9 +403,9 @@ mod tests {
 
     #[test]
     fn bounded_and_ordered() {
-        let state = State::default();
-        let mut pool = Mempool::new(3);
         let key = PrivateKey::from_seed(1);
+        let state = known(&[&key]);
+        let mut pool = Mempool::new(3);
         // Arrive out of order; selection still yields 0, 1, 2.
         pool.insert(tx(&key, 2), &state).unwrap();
         pool.insert(tx(&key, 0), &state).unwrap();
@@ -307,9 +426,9 @@ mod tests {
 
     #[test]
     fn committed_and_stale_are_removed() {
-        let mut state = State::default();
-        let mut pool = Mempool::new(10);
         let key = PrivateKey::from_seed(1);
+        let mut state = known(&[&key]);
+        let mut pool = Mempool::new(10);
         for nonce in 0..4 {
             pool.insert(tx(&key, nonce), &state).unwrap();
         }
@@ -339,9 +458,9 @@ mod tests {
 
     #[test]
     fn a_transaction_that_can_never_apply_is_evicted_with_its_successors() {
-        let mut state = State::default();
-        let mut pool = Mempool::new(10);
         let (alice, bob) = (PrivateKey::from_seed(1), PrivateKey::from_seed(2));
+        let mut state = known(&[&alice, &bob]);
+        let mut pool = Mempool::new(10);
         let anchor = |key: &PrivateKey, nonce: u64, tag: &[u8]| {
             TransactionBody {
                 chain_id: 1,
@@ -388,6 +507,91 @@ mod tests {
         assert_eq!(
             pool.next_nonce(&bob.public_key(), state.nonce(&bob.public_key())),
             0
+        );
+    }
+
+    #[test]
+    fn unknown_signers_are_refused() {
+        let member = PrivateKey::from_seed(1);
+        let state = known(&[&member]);
+        let mut pool = Mempool::new(10);
+        let stranger = PrivateKey::from_seed(99);
+        assert_eq!(
+            pool.insert(tx(&stranger, 0), &state),
+            Err(AdmissionError::UnknownSigner)
+        );
+        assert_eq!(
+            pool.insert(tx(&stranger, 5), &state),
+            Err(AdmissionError::UnknownSigner)
+        );
+        pool.insert(tx(&member, 0), &state).unwrap();
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn gapped_transactions_are_bounded_per_signer_and_expire() {
+        let key = PrivateKey::from_seed(1);
+        let mut state = known(&[&key]);
+        let mut pool = Mempool::new(10_000);
+        // Nonce 0 is missing: everything from 2 on waits behind the gap.
+        for nonce in 2..2 + SIGNER_GAPPED_MAX as u64 {
+            pool.insert(tx(&key, nonce), &state).unwrap();
+        }
+        assert_eq!(
+            pool.insert(tx(&key, 500), &state),
+            Err(AdmissionError::TooManyGapped(SIGNER_GAPPED_MAX))
+        );
+        // Extending the contiguous run from the next nonce is never refused.
+        pool.insert(tx(&key, 0), &state).unwrap();
+        pool.insert(tx(&key, 1), &state).unwrap();
+        assert_eq!(pool.len(), SIGNER_GAPPED_MAX + 2);
+        // A second gap, once the first closed, is counted afresh.
+        pool.insert(tx(&key, 1_000), &state).unwrap();
+        // Block time moves on: the gapped one expires, the runnable ones stay.
+        state.commit(crate::state::Delta {
+            time_ms: GAPPED_EXPIRY_MS + EXPIRY_SWEEP_MS + 1,
+            ..Default::default()
+        });
+        assert_eq!(pool.expire_gapped(&state), 1);
+        assert_eq!(pool.len(), SIGNER_GAPPED_MAX + 2);
+        assert_eq!(
+            pool.select(&state, usize::MAX, usize::MAX).len(),
+            SIGNER_GAPPED_MAX + 2
+        );
+    }
+
+    #[test]
+    fn a_full_pool_is_shared_between_signers() {
+        let (flood, other) = (PrivateKey::from_seed(1), PrivateKey::from_seed(2));
+        let state = known(&[&flood, &other]);
+        let mut pool = Mempool::new(8);
+        for nonce in 0..8 {
+            pool.insert(tx(&flood, nonce), &state).unwrap();
+        }
+        assert_eq!(
+            pool.insert(tx(&flood, 8), &state),
+            Err(AdmissionError::Full(8))
+        );
+        // Another signer still gets in, each time at the cost of the flood's newest.
+        for nonce in 0..4 {
+            pool.insert(tx(&other, nonce), &state).unwrap();
+        }
+        assert_eq!(pool.len(), 8);
+        assert_eq!(
+            pool.insert(tx(&other, 4), &state),
+            Err(AdmissionError::Full(8)),
+            "an even share is kept"
+        );
+        let picked = pool.select(&state, usize::MAX, usize::MAX);
+        let flood_nonces: Vec<u64> = picked
+            .iter()
+            .filter(|t| t.body.signer == flood.public_key())
+            .map(|t| t.body.nonce)
+            .collect();
+        assert_eq!(
+            flood_nonces,
+            vec![0, 1, 2, 3],
+            "the flood keeps its oldest, with no gap"
         );
     }
 }

@@ -47,8 +47,15 @@ pub const WAITING_WRAPS_MAX: usize = 200_000;
 /// Most requests sent per interval.
 const REQUESTS_PER_TICK_MAX: usize = 8;
 
-/// A blob asked for and not received is asked for again (of the next peer) after this long.
+/// A blob asked for and not received is asked for again (of the next peer) after this long,
+/// doubled with each unanswered attempt up to [`ASK_AGAIN_MAX`]: it is never given up on.
 const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
+/// The longest wait between two requests for the same missing blob.
+pub const ASK_AGAIN_MAX: Duration = Duration::from_secs(8);
+/// How often the whole store is checked against the final state, so a blob lost for any
+/// reason (a torn upload at a crash, a damaged copy discarded by a read) is fetched again
+/// without a restart.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How long an upload may stay staged without its anchor becoming final.
 pub const STAGED_AGE_MAX: Duration = Duration::from_secs(600);
@@ -177,8 +184,10 @@ fn halt(error: ehrchain_storage::Error) -> ! {
 pub struct Records<B: Blob> {
     chain: Chain<B>,
     store: Arc<BlobStore>,
-    /// What this node still needs, with when it was last asked for.
-    missing: BTreeMap<Wanted, Option<std::time::Instant>>,
+    /// What this node still needs, with when it was last asked for and how often.
+    missing: BTreeMap<Wanted, Option<(std::time::Instant, u32)>>,
+    /// How many blobs are missing, for `/chain/status` and the metrics.
+    missing_count: Arc<std::sync::atomic::AtomicUsize>,
     /// This node's key: every other member is a peer to fetch from.
     me: PublicKey,
     next_peer: usize,
@@ -199,6 +208,7 @@ impl<B: Blob> Records<B> {
             chain,
             store,
             missing: BTreeMap::new(),
+            missing_count: Arc::default(),
             me,
             next_peer: 0,
             promoted: Vec::new(),
@@ -206,6 +216,36 @@ impl<B: Blob> Records<B> {
             waiting_wraps: BTreeMap::new(),
             expired_until_ms: 0,
         }
+    }
+
+    /// The number of missing blobs, kept current by the keeper.
+    pub fn missing_gauge(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.missing_count.clone()
+    }
+
+    fn publish_missing(&self) {
+        self.missing_count
+            .store(self.missing.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// List again every final version this node does not hold (see [`RECHECK_INTERVAL`]).
+    pub async fn recheck(&mut self) {
+        let (_, keep) = self.chain.read(plan);
+        let before = self.missing.len();
+        for wanted in keep {
+            if self.missing.contains_key(&wanted) {
+                continue;
+            }
+            self.acquire(wanted).await;
+        }
+        self.flush().await;
+        if self.missing.len() > before {
+            tracing::warn!(
+                found = self.missing.len() - before,
+                "record blobs found missing on a check of the store; fetching them"
+            );
+        }
+        self.publish_missing();
     }
 
     /// Make this batch's writes and deletes durable, then drop the staged copies.
@@ -537,18 +577,24 @@ impl<B: Blob> Records<B> {
             return Vec::new();
         }
         let now = std::time::Instant::now();
-        let due: Vec<Wanted> = self
+        let due: Vec<(Wanted, u32)> = self
             .missing
             .iter()
-            .filter(|(_, asked)| asked.is_none_or(|at| now.duration_since(at) > ASK_AGAIN_AFTER))
-            .map(|(w, _)| *w)
+            .filter_map(|(w, asked)| match asked {
+                None => Some((*w, 0)),
+                Some((at, attempts)) => (now.duration_since(*at) > ask_again_after(*attempts))
+                    .then_some((*w, *attempts)),
+            })
             .take(FETCH_ITEMS_MAX * REQUESTS_PER_TICK_MAX)
             .collect();
         let mut requests = Vec::new();
         for chunk in due.chunks(FETCH_ITEMS_MAX) {
-            for wanted in chunk {
-                self.missing.insert(*wanted, Some(now));
+            for (wanted, attempts) in chunk {
+                self.missing
+                    .insert(*wanted, Some((now, attempts.saturating_add(1))));
             }
+            let chunk: Vec<Wanted> = chunk.iter().map(|(w, _)| *w).collect();
+            let chunk = chunk.as_slice();
             let peer = peers[self.next_peer % peers.len()].clone();
             self.next_peer = self.next_peer.wrapping_add(1);
             requests.push((peer, encode_request(chunk)));
@@ -630,6 +676,14 @@ impl<B: Blob> Records<B> {
     }
 }
 
+/// How long to wait before asking again for a blob asked for `attempts` times: doubling from
+/// [`ASK_AGAIN_AFTER`] to [`ASK_AGAIN_MAX`]. Successive attempts go to successive peers.
+fn ask_again_after(attempts: u32) -> Duration {
+    ASK_AGAIN_AFTER
+        .saturating_mul(1u32 << attempts.min(5))
+        .min(ASK_AGAIN_MAX)
+}
+
 /// The encryption keys entitled to a record version now: the patient, the author and the
 /// author's institution, and every grantee whose active grant covers reads of its type.
 fn entitled(state: &State, version: &RecordVersion, now_ms: u64) -> Vec<[u8; 32]> {
@@ -694,12 +748,17 @@ where
     R: Receiver<PublicKey = PublicKey>,
 {
     records.reconcile().await;
+    records.publish_missing();
     let mut heights = records.chain.subscribe();
     let mut done = records.chain.status().height;
     let mut fetch = tokio::time::interval(FETCH_INTERVAL);
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+    recheck.tick().await;
     loop {
+        records.publish_missing();
         tokio::select! {
+            _ = recheck.tick() => records.recheck().await,
             changed = heights.changed() => {
                 if changed.is_err() {
                     return;
@@ -745,6 +804,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_blobs_are_asked_for_again_with_backoff_and_never_dropped() {
+        assert_eq!(ask_again_after(0), ASK_AGAIN_AFTER);
+        assert_eq!(ask_again_after(1), ASK_AGAIN_AFTER * 2);
+        assert_eq!(ask_again_after(4), ASK_AGAIN_MAX);
+        assert_eq!(ask_again_after(u32::MAX), ASK_AGAIN_MAX);
+    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_refused() {

@@ -72,6 +72,9 @@ pub enum ConsentCommand {
     List {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         patient: String,
     },
@@ -85,6 +88,9 @@ pub enum AccessCommand {
     Log {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         patient: Option<String>,
         /// Only entries after this height.
@@ -98,6 +104,9 @@ pub enum AccessCommand {
     Findings {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         after: Option<u64>,
     },
@@ -151,6 +160,9 @@ pub enum GovernanceCommand {
     List {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -160,6 +172,10 @@ fn key_arg(text: &str, what: &str) -> Result<ehrchain_types::PublicKey> {
 }
 
 pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
+    let (GovernanceCommand::Propose { api, key, .. }
+    | GovernanceCommand::Vote { api, key, .. }
+    | GovernanceCommand::List { api, key, .. }) = &command;
+    crate::client::use_key(api, key)?;
     use ehrchain_types::GovernanceAction as A;
     match command {
         GovernanceCommand::Propose {
@@ -245,7 +261,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
                 hex::encode(tx.id())
             );
         }
-        GovernanceCommand::List { api } => {
+        GovernanceCommand::List { api, .. } => {
             let list = get_json(&format!(
                 "{}/governance/proposals",
                 api.trim_end_matches('/')
@@ -432,6 +448,10 @@ fn build_share(
 }
 
 pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
+    let (ConsentCommand::Grant { api, key, .. }
+    | ConsentCommand::Revoke { api, key, .. }
+    | ConsentCommand::List { api, key, .. }) = &command;
+    crate::client::use_key(api, key)?;
     match command {
         ConsentCommand::Grant {
             api,
@@ -551,7 +571,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
                 hex::encode(tx.id())
             );
         }
-        ConsentCommand::List { api, patient } => {
+        ConsentCommand::List { api, patient, .. } => {
             let patient = id16(&patient, "--patient")?;
             let list = get_json(&format!(
                 "{}/patients/{}/consents",
@@ -569,11 +589,14 @@ fn after_query(after: Option<u64>) -> String {
 }
 
 pub fn access(command: AccessCommand) -> Result<ExitCode> {
+    let (AccessCommand::Log { api, key, .. } | AccessCommand::Findings { api, key, .. }) = &command;
+    crate::client::use_key(api, key)?;
     let answer: Value = match command {
         AccessCommand::Log {
             api,
             patient,
             after,
+            ..
         } => {
             let api = api.trim_end_matches('/');
             match patient {
@@ -585,7 +608,7 @@ pub fn access(command: AccessCommand) -> Result<ExitCode> {
                 None => get_json(&format!("{api}/access/events{}", after_query(after)))?,
             }
         }
-        AccessCommand::Findings { api, after } => get_json(&format!(
+        AccessCommand::Findings { api, after, .. } => get_json(&format!(
             "{}/access/findings{}",
             api.trim_end_matches('/'),
             after_query(after)
@@ -596,6 +619,7 @@ pub fn access(command: AccessCommand) -> Result<ExitCode> {
 }
 
 pub fn break_glass(args: BreakGlassArgs) -> Result<ExitCode> {
+    crate::client::use_key(&args.api, &args.key)?;
     let session = Session::open(&args.api)?;
     let clinician = Signer::load(&args.key)?;
     let (tx, status) = session.send(

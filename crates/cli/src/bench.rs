@@ -32,6 +32,9 @@ pub struct Args {
     p2p_port: u16,
     #[arg(long, default_value_t = 9_700)]
     api_port: u16,
+    /// Seconds to watch the network idle after the load (blocks/s, CPU and disk per node).
+    #[arg(long, default_value_t = 30)]
+    idle_seconds: u64,
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -42,10 +45,48 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-fn sign_all(args: &Args, chain_id: u64) -> Vec<Transaction> {
-    let keys: Vec<PrivateKey> = (0..args.clients)
+fn client_keys(args: &Args) -> Vec<PrivateKey> {
+    (0..args.clients)
         .map(|i| PrivateKey::from_seed(900_000 + i as u64))
+        .collect()
+}
+
+/// Enrol the load's signers as clinicians of the first institution: the mempool admits only
+/// signers the chain knows.
+fn enroll_clients(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
+    let institution = crate::records::Signer::load(&dir.join("node-0").join("validator.key"))?;
+    let session = crate::records::Session::open(&apis[0])?;
+    let first = session.nonce(&institution.public)?;
+    let transactions: Vec<Transaction> = client_keys(args)
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            TransactionBody {
+                chain_id: session.chain_id,
+                signer: institution.public.clone(),
+                nonce: first + i as u64,
+                payload: Payload::EnrollClinician {
+                    clinician: key.public_key(),
+                    encryption_key: sha256(&[key.public_key().as_ref()]).0,
+                },
+            }
+            .sign(&institution.key)
+        })
         .collect();
+    for chunk in transactions.chunks(1_000) {
+        crate::client::post_bytes(
+            &format!("{}/chain/transactions/batch", apis[0]),
+            ehrchain_chain::engine::encode_batch(chunk),
+        )?;
+    }
+    if let Some(last) = transactions.last() {
+        session.wait(&hex::encode(last.id()))?;
+    }
+    Ok(())
+}
+
+fn sign_all(args: &Args, chain_id: u64) -> Vec<Transaction> {
+    let keys = client_keys(args);
     let run = crate::config::random_seed();
     let per_thread = args.transactions.div_ceil(2);
     let keys = Arc::new(keys);
@@ -89,7 +130,11 @@ pub fn run(args: Args) -> Result<()> {
         args.dir.clone(),
         "bench",
         (args.p2p_port, args.api_port),
-        |apis, _| drive(&args, apis),
+        |apis, dir| {
+            enroll_clients(&args, apis, dir)?;
+            drive(&args, apis)?;
+            idle(&args, apis, dir)
+        },
     )
 }
 
@@ -113,9 +158,14 @@ pub fn with_network(
         p2p_port,
         api_port,
         epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
+        heartbeat_ms: ehrchain_types::genesis::HEARTBEAT_MS,
     })?;
     let apis = crate::dev::api_urls(&configs)?;
     let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    std::fs::write(dir.join("pids"), pids.join(" "))?;
+    // The load generator acts as the first institution towards every node.
+    crate::client::use_key(&apis[0], &dir.join("node-0").join("validator.key"))?;
     let result = wait_ready(&apis).and_then(|()| work(&apis, &dir));
     for child in &mut children {
         let _ = child.kill();
@@ -187,8 +237,13 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
                             map.insert(tx.id(), now);
                         }
                     }
+                    let url = format!("{api}/chain/transactions/batch");
                     let mut response = agent
-                        .post(format!("{api}/chain/transactions/batch"))
+                        .post(&url)
+                        .header(
+                            "Authorization",
+                            crate::client::bearer(&url)?.unwrap_or_default(),
+                        )
                         .header("content-type", "application/octet-stream")
                         .send(&body[..])?;
                     let answer: serde_json::Value = response.body_mut().read_json()?;
@@ -222,6 +277,86 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
         percentile(&latencies, 0.50).as_millis(),
         percentile(&latencies, 0.99).as_millis(),
         next - start_height - 1,
+    );
+    Ok(())
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second.max(1.0))
+}
+
+/// Bytes under `path`, recursively.
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Watch the network with nothing to order for `--idle-seconds`: blocks per second, each
+/// node's share of a core and its data directory's growth, printed as one JSON line.
+fn idle(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
+    if args.idle_seconds == 0 {
+        return Ok(());
+    }
+    let pids: Vec<u32> = std::fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let height = || -> Result<u64> {
+        get_json(&format!("{}/chain/status", apis[0]))?["height"]
+            .as_u64()
+            .context("no height")
+    };
+    let data = |i: usize| dir.join(format!("node-{i}")).join("data");
+    // Let the last blocks of the load settle first.
+    std::thread::sleep(Duration::from_secs(3));
+    let (h0, t0) = (height()?, Instant::now());
+    let cpu0: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(*p).unwrap_or(0.0))
+        .collect();
+    let disk0: Vec<u64> = (0..apis.len()).map(|i| disk_bytes(&data(i))).collect();
+    std::thread::sleep(Duration::from_secs(args.idle_seconds));
+    let seconds = t0.elapsed().as_secs_f64();
+    let blocks = height()?.saturating_sub(h0);
+    let cpu: Vec<String> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, before)| {
+            format!(
+                "{:.2}",
+                100.0 * (cpu_seconds(*p).unwrap_or(0.0) - before) / seconds
+            )
+        })
+        .collect();
+    let disk: Vec<String> = (0..apis.len())
+        .map(|i| {
+            let grown = disk_bytes(&data(i)) as f64 - disk0[i] as f64;
+            format!("{:.0}", grown / seconds * 86_400.0)
+        })
+        .collect();
+    println!(
+        "{{\"idle_seconds\":{seconds:.1},\"idle_blocks\":{blocks},\"idle_blocks_per_second\":{:.3},\"idle_cpu_percent_per_node\":[{}],\"idle_disk_bytes_per_day_per_node\":[{}]}}",
+        blocks as f64 / seconds,
+        cpu.join(","),
+        disk.join(","),
     );
     Ok(())
 }
@@ -267,8 +402,13 @@ pub fn follow(
         }
         idle_since = Instant::now();
         while next <= height {
+            let url = format!("{api}/chain/blocks/{next}/transactions");
             let mut response = agent
-                .get(format!("{api}/chain/blocks/{next}/transactions"))
+                .get(&url)
+                .header(
+                    "Authorization",
+                    crate::client::bearer(&url)?.unwrap_or_default(),
+                )
                 .call()?;
             let bytes = response
                 .body_mut()

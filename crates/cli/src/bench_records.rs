@@ -250,8 +250,13 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
                         .expect("lock")
                         .insert(prepared.transaction.id(), started);
                     let api = &apis[(worker + index) % apis.len()];
+                    let url = format!("{api}/records");
                     let mut response = agent
-                        .post(format!("{api}/records"))
+                        .post(&url)
+                        .header(
+                            "Authorization",
+                            crate::client::bearer(&url)?.unwrap_or_default(),
+                        )
                         .header("content-type", "application/octet-stream")
                         .send(&prepared.upload[..])?;
                     if !response.status().is_success() {

@@ -31,6 +31,9 @@ pub enum TxCommand {
     Status {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         hash: String,
     },
@@ -44,6 +47,9 @@ pub enum ProofCommand {
     Get {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         hash: String,
         #[arg(long)]
@@ -69,6 +75,79 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// The identity this process acts as: every request to the node's API carries a bearer token
+/// for it (every endpoint but metadata, discovery, login and metrics needs one). Each login
+/// happens at the first request that needs it and is kept for the rest of the process.
+#[derive(Default)]
+struct Logins {
+    /// The node and the identity (its key seed) requests go to and act as.
+    current: Option<(String, [u8; 32])>,
+    tokens: std::collections::HashMap<(String, [u8; 32]), String>,
+}
+
+static LOGINS: std::sync::Mutex<Option<Logins>> = std::sync::Mutex::new(None);
+
+/// Act as the identity of the key file `key` towards `api` from now on.
+pub fn use_key(api: &str, key: &std::path::Path) -> Result<()> {
+    use_seed(api, &crate::config::read_seed(key)?);
+    Ok(())
+}
+
+/// Act as the identity of `seed` towards `api` from now on.
+pub fn use_seed(api: &str, seed: &[u8; 32]) {
+    let mut guard = LOGINS.lock().expect("login lock");
+    guard.get_or_insert_with(Logins::default).current =
+        Some((api.trim_end_matches('/').to_string(), *seed));
+}
+
+/// A bearer token for the identity of `seed` at `api`, logging in on first use.
+pub fn token_for(api: &str, seed: &[u8; 32]) -> Result<String> {
+    let api = api.trim_end_matches('/').to_string();
+    let mut guard = LOGINS.lock().expect("login lock");
+    let logins = guard.get_or_insert_with(Logins::default);
+    if let Some(token) = logins.tokens.get(&(api.clone(), *seed)) {
+        return Ok(token.clone());
+    }
+    let token = login_seed(&api, seed)?;
+    logins.tokens.insert((api, *seed), token.clone());
+    Ok(token)
+}
+
+/// The `Authorization` header value for a request to `url`, as the current identity (at
+/// whichever node `url` names: a token is good at the node that issued it).
+pub fn bearer(url: &str) -> Result<Option<String>> {
+    let current = LOGINS
+        .lock()
+        .expect("login lock")
+        .as_ref()
+        .and_then(|l| l.current.clone());
+    let Some((_, seed)) = current else {
+        return Ok(None);
+    };
+    let Some(origin) = origin(url) else {
+        return Ok(None);
+    };
+    Ok(Some(format!("Bearer {}", token_for(origin, &seed)?)))
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    Some(&url[..end])
+}
+
+/// A GET to `url` that carries this process's bearer token.
+pub fn get_request(url: &str) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>> {
+    let mut request = agent().get(url);
+    if let Some(value) = bearer(url)? {
+        request = request.header("Authorization", value);
+    }
+    Ok(request)
+}
+
 /// Read a JSON answer; a non-2xx answer becomes an error carrying the server's message.
 pub fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Value> {
     let status = response.status();
@@ -84,16 +163,18 @@ pub fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Resu
 
 /// GET a JSON document.
 pub fn get_json(url: &str) -> Result<Value> {
-    let response = agent()
-        .get(url)
+    let response = get_request(url)?
         .call()
         .with_context(|| format!("cannot reach {url}"))?;
     answer(url, response)
 }
 
 pub fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
-    let response = agent()
-        .post(url)
+    let mut request = agent().post(url);
+    if let Some(value) = bearer(url)? {
+        request = request.header("Authorization", value);
+    }
+    let response = request
         .header("content-type", "application/octet-stream")
         .send(&bytes[..])
         .with_context(|| format!("cannot reach {url}"))?;
@@ -101,6 +182,8 @@ pub fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
 }
 
 pub fn tx(command: TxCommand) -> Result<ExitCode> {
+    let (TxCommand::Anchor { api, key, .. } | TxCommand::Status { api, key, .. }) = &command;
+    use_key(api, key)?;
     match command {
         TxCommand::Anchor {
             api,
@@ -150,7 +233,7 @@ pub fn tx(command: TxCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&accepted)?);
             }
         }
-        TxCommand::Status { api, hash } => {
+        TxCommand::Status { api, hash, .. } => {
             let status = get_json(&format!(
                 "{}/chain/transactions/{hash}",
                 api.trim_end_matches('/')
@@ -178,8 +261,11 @@ fn proof_from(text: &str) -> Result<InclusionProof> {
 }
 
 pub fn proof(command: ProofCommand) -> Result<ExitCode> {
+    if let ProofCommand::Get { api, key, .. } = &command {
+        use_key(api, key)?;
+    }
     match command {
-        ProofCommand::Get { api, hash, out } => {
+        ProofCommand::Get { api, hash, out, .. } => {
             let status = get_json(&format!(
                 "{}/chain/transactions/{hash}?wait_ms=10000",
                 api.trim_end_matches('/')
@@ -216,6 +302,22 @@ pub fn proof(command: ProofCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn origins() {
+        assert_eq!(
+            super::origin("http://127.0.0.1:8700/chain/status?x=1"),
+            Some("http://127.0.0.1:8700")
+        );
+        assert_eq!(
+            super::origin("https://node.example"),
+            Some("https://node.example")
+        );
+        assert_eq!(super::origin("node"), None);
+    }
+}
+
 #[derive(Subcommand)]
 pub enum AuthCommand {
     /// Log in as SMART Backend Services does: sign a JWT client assertion (EdDSA) with the
@@ -247,20 +349,31 @@ pub fn client_assertion(seed: &[u8; 32], token_url: &str) -> String {
             aud: token_url.to_string(),
             exp,
             jti: hex::encode(&crate::config::random_seed()[..16]),
+            iat: Some(exp - 240),
+            nbf: None,
         },
     )
 }
 
 /// Get a bearer token for the identity of `key` at `api`.
 pub fn login(api: &str, key: &std::path::Path) -> Result<String> {
+    login_seed(api, &crate::config::read_seed(key)?)
+}
+
+/// Get a bearer token for the identity of `seed` at `api` (a new login each call).
+pub fn login_seed(api: &str, seed: &[u8; 32]) -> Result<String> {
     let api = api.trim_end_matches('/');
-    let seed = crate::config::read_seed(key)?;
-    let config = get_json(&format!("{api}/.well-known/smart-configuration"))?;
+    let url = format!("{api}/.well-known/smart-configuration");
+    let response = agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let config = answer(&url, response)?;
     let token_url = config["token_endpoint"]
         .as_str()
         .context("the node advertises no token endpoint")?
         .to_string();
-    let assertion = client_assertion(&seed, &token_url);
+    let assertion = client_assertion(seed, &token_url);
     let response = agent()
         .post(&token_url)
         .send_form([

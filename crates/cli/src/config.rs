@@ -31,6 +31,49 @@ pub struct NodeConfig {
     /// Where record envelopes and wrapped keys live; local disk unless configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob_store: Option<BlobStoreConfig>,
+    /// `[api]`: connection limits of the HTTP API.
+    #[serde(default, skip_serializing_if = "ApiLimitsConfig::is_default")]
+    pub api: ApiLimitsConfig,
+}
+
+/// `[api]`: the API's connection limits; each defaults to the named limit in `ehrchain_api::serve`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLimitsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_per_peer_max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+impl ApiLimitsConfig {
+    fn is_default(&self) -> bool {
+        self.connections_max.is_none()
+            && self.connections_per_peer_max.is_none()
+            && self.header_read_timeout_ms.is_none()
+            && self.idle_timeout_ms.is_none()
+    }
+
+    pub fn limits(&self) -> ehrchain_api::serve::Limits {
+        let default = ehrchain_api::serve::Limits::default();
+        ehrchain_api::serve::Limits {
+            connections_max: self.connections_max.unwrap_or(default.connections_max),
+            connections_per_peer_max: self
+                .connections_per_peer_max
+                .unwrap_or(default.connections_per_peer_max),
+            header_read_timeout: self.header_read_timeout_ms.map_or(
+                default.header_read_timeout,
+                std::time::Duration::from_millis,
+            ),
+            idle_timeout: self
+                .idle_timeout_ms
+                .map_or(default.idle_timeout, std::time::Duration::from_millis),
+        }
+    }
 }
 
 /// `[blob_store]`: an S3-compatible bucket (Garage, MinIO, AWS S3, ...) instead of the data

@@ -53,6 +53,7 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
             p2p_port,
             api_port,
             epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
+            heartbeat_ms: ehrchain_types::genesis::HEARTBEAT_MS,
         })?
     };
     let mut children = spawn_nodes(&configs, dir)?;
@@ -70,6 +71,8 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
     }
     if fresh {
         let apis = api_urls(&configs)?;
+        // Every API call needs a login: the first institution's, until the fill switches.
+        crate::client::use_key(&apis[0], &dir.join("node-0").join("validator.key"))?;
         crate::bench::wait_ready(&apis)?;
         let written = fill_demo(dir, &apis)?;
         println!(
@@ -146,8 +149,9 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
     let mut written = 0;
     let mut clinicians = Vec::new();
     for (home, api) in apis.iter().enumerate().take(homes) {
-        let session = Session::open(api)?;
         let institution = Signer::load(&dir.join(format!("node-{home}/validator.key")))?;
+        crate::client::use_seed(api, &institution.seed);
+        let session = Session::open(api)?;
         let seed = crate::config::random_seed();
         crate::config::write_key(&keys.join(format!("clinician-{}.key", home + 1)), &seed)?;
         let clinician = Signer::from_seed(&seed);
@@ -177,8 +181,9 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         clinicians.push((clinician, seed));
     }
     for (home, api) in apis.iter().enumerate().take(homes) {
-        let session = Session::open(api)?;
         let institution = Signer::load(&dir.join(format!("node-{home}/validator.key")))?;
+        crate::client::use_seed(api, &institution.seed);
+        let session = Session::open(api)?;
         let seed = crate::config::random_seed();
         crate::config::write_key(&keys.join(format!("patient-{}.key", home + 1)), &seed)?;
         let patient = Signer::from_seed(&seed);
@@ -207,21 +212,14 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
             "private_key": base64url(&seed),
         }));
         let (author, _) = &clinicians[home];
-        let readers = readers_for(api, author, &id, None)?;
         let synthetic = generator.patient(&patient_id, 24);
         for resource in std::iter::once(synthetic.patient).chain(synthetic.records) {
             let json = serde_json::to_vec_pretty(&resource)?;
+            let checked = check(&json)?;
+            let readers = readers_for(api, author, &id, checked.resource_type.code(), None)?;
             // Each write is waited for before the next is signed, so the node's nonce is current.
             let nonce = session.nonce(&author.public)?;
-            let prepared = prepare(
-                session.chain_id,
-                author,
-                nonce,
-                &check(&json)?,
-                None,
-                1,
-                &readers,
-            )?;
+            let prepared = prepare(session.chain_id, author, nonce, &checked, None, 1, &readers)?;
             crate::client::post_bytes(&format!("{api}/records"), prepared.upload.clone())?;
             session.wait(&hex::encode(prepared.transaction.id()))?;
             written += 1;

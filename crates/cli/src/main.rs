@@ -72,10 +72,13 @@ enum Command {
     },
     /// Print a node's chain status as JSON.
     ///
-    /// Example: ehrchain status --api http://127.0.0.1:8700
+    /// Example: ehrchain status --api http://127.0.0.1:8700 --key .dev/node-0/validator.key
     Status {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Make a new Ed25519 key file (mode 0600) and print its public key.
     ///
@@ -172,6 +175,10 @@ enum NetworkCommand {
         /// effect at the first block of the next epoch.
         #[arg(long, default_value_t = 1_000)]
         epoch_blocks: u64,
+        /// Longest an idle chain goes without a block, in ms (0: a block as often as
+        /// consensus can, as before).
+        #[arg(long, default_value_t = ehrchain_types::genesis::HEARTBEAT_MS)]
+        heartbeat_ms: u64,
     },
     /// Prepare a node for an institution that is to become a member: a key and a config
     /// beside the network's genesis. Prints the `governance propose` a member runs to admit it.
@@ -215,6 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     p2p_port,
                     api_port,
                     epoch_blocks,
+                    heartbeat_ms,
                 },
         } => {
             let nodes = network::init(&network::InitOptions {
@@ -224,6 +232,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 p2p_port,
                 api_port,
                 epoch_blocks,
+                heartbeat_ms,
             })?;
             for node in nodes {
                 println!("{}", node.display());
@@ -278,7 +287,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Status { api } => {
+        Command::Status { api, key } => {
+            client::use_key(&api, &key)?;
             let status = client::get_json(&format!("{}/chain/status", api.trim_end_matches('/')))?;
             println!("{}", serde_json::to_string_pretty(&status)?);
         }

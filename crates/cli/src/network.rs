@@ -19,6 +19,8 @@ pub struct InitOptions {
     pub api_port: u16,
     /// Blocks per consensus epoch (validator-set changes take effect at epoch starts).
     pub epoch_blocks: u64,
+    /// Longest an idle chain goes without a block (`Rules::heartbeat_ms`).
+    pub heartbeat_ms: u64,
 }
 
 /// A node's config: its key `validator.key` and data `data/` beside the config file.
@@ -39,6 +41,7 @@ fn node_config(
         mempool_transactions_max: ehrchain_types::limits::MEMPOOL_TRANSACTIONS_MAX,
         log_format: "pretty".into(),
         blob_store: None,
+        api: Default::default(),
     }
 }
 
@@ -103,6 +106,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
         }],
         rules: ehrchain_types::genesis::Rules {
             epoch_blocks: options.epoch_blocks,
+            heartbeat_ms: options.heartbeat_ms,
             ..Default::default()
         },
     };

@@ -60,9 +60,56 @@ impl<O: AddressableManager<PublicKey = PublicKey> + Send + 'static> ehrchain_cha
 /// File in the data directory that records which genesis the data belongs to.
 pub const GENESIS_COPY: &str = "genesis.json";
 
+/// Halt the process on any panic, with a message an operator can act on. A panic inside the
+/// consensus engine (a journal that cannot be written or pruned) would otherwise end only its
+/// own task, and the node would limp on without consensus.
+fn halt_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let storage = [
+            "journal",
+            "storage",
+            "archive",
+            "prune",
+            "sync",
+            "open files",
+            "No space",
+        ]
+        .iter()
+        .any(|word| message.contains(word));
+        let what = if storage {
+            "storage failure: the node halts so that its journal and state stay consistent; \
+             check free disk space and the file-descriptor limit, then restart it"
+        } else {
+            "internal error: the node halts; restart it, and report this message"
+        };
+        tracing::error!(%location, %message, "{what}");
+        eprintln!("ehrchain node: {what}\n  at {location}: {message}");
+        std::process::exit(70);
+    }));
+}
+
 pub fn run(config_path: &std::path::Path) -> Result<()> {
     let config = NodeConfig::load(config_path)?;
     crate::logging::init(&config.log_format);
+    halt_on_panic();
+    let fd_limit = ehrchain_api::serve::raise_fd_limit();
+    let limits = config.api.limits().within_fd_limit(fd_limit);
+    tracing::info!(
+        fd_limit,
+        connections_max = limits.connections_max,
+        connections_per_peer_max = limits.connections_per_peer_max,
+        "API connection limits"
+    );
     let genesis = load_genesis(&config.genesis)?;
     let signer = read_key(&config.key_file)?;
     // The FHIR gateway registers patients with the institution's (this validator's) key.
@@ -189,6 +236,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         handles.push(network_handle);
         let keeper =
             ehrchain_chain::records::Records::new(chain.clone(), store.clone(), me.clone());
+        let blobs_missing = keeper.missing_gauge();
         tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
 
         let metrics_context = context.child("api");
@@ -218,8 +266,11 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             institution_key: Some(institution_key),
             custody_dir: Some(config.data_dir.join("custody")),
             gateway,
+            connections: Default::default(),
+            blobs_missing,
         });
         tokio::spawn(ehrchain_api::access_log::run(state.clone()));
+        let connections = state.connections.clone();
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {
             Ok(listener) => listener,
@@ -229,11 +280,13 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             }
         };
         tracing::info!(address = %config.api_listen, "API listening");
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "API server stopped");
-            }
-        });
+        tokio::spawn(ehrchain_api::serve::serve(
+            listener,
+            app,
+            limits,
+            Arc::new(ehrchain_api::serve::Plain),
+            connections,
+        ));
         let (result, index, _) = futures::future::select_all(handles).await;
         tracing::error!(index, ?result, "a validator task stopped; shutting down");
         std::process::exit(1);

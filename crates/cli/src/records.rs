@@ -5,7 +5,7 @@
 //! fetches the envelope and the key wrapped for the user's own key, checks the envelope
 //! against its on-chain hash, and decrypts locally.
 
-use crate::client::{agent, answer, get_json, post_bytes};
+use crate::client::{answer, get_json, post_bytes};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
 use ehrchain_crypto::{Binding, EncryptionKey, EncryptionPublicKey};
@@ -63,6 +63,9 @@ pub enum RecordCommand {
     History {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         record: String,
     },
@@ -72,6 +75,9 @@ pub enum RecordCommand {
     Verify {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         record: String,
         #[arg(long)]
@@ -117,6 +123,9 @@ pub enum PatientCommand {
     Show {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking: the command logs in with it.
+        #[arg(long)]
+        key: PathBuf,
         #[arg(long)]
         patient: String,
     },
@@ -205,6 +214,9 @@ pub enum IdentityCommand {
     Show {
         #[arg(long)]
         api: String,
+        /// The key file of the identity asking (by default the shown identity itself).
+        #[arg(long)]
+        key: Option<PathBuf>,
         #[arg(long)]
         key_file: PathBuf,
     },
@@ -212,6 +224,8 @@ pub enum IdentityCommand {
 
 /// A signing identity loaded from a key file.
 pub struct Signer {
+    /// The key file's seed: it signs, derives the encryption key, and logs in.
+    pub seed: [u8; 32],
     pub key: PrivateKey,
     pub public: PublicKey,
     pub encryption: EncryptionKey,
@@ -226,6 +240,7 @@ impl Signer {
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         let key = ehrchain_types::private_key_from_seed(seed).expect("32-byte seed");
         Self {
+            seed: *seed,
             public: ehrchain_chain::application::key_public(&key),
             encryption: EncryptionKey::from_seed(seed),
             key,
@@ -456,62 +471,52 @@ pub fn prepare(
     })
 }
 
-/// The readers a new record version is wrapped for: the patient, the author's institution
+/// The readers a new record version is wrapped for, as the chain states the rule
+/// (`GET /patients/{id}/readers`, asked as the author): the patient, the author's institution
 /// and the author, and (given the resource type) every grantee whose active grant covers
 /// reads of that type.
 pub fn readers_for(
     api: &str,
     author: &Signer,
     patient: &[u8; 16],
-    resource_type: Option<u8>,
+    resource_type: u8,
+    record: Option<&[u8; 16]>,
 ) -> Result<Vec<EncryptionPublicKey>> {
-    let patient_id = *patient;
-    let patient = get_json(&format!("{api}/patients/{}", hex::encode(patient)))?;
-    ensure!(
-        patient["erased_height"].is_null(),
-        "the patient's records were erased"
+    let record = record.map_or(String::new(), |r| format!("&record={}", hex::encode(r)));
+    let url = format!(
+        "{api}/patients/{}/readers?type={resource_type}{record}",
+        hex::encode(patient)
     );
-    let identity = get_json(&format!("{api}/identities/{}", author.public))?;
-    let mut readers = vec![key32(&patient["encryption_key"], "patient encryption key")?];
-    match identity["role"].as_str() {
-        Some("clinician") => {
-            readers.push(key32(
-                &identity["institution_encryption_key"],
-                "institution encryption key",
-            )?);
-            readers.push(author.encryption.public());
+    let token = crate::client::token_for(api, &author.seed)?;
+    let response = crate::client::agent()
+        .get(&url)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    if response.status() == 403 {
+        // Not a writer of this record: wrap for the patient, the author and the author's
+        // institution only, and let the chain decide (and record) the attempt.
+        let patient = get_json(&format!("{api}/patients/{}", hex::encode(patient)))?;
+        let identity = get_json(&format!("{api}/identities/{}", author.public))?;
+        let mut readers = vec![
+            key32(&patient["encryption_key"], "patient encryption key")?,
+            author.encryption.public(),
+        ];
+        if let Ok(key) = key32(
+            &identity["institution_encryption_key"],
+            "institution encryption key",
+        ) {
+            readers.push(key);
         }
-        Some("institution") => readers.push(author.encryption.public()),
-        _ => bail!("only an institution or an enrolled clinician writes records"),
+        return Ok(readers);
     }
-    if let Some(resource_type) = resource_type {
-        let consents = get_json(&format!(
-            "{api}/patients/{}/consents",
-            hex::encode(patient_id)
-        ))?;
-        for grant in consents["consents"].as_array().into_iter().flatten() {
-            let reads = grant["actions"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == "access"));
-            let covers = grant["types"].as_array().is_some_and(|t| {
-                t.is_empty()
-                    || t.iter()
-                        .any(|x| x.as_u64() == Some(u64::from(resource_type)))
-            });
-            // A grantee whose key was rotated away or removed is sent no encryption key.
-            if grant["status"] == "active"
-                && reads
-                && covers
-                && !grant["grantee_retired"].as_bool().unwrap_or(false)
-            {
-                let key = key32(&grant["grantee_encryption_key"], "grantee encryption key")?;
-                if !readers.contains(&key) {
-                    readers.push(key);
-                }
-            }
-        }
-    }
-    Ok(readers)
+    let answer = answer(&url, response)?;
+    answer["readers"]
+        .as_array()
+        .context("no readers in the answer")?
+        .iter()
+        .map(|key| key32(key, "reader encryption key"))
+        .collect()
 }
 
 fn upload_and_wait(session: &Session, prepared: &Prepared) -> Result<Value> {
@@ -521,8 +526,7 @@ fn upload_and_wait(session: &Session, prepared: &Prepared) -> Result<Value> {
 
 fn latest_version(api: &str, record: &[u8; 16]) -> Result<Option<u32>> {
     let url = format!("{api}/records/{}", hex::encode(record));
-    let response = agent()
-        .get(&url)
+    let response = crate::client::get_request(&url)?
         .call()
         .with_context(|| format!("cannot reach {url}"))?;
     if response.status() == 404 {
@@ -537,8 +541,7 @@ fn latest_version(api: &str, record: &[u8; 16]) -> Result<Option<u32>> {
 }
 
 pub(crate) fn get_bytes(url: &str) -> Result<Vec<u8>> {
-    let mut response = agent()
-        .get(url)
+    let mut response = crate::client::get_request(url)?
         .call()
         .with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
@@ -586,6 +589,11 @@ fn fetch_checked(api: &str, record: &[u8; 16], version: Option<u32>) -> Result<(
 }
 
 pub fn record(command: RecordCommand) -> Result<ExitCode> {
+    let (RecordCommand::Put { api, key, .. }
+    | RecordCommand::Get { api, key, .. }
+    | RecordCommand::History { api, key, .. }
+    | RecordCommand::Verify { api, key, .. }) = &command;
+    crate::client::use_key(api, key)?;
     match command {
         RecordCommand::Put {
             api,
@@ -610,7 +618,8 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
                 &session.api,
                 &author,
                 &checked.patient,
-                Some(checked.resource_type.code()),
+                checked.resource_type.code(),
+                record.as_ref(),
             )?;
             for reader in &readers {
                 wrap_for.push(key32(&Value::from(reader.as_str()), "--reader")?);
@@ -674,7 +683,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             std::io::stdout().write_all(&plain)?;
             println!();
         }
-        RecordCommand::History { api, record } => {
+        RecordCommand::History { api, record, .. } => {
             let record = id16(&record, "--record")?;
             let history = get_json(&format!(
                 "{}/records/{}",
@@ -687,6 +696,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             api,
             record,
             version,
+            ..
         } => {
             let record = id16(&record, "--record")?;
             match fetch_checked(api.trim_end_matches('/'), &record, version) {
@@ -728,6 +738,10 @@ fn register_new(
 }
 
 pub fn patient(command: PatientCommand) -> Result<ExitCode> {
+    let (PatientCommand::Register { api, key, .. }
+    | PatientCommand::Erase { api, key, .. }
+    | PatientCommand::Show { api, key, .. }) = &command;
+    crate::client::use_key(api, key)?;
     match command {
         PatientCommand::Register {
             api,
@@ -767,7 +781,7 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
                 hex::encode(tx.id())
             );
         }
-        PatientCommand::Show { api, patient } => {
+        PatientCommand::Show { api, patient, .. } => {
             let patient = id16(&patient, "--patient")?;
             let entry = get_json(&format!(
                 "{}/patients/{}",
@@ -781,6 +795,22 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
 }
 
 pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
+    let (IdentityCommand::Enroll { api, key, .. }
+    | IdentityCommand::Guardian { api, key, .. }
+    | IdentityCommand::Rotate { api, key, .. }
+    | IdentityCommand::Recover { api, key, .. }
+    | IdentityCommand::Remove { api, key, .. }
+    | IdentityCommand::Show {
+        api,
+        key: Some(key),
+        ..
+    }
+    | IdentityCommand::Show {
+        api,
+        key: None,
+        key_file: key,
+    }) = &command;
+    crate::client::use_key(api, key)?;
     match command {
         IdentityCommand::Enroll {
             api,
@@ -862,7 +892,7 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
                 hex::encode(tx.id())
             );
         }
-        IdentityCommand::Show { api, key_file } => {
+        IdentityCommand::Show { api, key_file, .. } => {
             let signer = Signer::load(&key_file)?;
             let entry = get_json(&format!(
                 "{}/identities/{}",

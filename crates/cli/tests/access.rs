@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{Cluster, cli, get, height, ok, path, wait_until};
+use common::{Cluster, cli, get_as, height, ok, path, token, wait_until};
 use serde_json::Value;
 use std::{
     path::{Path, PathBuf},
@@ -109,6 +109,7 @@ fn nodes_holding(net: &Path, encryption_key: &[u8]) -> Vec<usize> {
         .collect()
 }
 
+/// `identity show` of `key`, asked as the identity itself.
 fn encryption_key(api: &str, key: &Path) -> Vec<u8> {
     let shown: Value = serde_json::from_str(&ok(cli(&[
         "identity",
@@ -135,12 +136,15 @@ fn public_key(api: &str, key: &Path) -> String {
     shown["key"].as_str().unwrap().to_string()
 }
 
-fn trail(api: &str, patient: &str) -> Vec<Value> {
+/// A patient's trail, asked as `key` (the patient, a guardian or an auditor).
+fn trail(api: &str, key: &Path, patient: &str) -> Vec<Value> {
     let log: Value = serde_json::from_str(&ok(cli(&[
         "access",
         "log",
         "--api",
         api,
+        "--key",
+        path(key),
         "--patient",
         patient,
     ])))
@@ -166,6 +170,8 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         &P2P_PORT.to_string(),
         "--api-port",
         &API_PORT.to_string(),
+        "--heartbeat-ms",
+        "1000",
     ]));
     let mut cluster = Cluster {
         dir: net.clone(),
@@ -273,7 +279,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     refused(&read(&api0, &auditor, &observation, "HOPERAT"), "auditor");
     refused(
         &read(&api0, &anonymous, &observation, "TREAT"),
-        "only a registered identity reads records",
+        "unknown identity",
     );
     // A write without the right (clinician B has no consent) is refused, and the attempt
     // itself is on the patient's trail.
@@ -299,14 +305,18 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         "{stderr}"
     );
     assert!(
-        trail(&api1, &p1)
+        trail(&api1, &auditor, &p1)
             .iter()
             .any(|e| e["reason"] == "not-permitted" && e["actor"] == dr_b.as_str()),
         "the refused write is on the trail"
     );
     // Asking for a key without recording the read is refused outright.
     let b_key = hex::encode(encryption_key(&api0, &clinician_b));
-    let (status, _) = get(&format!("{api0}/records/{observation}/1/wraps/{b_key}")).unwrap();
+    let (status, _) = get_as(
+        &format!("{api0}/records/{observation}/1/wraps/{b_key}"),
+        &token(&api0, &clinician_b),
+    )
+    .unwrap();
     assert_eq!(status, 403);
 
     // Patient 1 consents to clinician B reading Observations for treatment.
@@ -381,6 +391,8 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         "list",
         "--api",
         &api2,
+        "--key",
+        path(&patient_1),
         "--patient",
         &p1,
     ])))
@@ -471,7 +483,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     ]));
     read_ok(&api0, &clinician_b, &p2_record.0, "ETREAT");
     cluster.settle();
-    let p2_trail = trail(&api2, &p2_record.1);
+    let p2_trail = trail(&api2, &auditor, &p2_record.1);
     assert!(
         p2_trail
             .iter()
@@ -484,7 +496,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     );
 
     // The trail: every attempt above on patient 1's records is there, in order, with outcome.
-    let events = trail(&cluster.api(3), &p1);
+    let events = trail(&cluster.api(3), &auditor, &p1);
     let denied = events.iter().filter(|e| e["outcome"] == "denied").count();
     let allowed = events.iter().filter(|e| e["outcome"] == "allowed").count();
     assert!(denied >= 8, "denied attempts on the trail: {denied}");
@@ -495,8 +507,15 @@ fn consent_decides_every_read_and_the_trail_records_it() {
             .all(|e| e["actor"].is_string() && e["purpose"].is_string())
     );
     // The auditor's view: all events, and findings for denials, revocation and break-glass.
-    let findings: Value =
-        serde_json::from_str(&ok(cli(&["access", "findings", "--api", &api0]))).unwrap();
+    let findings: Value = serde_json::from_str(&ok(cli(&[
+        "access",
+        "findings",
+        "--api",
+        &api0,
+        "--key",
+        path(&auditor),
+    ])))
+    .unwrap();
     let kinds: Vec<&str> = findings["findings"]
         .as_array()
         .unwrap()
@@ -506,7 +525,15 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     for kind in ["denied-access", "after-revocation", "break-glass"] {
         assert!(kinds.contains(&kind), "no {kind} finding in {kinds:?}");
     }
-    let all: Value = serde_json::from_str(&ok(cli(&["access", "log", "--api", &api0]))).unwrap();
+    let all: Value = serde_json::from_str(&ok(cli(&[
+        "access",
+        "log",
+        "--api",
+        &api0,
+        "--key",
+        path(&auditor),
+    ])))
+    .unwrap();
     assert!(all["events"].as_array().unwrap().len() > events.len());
     // A custodial patient, whose key the home node (hospital A) holds. Clinician B writes
     // under a write-only grant; under break-glass, clinician A gets the key from node 0,
@@ -668,8 +695,15 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         recovered.trim_end().as_bytes(),
         std::fs::read(&observation_file).unwrap()
     );
-    let findings: Value =
-        serde_json::from_str(&ok(cli(&["access", "findings", "--api", &api0]))).unwrap();
+    let findings: Value = serde_json::from_str(&ok(cli(&[
+        "access",
+        "findings",
+        "--api",
+        &api0,
+        "--key",
+        path(&auditor),
+    ])))
+    .unwrap();
     assert!(findings.to_string().contains("key-recovery"));
 
     // Governance: 3 of 4 members appoint a second auditor; a proposal two members reject
@@ -698,8 +732,12 @@ fn consent_decides_every_read_and_the_trail_records_it() {
             "the proposal on the voter's node",
             Duration::from_secs(30),
             || {
-                get(&format!("{}/governance/proposals", cluster.api(member)))
-                    .is_some_and(|(_, v)| v.to_string().contains(proposal))
+                let member_key = net.join(format!("node-{member}/validator.key"));
+                get_as(
+                    &format!("{}/governance/proposals", cluster.api(member)),
+                    &token(&cluster.api(member), &member_key),
+                )
+                .is_some_and(|(_, v)| v.to_string().contains(proposal))
             },
         );
         ok(cli(&[
@@ -719,7 +757,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     vote(1, &passing, "true");
     refused(
         &read(&api0, &second_auditor, &observation, "HOPERAT"),
-        "only a registered identity reads records",
+        "unknown identity",
     );
     vote(2, &passing, "true");
     cluster.settle();
@@ -737,8 +775,15 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     // Node 2 may be a block behind the last vote.
     let mut governance = Value::Null;
     wait_until("the votes on node 2", Duration::from_secs(30), || {
-        governance =
-            serde_json::from_str(&ok(cli(&["governance", "list", "--api", &api2]))).unwrap();
+        governance = serde_json::from_str(&ok(cli(&[
+            "governance",
+            "list",
+            "--api",
+            &api2,
+            "--key",
+            path(&net.join("node-2/validator.key")),
+        ])))
+        .unwrap();
         !governance.to_string().contains("\"open\"")
     });
     let status = |id: &str| {
@@ -754,7 +799,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     assert_eq!(status(&failing), "rejected");
     refused(
         &read(&api0, &third, &observation, "HOPERAT"),
-        "only a registered identity reads records",
+        "unknown identity",
     );
 
     // Nothing in the trail or findings carries more than ids, keys and codes.

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{Cluster, agent, cli, get, height, ok, wait_until};
+use common::{Cluster, agent, cli, get_as, height, ok, wait_until};
 use serde_json::Value;
 use std::{process::Command, time::Duration};
 
@@ -24,8 +24,18 @@ const P2P_PORT: u16 = 24_900;
 const API_PORT: u16 = 10_380;
 const READS: usize = 20;
 
-fn status(api: &str) -> Value {
-    get(&format!("{api}/chain/status")).expect("status").1
+fn status(api: &str, token: &str) -> Value {
+    get_as(&format!("{api}/chain/status"), token)
+        .expect("status")
+        .1
+}
+
+/// A token for `key` at `api`, or `None` while the node cannot log anyone in.
+fn try_token(api: &str, key: &std::path::Path) -> Option<String> {
+    let out = cli(&["auth", "token", "--api", api, "--key", key.to_str()?]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn fhir_get(api: &str, token: &str, path: &str) -> (u16, Value) {
@@ -92,9 +102,9 @@ fn reads_answered_before_a_crash_reach_the_trail_after_it() {
     wait_until(
         "the search's reads recorded",
         Duration::from_secs(30),
-        || status(&api)["access_log_unrecorded"] == 0,
+        || status(&api, &token)["access_log_unrecorded"] == 0,
     );
-    let trail_before = status(&api)["access_events"].as_u64().unwrap();
+    let trail_before = status(&api, &token)["access_events"].as_u64().unwrap();
 
     // Two of four validators stop: nothing commits any more.
     cluster.kill(2);
@@ -104,7 +114,7 @@ fn reads_answered_before_a_crash_reach_the_trail_after_it() {
         let (code, body) = fhir_get(&api, &token, &format!("Observation/{record}"));
         assert_eq!(code, 200, "a read decided here is answered: {body}");
     }
-    let node = status(&api);
+    let node = status(&api, &token);
     assert_eq!(
         node["access_log_unrecorded"], READS,
         "the reads are journalled, not on chain"
@@ -131,12 +141,17 @@ fn reads_answered_before_a_crash_reach_the_trail_after_it() {
         "the journalled reads on chain",
         Duration::from_secs(120),
         || {
-            get(&format!("{api}/chain/status"))
-                .is_some_and(|(_, s)| s["access_log_unrecorded"] == 0)
+            // The restarted node forgot its tokens: log in again once it can.
+            try_token(&api, &key).is_some_and(|token| {
+                get_as(&format!("{api}/chain/status"), &token)
+                    .is_some_and(|(_, s)| s["access_log_unrecorded"] == 0)
+            })
         },
     );
+    let api1 = cluster.api(1);
+    let token1 = try_token(&api1, &key).expect("a login at node 1");
     let (_, trail) =
-        get(&format!("{}/patients/{patient_id}/access", cluster.api(1))).expect("trail");
+        get_as(&format!("{api1}/patients/{patient_id}/access"), &token1).expect("trail");
     let events = trail["events"].as_array().expect("events");
     let patient_key = patient["id"].as_str().unwrap();
     let logged: Vec<&Value> = events

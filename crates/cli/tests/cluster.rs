@@ -19,7 +19,10 @@ use std::{
 
 mod common;
 
-use common::{Cluster, EXE, Guard, agent, get, height, post, wait_until};
+use common::{
+    Cluster, EXE, Guard, agent, get, get_as, height, key_from_file, post, post_as, token,
+    wait_until,
+};
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
 const P2P_PORT: u16 = 24_400;
@@ -46,12 +49,15 @@ fn verify(data_dir: &Path) -> Output {
         .expect("run verify")
 }
 
-fn committed_height(api: &str, hash: &str) -> u64 {
+fn committed_height(api: &str, token: &str, hash: &str) -> u64 {
     let mut found = None;
     wait_until("commit", Duration::from_secs(60), || {
-        found = get(&format!("{api}/chain/transactions/{hash}?wait_ms=2000"))
-            .filter(|(_, v)| v["status"] == "committed")
-            .and_then(|(_, v)| v["height"].as_u64());
+        found = get_as(
+            &format!("{api}/chain/transactions/{hash}?wait_ms=2000"),
+            token,
+        )
+        .filter(|(_, v)| v["status"] == "committed")
+        .and_then(|(_, v)| v["height"].as_u64());
         found.is_some()
     });
     found.unwrap()
@@ -104,6 +110,10 @@ fn consortium_survives_a_crash_and_detects_tampering() {
             &P2P_PORT.to_string(),
             "--api-port",
             &API_PORT.to_string(),
+            // Resting between heartbeats as a real network does, but a second apart, so
+            // that waiting for heights stays short.
+            "--heartbeat-ms",
+            "1000",
         ])
         .output()
         .unwrap();
@@ -124,6 +134,15 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     wait_until("first blocks", Duration::from_secs(60), || {
         (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 3))
     });
+    // Every endpoint but metrics, discovery and login wants a token: the first institution's.
+    let institution = dir.join("node-0/validator.key");
+    let token0 = token(&api0, &institution);
+    let (status, _) = post(&format!("{api0}/chain/transactions"), b"\x01\x02");
+    assert_eq!(status, 401, "no token, no submission");
+    assert_eq!(
+        get(&format!("{api0}/chain/status")).map(|(s, _)| s),
+        Some(401)
+    );
 
     // Operators scrape Prometheus metrics from the API port.
     let metrics = agent()
@@ -137,12 +156,20 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     assert!(metrics.trim_end().ends_with("# EOF"));
 
     // A committed transaction with a proof that checks offline.
-    let client = PrivateKey::from_seed(77);
+    // The signer is the genesis auditor: the mempool admits only signers the chain knows.
+    let client = key_from_file(&dir.join("auditor.key"));
+    let stranger = PrivateKey::from_seed(77);
+    let (status, answer) = post_as(
+        &format!("{api0}/chain/transactions"),
+        &token0,
+        anchor(&stranger, 1, 0, "stranger").bytes(),
+    );
+    assert_eq!(status, 403, "unknown signer: {answer}");
     let tx = anchor(&client, 1, 0, "first");
-    let (status, answer) = post(&format!("{api0}/chain/transactions"), tx.bytes());
+    let (status, answer) = post_as(&format!("{api0}/chain/transactions"), &token0, tx.bytes());
     assert_eq!(status, 202, "{answer}");
     let hash = answer["hash"].as_str().unwrap().to_string();
-    let first_height = committed_height(&api0, &hash);
+    let first_height = committed_height(&api0, &token0, &hash);
     cluster.settle();
     let proof_file = dir.join("proof.json");
     let out = Command::new(EXE)
@@ -153,6 +180,8 @@ fn consortium_survives_a_crash_and_detects_tampering() {
             &cluster.api(1),
             "--hash",
             &hash,
+            "--key",
+            institution.to_str().unwrap(),
             "--out",
         ])
         .arg(&proof_file)
@@ -178,21 +207,22 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid"));
 
     // Bad input is refused with a reason.
-    let (status, answer) = post(&format!("{api0}/chain/transactions"), tx.bytes());
+    let submit = |bytes: &[u8]| post_as(&format!("{api0}/chain/transactions"), &token0, bytes);
+    let (status, answer) = submit(tx.bytes());
     assert_eq!(status, 409, "replay: {answer}");
     let other_chain = anchor(&client, 2, 1, "other chain");
-    let (status, answer) = post(&format!("{api0}/chain/transactions"), other_chain.bytes());
+    let (status, answer) = submit(other_chain.bytes());
     assert_eq!(status, 401, "wrong chain: {answer}");
     assert!(answer["error"].as_str().unwrap().contains("chain"));
     let mut forged = anchor(&client, 1, 1, "forged").bytes().to_vec();
     let last = forged.len() - 1;
     forged[last] ^= 1;
-    let (status, answer) = post(&format!("{api0}/chain/transactions"), &forged);
+    let (status, answer) = submit(&forged);
     assert_eq!(status, 401, "bad signature: {answer}");
     let oversized = vec![1u8; ehrchain_types::limits::TRANSACTION_SIZE_BYTES_MAX + 1];
-    let (status, answer) = post(&format!("{api0}/chain/transactions"), &oversized);
+    let (status, answer) = submit(&oversized);
     assert_eq!(status, 413, "oversized: {answer}");
-    let (status, _) = post(&format!("{api0}/chain/transactions"), b"\x01\x02");
+    let (status, _) = submit(b"\x01\x02");
     assert_eq!(status, 400);
 
     // Kill one validator; the other three keep finalizing and commit new work.
@@ -214,13 +244,15 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     );
     drop(outsider);
     let tx = anchor(&client, 1, 1, "while node 3 was down");
-    let (status, answer) = post(
+    let token1 = token(&cluster.api(1), &institution);
+    let (status, answer) = post_as(
         &format!("{}/chain/transactions", cluster.api(1)),
+        &token1,
         tx.bytes(),
     );
     assert_eq!(status, 202, "{answer}");
     let down_hash = answer["hash"].as_str().unwrap().to_string();
-    let down_height = committed_height(&api0, &down_hash);
+    let down_height = committed_height(&api0, &token0, &down_hash);
 
     // Restart it: it replays its own log and catches up from its peers.
     cluster.start(3);
@@ -228,8 +260,9 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     wait_until("node 3 catches up", Duration::from_secs(90), || {
         height(&api3).is_some_and(|h| h >= down_height + 2)
     });
-    assert_eq!(committed_height(&api3, &down_hash), down_height);
-    assert_eq!(committed_height(&api3, &hash), first_height);
+    let token3 = token(&api3, &institution);
+    assert_eq!(committed_height(&api3, &token3, &down_hash), down_height);
+    assert_eq!(committed_height(&api3, &token3, &hash), first_height);
 
     // Every stored chain verifies.
     let tip = height(&api0).unwrap();

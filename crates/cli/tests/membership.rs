@@ -13,13 +13,15 @@
 //! chain, which it synced from genesis across the change.
 
 use commonware_cryptography::Signer;
-use ehrchain_types::{Payload, PrivateKey, TransactionBody, sha256};
+use ehrchain_types::{Payload, TransactionBody, sha256};
 use serde_json::Value;
 use std::{process::Command, time::Duration};
 
 mod common;
 
-use common::{Cluster, EXE, cli, get, height, ok, path, post, wait_until};
+use common::{
+    Cluster, EXE, cli, get_as, height, key_from_file, ok, path, post_as, token, wait_until,
+};
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
 const P2P_PORT: u16 = 24_800;
@@ -50,6 +52,10 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
         &API_PORT.to_string(),
         "--epoch-blocks",
         &EPOCH_BLOCKS.to_string(),
+        // A resting chain, but with heartbeats a quarter second apart: the test waits for
+        // whole epochs of blocks.
+        "--heartbeat-ms",
+        "250",
     ]));
     let mut cluster = Cluster {
         dir: dir.clone(),
@@ -104,13 +110,20 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
     ])))
     .unwrap();
     let proposal = proposed["proposal"].as_str().unwrap().to_string();
+    let member_key = |i: usize| dir.join(format!("node-{i}/validator.key"));
+    let member_tokens: Vec<String> = (0..4)
+        .map(|i| token(&cluster.api(i), &member_key(i)))
+        .collect();
     for member in [1, 2] {
         wait_until(
             "the proposal on the voter's node",
             Duration::from_secs(30),
             || {
-                get(&format!("{}/governance/proposals", cluster.api(member)))
-                    .is_some_and(|(_, v)| v.to_string().contains(&proposal))
+                get_as(
+                    &format!("{}/governance/proposals", cluster.api(member)),
+                    &member_tokens[member],
+                )
+                .is_some_and(|(_, v)| v.to_string().contains(&proposal))
             },
         );
         ok(cli(&[
@@ -128,7 +141,7 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
     }
     let mut governance = Value::Null;
     wait_until("the admission to pass", Duration::from_secs(60), || {
-        governance = get(&format!("{api0}/governance/proposals"))
+        governance = get_as(&format!("{api0}/governance/proposals"), &member_tokens[0])
             .map(|(_, v)| v)
             .unwrap_or_default();
         governance.to_string().contains("\"passed\"")
@@ -144,7 +157,9 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
         Duration::from_secs(120),
         || height(&cluster.api(4)).is_some_and(|h| h > effective + 2),
     );
-    let sets = get(&format!("{}/governance/proposals", cluster.api(4)))
+    // The newcomer, a member now, serves logins too.
+    let token4 = token(&cluster.api(4), &member_key(4));
+    let sets = get_as(&format!("{}/governance/proposals", cluster.api(4)), &token4)
         .unwrap()
         .1;
     let epoch = sets["validator_sets"]
@@ -157,7 +172,9 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
     let validators = epoch["validators"].as_array().unwrap();
     assert_eq!(validators.len(), 5, "{epoch}");
     assert!(validators.iter().any(|v| v == newcomer.as_str()), "{epoch}");
-    let status = get(&format!("{}/chain/status", cluster.api(4))).unwrap().1;
+    let status = get_as(&format!("{}/chain/status", cluster.api(4)), &token4)
+        .unwrap()
+        .1;
     assert!(
         status["validators"]
             .as_array()
@@ -181,7 +198,8 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
     );
 
     // A transaction after the change proves offline from the genesis file.
-    let client = PrivateKey::from_seed(91);
+    // Signed by the genesis auditor: the mempool admits only signers the chain knows.
+    let client = key_from_file(&dir.join("auditor.key"));
     let tx = TransactionBody {
         chain_id: 1,
         signer: client.public_key(),
@@ -192,8 +210,9 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
         },
     }
     .sign(&client);
-    let (status, answer) = post(
+    let (status, answer) = post_as(
         &format!("{}/chain/transactions", cluster.api(4)),
+        &token4,
         tx.bytes(),
     );
     assert_eq!(status, 202, "{answer}");
@@ -208,6 +227,8 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
                 &cluster.api(4),
                 "--hash",
                 &hash,
+                "--key",
+                path(&member_key(4)),
                 "--out",
             ])
             .arg(&proof_file)

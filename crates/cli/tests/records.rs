@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{Cluster, Guard, cli, get, height, ok, path, wait_until};
+use common::{Cluster, Guard, cli, get_as, height, ok, path, token, wait_until};
 use serde_json::{Value, json};
 use std::{
     path::{Path, PathBuf},
@@ -145,6 +145,8 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         &P2P_PORT.to_string(),
         "--api-port",
         &API_PORT.to_string(),
+        "--heartbeat-ms",
+        "1000",
     ]));
 
     // Node 3 keeps its blobs in S3.
@@ -280,6 +282,8 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         "history",
         "--api",
         &cluster.api(1),
+        "--key",
+        path(&institution0),
         "--record",
         observation,
     ])))
@@ -363,7 +367,7 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
 
     // A blob altered by one byte is detected and never served.
     let (tampered_record, _) = &written[4];
-    let envelope = envelopes(&api0, tampered_record).remove(0);
+    let envelope = envelopes(&api0, &token(&api0, &institution0), tampered_record).remove(0);
     let packs = net.join("node-1/data/records");
     wait_until("node 1 holds the record", Duration::from_secs(30), || {
         find_bytes(&packs, &envelope).is_some()
@@ -378,6 +382,8 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         "verify",
         "--api",
         &cluster.api(1),
+        "--key",
+        path(&institution0),
         "--record",
         tampered_record,
     ]);
@@ -391,6 +397,8 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         "verify",
         "--api",
         &cluster.api(0),
+        "--key",
+        path(&institution0),
         "--record",
         tampered_record,
     ]));
@@ -410,16 +418,20 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
     assert!(hits.is_empty(), "PHI leaked: {hits:?}");
 
     // Erasure: the patient asks; every node deletes every envelope and wrapped key.
+    let token0 = token(&api0, &institution0);
     let hashes: Vec<String> = written
         .iter()
-        .map(|(r, _)| history_hash(&api0, r))
+        .map(|(r, _)| history_hash(&api0, &token0, r))
         .collect();
     let records: Vec<String> = written
         .iter()
         .map(|(r, _)| r.clone())
         .chain([late_record.clone()])
         .collect();
-    let ciphertexts: Vec<Vec<u8>> = records.iter().flat_map(|r| envelopes(&api0, r)).collect();
+    let ciphertexts: Vec<Vec<u8>> = records
+        .iter()
+        .flat_map(|r| envelopes(&api0, &token0, r))
+        .collect();
     ok(cli(&[
         "patient",
         "erase",
@@ -431,7 +443,11 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         &patient,
     ]));
     let gone = |api: &str, record: &str| {
-        get(&format!("{api}/records/{record}/1/envelope")).is_some_and(|(status, _)| status == 410)
+        get_as(
+            &format!("{api}/records/{record}/1/envelope"),
+            &token(api, &institution0),
+        )
+        .is_some_and(|(status, _)| status == 410)
     };
     wait_until("erasure on every node", Duration::from_secs(30), || {
         (0..4).all(|i| records.iter().all(|r| gone(&cluster.api(i), r)))
@@ -469,6 +485,8 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
         "history",
         "--api",
         &cluster.api(3),
+        "--key",
+        path(&institution0),
         "--record",
         observation,
     ])))
@@ -485,13 +503,14 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
 }
 
 /// Every version's envelope (ciphertext) of a record, as any node serves it.
-fn envelopes(api: &str, record: &str) -> Vec<Vec<u8>> {
-    let (_, history) = get(&format!("{api}/records/{record}")).unwrap();
+fn envelopes(api: &str, token: &str, record: &str) -> Vec<Vec<u8>> {
+    let (_, history) = get_as(&format!("{api}/records/{record}"), token).unwrap();
     let versions = history["versions"].as_array().unwrap().len();
     (1..=versions)
         .map(|v| {
             let mut response = common::agent()
                 .get(&format!("{api}/records/{record}/{v}/envelope"))
+                .header("Authorization", format!("Bearer {token}"))
                 .call()
                 .unwrap();
             assert_eq!(response.status().as_u16(), 200);
@@ -517,8 +536,8 @@ fn find_bytes(root: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
     None
 }
 
-fn history_hash(api: &str, record: &str) -> String {
-    let (_, history) = get(&format!("{api}/records/{record}")).unwrap();
+fn history_hash(api: &str, token: &str, record: &str) -> String {
+    let (_, history) = get_as(&format!("{api}/records/{record}"), token).unwrap();
     history["versions"][0]["ciphertext_hash"]
         .as_str()
         .unwrap()

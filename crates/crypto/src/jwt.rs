@@ -48,6 +48,12 @@ pub struct Claims {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     pub jti: String,
+    /// Issued at, seconds since the Unix epoch (optional in SMART Backend Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 /// Split and decode an assertion without checking its signature: the caller learns whose
@@ -140,6 +146,8 @@ mod tests {
             aud: "http://127.0.0.1:8700/auth/token".into(),
             exp: 1_800_000_000,
             jti: "one".into(),
+            iat: None,
+            nbf: None,
         }
     }
 

@@ -130,6 +130,14 @@ impl PeerSets for SimPeers {
     }
 }
 
+/// The keys of the simulated clients, known to the chain from genesis (as auditors, who may
+/// anchor but never read a record).
+fn client_keys() -> Vec<PrivateKey> {
+    (0..9u64)
+        .map(|i| PrivateKey::from_seed(50_000 + i))
+        .collect()
+}
+
 /// Start validator `index` (of `keys`) in its own supervised task; aborting the handle
 /// crashes it. The first `genesis_validators` keys are the genesis members.
 async fn start_validator(
@@ -155,7 +163,8 @@ async fn start_validator(
             block_transactions_max: 1_000,
             mempool_transactions_max: 10_000,
             institutions: members.into_iter().map(|k| (k, [0; 32])).collect(),
-            auditors: Vec::new(),
+            // The simulated clients sign as auditors: admission refuses unknown signers.
+            auditors: client_keys().iter().map(Signer::public_key).collect(),
             rules,
         },
         timing: Timing::default(),
@@ -291,9 +300,7 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
         }
 
         // Clients: each with its own key, submitting to a random honest validator.
-        let clients: Vec<PrivateKey> = (0..8u64)
-            .map(|i| PrivateKey::from_seed(50_000 + i))
-            .collect();
+        let clients = &client_keys()[..8];
         let mut next_nonce = vec![0u64; clients.len()];
         let mut accepted = BTreeSet::new();
         let start = context.current();
@@ -420,6 +427,89 @@ pub fn run(seed: u64, scenario: &Scenario) -> Outcome {
             chains: outcome_chains,
             committed,
             accepted,
+        }
+    })
+}
+
+/// What an idle network did: blocks finalized while nothing was submitted, and how long the
+/// first transaction after the quiet spell took to commit everywhere.
+#[derive(Debug)]
+pub struct IdleOutcome {
+    pub trace: String,
+    pub quiet: Duration,
+    pub blocks_while_quiet: u64,
+    pub first_commit: Duration,
+}
+
+/// Start 4 validators with the default rules (a 10 s heartbeat), let them idle for `quiet`
+/// of simulated time, then submit one transaction and time its commit on every validator.
+pub fn run_idle(seed: u64, quiet: Duration) -> IdleOutcome {
+    let config = deterministic::Config::default()
+        .with_seed(seed)
+        .with_timeout(Some(quiet + Duration::from_secs(120)));
+    deterministic::Runner::new(config).start(|context| async move {
+        let keys: Vec<PrivateKey> = (0..4u64)
+            .map(|i| PrivateKey::from_seed(1_000 + i))
+            .collect();
+        let publics: Vec<PublicKey> = keys.iter().map(Signer::public_key).collect();
+        let (_, block) = genesis(&keys, Rules::default());
+        let oracle = network(&context, keys.len(), publics.clone()).await;
+        let link = Link {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            success_rate: Probability::from_f64(1.0).expect("probability"),
+        };
+        set_links(&oracle, &publics, &link, None).await;
+        let mut chains = Vec::new();
+        let mut handles = Vec::new();
+        for index in 0..keys.len() {
+            let (chain, handle) = start_validator(
+                &context,
+                &oracle,
+                &keys,
+                keys.len(),
+                (&block, Rules::default()),
+                index,
+            )
+            .await;
+            chains.push(chain);
+            handles.push(handle);
+        }
+        // Settle into the resting rhythm first: the first heartbeat block.
+        while chains[0].status().height == 0 {
+            context.sleep(Duration::from_millis(50)).await;
+        }
+        let before = chains[0].status().height;
+        context.sleep(quiet).await;
+        let blocks_while_quiet = chains[0].status().height - before;
+        let client = &client_keys()[0];
+        let tx = TransactionBody {
+            chain_id: 1,
+            signer: client.public_key(),
+            nonce: 0,
+            payload: Payload::Anchor {
+                label: 1,
+                digest: sha256(&[b"after a quiet spell"]),
+            },
+        }
+        .sign(client);
+        let submitted = context.current();
+        let id = chains[1].submit(tx.bytes()).expect("admitted");
+        while !chains.iter().all(|c| c.location(&id).is_some()) {
+            context.sleep(Duration::from_millis(5)).await;
+        }
+        let first_commit = context
+            .current()
+            .duration_since(submitted)
+            .unwrap_or_default();
+        for handle in handles {
+            handle.abort();
+        }
+        IdleOutcome {
+            trace: context.auditor().state(),
+            quiet,
+            blocks_while_quiet,
+            first_commit,
         }
     })
 }
@@ -659,7 +749,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         .await;
 
         // A transaction in the newest epoch, and its proof as the newcomer serves it.
-        let client = PrivateKey::from_seed(77);
+        let client = client_keys()[8].clone();
         let tx = TransactionBody {
             chain_id: 1,
             signer: client.public_key(),

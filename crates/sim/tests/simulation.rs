@@ -7,7 +7,7 @@
 //! that running the same seed twice yields the same trace digest. A failing seed prints itself;
 //! replay it with `EHRCHAIN_SEED=<seed> cargo test -p ehrchain-sim --test simulation -- replay`.
 
-use ehrchain_sim::{Scenario, check, run};
+use ehrchain_sim::{Scenario, check, run, run_idle};
 
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("EHRCHAIN_SEED") {
@@ -186,6 +186,37 @@ fn governance_changes_the_validator_set_at_epoch_boundaries() {
             outcome.removed_at,
             outcome.epochs.len(),
             reference.len()
+        );
+    }
+}
+
+/// An idle network rests: over two simulated minutes with nothing to order it makes one block
+/// per 10 s heartbeat (not one per view), and the first transaction after the quiet spell
+/// still commits at once. Same seed, same trace.
+#[test]
+fn an_idle_network_rests_between_heartbeats() {
+    for seed in [3, 4] {
+        let quiet = std::time::Duration::from_secs(120);
+        let idle = run_idle(seed, quiet);
+        let heartbeats = quiet.as_secs() / ehrchain_types::genesis::HEARTBEAT_MS.div_ceil(1000);
+        assert!(
+            idle.blocks_while_quiet <= heartbeats + 1 && idle.blocks_while_quiet + 2 >= heartbeats,
+            "seed {seed}: {} blocks in {quiet:?}, expected about {heartbeats}",
+            idle.blocks_while_quiet
+        );
+        assert!(
+            idle.first_commit < std::time::Duration::from_secs(2),
+            "seed {seed}: the first transaction after rest took {:?}",
+            idle.first_commit
+        );
+        assert_eq!(
+            idle.trace,
+            run_idle(seed, quiet).trace,
+            "seed {seed} replays"
+        );
+        eprintln!(
+            "seed {seed}: {} blocks in {quiet:?} of quiet; first commit after it in {:?}",
+            idle.blocks_while_quiet, idle.first_commit
         );
     }
 }

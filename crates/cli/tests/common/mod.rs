@@ -101,6 +101,7 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// A GET without a token: only metadata, discovery and metrics answer it.
 pub fn get(url: &str) -> Option<(u16, Value)> {
     let mut response = agent().get(url).call().ok()?;
     let status = response.status().as_u16();
@@ -110,6 +111,43 @@ pub fn get(url: &str) -> Option<(u16, Value)> {
     ))
 }
 
+/// A GET with a bearer token.
+pub fn get_as(url: &str, token: &str) -> Option<(u16, Value)> {
+    let mut response = agent()
+        .get(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((
+        status,
+        response.body_mut().read_json().unwrap_or(Value::Null),
+    ))
+}
+
+/// A bearer token for the identity of `key` at `api` (`ehrchain auth token`).
+pub fn token(api: &str, key: &std::path::Path) -> String {
+    ok(cli(&["auth", "token", "--api", api, "--key", path(key)]))
+        .trim()
+        .to_string()
+}
+
+/// A POST of raw bytes with a bearer token.
+pub fn post_as(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
+    let mut response = agent()
+        .post(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .header("content-type", "application/octet-stream")
+        .send(body)
+        .expect("reach node");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_json().unwrap_or(Value::Null),
+    )
+}
+
+/// A POST of raw bytes without a token.
 pub fn post(url: &str, body: &[u8]) -> (u16, Value) {
     let mut response = agent()
         .post(url)
@@ -123,8 +161,18 @@ pub fn post(url: &str, body: &[u8]) -> (u16, Value) {
     )
 }
 
+/// The node's finalized height, from its metrics (which need no token).
 pub fn height(api: &str) -> Option<u64> {
-    get(&format!("{api}/chain/status")).and_then(|(_, v)| v["height"].as_u64())
+    let text = agent()
+        .get(format!("{api}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ehrchain_height "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -165,14 +213,33 @@ pub fn dev_network(dir: &std::path::Path, p2p_port: u16, api_port: u16) -> (Chil
     let identities = dir.join("identities.json");
     let deadline = Instant::now() + Duration::from_secs(300);
     while !identities.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the demo network never wrote identities.json"
-        );
-        assert!(dev.try_wait().unwrap().is_none(), "ehrchain dev stopped");
+        let failure = if Instant::now() >= deadline {
+            Some("the demo network never wrote identities.json")
+        } else if dev.try_wait().unwrap().is_some() {
+            Some("ehrchain dev stopped")
+        } else {
+            None
+        };
+        if let Some(failure) = failure {
+            // Leave no node behind to hold the ports of the next run.
+            let _ = dev.kill();
+            let _ = dev.wait();
+            let _ = Command::new("pkill").arg("-f").arg(dir).status();
+            panic!("{failure}; see {}/node-*.log", dir.display());
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     // identities.json is written once the demo data is in; give the file a moment to close.
     std::thread::sleep(Duration::from_secs(1));
     (dev, identities)
+}
+
+/// The signing key in a key file (hex seed).
+pub fn key_from_file(path: &std::path::Path) -> ehrchain_types::PrivateKey {
+    let text = std::fs::read_to_string(path).expect("key file");
+    let seed: [u8; 32] = hex::decode(text.trim())
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    ehrchain_types::private_key_from_seed(&seed).expect("seed")
 }
