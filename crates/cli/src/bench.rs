@@ -32,6 +32,9 @@ pub struct Args {
     p2p_port: u16,
     #[arg(long, default_value_t = 9_700)]
     api_port: u16,
+    /// Genesis heartbeat of the bench network, ms (0: a block as often as consensus can).
+    #[arg(long, default_value_t = ehrchain_types::genesis::HEARTBEAT_MS)]
+    heartbeat_ms: u64,
     /// Seconds to watch the network idle after the load (blocks/s, CPU and disk per node).
     #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
@@ -129,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
         args.validators,
         args.dir.clone(),
         "bench",
-        (args.p2p_port, args.api_port),
+        (args.p2p_port, args.api_port, args.heartbeat_ms),
         |apis, dir| {
             enroll_clients(&args, apis, dir)?;
             drive(&args, apis)?;
@@ -144,7 +147,7 @@ pub fn with_network(
     validators: usize,
     dir: Option<std::path::PathBuf>,
     name: &str,
-    (p2p_port, api_port): (u16, u16),
+    (p2p_port, api_port, heartbeat_ms): (u16, u16, u64),
     work: impl FnOnce(&[String], &std::path::Path) -> Result<()>,
 ) -> Result<()> {
     let keep = dir.is_some();
@@ -158,7 +161,7 @@ pub fn with_network(
         p2p_port,
         api_port,
         epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
-        heartbeat_ms: ehrchain_types::genesis::HEARTBEAT_MS,
+        heartbeat_ms,
     })?;
     let apis = crate::dev::api_urls(&configs)?;
     let mut children = crate::dev::spawn_nodes(&configs, &dir)?;

@@ -53,7 +53,11 @@ pub fn run(args: Args) -> Result<()> {
         args.validators,
         args.dir.clone(),
         "bench-fhir",
-        (args.p2p_port, args.api_port),
+        (
+            args.p2p_port,
+            args.api_port,
+            ehrchain_types::genesis::HEARTBEAT_MS,
+        ),
         |apis, dir| drive(&args, apis, dir),
     )
 }

@@ -59,7 +59,11 @@ pub fn run(args: Args) -> Result<()> {
         args.validators,
         args.dir.clone(),
         "bench-records",
-        (args.p2p_port, args.api_port),
+        (
+            args.p2p_port,
+            args.api_port,
+            ehrchain_types::genesis::HEARTBEAT_MS,
+        ),
         |apis, dir| drive(&args, apis, dir),
     )
 }

@@ -173,14 +173,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         "--heartbeat-ms",
         "1000",
     ]));
-    let mut cluster = Cluster {
-        dir: net.clone(),
-        nodes: (0..4).map(|_| None).collect(),
-        api_port: API_PORT,
-    };
-    for index in 0..4 {
-        cluster.start(index);
-    }
+    let cluster = Cluster::started(&net, 4, API_PORT);
     wait_until("first blocks", Duration::from_secs(60), || {
         (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 1))
     });

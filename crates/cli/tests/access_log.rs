@@ -15,9 +15,9 @@
 
 mod common;
 
-use common::{Cluster, agent, cli, get_as, height, ok, wait_until};
+use common::{Cluster, agent, cli, get_as, height, ok, try_token, wait_until};
 use serde_json::Value;
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
 const P2P_PORT: u16 = 24_900;
@@ -28,14 +28,6 @@ fn status(api: &str, token: &str) -> Value {
     get_as(&format!("{api}/chain/status"), token)
         .expect("status")
         .1
-}
-
-/// A token for `key` at `api`, or `None` while the node cannot log anyone in.
-fn try_token(api: &str, key: &std::path::Path) -> Option<String> {
-    let out = cli(&["auth", "token", "--api", api, "--key", key.to_str()?]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn fhir_get(api: &str, token: &str, path: &str) -> (u16, Value) {
@@ -54,20 +46,8 @@ fn fhir_get(api: &str, token: &str, path: &str) -> (u16, Value) {
 #[test]
 fn reads_answered_before_a_crash_reach_the_trail_after_it() {
     let dir = std::env::temp_dir().join(format!("ehrchain-access-log-{}", std::process::id()));
-    let (mut dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
-    // Take the nodes over, so that each can be stopped and started on its own.
-    let _ = dev.kill();
-    let _ = dev.wait();
-    let _ = Command::new("pkill").arg("-f").arg(&dir).status();
-    std::thread::sleep(Duration::from_secs(1));
-    let mut cluster = Cluster {
-        dir: dir.clone(),
-        nodes: (0..4).map(|_| None).collect(),
-        api_port: API_PORT,
-    };
-    for index in 0..4 {
-        cluster.start(index);
-    }
+    let (dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
+    let mut cluster = Cluster::take_over(dev, &dir, API_PORT);
     let api = cluster.api(0);
     let start = height(&cluster.api(1)).unwrap_or(0);
     wait_until("blocks again", Duration::from_secs(60), || {

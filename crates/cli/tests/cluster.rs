@@ -122,14 +122,7 @@ fn consortium_survives_a_crash_and_detects_tampering() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let mut cluster = Cluster {
-        dir: dir.clone(),
-        nodes: (0..4).map(|_| None).collect(),
-        api_port: API_PORT,
-    };
-    for index in 0..4 {
-        cluster.start(index);
-    }
+    let mut cluster = Cluster::started(&dir, 4, API_PORT);
     let api0 = cluster.api(0);
     wait_until("first blocks", Duration::from_secs(60), || {
         (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 3))

@@ -136,14 +136,7 @@ fn limits_hold_against_floods_and_careless_clients() {
          header_read_timeout_ms = 2000\nidle_timeout_ms = 3000\n"
     ));
     std::fs::write(&config, text).unwrap();
-    let mut cluster = Cluster {
-        dir: dir.clone(),
-        nodes: (0..4).map(|_| None).collect(),
-        api_port: API_PORT,
-    };
-    for index in 0..4 {
-        cluster.start(index);
-    }
+    let mut cluster = Cluster::started(&dir, 4, API_PORT);
     let api = cluster.api(0);
     common::wait_until("first blocks", Duration::from_secs(60), || {
         (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 1))

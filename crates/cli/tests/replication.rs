@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::{Cluster, agent, cli, height, wait_until};
+use common::{Cluster, agent, height, try_token, wait_until};
 use serde_json::{Value, json};
 use std::{
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -25,14 +24,6 @@ use std::{
 const P2P_PORT: u16 = 25_200;
 const API_PORT: u16 = 10_680;
 const CATCH_UP_MAX: Duration = Duration::from_secs(30);
-
-/// A token for `key` at `api`, or `None` while the node cannot log anyone in.
-fn try_token(api: &str, key: &std::path::Path) -> Option<String> {
-    let out = cli(&["auth", "token", "--api", api, "--key", key.to_str()?]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 fn status_of(url: &str, token: &str) -> Option<u16> {
     agent()
@@ -67,19 +58,8 @@ fn a_node_killed_under_write_load_completes_its_replicas() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
     let dir = std::env::temp_dir().join(format!("ehrchain-replication-{}", std::process::id()));
-    let (mut dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
-    let _ = dev.kill();
-    let _ = dev.wait();
-    let _ = Command::new("pkill").arg("-f").arg(&dir).status();
-    std::thread::sleep(Duration::from_secs(1));
-    let mut cluster = Cluster {
-        dir: dir.clone(),
-        nodes: (0..4).map(|_| None).collect(),
-        api_port: API_PORT,
-    };
-    for index in 0..4 {
-        cluster.start(index);
-    }
+    let (dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
+    let mut cluster = Cluster::take_over(dev, &dir, API_PORT);
     wait_until("every node up", Duration::from_secs(60), || {
         (0..4).all(|i| height(&cluster.api(i)).is_some())
     });

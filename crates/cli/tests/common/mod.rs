@@ -18,6 +18,29 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Start `count` nodes of the network in `dir` (`node-<i>/config.toml`).
+    pub fn started(dir: &std::path::Path, count: usize, api_port: u16) -> Self {
+        let mut cluster = Self {
+            dir: dir.to_path_buf(),
+            nodes: (0..count).map(|_| None).collect(),
+            api_port,
+        };
+        for index in 0..count {
+            cluster.start(index);
+        }
+        cluster
+    }
+
+    /// Stop `ehrchain dev` (started by `dev_network`) and run its 4 nodes as a cluster, so
+    /// that each can be stopped and started on its own.
+    pub fn take_over(mut dev: Child, dir: &std::path::Path, api_port: u16) -> Self {
+        let _ = dev.kill();
+        let _ = dev.wait();
+        let _ = Command::new("pkill").arg("-f").arg(dir).status();
+        std::thread::sleep(Duration::from_secs(1));
+        Self::started(dir, 4, api_port)
+    }
+
     pub fn api(&self, index: usize) -> String {
         format!("http://127.0.0.1:{}", self.api_port + index as u16)
     }
@@ -130,6 +153,14 @@ pub fn token(api: &str, key: &std::path::Path) -> String {
     ok(cli(&["auth", "token", "--api", api, "--key", path(key)]))
         .trim()
         .to_string()
+}
+
+/// A token for `key` at `api`, or `None` while the node cannot log anyone in.
+pub fn try_token(api: &str, key: &std::path::Path) -> Option<String> {
+    let out = cli(&["auth", "token", "--api", api, "--key", key.to_str()?]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A POST of raw bytes with a bearer token.
