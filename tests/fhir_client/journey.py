@@ -350,7 +350,8 @@ def main(path):
             break
         except (FhirpyOutcome, ForbiddenError) as error:
             # The envelope and the shared key reach B's node from its peers shortly.
-            if "does not hold the record yet" not in str(error) and "holds no key" not in str(error):
+            # A 503 "transient" outcome means the same: retry shortly.
+            if not any(m in str(error) for m in ("does not hold the record yet", "holds no key", "still reaching this node")):
                 raise
             time.sleep(0.5)
     assert seen is not None and seen.id == record.id

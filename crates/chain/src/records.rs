@@ -47,8 +47,9 @@ pub const WAITING_WRAPS_MAX: usize = 200_000;
 /// Most requests sent per interval.
 const REQUESTS_PER_TICK_MAX: usize = 8;
 
-/// A blob asked for and not received is asked for again (of the next peer) after this long,
-/// doubled with each unanswered attempt up to [`ASK_AGAIN_MAX`]: it is never given up on.
+/// A blob asked for and not received is asked for again (of the next peer) after this long;
+/// after [`FAST_ATTEMPTS`] it doubles with each unanswered attempt up to [`ASK_AGAIN_MAX`].
+/// It is never given up on.
 const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
 /// The longest wait between two requests for the same missing blob.
 pub const ASK_AGAIN_MAX: Duration = Duration::from_secs(8);
@@ -679,10 +680,17 @@ impl<B: Blob> Records<B> {
 /// How long to wait before asking again for a blob asked for `attempts` times: doubling from
 /// [`ASK_AGAIN_AFTER`] to [`ASK_AGAIN_MAX`]. Successive attempts go to successive peers.
 fn ask_again_after(attempts: u32) -> Duration {
+    // Most blobs are missing only because their peers are still storing them (a block just
+    // final): the first attempts go round the peers at the base pace, and only a blob still
+    // missing after that backs off.
+    let slow = attempts.saturating_sub(FAST_ATTEMPTS);
     ASK_AGAIN_AFTER
-        .saturating_mul(1u32 << attempts.min(5))
+        .saturating_mul(1u32 << slow.min(5))
         .min(ASK_AGAIN_MAX)
 }
+
+/// Attempts made at the base pace before a missing blob is asked for less often.
+const FAST_ATTEMPTS: u32 = 8;
 
 /// The encryption keys entitled to a record version now: the patient, the author and the
 /// author's institution, and every grantee whose active grant covers reads of its type.
@@ -808,8 +816,9 @@ mod tests {
     #[test]
     fn missing_blobs_are_asked_for_again_with_backoff_and_never_dropped() {
         assert_eq!(ask_again_after(0), ASK_AGAIN_AFTER);
-        assert_eq!(ask_again_after(1), ASK_AGAIN_AFTER * 2);
-        assert_eq!(ask_again_after(4), ASK_AGAIN_MAX);
+        assert_eq!(ask_again_after(FAST_ATTEMPTS), ASK_AGAIN_AFTER);
+        assert_eq!(ask_again_after(FAST_ATTEMPTS + 1), ASK_AGAIN_AFTER * 2);
+        assert_eq!(ask_again_after(FAST_ATTEMPTS + 4), ASK_AGAIN_MAX);
         assert_eq!(ask_again_after(u32::MAX), ASK_AGAIN_MAX);
     }
 
