@@ -330,25 +330,21 @@ fn limits_hold_against_floods_and_careless_clients() {
     .unwrap();
     let grant = granted["grant"].as_str().unwrap().to_string();
     let fhir = |method: &str, url: &str, token: &str, body: &Value| -> (u16, Value) {
-        let request = agent()
-            .put(format!("{api}/fhir/{url}"))
-            .header("Authorization", format!("Bearer {token}"))
-            .header("Content-Type", "application/fhir+json");
-        let mut response = if method == "PUT" {
-            request.send(body.to_string().as_bytes())
+        let url = if url.is_empty() {
+            format!("{api}/fhir")
         } else {
-            let url = if url.is_empty() {
-                format!("{api}/fhir")
-            } else {
-                format!("{api}/fhir/{url}")
-            };
-            agent()
-                .post(url)
-                .header("Authorization", format!("Bearer {token}"))
-                .header("Content-Type", "application/fhir+json")
-                .send(body.to_string().as_bytes())
-        }
-        .unwrap();
+            format!("{api}/fhir/{url}")
+        };
+        let request = if method == "PUT" {
+            agent().put(url)
+        } else {
+            agent().post(url)
+        };
+        let mut response = request
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/fhir+json")
+            .send(body.to_string().as_bytes())
+            .unwrap();
         let status = response.status().as_u16();
         (
             status,

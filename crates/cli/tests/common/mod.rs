@@ -165,26 +165,22 @@ pub fn try_token(api: &str, key: &std::path::Path) -> Option<String> {
 
 /// A POST of raw bytes with a bearer token.
 pub fn post_as(url: &str, token: &str, body: &[u8]) -> (u16, Value) {
-    let mut response = agent()
-        .post(url)
-        .header("Authorization", format!("Bearer {token}"))
-        .header("content-type", "application/octet-stream")
-        .send(body)
-        .expect("reach node");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.body_mut().read_json().unwrap_or(Value::Null),
-    )
+    post_with(url, Some(token), body)
 }
 
 /// A POST of raw bytes without a token.
 pub fn post(url: &str, body: &[u8]) -> (u16, Value) {
-    let mut response = agent()
+    post_with(url, None, body)
+}
+
+fn post_with(url: &str, token: Option<&str>, body: &[u8]) -> (u16, Value) {
+    let mut request = agent()
         .post(url)
-        .header("content-type", "application/octet-stream")
-        .send(body)
-        .expect("reach node");
+        .header("content-type", "application/octet-stream");
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.send(body).expect("reach node");
     let status = response.status().as_u16();
     (
         status,
