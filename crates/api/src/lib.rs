@@ -189,7 +189,10 @@ async fn metrics<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
         .into_response()
 }
 
-async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
+async fn status<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    axum::Extension(caller): axum::Extension<auth::Caller>,
+) -> Json<Value> {
     let status = state.chain.status();
     // The validators of the epoch the next block belongs to: the genesis set until
     // governance changes it.
@@ -213,9 +216,7 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
             })
             .collect()
     });
-    let access_events = state.chain.read(|s| s.event_count());
-    let access_log_unrecorded = state.gateway.access_log.as_ref().map(|l| l.unrecorded());
-    Json(json!({
+    let mut answer = json!({
         "chain_id": status.chain_id,
         "height": status.height,
         "last_block_hash": hex::encode(status.digest),
@@ -225,10 +226,16 @@ async fn status<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<Value> {
         "mempool": status.mempool,
         "epoch": epoch,
         "validators": validators,
-        "access_events": access_events,
-        "access_log_unrecorded": access_log_unrecorded,
         "blobs_missing": state.blobs_missing.load(std::sync::atomic::Ordering::Relaxed),
-    }))
+    });
+    // How many reads the network has served, and how many this node still owes the chain,
+    // are figures about everyone's trail: for members and auditors only.
+    if caller.is_institution() || caller.is_auditor() {
+        answer["access_events"] = json!(state.chain.read(|s| s.event_count()));
+        answer["access_log_unrecorded"] =
+            json!(state.gateway.access_log.as_ref().map(|l| l.unrecorded()));
+    }
+    Json(answer)
 }
 
 fn payload_json(payload: &Payload) -> Value {

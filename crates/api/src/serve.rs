@@ -229,6 +229,66 @@ impl Handshake for Plain {
     }
 }
 
+/// TLS through rustls, with a certificate that can be replaced while the node runs
+/// ([`Tls::reload`], on SIGHUP). HTTP/2 and HTTP/1.1 are offered by ALPN.
+pub struct Tls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<tokio_rustls::TlsAcceptor>,
+}
+
+impl Tls {
+    /// The certificate chain and private key in these PEM files.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, String> {
+        let acceptor = Self::acceptor(cert, key)?;
+        Ok(Self {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: std::sync::RwLock::new(acceptor),
+        })
+    }
+
+    /// Read the files again; on any error the certificate in use stays, and the error says why.
+    pub fn reload(&self) -> Result<(), String> {
+        let acceptor = Self::acceptor(&self.cert, &self.key)?;
+        *self.current.write().expect("tls acceptor") = acceptor;
+        Ok(())
+    }
+
+    fn acceptor(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<tokio_rustls::TlsAcceptor, String> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("no certificate in {}", cert.display()));
+        }
+        let private = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+impl Handshake for Tls {
+    type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn handshake(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Stream> {
+        let acceptor = self.current.read().expect("tls acceptor").clone();
+        acceptor.accept(stream).await
+    }
+}
+
 /// Serve `app` on `listener` under `limits` until the listener fails; `connections` counts
 /// what is open (for metrics).
 pub async fn serve<H: Handshake>(

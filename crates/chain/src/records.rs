@@ -201,6 +201,8 @@ pub struct Records<B: Blob> {
     waiting_wraps: BTreeMap<[u8; 32], Vec<Wrap>>,
     /// Block time up to which grant expiries were carried out.
     expired_until_ms: u64,
+    /// The node's custody directory: an erased patient's custodial seed is deleted from it.
+    custody: Option<std::path::PathBuf>,
 }
 
 impl<B: Blob> Records<B> {
@@ -216,6 +218,40 @@ impl<B: Blob> Records<B> {
             shares: BTreeMap::new(),
             waiting_wraps: BTreeMap::new(),
             expired_until_ms: 0,
+            custody: None,
+        }
+    }
+
+    /// Delete erased patients' custodial seeds (`<patient id>.key`) from `dir`.
+    pub fn with_custody(mut self, dir: std::path::PathBuf) -> Self {
+        self.custody = Some(dir);
+        self
+    }
+
+    /// Overwrite and delete the custodial seed of an erased patient, if this node holds it.
+    fn shred_custody(&self, patient: &PatientId) {
+        let Some(dir) = &self.custody else {
+            return;
+        };
+        let path = dir.join(format!("{}.key", hex::encode(patient)));
+        let shredded = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|file| {
+                let len = file.metadata()?.len() as usize;
+                std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; len], 0)?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::remove_file(&path));
+        match shredded {
+            Ok(()) => tracing::info!("an erased patient's custodial key was deleted"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                // A key the erasure requires gone that cannot be deleted: stop, as for any
+                // failed storage write, rather than keep it silently.
+                tracing::error!(%error, "cannot delete an erased patient's custodial key; halting the node");
+                std::process::exit(3);
+            }
         }
     }
 
@@ -267,6 +303,15 @@ impl<B: Blob> Records<B> {
         let (erase, keep) = self.chain.read(plan);
         for hash in erase {
             self.erase_version(&hash).await;
+        }
+        let erased: Vec<PatientId> = self.chain.read(|s| {
+            s.patients()
+                .filter(|(_, p)| p.erased_height.is_some())
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        for patient in &erased {
+            self.shred_custody(patient);
         }
         for wanted in keep {
             self.acquire(wanted).await;
@@ -562,6 +607,7 @@ impl<B: Blob> Records<B> {
             self.missing.retain(|w, _| w.hash != *hash);
             self.erase_version(hash).await;
         }
+        self.shred_custody(patient);
         tracing::info!(versions = versions.len(), "erasure carried out");
     }
 

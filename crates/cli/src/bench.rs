@@ -162,6 +162,9 @@ pub fn with_network(
         api_port,
         epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
         heartbeat_ms,
+        // The benchmarks measure the chain, as the peers they are compared with run: plain
+        // HTTP on loopback.
+        tls: false,
     })?;
     let apis = crate::dev::api_urls(&configs)?;
     let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
@@ -217,10 +220,7 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
         let apis = apis.to_vec();
         let rate = args.rate.max(1);
         std::thread::spawn(move || -> Result<usize> {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
+            let agent: ureq::Agent = crate::client::agent_config().build().into();
             let tick = Duration::from_millis(50);
             let per_tick = (rate / 20).max(1);
             let began = Instant::now();
@@ -381,10 +381,7 @@ pub fn follow(
     expected: usize,
     submitted: &Mutex<HashMap<Digest, Instant>>,
 ) -> Result<Followed> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent: ureq::Agent = crate::client::agent_config().build().into();
     let mut latencies = Vec::with_capacity(expected);
     let mut next = start_height + 1;
     let began = Instant::now();

@@ -204,10 +204,7 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
             let validators = args.validators;
             let presealed = args.presealed;
             std::thread::spawn(move || -> Result<usize> {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
+                let agent: ureq::Agent = crate::client::agent_config().build().into();
                 let (clinician, institution) = &population.clinicians[worker];
                 // Validate, seal and wrap record `index` (the worker's `nonce`-th).
                 let seal = |nonce: usize, index: usize| {

@@ -67,9 +67,41 @@ pub enum ProofCommand {
     },
 }
 
-pub fn agent() -> ureq::Agent {
+/// Certificate authorities trusted for HTTPS instead of the public web roots (`--ca`).
+static TRUSTED: std::sync::Mutex<Vec<ureq::tls::Certificate<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Trust the certificate authorities in the PEM file `path` for every request from now on.
+pub fn trust_ca(path: &std::path::Path) -> Result<()> {
+    let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+            Ok(_) => None,
+            Err(error) => Some(Err(error)),
+        })
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate file", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+    TRUSTED.lock().expect("trusted roots").extend(certs);
+    Ok(())
+}
+
+/// An agent that trusts the `--ca` roots, or the public web roots without them.
+pub fn agent_config() -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
+    let trusted = TRUSTED.lock().expect("trusted roots").clone();
+    let roots = if trusted.is_empty() {
+        ureq::tls::RootCerts::WebPki
+    } else {
+        ureq::tls::RootCerts::new_with_certs(&trusted)
+    };
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+}
+
+pub fn agent() -> ureq::Agent {
+    agent_config()
         .timeout_global(Some(std::time::Duration::from_secs(60)))
         .build()
         .into()

@@ -34,6 +34,18 @@ pub struct NodeConfig {
     /// `[api]`: connection limits of the HTTP API.
     #[serde(default, skip_serializing_if = "ApiLimitsConfig::is_default")]
     pub api: ApiLimitsConfig,
+    /// `[tls]`: the API's certificate; without it the API speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: PEM files of the API's certificate chain and its private key. The node reads them
+/// again on SIGHUP, so a renewed certificate takes effect without a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[api]`: the API's connection limits; each defaults to the named limit in `ehrchain_api::serve`.
@@ -143,6 +155,12 @@ fn default_log_format() -> String {
 }
 
 impl NodeConfig {
+    /// The API's base URL: `https://` when `[tls]` is set.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_listen)
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -156,6 +174,13 @@ impl NodeConfig {
         ] {
             if field.is_relative() {
                 *field = base.join(&*field);
+            }
+        }
+        if let Some(tls) = &mut config.tls {
+            for field in [&mut tls.cert, &mut tls.key] {
+                if field.is_relative() {
+                    *field = base.join(&*field);
+                }
             }
         }
         Ok(config)

@@ -11,12 +11,7 @@ use std::{
 pub fn api_urls(configs: &[std::path::PathBuf]) -> Result<Vec<String>> {
     configs
         .iter()
-        .map(|c| {
-            Ok(format!(
-                "http://{}",
-                crate::config::NodeConfig::load(c)?.api_listen
-            ))
-        })
+        .map(|c| Ok(crate::config::NodeConfig::load(c)?.api_url()))
         .collect()
 }
 
@@ -54,18 +49,29 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
             api_port,
             epoch_blocks: ehrchain_types::genesis::Rules::default().epoch_blocks,
             heartbeat_ms: ehrchain_types::genesis::HEARTBEAT_MS,
+            tls: true,
         })?
     };
+    let ca = crate::tls::ca_path(dir);
+    if ca.exists() {
+        crate::client::trust_ca(&ca)?;
+    }
     let mut children = spawn_nodes(&configs, dir)?;
     println!(
         "ehrchain dev network in {} (Ctrl-C stops it)",
         dir.display()
     );
+    if ca.exists() {
+        println!(
+            "  HTTPS from the network's own CA; trust it with: export EHRCHAIN_CA={}",
+            std::path::absolute(&ca)?.display()
+        );
+    }
     for (index, config) in configs.iter().enumerate() {
         let config = crate::config::NodeConfig::load(config)?;
         println!(
-            "  node-{index}: API http://{}  (log {}/node-{index}.log)",
-            config.api_listen,
+            "  node-{index}: API {}  (log {}/node-{index}.log)",
+            config.api_url(),
             dir.display()
         );
     }

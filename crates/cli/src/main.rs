@@ -1,6 +1,7 @@
 //! `ehrchain`: the command-line interface for every operation on the chain.
 
 mod access;
+mod backup;
 mod bench;
 mod bench_fhir;
 mod bench_records;
@@ -11,6 +12,7 @@ mod logging;
 mod network;
 mod node;
 mod records;
+mod tls;
 mod verify;
 
 /// mimalloc instead of glibc's allocator: under read load a node spent a tenth of its CPU in
@@ -29,6 +31,10 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
     about = "A consortium blockchain for electronic health records"
 )]
 struct Cli {
+    /// PEM file of the certificate authority to trust for HTTPS (a local network's
+    /// `tls/ca.pem`); also read from EHRCHAIN_CA. Without it, the public web roots.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,9 +76,30 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Copy a running node's own data (block log, record blobs, custody keys, access-log
+    /// journal, its key and config) into a new directory, verify the copy and write its
+    /// manifest.
+    ///
+    /// Example: ehrchain backup --config net/node-0/config.toml --out /backups/node-0-2026-12-01
+    Backup {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a backup against its manifest and put it into an empty node directory; start the
+    /// node there and it catches up from its peers.
+    ///
+    /// Example: ehrchain restore --from /backups/node-0-2026-12-01 --dir net/node-0
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Print a node's chain status as JSON.
     ///
-    /// Example: ehrchain status --api http://127.0.0.1:8700 --key .dev/node-0/validator.key
+    /// Example: ehrchain status --api https://127.0.0.1:8700 --key .dev/node-0/validator.key
     Status {
         #[arg(long)]
         api: String,
@@ -179,6 +206,10 @@ enum NetworkCommand {
         /// consensus can, as before).
         #[arg(long, default_value_t = ehrchain_types::genesis::HEARTBEAT_MS)]
         heartbeat_ms: u64,
+        /// Serve the APIs over plain HTTP (no local CA, no certificates): only behind a
+        /// TLS terminator of your own.
+        #[arg(long)]
+        plain_http: bool,
     },
     /// Prepare a node for an institution that is to become a member: a key and a config
     /// beside the network's genesis. Prints the `governance propose` a member runs to admit it.
@@ -212,6 +243,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(ca) = cli
+        .ca
+        .clone()
+        .or_else(|| std::env::var_os("EHRCHAIN_CA").map(PathBuf::from))
+    {
+        client::trust_ca(&ca)?;
+    }
     match cli.command {
         Command::Network {
             command:
@@ -223,17 +261,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     api_port,
                     epoch_blocks,
                     heartbeat_ms,
+                    plain_http,
                 },
         } => {
             let nodes = network::init(&network::InitOptions {
                 validators,
-                dir,
+                dir: dir.clone(),
                 chain_id,
                 p2p_port,
                 api_port,
                 epoch_blocks,
                 heartbeat_ms,
+                tls: !plain_http,
             })?;
+            if !plain_http {
+                eprintln!(
+                    "APIs speak HTTPS with certificates from the network's CA; clients trust it with\n  export EHRCHAIN_CA={}",
+                    std::path::absolute(tls::ca_path(&dir))?.display()
+                );
+            }
             for node in nodes {
                 println!("{}", node.display());
             }
@@ -269,6 +315,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             p2p_port,
             api_port,
         } => dev::run(validators, &dir, p2p_port, api_port)?,
+        Command::Backup { config, out } => {
+            let progress = std::io::stderr().is_terminal();
+            let manifest = backup::backup(&config, &out, progress)?;
+            let bytes: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+            println!(
+                "backed up {} to {}: height {}, {} blobs, {} journal entries, {} files, {bytes} bytes; verified",
+                manifest.node,
+                out.display(),
+                manifest.height,
+                manifest.blobs,
+                manifest.journal_entries,
+                manifest.files.len()
+            );
+        }
+        Command::Restore { from, dir } => {
+            let progress = std::io::stderr().is_terminal();
+            let manifest = backup::restore(&from, &dir, progress)?;
+            println!(
+                "restored {} at height {} into {}; start it with: ehrchain node --config {}",
+                manifest.node,
+                manifest.height,
+                dir.display(),
+                dir.join("config.toml").display()
+            );
+        }
         Command::Verify { data_dir } => {
             let progress = std::io::stderr().is_terminal();
             match verify::verify(&data_dir, progress)? {

@@ -21,6 +21,25 @@ pub struct InitOptions {
     pub epoch_blocks: u64,
     /// Longest an idle chain goes without a block (`Rules::heartbeat_ms`).
     pub heartbeat_ms: u64,
+    /// Make a local CA and a certificate per node, so that every API speaks HTTPS.
+    pub tls: bool,
+}
+
+/// Give the node whose config is `config` a certificate from the network's local CA for the
+/// loopback names of its API, and name it in the config's `[tls]`.
+fn with_local_tls(
+    network_dir: &std::path::Path,
+    node_dir: &std::path::Path,
+    config: &mut NodeConfig,
+) -> Result<()> {
+    let mut hosts = vec!["localhost".to_string(), config.api_listen.ip().to_string()];
+    hosts.dedup();
+    crate::tls::issue(network_dir, &hosts, &node_dir.join("tls"))?;
+    config.tls = Some(crate::config::TlsConfig {
+        cert: "tls/cert.pem".into(),
+        key: "tls/key.pem".into(),
+    });
+    Ok(())
 }
 
 /// A node's config: its key `validator.key` and data `data/` beside the config file.
@@ -42,6 +61,7 @@ fn node_config(
         log_format: "pretty".into(),
         blob_store: None,
         api: Default::default(),
+        tls: None,
     }
 }
 
@@ -61,6 +81,9 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
         );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if options.tls {
+        crate::tls::make_ca(dir, &format!("ehrchain network {}", options.chain_id))?;
+    }
     let mut validators = Vec::new();
     let mut configs = Vec::new();
     for index in 0..options.validators {
@@ -79,12 +102,15 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>> {
                 .public()
                 .to_hex(),
         });
-        let config = node_config(
+        let mut config = node_config(
             &format!("member-{index}"),
             "../genesis.json".into(),
             format!("127.0.0.1:{p2p_port}").parse()?,
             format!("127.0.0.1:{api_port}").parse()?,
         );
+        if options.tls {
+            with_local_tls(dir, &node_dir, &mut config)?;
+        }
         let path = node_dir.join("config.toml");
         std::fs::write(&path, toml::to_string_pretty(&config)?)?;
         configs.push(path);
@@ -147,7 +173,13 @@ pub fn join(
     let seed = random_seed();
     write_key(&dir.join("validator.key"), &seed)?;
     let key = private_key_from_seed(&seed).expect("32-byte seed");
-    let config = node_config(name, genesis, p2p_listen, api_listen);
+    let mut config = node_config(name, genesis.clone(), p2p_listen, api_listen);
+    // A network made by `network init` has a local CA beside its genesis: it issues this
+    // node's certificate too. Elsewhere the operator adds `[tls]` with their own.
+    let network_dir = genesis.parent().unwrap_or(std::path::Path::new("."));
+    if crate::tls::ca_path(network_dir).exists() {
+        with_local_tls(network_dir, dir, &mut config)?;
+    }
     let path = dir.join("config.toml");
     std::fs::write(&path, toml::to_string_pretty(&config)?)?;
     Ok(Joined {

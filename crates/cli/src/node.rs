@@ -235,7 +235,8 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         .await;
         handles.push(network_handle);
         let keeper =
-            ehrchain_chain::records::Records::new(chain.clone(), store.clone(), me.clone());
+            ehrchain_chain::records::Records::new(chain.clone(), store.clone(), me.clone())
+                .with_custody(config.data_dir.join("custody"));
         let blobs_missing = keeper.missing_gauge();
         tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
 
@@ -246,11 +247,8 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             let me = me.clone();
             chain.read(|s| s.access_log_next(&me))
         };
-        let gateway = match ehrchain_api::gateway::Gateway::new(
-            format!("http://{}", config.api_listen),
-            Some(gateway_key),
-        )
-        .with_access_log(&config.data_dir.join("access-log"), recorded)
+        let gateway = match ehrchain_api::gateway::Gateway::new(config.api_url(), Some(gateway_key))
+            .with_access_log(&config.data_dir.join("access-log"), recorded)
         {
             Ok(gateway) => gateway,
             Err(error) => {
@@ -279,17 +277,56 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
                 std::process::exit(1);
             }
         };
-        tracing::info!(address = %config.api_listen, "API listening");
-        tokio::spawn(ehrchain_api::serve::serve(
-            listener,
-            app,
-            limits,
-            Arc::new(ehrchain_api::serve::Plain),
-            connections,
-        ));
+        match &config.tls {
+            Some(files) => {
+                let tls = match ehrchain_api::serve::Tls::load(&files.cert, &files.key) {
+                    Ok(tls) => Arc::new(tls),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start the API's TLS");
+                        std::process::exit(1);
+                    }
+                };
+                tokio::spawn(reload_on_sighup(tls.clone()));
+                tracing::info!(address = %config.api_listen, "API listening (HTTPS)");
+                tokio::spawn(ehrchain_api::serve::serve(
+                    listener,
+                    app,
+                    limits,
+                    tls,
+                    connections,
+                ));
+            }
+            None => {
+                tracing::info!(address = %config.api_listen, "API listening (plain HTTP)");
+                tokio::spawn(ehrchain_api::serve::serve(
+                    listener,
+                    app,
+                    limits,
+                    Arc::new(ehrchain_api::serve::Plain),
+                    connections,
+                ));
+            }
+        }
         let (result, index, _) = futures::future::select_all(handles).await;
         tracing::error!(index, ?result, "a validator task stopped; shutting down");
         std::process::exit(1);
     });
     Ok(())
+}
+
+/// Read the API's certificate and key again at every SIGHUP; a bad file keeps the old ones.
+async fn reload_on_sighup(tls: Arc<ehrchain_api::serve::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("API certificate reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "API certificate not reloaded; the old one stays")
+            }
+        }
+    }
 }

@@ -79,12 +79,15 @@ fn reads_answered_before_a_crash_reach_the_trail_after_it() {
         .as_str()
         .expect("a demo record")
         .to_string();
+    // The trail's totals are the auditor's to see.
+    let auditor_key = dir.join("auditor.key");
+    let auditor = try_token(&api, &auditor_key).expect("the auditor logs in");
     wait_until(
         "the search's reads recorded",
         Duration::from_secs(30),
-        || status(&api, &token)["access_log_unrecorded"] == 0,
+        || status(&api, &auditor)["access_log_unrecorded"] == 0,
     );
-    let trail_before = status(&api, &token)["access_events"].as_u64().unwrap();
+    let trail_before = status(&api, &auditor)["access_events"].as_u64().unwrap();
 
     // Two of four validators stop: nothing commits any more.
     cluster.kill(2);
@@ -94,7 +97,7 @@ fn reads_answered_before_a_crash_reach_the_trail_after_it() {
         let (code, body) = fhir_get(&api, &token, &format!("Observation/{record}"));
         assert_eq!(code, 200, "a read decided here is answered: {body}");
     }
-    let node = status(&api, &token);
+    let node = status(&api, &auditor);
     assert_eq!(
         node["access_log_unrecorded"], READS,
         "the reads are journalled, not on chain"
@@ -122,7 +125,7 @@ fn reads_answered_before_a_crash_reach_the_trail_after_it() {
         Duration::from_secs(120),
         || {
             // The restarted node forgot its tokens: log in again once it can.
-            try_token(&api, &key).is_some_and(|token| {
+            try_token(&api, &auditor_key).is_some_and(|token| {
                 get_as(&format!("{api}/chain/status"), &token)
                     .is_some_and(|(_, s)| s["access_log_unrecorded"] == 0)
             })

@@ -11,17 +11,12 @@
 use commonware_cryptography::Signer;
 use ehrchain_types::{Payload, PrivateKey, Transaction, TransactionBody, sha256};
 use serde_json::Value;
-use std::{
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{path::Path, process::Output, time::Duration};
 
 mod common;
 
 use common::{
-    Cluster, EXE, Guard, agent, get, get_as, height, key_from_file, post, post_as, token,
-    wait_until,
+    Cluster, Guard, agent, get, get_as, height, key_from_file, post, post_as, token, wait_until,
 };
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
@@ -42,7 +37,7 @@ fn anchor(key: &PrivateKey, chain_id: u64, nonce: u64, tag: &str) -> Transaction
 }
 
 fn verify(data_dir: &Path) -> Output {
-    Command::new(EXE)
+    common::exe()
         .args(["verify", "--data-dir"])
         .arg(data_dir)
         .output()
@@ -66,7 +61,7 @@ fn committed_height(api: &str, token: &str, hash: &str) -> u64 {
 fn start_outsider(dir: &Path) -> Guard {
     let outsider_dir = dir.join("outsider");
     std::fs::create_dir_all(&outsider_dir).unwrap();
-    let out = Command::new(EXE)
+    let out = common::exe()
         .args(["keygen", "--out"])
         .arg(outsider_dir.join("validator.key"))
         .output()
@@ -84,7 +79,7 @@ fn start_outsider(dir: &Path) -> Guard {
     );
     std::fs::write(outsider_dir.join("config.toml"), config).unwrap();
     let log = std::fs::File::create(dir.join("outsider.log")).unwrap();
-    let child = Command::new(EXE)
+    let child = common::exe()
         .args(["node", "--config"])
         .arg(outsider_dir.join("config.toml"))
         .stdout(log.try_clone().unwrap())
@@ -102,7 +97,7 @@ fn start_outsider(dir: &Path) -> Guard {
 fn consortium_survives_a_crash_and_detects_tampering() {
     let dir = std::env::temp_dir().join(format!("ehrchain-cluster-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let init = Command::new(EXE)
+    let init = common::exe()
         .args(["network", "init", "--validators", "4", "--dir"])
         .arg(&dir)
         .args([
@@ -165,7 +160,7 @@ fn consortium_survives_a_crash_and_detects_tampering() {
     let first_height = committed_height(&api0, &token0, &hash);
     cluster.settle();
     let proof_file = dir.join("proof.json");
-    let out = Command::new(EXE)
+    let out = common::exe()
         .args([
             "proof",
             "get",
@@ -185,7 +180,7 @@ fn consortium_survives_a_crash_and_detects_tampering() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(EXE)
+    let out = common::exe()
         .args(["proof", "verify", "--proof"])
         .arg(&proof_file)
         .arg("--genesis")

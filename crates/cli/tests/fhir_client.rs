@@ -32,6 +32,7 @@ fn an_independent_fhir_client_walks_the_users_journey() {
     );
     let output = Command::new(python)
         .env("EHRCHAIN_EXE", EXE)
+        .envs(common::ca_env())
         .arg(script)
         .arg(&identities)
         .output()

@@ -1,6 +1,6 @@
 //! What an outsider and a careless client can do to a node, and what they cannot.
 //!
-//! Four `ehrchain node` processes; node 0 runs with small, named limits (`[api]` in its
+//! Four `ehrchain node` processes on plain HTTP (so that raw sockets can speak it); node 0 runs with small, named limits (`[api]` in its
 //! config: 64 connections, 32 per peer address, a 2 s header-read and a 3 s idle timeout, and
 //! a mempool of 3,000). Then:
 //! - **Connections.** The node raised its own file-descriptor limit. An address opens 300
@@ -123,6 +123,8 @@ fn limits_hold_against_floods_and_careless_clients() {
         &API_PORT.to_string(),
         "--heartbeat-ms",
         "1000",
+        // Raw sockets speak HTTP here; the TLS handshake's own timeout is in tls.rs.
+        "--plain-http",
     ]));
     let config = dir.join("node-0/config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();

@@ -63,7 +63,7 @@ fn ask(method: &str, url: &str, token: Option<&str>) -> (u16, Value) {
 fn every_route_answers_each_caller_only_what_it_may_see() {
     let dir = std::env::temp_dir().join(format!("ehrchain-http-access-{}", std::process::id()));
     let (mut dev, identities) = common::dev_network(&dir, P2P_PORT, API_PORT);
-    let api = format!("http://127.0.0.1:{API_PORT}");
+    let api = common::api_url(&dir, API_PORT);
     let people: Vec<Value> = serde_json::from_slice(&std::fs::read(&identities).unwrap()).unwrap();
     let person = |role: &str, n: usize| {
         people
@@ -261,6 +261,17 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
                     mismatches.push(format!(
                         "{method} {route} as {}: record list {text}",
                         ACTORS[actor]
+                    ));
+                }
+            }
+            if route == "/chain/status" {
+                // The trail's totals are figures about everyone: members and auditors only.
+                let sees = [false, false, false, false, false, true, true][actor];
+                if body.get("access_events").is_some() != sees {
+                    mismatches.push(format!(
+                        "{method} {route} as {}: trail totals {}",
+                        ACTORS[actor],
+                        if sees { "hidden" } else { "shown" }
                     ));
                 }
             }

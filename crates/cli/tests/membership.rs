@@ -15,13 +15,11 @@
 use commonware_cryptography::Signer;
 use ehrchain_types::{Payload, TransactionBody, sha256};
 use serde_json::Value;
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 mod common;
 
-use common::{
-    Cluster, EXE, cli, get_as, height, key_from_file, ok, path, post_as, token, wait_until,
-};
+use common::{Cluster, cli, get_as, height, key_from_file, ok, path, post_as, token, wait_until};
 
 // Below the ephemeral range (32768-60999), so no outgoing connection can hold it.
 const P2P_PORT: u16 = 24_800;
@@ -57,6 +55,7 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
         "--heartbeat-ms",
         "250",
     ]));
+    common::trust(&dir);
     let mut cluster = Cluster {
         dir: dir.clone(),
         nodes: (0..5).map(|_| None).collect(),
@@ -219,7 +218,7 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
     let hash = answer["hash"].as_str().unwrap().to_string();
     let proof_file = dir.join("proof.json");
     wait_until("a proof", Duration::from_secs(60), || {
-        Command::new(EXE)
+        common::exe()
             .args([
                 "proof",
                 "get",
@@ -252,7 +251,7 @@ fn governance_admits_a_validator_that_then_carries_the_chain() {
 
     // The newcomer's stored chain, synced from genesis, verifies offline.
     cluster.kill(4);
-    let out = Command::new(EXE)
+    let out = common::exe()
         .args(["verify", "--data-dir"])
         .arg(dir.join("node-4/data"))
         .output()

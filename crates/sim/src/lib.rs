@@ -441,7 +441,7 @@ pub struct IdleOutcome {
     pub first_commit: Duration,
 }
 
-/// Start 4 validators with the default rules (a 10 s heartbeat), let them idle for `quiet`
+/// Start 4 validators with the default rules (a 20 s heartbeat), let them idle for `quiet`
 /// of simulated time, then submit one transaction and time its commit on every validator.
 pub fn run_idle(seed: u64, quiet: Duration) -> IdleOutcome {
     let config = deterministic::Config::default()
@@ -597,8 +597,10 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             .map(|i| PrivateKey::from_seed(1_000 + i))
             .collect();
         let publics: Vec<PublicKey> = keys.iter().map(Signer::public_key).collect();
+        // A short heartbeat: the scenario waits for whole epochs of blocks, idle or not.
         let rules = Rules {
             epoch_blocks,
+            heartbeat_ms: 1_000,
             ..Rules::default()
         };
         let (genesis, block) = genesis(&keys[..4], rules);

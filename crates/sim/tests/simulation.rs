@@ -191,7 +191,7 @@ fn governance_changes_the_validator_set_at_epoch_boundaries() {
 }
 
 /// An idle network rests: over two simulated minutes with nothing to order it makes one block
-/// per 10 s heartbeat (not one per view), and the first transaction after the quiet spell
+/// per 20 s heartbeat (not one per view), and the first transaction after the quiet spell
 /// still commits at once. Same seed, same trace.
 #[test]
 fn an_idle_network_rests_between_heartbeats() {

@@ -257,6 +257,12 @@ fn decode_object(bytes: &[u8]) -> Option<(Vec<u8>, Vec<Wrap>)> {
 
 impl BlobStore {
     /// A store in `dir` on local disk (the default: embedded, nothing to install).
+    /// Check every blob packed in `dir` against its checksum, without starting a store:
+    /// (entries checked, hashes of damaged ones).
+    pub fn check_local(dir: &Path) -> Result<(usize, Vec<[u8; 32]>)> {
+        Pack::open(dir)?.check()
+    }
+
     pub fn local(dir: &Path) -> Result<Self> {
         let pack = Arc::new(Pack::open(dir)?);
         let moved = import_files(dir, &pack)?;

@@ -42,11 +42,10 @@ pub struct GenesisAuditor {
     pub public_key: String,
 }
 
-/// The default heartbeat: an idle chain makes one block per 10 s, about 8,640 a day. An empty
+/// The default heartbeat: an idle chain makes one block per 20 s, 4,320 a day. An empty
 /// block with its certificate and archive entries took 1,515 bytes of a node's disk
-/// (measured): 13.2 MB a day. 20 s would halve that; the simulation's governance scenario,
-/// which waits for whole epochs of blocks, then needs a shorter heartbeat of its own.
-pub const HEARTBEAT_MS: u64 = 10_000;
+/// (measured), so about 6.5 MB a day. Tests that wait for many blocks set a shorter one.
+pub const HEARTBEAT_MS: u64 = 20_000;
 
 /// Parameters of the consent, break-glass and supervision contracts, fixed in genesis.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -11,6 +11,62 @@ use std::{
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_ehrchain");
 
+/// The certificate authorities of the networks this test made (`tls/ca.pem` of each), which
+/// its HTTPS clients trust, and a PEM bundle of them for the processes it starts.
+static TRUSTED: std::sync::Mutex<Vec<ureq::tls::Certificate<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn bundle() -> PathBuf {
+    std::env::temp_dir().join(format!("ehrchain-test-ca-{}.pem", std::process::id()))
+}
+
+/// Trust the local CA of the network in `dir`, if it has one (`network init` and `dev` make
+/// one unless told `--plain-http`).
+pub fn trust(dir: &std::path::Path) {
+    let Ok(pem) = std::fs::read(dir.join("tls/ca.pem")) else {
+        return;
+    };
+    let cert = ureq::tls::Certificate::from_pem(&pem).expect("a PEM CA certificate");
+    let mut trusted = TRUSTED.lock().unwrap();
+    if trusted.iter().any(|c| c.der() == cert.der()) {
+        return;
+    }
+    trusted.push(cert);
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(bundle())
+        .expect("CA bundle");
+    file.write_all(&pem).unwrap();
+}
+
+/// Environment for a child process that talks to the networks of this test: the CLI's
+/// `EHRCHAIN_CA`, and Python requests' `REQUESTS_CA_BUNDLE`.
+pub fn ca_env() -> Vec<(&'static str, PathBuf)> {
+    if TRUSTED.lock().unwrap().is_empty() {
+        return Vec::new();
+    }
+    vec![("EHRCHAIN_CA", bundle()), ("REQUESTS_CA_BUNDLE", bundle())]
+}
+
+/// The `ehrchain` binary, trusting this test's networks.
+pub fn exe() -> Command {
+    let mut command = Command::new(EXE);
+    command.envs(ca_env());
+    command
+}
+
+/// The API base URL of a node of the network in `dir` listening on `port` of loopback.
+pub fn api_url(dir: &std::path::Path, port: u16) -> String {
+    let scheme = if dir.join("tls/ca.pem").exists() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://127.0.0.1:{port}")
+}
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Option<Child>>,
@@ -20,6 +76,7 @@ pub struct Cluster {
 impl Cluster {
     /// Start `count` nodes of the network in `dir` (`node-<i>/config.toml`).
     pub fn started(dir: &std::path::Path, count: usize, api_port: u16) -> Self {
+        trust(dir);
         let mut cluster = Self {
             dir: dir.to_path_buf(),
             nodes: (0..count).map(|_| None).collect(),
@@ -42,12 +99,12 @@ impl Cluster {
     }
 
     pub fn api(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.api_port + index as u16)
+        api_url(&self.dir, self.api_port + index as u16)
     }
 
     pub fn start(&mut self, index: usize) {
         let log = std::fs::File::create(self.dir.join(format!("node-{index}.log"))).unwrap();
-        let child = Command::new(EXE)
+        let child = exe()
             .args(["node", "--config"])
             .arg(self.dir.join(format!("node-{index}/config.toml")))
             .stdout(log.try_clone().unwrap())
@@ -98,7 +155,7 @@ impl Drop for Cluster {
 
 /// Run the `ehrchain` binary.
 pub fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(EXE).args(args).output().expect("run ehrchain")
+    exe().args(args).output().expect("run ehrchain")
 }
 
 /// The standard output of a command that must succeed.
@@ -116,10 +173,18 @@ pub fn path(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// An HTTP client that trusts the networks of this test (see [`trust`]).
 pub fn agent() -> ureq::Agent {
+    let trusted = TRUSTED.lock().unwrap().clone();
+    let roots = if trusted.is_empty() {
+        ureq::tls::RootCerts::WebPki
+    } else {
+        ureq::tls::RootCerts::new_with_certs(&trusted)
+    };
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
         .build()
         .into()
 }
@@ -224,7 +289,7 @@ impl Drop for Guard {
 /// until it has written `identities.json`; the `dev` process, and that file's path.
 pub fn dev_network(dir: &std::path::Path, p2p_port: u16, api_port: u16) -> (Child, PathBuf) {
     let _ = std::fs::remove_dir_all(dir);
-    let mut dev = Command::new(EXE)
+    let mut dev = exe()
         .args(["dev", "--dir"])
         .arg(dir)
         .args([
@@ -258,6 +323,7 @@ pub fn dev_network(dir: &std::path::Path, p2p_port: u16, api_port: u16) -> (Chil
     }
     // identities.json is written once the demo data is in; give the file a moment to close.
     std::thread::sleep(Duration::from_secs(1));
+    trust(dir);
     (dev, identities)
 }
 
