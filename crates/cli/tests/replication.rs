@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::{Cluster, agent, height, try_token, wait_until};
-use serde_json::{Value, json};
+use common::{Cluster, height, status_of, try_token, wait_until};
+use serde_json::Value;
 use std::{
     sync::{
         Arc, Mutex,
@@ -24,15 +24,6 @@ use std::{
 const P2P_PORT: u16 = 25_200;
 const API_PORT: u16 = 10_680;
 const CATCH_UP_MAX: Duration = Duration::from_secs(30);
-
-fn status_of(url: &str, token: &str) -> Option<u16> {
-    agent()
-        .get(url)
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .ok()
-        .map(|r| r.status().as_u16())
-}
 
 /// A small deterministic generator for the crash moments.
 struct Lcg(u64);
@@ -84,50 +75,7 @@ fn a_node_killed_under_write_load_completes_its_replicas() {
     let stop = Arc::new(AtomicBool::new(false));
     let load: Vec<_> = writers
         .into_iter()
-        .map(|(api, key, patient)| {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut token = None;
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    if token.is_none() {
-                        token = try_token(&api, &key);
-                        if token.is_none() {
-                            std::thread::sleep(Duration::from_millis(200));
-                            continue;
-                        }
-                    }
-                    n += 1;
-                    let body = json!({
-                        "resourceType": "Observation",
-                        "status": "final",
-                        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-                        "subject": {"reference": format!("Patient/{patient}")},
-                        "effectiveDateTime": "2026-11-30T10:00:00Z",
-                        "valueQuantity": {"value": 60 + n % 40, "unit": "/min"},
-                    });
-                    let answer = agent()
-                        .post(format!("{api}/fhir/Observation"))
-                        .header(
-                            "Authorization",
-                            format!("Bearer {}", token.as_deref().unwrap()),
-                        )
-                        .header("Content-Type", "application/fhir+json")
-                        .send(body.to_string().as_bytes());
-                    match answer {
-                        Ok(mut response) if response.status() == 201 => {
-                            let created: Value = response.body_mut().read_json().unwrap();
-                            acked
-                                .lock()
-                                .unwrap()
-                                .push(created["id"].as_str().unwrap().to_string());
-                        }
-                        Ok(response) if response.status() == 401 => token = None,
-                        _ => std::thread::sleep(Duration::from_millis(100)),
-                    }
-                }
-            })
-        })
+        .map(|(api, key, patient)| common::write_load(api, key, patient, &acked, &stop))
         .collect();
 
     let victim = 1;

@@ -336,3 +336,68 @@ pub fn key_from_file(path: &std::path::Path) -> ehrchain_types::PrivateKey {
         .expect("32 bytes");
     ehrchain_types::private_key_from_seed(&seed).expect("seed")
 }
+
+/// A clinician writing Observations for `patient` through FHIR at `api` without pause, until
+/// `stop`; logs in (again) whenever it must. The id of every create the node acknowledged
+/// (201) goes to `acked`.
+pub fn write_load(
+    api: String,
+    key: PathBuf,
+    patient: String,
+    acked: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let (acked, stop) = (acked.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let mut token = None;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if token.is_none() {
+                token = try_token(&api, &key);
+                if token.is_none() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            }
+            n += 1;
+            let body = serde_json::json!({
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": format!("Patient/{patient}")},
+                "effectiveDateTime": "2026-11-30T10:00:00Z",
+                "valueQuantity": {"value": 60 + n % 40, "unit": "/min"},
+            });
+            let answer = agent()
+                .post(format!("{api}/fhir/Observation"))
+                .header(
+                    "Authorization",
+                    format!("Bearer {}", token.as_deref().unwrap()),
+                )
+                .header("Content-Type", "application/fhir+json")
+                .send(body.to_string().as_bytes());
+            match answer {
+                Ok(mut response) if response.status() == 201 => {
+                    let created: Value = response.body_mut().read_json().unwrap();
+                    acked
+                        .lock()
+                        .unwrap()
+                        .push(created["id"].as_str().unwrap().to_string());
+                }
+                Ok(response) if response.status() == 401 => token = None,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    })
+}
+
+/// The HTTP status of a GET of `url` with `token`, or `None` when the node cannot be reached.
+pub fn status_of(url: &str, token: &str) -> Option<u16> {
+    agent()
+        .get(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .ok()
+        .map(|r| r.status().as_u16())
+}
