@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
             name: "member-0".into(),
             public_key: "8f477cecaf285b01194fa6e2df7988e64c0530443ed69e7ab2a451ac1b701d08".into(),
             p2p_address: "127.0.0.1:1".into(),
+            encryption_key: "00".repeat(32),
         }],
+        auditors: Vec::new(),
+        rules: Default::default(),
     };
     if let Ok(proof) = serde_json::from_slice::<ehrchain_api::proof::InclusionProof>(data) {
         let _ = proof.verify(&genesis);

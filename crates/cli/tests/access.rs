@@ -159,20 +159,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     let net = dir.join("net");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&inputs).unwrap();
-    ok(cli(&[
-        "network",
-        "init",
-        "--validators",
-        "4",
-        "--dir",
-        path(&net),
-        "--p2p-port",
-        &P2P_PORT.to_string(),
-        "--api-port",
-        &API_PORT.to_string(),
-        "--heartbeat-ms",
-        "1000",
-    ]));
+    common::network_init(&net, 4, (P2P_PORT, API_PORT), 1000, &[]);
     let cluster = Cluster::started(&net, 4, API_PORT);
     wait_until("first blocks", Duration::from_secs(60), || {
         (0..4).all(|i| height(&cluster.api(i)).is_some_and(|h| h >= 1))

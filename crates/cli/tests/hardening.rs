@@ -110,22 +110,8 @@ fn commit_latency(api: &str, key: &std::path::Path, tag: &str, count: usize) -> 
 fn limits_hold_against_floods_and_careless_clients() {
     let dir = std::env::temp_dir().join(format!("ehrchain-hardening-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    ok(cli(&[
-        "network",
-        "init",
-        "--validators",
-        "4",
-        "--dir",
-        path(&dir),
-        "--p2p-port",
-        &P2P_PORT.to_string(),
-        "--api-port",
-        &API_PORT.to_string(),
-        "--heartbeat-ms",
-        "1000",
-        // Raw sockets speak HTTP here; the TLS handshake's own timeout is in tls.rs.
-        "--plain-http",
-    ]));
+    // Raw sockets speak HTTP here; the TLS handshake's own timeout is in tls.rs.
+    common::network_init(&dir, 4, (P2P_PORT, API_PORT), 1000, &["--plain-http"]);
     let config = dir.join("node-0/config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("mempool_transactions_max = 200000"), "{text}");

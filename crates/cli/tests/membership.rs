@@ -37,24 +37,16 @@ fn field<'a>(text: &'a str, label: &str) -> &'a str {
 fn governance_admits_a_validator_that_then_carries_the_chain() {
     let dir = std::env::temp_dir().join(format!("ehrchain-membership-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    ok(cli(&[
-        "network",
-        "init",
-        "--validators",
-        "4",
-        "--dir",
-        path(&dir),
-        "--p2p-port",
-        &P2P_PORT.to_string(),
-        "--api-port",
-        &API_PORT.to_string(),
-        "--epoch-blocks",
-        &EPOCH_BLOCKS.to_string(),
-        // A resting chain, but with heartbeats a quarter second apart: the test waits for
-        // whole epochs of blocks.
-        "--heartbeat-ms",
-        "250",
-    ]));
+    // A resting chain, but with heartbeats a quarter second apart: the test waits for whole
+    // epochs of blocks.
+    let epoch_blocks = EPOCH_BLOCKS.to_string();
+    common::network_init(
+        &dir,
+        4,
+        (P2P_PORT, API_PORT),
+        250,
+        &["--epoch-blocks", &epoch_blocks],
+    );
     common::trust(&dir);
     let mut cluster = Cluster {
         dir: dir.clone(),

@@ -221,23 +221,9 @@ fn validators_on_four_hosts_survive_cuts_a_split_and_a_restart() {
     }
     let dir = std::env::temp_dir().join(format!("ehrchain-netns-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    ok(common::cli(&[
-        "network",
-        "init",
-        "--validators",
-        "4",
-        "--dir",
-        path(&dir),
-        "--p2p-port",
-        &P2P_PORT.to_string(),
-        "--api-port",
-        &API_PORT.to_string(),
-        "--heartbeat-ms",
-        "1000",
-        // The certificates of a local network name loopback; here the API is on each host's
-        // own address, and the faults are the point.
-        "--plain-http",
-    ]));
+    // The certificates of a local network name loopback; here the API is on each host's own
+    // address, and the faults are the point.
+    common::network_init(&dir, NODES, (P2P_PORT, API_PORT), 1000, &["--plain-http"]);
     // Every validator on its own host: peers at 10.78.0.x, the API at 10.79.x.2.
     let genesis_path = dir.join("genesis.json");
     let mut genesis: serde_json::Value =

@@ -134,20 +134,7 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
     let net = dir.join("net");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&inputs).unwrap();
-    ok(cli(&[
-        "network",
-        "init",
-        "--validators",
-        "4",
-        "--dir",
-        path(&net),
-        "--p2p-port",
-        &P2P_PORT.to_string(),
-        "--api-port",
-        &API_PORT.to_string(),
-        "--heartbeat-ms",
-        "1000",
-    ]));
+    common::network_init(&net, 4, (P2P_PORT, API_PORT), 1000, &[]);
 
     // Node 3 keeps its blobs in S3.
     let s3_root = dir.join("s3");

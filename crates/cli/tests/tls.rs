@@ -26,20 +26,7 @@ const API_PORT: u16 = 10_780;
 
 fn init(dir: &std::path::Path, api_port: u16) {
     let _ = std::fs::remove_dir_all(dir);
-    ok(cli(&[
-        "network",
-        "init",
-        "--validators",
-        "1",
-        "--dir",
-        path(dir),
-        "--p2p-port",
-        &P2P_PORT.to_string(),
-        "--api-port",
-        &api_port.to_string(),
-        "--heartbeat-ms",
-        "1000",
-    ]));
+    common::network_init(dir, 1, (P2P_PORT, api_port), 1000, &[]);
 }
 
 /// Whether an HTTPS GET of `url` succeeds for a client trusting only the CA of `ca_dir`.

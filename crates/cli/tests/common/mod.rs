@@ -153,6 +153,39 @@ impl Drop for Cluster {
     }
 }
 
+/// `ehrchain network init` of `validators` validators in `dir` with these first ports and
+/// heartbeat (ms), and `extra` flags (`--plain-http`, `--epoch-blocks N`).
+pub fn network_init(
+    dir: &std::path::Path,
+    validators: usize,
+    (p2p_port, api_port): (u16, u16),
+    heartbeat_ms: u64,
+    extra: &[&str],
+) {
+    let (validators, p2p, api, heartbeat) = (
+        validators.to_string(),
+        p2p_port.to_string(),
+        api_port.to_string(),
+        heartbeat_ms.to_string(),
+    );
+    let mut args = vec![
+        "network",
+        "init",
+        "--validators",
+        &validators,
+        "--dir",
+        path(dir),
+        "--p2p-port",
+        &p2p,
+        "--api-port",
+        &api,
+        "--heartbeat-ms",
+        &heartbeat,
+    ];
+    args.extend_from_slice(extra);
+    ok(cli(&args));
+}
+
 /// Run the `ehrchain` binary.
 pub fn cli(args: &[&str]) -> std::process::Output {
     exe().args(args).output().expect("run ehrchain")
