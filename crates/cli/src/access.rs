@@ -24,7 +24,7 @@ pub enum ConsentCommand {
     /// existing records are wrapped for the grantee; new records are wrapped for it by their
     /// authors while the grant is active.
     ///
-    /// Example: ehrchain consent grant --api http://127.0.0.1:8700 --key alice.key --patient <id> --grantee <key> --purpose TREAT --days 30
+    /// Example: ehrchain consent grant --api https://127.0.0.1:8700 --key alice.key --patient <id> --grantee <key> --purpose TREAT --days 30
     Grant {
         #[arg(long)]
         api: String,
@@ -55,7 +55,7 @@ pub enum ConsentCommand {
     /// Revoke a grant: reads under it are refused and the grantee's keys are deleted on every
     /// node.
     ///
-    /// Example: ehrchain consent revoke --api http://127.0.0.1:8700 --key alice.key --patient <id> --grant <grant id>
+    /// Example: ehrchain consent revoke --api https://127.0.0.1:8700 --key alice.key --patient <id> --grant <grant id>
     Revoke {
         #[arg(long)]
         api: String,
@@ -68,7 +68,7 @@ pub enum ConsentCommand {
     },
     /// List a patient's grants with their status (active, pending, expired, revoked).
     ///
-    /// Example: ehrchain consent list --api http://127.0.0.1:8700 --patient <id>
+    /// Example: ehrchain consent list --api https://127.0.0.1:8700 --patient <id>
     List {
         #[arg(long)]
         api: String,
@@ -84,7 +84,7 @@ pub enum ConsentCommand {
 pub enum AccessCommand {
     /// Print the access trail: a patient's (--patient), or everyone's (for the auditor).
     ///
-    /// Example: ehrchain access log --api http://127.0.0.1:8700 --patient <id>
+    /// Example: ehrchain access log --api https://127.0.0.1:8700 --patient <id>
     Log {
         #[arg(long)]
         api: String,
@@ -100,7 +100,7 @@ pub enum AccessCommand {
     /// Print the supervision findings: denied attempts, break-glass, unusual read volume,
     /// attempts after revocation.
     ///
-    /// Example: ehrchain access findings --api http://127.0.0.1:8700
+    /// Example: ehrchain access findings --api https://127.0.0.1:8700
     Findings {
         #[arg(long)]
         api: String,
@@ -117,7 +117,7 @@ pub enum GovernanceCommand {
     /// Propose a change to the consortium, signed by a member institution (its own vote is
     /// yes). Exactly one of the change flags. Passes with more than 2/3 of the members.
     ///
-    /// Example: ehrchain governance propose --api http://127.0.0.1:8700 --key net/node-0/validator.key --appoint-auditor <key>
+    /// Example: ehrchain governance propose --api https://127.0.0.1:8700 --key net/node-0/validator.key --appoint-auditor <key>
     Propose {
         #[arg(long)]
         api: String,
@@ -142,7 +142,7 @@ pub enum GovernanceCommand {
     },
     /// Vote on an open proposal, as a member institution.
     ///
-    /// Example: ehrchain governance vote --api http://127.0.0.1:8701 --key net/node-1/validator.key --proposal <id> --approve true
+    /// Example: ehrchain governance vote --api https://127.0.0.1:8701 --key net/node-1/validator.key --proposal <id> --approve true
     Vote {
         #[arg(long)]
         api: String,
@@ -156,7 +156,7 @@ pub enum GovernanceCommand {
     },
     /// List the members and every proposal with its votes and status.
     ///
-    /// Example: ehrchain governance list --api http://127.0.0.1:8700
+    /// Example: ehrchain governance list --api https://127.0.0.1:8700
     List {
         #[arg(long)]
         api: String,
@@ -277,7 +277,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
 /// auditor. Reasons are codes: 1 emergency treatment (patient cannot consent), 2
 /// life-threatening condition, 3 urgent continuity of care, 4 other.
 ///
-/// Example: ehrchain breakglass --api http://127.0.0.1:8700 --key dr-bauer.key --patient <id> --reason 1
+/// Example: ehrchain breakglass --api https://127.0.0.1:8700 --key dr-bauer.key --patient <id> --reason 1
 #[derive(clap::Args)]
 pub struct BreakGlassArgs {
     #[arg(long)]

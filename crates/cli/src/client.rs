@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 pub enum TxCommand {
     /// Anchor a SHA-256 digest on chain, signed with KEY; prints the transaction status.
     ///
-    /// Example: ehrchain tx anchor --api http://127.0.0.1:8700 --key alice.key --digest <64 hex> --wait
+    /// Example: ehrchain tx anchor --api https://127.0.0.1:8700 --key alice.key --digest <64 hex> --wait
     Anchor {
         #[arg(long)]
         api: String,
@@ -27,7 +27,7 @@ pub enum TxCommand {
     },
     /// Print a transaction's status and, once committed, its inclusion proof.
     ///
-    /// Example: ehrchain tx status --api http://127.0.0.1:8700 --hash <64 hex>
+    /// Example: ehrchain tx status --api https://127.0.0.1:8700 --hash <64 hex>
     Status {
         #[arg(long)]
         api: String,
@@ -43,7 +43,7 @@ pub enum TxCommand {
 pub enum ProofCommand {
     /// Save the inclusion proof of a committed transaction as JSON.
     ///
-    /// Example: ehrchain proof get --api http://127.0.0.1:8700 --hash <64 hex> --out proof.json
+    /// Example: ehrchain proof get --api https://127.0.0.1:8700 --hash <64 hex> --out proof.json
     Get {
         #[arg(long)]
         api: String,
@@ -355,8 +355,8 @@ pub enum AuthCommand {
     /// Log in as SMART Backend Services does: sign a JWT client assertion (EdDSA) with the
     /// identity's key, exchange it at the node's token endpoint, print the bearer token.
     ///
-    /// Example: T=$(ehrchain auth token --api http://127.0.0.1:8700 --key dr.key)
-    ///          curl -H "Authorization: Bearer $T" http://127.0.0.1:8700/fhir/Observation?patient=<id>
+    /// Example: T=$(ehrchain auth token --api https://127.0.0.1:8700 --key dr.key)
+    ///          curl --cacert .dev/tls/ca.pem -H "Authorization: Bearer $T" https://127.0.0.1:8700/fhir/Observation?patient=<id>
     Token {
         #[arg(long)]
         api: String,
@@ -446,8 +446,8 @@ pub enum FhirCommand {
     /// GET a path under /fhir and print the answer: a read, vread, history, search
     /// (searchset Bundle), `$everything`, Consent, AuditEvent or Provenance.
     ///
-    /// Example: ehrchain fhir get --api http://127.0.0.1:8700 --key dr.key 'Observation?patient=<id>&code=8867-4'
-    ///          ehrchain fhir get --api http://127.0.0.1:8700 --key alice.key 'AuditEvent?patient=<id>'
+    /// Example: ehrchain fhir get --api https://127.0.0.1:8700 --key dr.key 'Observation?patient=<id>&code=8867-4'
+    ///          ehrchain fhir get --api https://127.0.0.1:8700 --key alice.key 'AuditEvent?patient=<id>'
     Get {
         #[command(flatten)]
         login: FhirLogin,
@@ -457,8 +457,8 @@ pub enum FhirCommand {
     /// POST a resource from FILE (`-` for standard input): a create at `/fhir/{type}`, a
     /// Consent (a grant), or a transaction or batch Bundle when PATH is omitted.
     ///
-    /// Example: ehrchain fhir post --api http://127.0.0.1:8700 --key dr.key --file obs.json Observation
-    ///          ehrchain fhir post --api http://127.0.0.1:8700 --key dr.key --file bundle.json
+    /// Example: ehrchain fhir post --api https://127.0.0.1:8700 --key dr.key --file obs.json Observation
+    ///          ehrchain fhir post --api https://127.0.0.1:8700 --key dr.key --file bundle.json
     Post {
         #[command(flatten)]
         login: FhirLogin,
@@ -470,7 +470,7 @@ pub enum FhirCommand {
     /// PUT a resource from FILE at `/fhir/{type}/{id}`: a new version, or a Consent set to
     /// `inactive` (a revocation). `--if-match W/"2"` refuses if another version came first.
     ///
-    /// Example: ehrchain fhir put --api http://127.0.0.1:8700 --key dr.key --file obs.json Observation/<id>
+    /// Example: ehrchain fhir put --api https://127.0.0.1:8700 --key dr.key --file obs.json Observation/<id>
     Put {
         #[command(flatten)]
         login: FhirLogin,

@@ -20,7 +20,7 @@ pub enum RecordCommand {
     /// Validate a FHIR R4 resource, encrypt it for the patient, the author's institution
     /// and the author, store it and anchor it; prints the record id and version.
     ///
-    /// Example: ehrchain record put --api http://127.0.0.1:8700 --key clinician.key --file obs.json
+    /// Example: ehrchain record put --api https://127.0.0.1:8700 --key clinician.key --file obs.json
     /// Update (a new version): ehrchain record put ... --record <id> --file obs-v2.json
     Put {
         #[arg(long)]
@@ -41,7 +41,7 @@ pub enum RecordCommand {
     /// its anchor, fetch the data key released against that read, decrypt it with KEY and
     /// print the FHIR JSON exactly as written.
     ///
-    /// Example: ehrchain record get --api http://127.0.0.1:8700 --key patient.key --record <id>
+    /// Example: ehrchain record get --api https://127.0.0.1:8700 --key patient.key --record <id>
     Get {
         #[arg(long)]
         api: String,
@@ -59,7 +59,7 @@ pub enum RecordCommand {
     },
     /// Print a record's versions: hashes, sizes, authors, heights and transactions.
     ///
-    /// Example: ehrchain record history --api http://127.0.0.1:8700 --record <id>
+    /// Example: ehrchain record history --api https://127.0.0.1:8700 --record <id>
     History {
         #[arg(long)]
         api: String,
@@ -71,7 +71,7 @@ pub enum RecordCommand {
     },
     /// Check that the stored envelope matches its on-chain anchor (anyone can; no key needed).
     ///
-    /// Example: ehrchain record verify --api http://127.0.0.1:8700 --record <id> --version 1
+    /// Example: ehrchain record verify --api https://127.0.0.1:8700 --record <id> --version 1
     Verify {
         #[arg(long)]
         api: String,
@@ -90,7 +90,7 @@ pub enum PatientCommand {
     /// Register a patient at their home institution, with a new key written to OUT (mode
     /// 0600); prints the pseudonymous patient id.
     ///
-    /// Example: ehrchain patient register --api http://127.0.0.1:8700 --key net/node-0/validator.key --out alice.key
+    /// Example: ehrchain patient register --api https://127.0.0.1:8700 --key net/node-0/validator.key --out alice.key
     Register {
         #[arg(long)]
         api: String,
@@ -108,7 +108,7 @@ pub enum PatientCommand {
     /// Erase a patient's records everywhere (crypto-shredding), signed by the patient or their
     /// home institution. The chain keeps a tombstone and the hashes.
     ///
-    /// Example: ehrchain patient erase --api http://127.0.0.1:8700 --key alice.key --patient <id>
+    /// Example: ehrchain patient erase --api https://127.0.0.1:8700 --key alice.key --patient <id>
     Erase {
         #[arg(long)]
         api: String,
@@ -119,7 +119,7 @@ pub enum PatientCommand {
     },
     /// Print a patient's registration and record ids.
     ///
-    /// Example: ehrchain patient show --api http://127.0.0.1:8700 --patient <id>
+    /// Example: ehrchain patient show --api https://127.0.0.1:8700 --patient <id>
     Show {
         #[arg(long)]
         api: String,
@@ -137,7 +137,7 @@ pub enum IdentityCommand {
     /// With --custody (the node's `<data_dir>/custody`), the node also keeps the clinician's
     /// decryption key (X25519 only, it cannot sign) to open records for them over FHIR.
     ///
-    /// Example: ehrchain identity enroll --api http://127.0.0.1:8700 --key net/node-0/validator.key --out dr-bauer.key --custody net/node-0/data/custody
+    /// Example: ehrchain identity enroll --api https://127.0.0.1:8700 --key net/node-0/validator.key --out dr-bauer.key --custody net/node-0/data/custody
     Enroll {
         #[arg(long)]
         api: String,
@@ -152,7 +152,7 @@ pub enum IdentityCommand {
     /// Appoint a guardian for a patient, signed by the patient, with a new key written to OUT
     /// (mode 0600). The guardian may then grant and revoke consent for the patient.
     ///
-    /// Example: ehrchain identity guardian --api http://127.0.0.1:8700 --key alice.key --patient <id> --out bob.key
+    /// Example: ehrchain identity guardian --api https://127.0.0.1:8700 --key alice.key --patient <id> --out bob.key
     Guardian {
         #[arg(long)]
         api: String,
@@ -168,7 +168,7 @@ pub enum IdentityCommand {
     /// (mode 0600). From the rotation on, the old key is rejected; grants and authorship
     /// follow the identity.
     ///
-    /// Example: ehrchain identity rotate --api http://127.0.0.1:8700 --key dr-bauer.key --out dr-bauer-2026.key
+    /// Example: ehrchain identity rotate --api https://127.0.0.1:8700 --key dr-bauer.key --out dr-bauer-2026.key
     Rotate {
         #[arg(long)]
         api: String,
@@ -181,7 +181,7 @@ pub enum IdentityCommand {
     /// Replace a patient's lost key, signed by a guardian or the home institution; a new key
     /// is written to OUT (mode 0600). The recovery is reported to the auditor.
     ///
-    /// Example: ehrchain identity recover --api http://127.0.0.1:8700 --key net/node-0/validator.key --patient <id> --out alice-new.key
+    /// Example: ehrchain identity recover --api https://127.0.0.1:8700 --key net/node-0/validator.key --patient <id> --out alice-new.key
     Recover {
         #[arg(long)]
         api: String,
@@ -197,7 +197,7 @@ pub enum IdentityCommand {
     /// any FHIR session of theirs) is refused, and every node deletes the data keys wrapped
     /// for them.
     ///
-    /// Example: ehrchain identity remove --api http://127.0.0.1:8700 --key net/node-0/validator.key --clinician <public key>
+    /// Example: ehrchain identity remove --api https://127.0.0.1:8700 --key net/node-0/validator.key --clinician <public key>
     Remove {
         #[arg(long)]
         api: String,
@@ -210,7 +210,7 @@ pub enum IdentityCommand {
     },
     /// Print an identity's role and keys.
     ///
-    /// Example: ehrchain identity show --api http://127.0.0.1:8700 --key-file dr-bauer.key
+    /// Example: ehrchain identity show --api https://127.0.0.1:8700 --key-file dr-bauer.key
     Show {
         #[arg(long)]
         api: String,
