@@ -267,7 +267,7 @@ impl<B: Blob> Records<B> {
 
     /// List again every final version this node does not hold (see [`RECHECK_INTERVAL`]).
     pub async fn recheck(&mut self) {
-        let (_, keep) = self.chain.read(plan);
+        let keep = self.chain.read(plan).keep;
         let before = self.missing.len();
         for wanted in keep {
             if self.missing.contains_key(&wanted) {
@@ -300,16 +300,14 @@ impl<B: Blob> Records<B> {
     /// Bring the store in line with the finalized state: erase what erasures require,
     /// promote staged uploads, and list what must be fetched.
     pub async fn reconcile(&mut self) {
-        let (erase, keep) = self.chain.read(plan);
+        let Plan {
+            erased,
+            erase,
+            keep,
+        } = self.chain.read(plan);
         for hash in erase {
             self.erase_version(&hash).await;
         }
-        let erased: Vec<PatientId> = self.chain.read(|s| {
-            s.patients()
-                .filter(|(_, p)| p.erased_height.is_some())
-                .map(|(id, _)| *id)
-                .collect()
-        });
         for patient in &erased {
             self.shred_custody(patient);
         }
@@ -769,8 +767,18 @@ fn hash_of(digest: &Digest) -> [u8; 32] {
     digest.as_ref().try_into().expect("32-byte digest")
 }
 
+/// What the store must do to match the state.
+struct Plan {
+    /// Patients erased on chain.
+    erased: std::collections::BTreeSet<PatientId>,
+    /// Versions of theirs, to erase.
+    erase: Vec<[u8; 32]>,
+    /// Every other version, to hold.
+    keep: Vec<Wanted>,
+}
+
 /// Split the state's record versions into those to erase and those to hold.
-fn plan(state: &State) -> (Vec<[u8; 32]>, Vec<Wanted>) {
+fn plan(state: &State) -> Plan {
     let erased: std::collections::BTreeSet<PatientId> = state
         .patients()
         .filter(|(_, p)| p.erased_height.is_some())
@@ -790,7 +798,11 @@ fn plan(state: &State) -> (Vec<[u8; 32]>, Vec<Wanted>) {
             });
         }
     }
-    (erase, keep)
+    Plan {
+        erased,
+        erase,
+        keep,
+    }
 }
 
 /// Run the keeper: reconcile, then follow finalized blocks, fetch what is missing, answer

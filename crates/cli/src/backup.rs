@@ -62,11 +62,15 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-/// One file to copy: from where, to where in the backup, and whether it is a secret.
+/// One file to copy: from where, and to where in the backup.
 struct Item {
     from: PathBuf,
     to: String,
-    secret: bool,
+}
+
+/// Whether the file at `path` within a backup holds a secret (written 0600, never 0644).
+fn is_secret(path: &str) -> bool {
+    path == "validator.key" || path == "tls/key.pem" || path.starts_with("data/custody/")
 }
 
 fn files_in(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>> {
@@ -158,29 +162,24 @@ fn items(config_path: &Path, config: &crate::config::NodeConfig) -> Result<Vec<I
         Item {
             from: config.genesis.clone(),
             to: "genesis.json".into(),
-            secret: false,
         },
         Item {
             from: config.key_file.clone(),
             to: "validator.key".into(),
-            secret: true,
         },
         Item {
             from: data.join(crate::node::GENESIS_COPY),
             to: "data/genesis.json".into(),
-            secret: false,
         },
     ];
     if let Some(tls) = &config.tls {
         items.push(Item {
             from: tls.cert.clone(),
             to: "tls/cert.pem".into(),
-            secret: false,
         });
         items.push(Item {
             from: tls.key.clone(),
             to: "tls/key.pem".into(),
-            secret: true,
         });
     }
     let blocks = ehrchain_chain::log::partition("ehrchain");
@@ -188,32 +187,27 @@ fn items(config_path: &Path, config: &crate::config::NodeConfig) -> Result<Vec<I
     items.push(Item {
         from: data.join(&blocks).join(hex::encode(b"log")),
         to: format!("data/{blocks}/{}", hex::encode(b"log")),
-        secret: false,
     });
-    for (dir, suffix, secret) in [
-        ("custody", "", true),
-        ("records", ".pack", false),
-        ("access-log", ".log", false),
+    for (dir, suffix) in [
+        ("custody", ""),
+        ("records", ".pack"),
+        ("access-log", ".log"),
     ] {
         for from in files_in(&data.join(dir), suffix)? {
             let name = from.file_name().expect("a file").to_string_lossy();
             items.push(Item {
                 to: format!("data/{dir}/{name}"),
                 from,
-                secret,
             });
         }
     }
-    ensure!(
-        items.iter().all(|i| i.from.exists()),
-        "{} is not a node that has run: {} is missing",
-        config_path.display(),
-        items
-            .iter()
-            .find(|i| !i.from.exists())
-            .map(|i| i.from.display().to_string())
-            .unwrap_or_default()
-    );
+    if let Some(missing) = items.iter().find(|i| !i.from.exists()) {
+        bail!(
+            "{} is not a node that has run: {} is missing",
+            config_path.display(),
+            missing.from.display()
+        );
+    }
     Ok(items)
 }
 
@@ -255,7 +249,12 @@ pub fn backup(config_path: &Path, out: &Path, progress: bool) -> Result<Manifest
         .sum();
     let copying = bar(total, progress, "copying");
     for item in &items {
-        match copy_prefix(&item.from, &out.join(&item.to), item.secret, &copying) {
+        match copy_prefix(
+            &item.from,
+            &out.join(&item.to),
+            is_secret(&item.to),
+            &copying,
+        ) {
             Ok(()) => {}
             // Erased or superseded while the backup ran (a pack segment, a journal segment
             // the chain recorded): nothing of it is needed any more.
@@ -385,13 +384,10 @@ pub fn restore(from: &Path, dir: &Path, progress: bool) -> Result<Manifest> {
     checking.finish_and_clear();
     let copying = bar(total, progress, "restoring");
     for file in &manifest.files {
-        let secret = file.path == "validator.key"
-            || file.path == "tls/key.pem"
-            || file.path.starts_with("data/custody/");
         copy_prefix(
             &from.join(&file.path),
             &dir.join(&file.path),
-            secret,
+            is_secret(&file.path),
             &copying,
         )?;
     }

@@ -200,6 +200,11 @@ pub fn load_genesis(path: &Path) -> Result<Genesis> {
 
 /// Write a private key seed (hex) to a file only its owner can read.
 pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<()> {
+    write_secret(path, hex::encode(seed).as_bytes())
+}
+
+/// Write a new file only its owner can read (mode 0600), synced; refuses to overwrite.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -207,7 +212,7 @@ pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot create key file {}", path.display()))?;
-    file.write_all(hex::encode(seed).as_bytes())?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())
 }

@@ -32,8 +32,7 @@ fn with_local_tls(
     node_dir: &std::path::Path,
     config: &mut NodeConfig,
 ) -> Result<()> {
-    let mut hosts = vec!["localhost".to_string(), config.api_listen.ip().to_string()];
-    hosts.dedup();
+    let hosts = ["localhost".to_string(), config.api_listen.ip().to_string()];
     crate::tls::issue(network_dir, &hosts, &node_dir.join("tls"))?;
     config.tls = Some(crate::config::TlsConfig {
         cert: "tls/cert.pem".into(),

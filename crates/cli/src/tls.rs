@@ -21,19 +21,6 @@ pub fn ca_path(network_dir: &Path) -> PathBuf {
     network_dir.join("tls").join("ca.pem")
 }
 
-fn write_secret(path: &Path, text: &str) -> Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    Ok(())
-}
-
 fn validity(params: &mut CertificateParams) {
     let now = time::OffsetDateTime::now_utc();
     // A day of slack for clocks behind ours.
@@ -55,7 +42,7 @@ pub fn make_ca(network_dir: &Path, name: &str) -> Result<()> {
     validity(&mut params);
     let cert = params.self_signed(&key)?;
     std::fs::write(dir.join("ca.pem"), cert.pem())?;
-    write_secret(&dir.join("ca.key"), &key.serialize_pem())
+    crate::config::write_secret(&dir.join("ca.key"), key.serialize_pem().as_bytes())
 }
 
 /// Issue a server certificate for `hosts` (names or IP addresses) from the CA in
@@ -80,7 +67,7 @@ pub fn issue(network_dir: &Path, hosts: &[String], out: &Path) -> Result<()> {
     // A renewal replaces the files in place (then SIGHUP): the key by rename, never half-written.
     std::fs::write(out.join("cert.pem.new"), cert.pem())?;
     let _ = std::fs::remove_file(out.join("key.pem.new"));
-    write_secret(&out.join("key.pem.new"), &key.serialize_pem())?;
+    crate::config::write_secret(&out.join("key.pem.new"), key.serialize_pem().as_bytes())?;
     std::fs::rename(out.join("key.pem.new"), out.join("key.pem"))?;
     std::fs::rename(out.join("cert.pem.new"), out.join("cert.pem"))?;
     Ok(())

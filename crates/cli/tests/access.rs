@@ -152,6 +152,19 @@ fn trail(api: &str, key: &Path, patient: &str) -> Vec<Value> {
     log["events"].as_array().unwrap().clone()
 }
 
+/// The findings an auditor's key sees (`ehrchain access findings`).
+fn audit_findings(api: &str, auditor: &Path) -> Value {
+    serde_json::from_str(&ok(cli(&[
+        "access",
+        "findings",
+        "--api",
+        api,
+        "--key",
+        path(auditor),
+    ])))
+    .unwrap()
+}
+
 #[test]
 fn consent_decides_every_read_and_the_trail_records_it() {
     let dir = std::env::temp_dir().join(format!("ehrchain-access-{}", std::process::id()));
@@ -487,15 +500,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
             .all(|e| e["actor"].is_string() && e["purpose"].is_string())
     );
     // The auditor's view: all events, and findings for denials, revocation and break-glass.
-    let findings: Value = serde_json::from_str(&ok(cli(&[
-        "access",
-        "findings",
-        "--api",
-        &api0,
-        "--key",
-        path(&auditor),
-    ])))
-    .unwrap();
+    let findings = audit_findings(&api0, &auditor);
     let kinds: Vec<&str> = findings["findings"]
         .as_array()
         .unwrap()
@@ -675,15 +680,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         recovered.trim_end().as_bytes(),
         std::fs::read(&observation_file).unwrap()
     );
-    let findings: Value = serde_json::from_str(&ok(cli(&[
-        "access",
-        "findings",
-        "--api",
-        &api0,
-        "--key",
-        path(&auditor),
-    ])))
-    .unwrap();
+    let findings = audit_findings(&api0, &auditor);
     assert!(findings.to_string().contains("key-recovery"));
 
     // Governance: 3 of 4 members appoint a second auditor; a proposal two members reject
