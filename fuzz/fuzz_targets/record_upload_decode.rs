@@ -3,8 +3,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(upload) = ehrchain_api::records::Upload::decode(data) {
-        assert!(upload.wraps.len() <= ehrchain_api::records::UPLOAD_WRAPS_MAX);
+    if let Ok(upload) = ehrchain_types::wire::Upload::decode(data) {
+        assert!(upload.wraps.len() <= ehrchain_types::wire::UPLOAD_WRAPS_MAX);
         assert!(!upload.envelope.is_empty());
         assert!(upload.transaction.len() <= ehrchain_types::limits::TRANSACTION_SIZE_BYTES_MAX);
     }

@@ -17,11 +17,11 @@ use axum::{
     routing::{get, post},
 };
 use commonware_runtime::Blob;
-use ehrchain_chain::{
-    access::{AccessEvent, BREAK_GLASS_REASONS, Basis, Finding, FindingKind, Outcome},
+use ehrchain_contracts::consent::{Grant, Purpose};
+use ehrchain_contracts::{
+    facts::{AccessEvent, BREAK_GLASS_REASONS, Basis, Finding, FindingKind, Outcome},
     state::{Reader as _, State as ChainState},
 };
-use ehrchain_contracts::consent::{Grant, Purpose};
 use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, Share, envelope_hash};
 use ehrchain_types::{Payload, Transaction, limits::TRANSACTION_SIZE_BYTES_MAX};
 use serde::Deserialize;
@@ -156,7 +156,7 @@ pub fn grant_json(state: &ChainState, grant: &Grant, now_ms: u64) -> Value {
     } else {
         "active"
     };
-    let grantee_key = ehrchain_chain::access::public_key(&grant.grantee);
+    let grantee_key = ehrchain_contracts::facts::public_key(&grant.grantee);
     let grantee = grantee_key.as_ref().and_then(|k| state.identity(k));
     // A key rotated away or removed gets no new wraps: no encryption key to wrap for.
     let retired = grantee_key.is_some_and(|k| state.retired(&k).is_some());
@@ -200,7 +200,7 @@ async fn consents<B: Blob>(
             s.grants(&id)
                 .iter()
                 .filter(|g| {
-                    all || ehrchain_chain::access::public_key(&g.grantee)
+                    all || ehrchain_contracts::facts::public_key(&g.grantee)
                         .is_some_and(|k| caller.is(&k))
                 })
                 .map(|g| grant_json(s, g, now))
@@ -226,7 +226,7 @@ fn purpose_code(number: u8) -> &'static str {
 }
 
 /// An access event as JSON.
-pub fn event_json(position: ehrchain_chain::state::EventKey, event: &AccessEvent) -> Value {
+pub fn event_json(position: ehrchain_contracts::facts::EventKey, event: &AccessEvent) -> Value {
     let (outcome, basis, reason) = match &event.outcome {
         Outcome::Allowed(basis) => {
             let basis = match basis {
@@ -278,7 +278,7 @@ fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
         "detail": detail,
         "actor": finding.actor.to_string(),
         // An identity or governance operation names no patient.
-        "patient": (finding.patient != ehrchain_chain::access::NO_PATIENT)
+        "patient": (finding.patient != ehrchain_contracts::access::NO_PATIENT)
             .then(|| hex::encode(finding.patient)),
         "time_ms": finding.time_ms,
         "transaction": hex::encode(finding.transaction),
@@ -433,7 +433,7 @@ async fn proposals<B: Blob>(
             "governance is shown to member institutions and auditors",
         ));
     }
-    use ehrchain_chain::governance::{PROPOSAL_OPEN_MS, Status};
+    use ehrchain_contracts::facts::{PROPOSAL_OPEN_MS, ProposalStatus as Status};
     let answer = state.chain.read(|s| {
         let now = s.time_ms();
         let proposals: Vec<Value> = s

@@ -2,7 +2,7 @@
 //! in batches (`Payload::AccessLog`).
 //!
 //! A consented read is decided by the gateway with the chain's own contract code against its
-//! final state (`ehrchain_chain::access::decide_read`). Before the record is revealed, the read
+//! final state (`ehrchain_contracts::access::decide_read`). Before the record is revealed, the read
 //! is appended to a local journal and flushed (`fdatasync`, one flush for every read that
 //! arrived meanwhile). A batcher then submits the journal, in order, as access logs signed by
 //! the institution: entry numbers continue the institution's on-chain sequence, so a log sent
@@ -17,7 +17,7 @@
 
 use crate::ApiState;
 use commonware_runtime::Blob;
-use ehrchain_chain::state::Reader as _;
+use ehrchain_contracts::state::Reader as _;
 use ehrchain_types::{
     PublicKey,
     transaction::{ACCESS_LOG_ENTRIES_MAX, AccessLogEntry},

@@ -24,8 +24,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use commonware_runtime::Blob;
-use ehrchain_chain::state::{Identity, Reader, Role, State as ChainState};
 use ehrchain_contracts::consent::Purpose;
+use ehrchain_contracts::facts::{Identity, Role};
+use ehrchain_contracts::state::{Reader, State as ChainState};
 use ehrchain_types::PublicKey;
 use std::sync::Arc;
 
@@ -119,7 +120,7 @@ pub fn may_see_record(s: &ChainState, caller: &Caller, record: &[u8; 16]) -> boo
 fn may_read(s: &ChainState, key: &PublicKey, identity: &Identity, record: &[u8; 16]) -> bool {
     let now = s.time_ms();
     Purpose::ALL.iter().any(|purpose| {
-        ehrchain_chain::access::decide_read(s, key, identity, record, *purpose, now)
+        ehrchain_contracts::access::decide_read(s, key, identity, record, *purpose, now)
             .is_ok_and(|(_, _, outcome)| outcome.allowed())
     })
 }

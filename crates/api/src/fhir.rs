@@ -22,11 +22,11 @@ use axum::{
     routing::{get, post},
 };
 use commonware_runtime::Blob;
-use ehrchain_chain::{
-    access::Outcome,
-    state::{Reader as _, RecordVersion, Role},
-};
 use ehrchain_contracts::consent::{Action, Grant, Purpose};
+use ehrchain_contracts::{
+    facts::{Outcome, RecordVersion, Role},
+    state::Reader as _,
+};
 use ehrchain_crypto::{Binding, EncryptionPublicKey, Share, envelope_hash};
 use ehrchain_fhir::{ResourceType, operation_outcome};
 use ehrchain_types::{ConsentGrant, Digest, Payload, PublicKey, RecordAnchor};
@@ -467,17 +467,15 @@ fn decided_here<B: Blob>(
     state.chain.read(|s| {
         let now = s.time_ms();
         let fresh = crate::access_log::state_is_fresh(&state.chain, wall, now);
-        let open = s
-            .session(&session)
-            .is_some_and(|e| e.gateway == gateway && now < e.expires_ms);
-        let identity = s
-            .identity(&token.identity)
-            .filter(|_| fresh && open && s.retired(&token.identity).is_none());
+        // The contract's own rule for a gateway's decision; a retired reader goes to the chain.
+        let reader = ehrchain_contracts::access::gateway_reader(s, &gateway, &session, now)
+            .ok()
+            .and_then(|(actor, identity)| identity.filter(|_| fresh && actor == token.identity));
         records
             .iter()
             .map(|record| {
-                let identity = identity.as_ref()?;
-                let (_, _, outcome) = ehrchain_chain::access::decide_read(
+                let identity = reader.as_ref()?;
+                let (_, _, outcome) = ehrchain_contracts::access::decide_read(
                     s,
                     &token.identity,
                     identity,
@@ -596,10 +594,10 @@ async fn reveal<B: Blob>(
             g.active(now)
                 && s.grant_share(&g.patient, &g.id)
                     .is_some_and(|h| h != [0; 32])
-                && (g.grantee == ehrchain_chain::access::key_bytes(identity)
+                && (g.grantee == ehrchain_contracts::facts::key_bytes(identity)
                     || institution
                         .as_ref()
-                        .is_some_and(|i| g.grantee == ehrchain_chain::access::key_bytes(i)))
+                        .is_some_and(|i| g.grantee == ehrchain_contracts::facts::key_bytes(i)))
         })
     });
     let held = gateway::held_keys(state, identity, &version.anchor.patient);
@@ -859,10 +857,10 @@ fn readers<B: Blob>(
     patient: &[u8; 16],
     kind: u8,
 ) -> Result<Vec<EncryptionPublicKey>> {
-    use ehrchain_chain::access::ReadersError;
+    use ehrchain_contracts::access::ReadersError;
     let keys = state
         .chain
-        .read(|s| ehrchain_chain::access::wrap_readers(s, author, patient, Some(kind)))
+        .read(|s| ehrchain_contracts::access::wrap_readers(s, author, patient, Some(kind)))
         .map_err(|error| match error {
             ReadersError::UnknownPatient => FhirError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -1612,7 +1610,7 @@ async fn provenance_json<B: Blob>(state: &ApiState<B>, version: &RecordVersion) 
         location.index,
     )
     .await
-    .map_err(|e| FhirError::new(e.0, "exception", &e.1))?
+    .map_err(|e| FhirError::new(e.status, "exception", &e.message))?
     .ok_or_else(|| {
         FhirError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -2160,8 +2158,8 @@ async fn consent_search<B: Blob>(
 /// An AuditEvent's id: the hash of the transaction that recorded it, and for a later entry of
 /// a gateway's access log, a prefix of it with the entry number (FHIR ids are 64 at most).
 fn audit_event_id(
-    position: ehrchain_chain::state::EventKey,
-    event: &ehrchain_chain::access::AccessEvent,
+    position: ehrchain_contracts::facts::EventKey,
+    event: &ehrchain_contracts::facts::AccessEvent,
 ) -> String {
     let hash = hex::encode(event.transaction);
     match position.2 {
@@ -2172,8 +2170,8 @@ fn audit_event_id(
 
 fn audit_event_json<B: Blob>(
     state: &ApiState<B>,
-    position: ehrchain_chain::state::EventKey,
-    event: &ehrchain_chain::access::AccessEvent,
+    position: ehrchain_contracts::facts::EventKey,
+    event: &ehrchain_contracts::facts::AccessEvent,
 ) -> Value {
     let role = role_of(state, &event.actor);
     let purpose = Purpose::from_number(event.purpose).map_or("TREAT", Purpose::code);
@@ -2188,7 +2186,7 @@ fn audit_event_json<B: Blob>(
     })];
     // A refused write or consent change, recorded as an attempt (not a read).
     let refused_operation = match event.outcome {
-        Outcome::Denied(ehrchain_chain::access::Reason::NotPermitted { operation }) => {
+        Outcome::Denied(ehrchain_contracts::facts::Reason::NotPermitted { operation }) => {
             Some(operation)
         }
         _ => None,
@@ -2290,8 +2288,8 @@ async fn audit_events<B: Blob>(
     };
     let (total, page) = state.chain.read(|s| {
         let events: Vec<(
-            ehrchain_chain::state::EventKey,
-            ehrchain_chain::access::AccessEvent,
+            ehrchain_contracts::facts::EventKey,
+            ehrchain_contracts::facts::AccessEvent,
         )> = match &patient {
             Some(p) => s
                 .patient_events(p)

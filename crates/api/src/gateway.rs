@@ -191,7 +191,7 @@ pub async fn token<B: Blob>(
     let identity = ehrchain_types::public_key_from_hex(&claims.sub)
         .ok_or_else(|| invalid_client("sub must be an identity id (64 hex characters)"))?;
     let (known, retired) = state.chain.read(|s| {
-        use ehrchain_chain::state::Reader;
+        use ehrchain_contracts::state::Reader;
         (
             s.identity(&identity).is_some(),
             s.retired(&identity).is_some(),
@@ -354,7 +354,7 @@ pub fn caller<B: Blob>(state: &ApiState<B>, headers: &HeaderMap) -> Result<Arc<T
 
 fn submit_failure(error: &SubmitError) -> FhirError {
     let response = crate::submit_error(error);
-    FhirError::new(response.0, "processing", &response.1)
+    FhirError::new(response.status, "processing", &response.message)
 }
 
 /// Sign `payload` with the caller's session key and submit it. The nonce advances only when
@@ -437,7 +437,7 @@ pub async fn submit_as_institution<B: Blob>(
             }
             Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Duplicate))
             | Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Rejected(
-                ehrchain_chain::state::Rejection::StaleNonce { .. },
+                ehrchain_contracts::facts::Rejection::StaleNonce { .. },
             ))) => nonce += 1,
             Err(error) => return Err(submit_failure(&error)),
         }
@@ -465,7 +465,7 @@ pub async fn commit<B: Blob>(state: &ApiState<B>, tx: &Transaction) -> Result<Lo
             }
             return Ok(location);
         }
-        if let Some(reason) = state.chain.rejection(&id) {
+        if let Some((_, reason)) = state.chain.rejection(&id) {
             return Err(FhirError::new(StatusCode::CONFLICT, "conflict", &reason));
         }
         if tokio::time::timeout_at(deadline, committed.changed())

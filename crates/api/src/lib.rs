@@ -24,7 +24,7 @@ use commonware_codec::{Decode, Encode};
 use commonware_runtime::Blob;
 use ehrchain_chain::{Chain, Finalization, SubmitError};
 use ehrchain_types::{
-    Block, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX, merkle,
+    Block, ErrorCode, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX, merkle,
 };
 use proof::{InclusionProof, PROOF_HEADERS_MAX};
 use serde::Deserialize;
@@ -56,17 +56,36 @@ pub struct ApiState<B: Blob> {
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError {
+    pub(crate) status: StatusCode,
+    code: ErrorCode,
+    pub(crate) message: String,
+}
 
 impl ApiError {
+    /// An error whose stable code follows from its status (`ErrorCode::of_status`).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self(status, message.into())
+        Self {
+            status,
+            code: ErrorCode::of_status(status.as_u16()),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with a more precise stable code.
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
+        self.code = code;
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": self.message, "code": self.code.as_str() })),
+        )
+            .into_response()
     }
 }
 
@@ -209,7 +228,7 @@ async fn status<B: Blob>(
                     .iter()
                     .find(|v| v.public_key == hex)
                     .map_or("admitted by governance", |v| v.name.as_str());
-                let encryption_key = ehrchain_chain::state::Reader::identity(s, key)
+                let encryption_key = ehrchain_contracts::state::Reader::identity(s, key)
                     .map(|i| hex::encode(i.encryption_key))
                     .unwrap_or_default();
                 json!({"name": name, "public_key": hex, "encryption_key": encryption_key})
@@ -464,7 +483,8 @@ async fn submit<B: Blob>(
 
 /// The HTTP answer to a refused transaction. The reason names a rule, never content.
 pub(crate) fn submit_error(error: &SubmitError) -> ApiError {
-    use ehrchain_chain::{mempool::AdmissionError, state::Rejection};
+    use ehrchain_chain::mempool::AdmissionError;
+    use ehrchain_contracts::facts::Rejection;
     let status = match error {
         SubmitError::Invalid(ehrchain_types::Error::TransactionTooLarge(..)) => {
             StatusCode::PAYLOAD_TOO_LARGE
@@ -499,7 +519,7 @@ pub(crate) fn submit_error(error: &SubmitError) -> ApiError {
         }
         SubmitError::Admission(_) => StatusCode::CONFLICT,
     };
-    ApiError::new(status, format!("transaction rejected: {error}"))
+    ApiError::new(status, format!("transaction rejected: {error}")).with_code(error.code())
 }
 
 /// Bulk import: the body is `count u32 | (len u32 | transaction)*`, as peers gossip it.
@@ -519,7 +539,7 @@ async fn submit_batch<B: Blob>(
         .filter_map(|(index, r)| {
             r.as_ref()
                 .err()
-                .map(|e| json!({"index": index, "error": e.to_string()}))
+                .map(|e| json!({"index": index, "error": e.to_string(), "code": e.code().as_str()}))
         })
         .take(100)
         .collect();
@@ -568,9 +588,9 @@ async fn transaction<B: Blob>(
         }
     };
     let Some(location) = location else {
-        if let Some(reason) = chain.rejection(&id) {
+        if let Some((code, reason)) = chain.rejection(&id) {
             return Ok(Json(
-                json!({ "hash": hash, "status": "rejected", "reason": reason }),
+                json!({ "hash": hash, "status": "rejected", "reason": reason, "code": code.as_str() }),
             ));
         }
         let status = if chain.is_pending(&id) {
@@ -584,7 +604,8 @@ async fn transaction<B: Blob>(
             StatusCode::NOT_FOUND
         };
         if code == StatusCode::NOT_FOUND {
-            return Err(ApiError::new(code, "transaction unknown to this node"));
+            return Err(ApiError::new(code, "transaction unknown to this node")
+                .with_code(ErrorCode::UnknownTransaction));
         }
         return Ok(Json(json!({ "hash": hash, "status": status })));
     };
@@ -619,11 +640,11 @@ async fn transaction<B: Blob>(
 pub fn denial<B: Blob>(
     state: &ApiState<B>,
     location: &ehrchain_chain::Location,
-) -> Option<ehrchain_chain::access::Reason> {
+) -> Option<ehrchain_contracts::facts::Reason> {
     state.chain.read(
         |s| match s.finding(location.height, location.index).map(|f| f.kind) {
-            Some(ehrchain_chain::access::FindingKind::DeniedAccess(
-                reason @ ehrchain_chain::access::Reason::NotPermitted { .. },
+            Some(ehrchain_contracts::facts::FindingKind::DeniedAccess(
+                reason @ ehrchain_contracts::facts::Reason::NotPermitted { .. },
             )) => Some(reason),
             _ => None,
         },

@@ -150,7 +150,9 @@ impl InclusionProof {
             }
             let root =
                 digest_from_hex(&handoff.state_root).ok_or(ProofError::Malformed("state root"))?;
-            if ehrchain_chain::state::epoch_root(&root, handoff.epoch, &next) != header.state_root {
+            if ehrchain_contracts::state::epoch_root(&root, handoff.epoch, &next)
+                != header.state_root
+            {
                 return Err(ProofError::BadHandoff(handoff.epoch));
             }
             certified(&handoff.finalization, &header, &validators, epoch_blocks)

@@ -17,87 +17,14 @@ use axum::{
     routing::{get, post},
 };
 use commonware_runtime::Blob;
-use ehrchain_chain::state::{PatientEntry, Reader as _, RecordVersion, Role};
-use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, WRAP_BYTES, Wrap, envelope_hash};
-use ehrchain_types::{
-    Payload, Transaction, limits::TRANSACTION_SIZE_BYTES_MAX, public_key_from_hex,
-};
+use ehrchain_contracts::facts::{PatientEntry, RecordVersion, Role};
+use ehrchain_contracts::state::Reader as _;
+use ehrchain_crypto::{Wrap, envelope_hash};
+use ehrchain_types::{Payload, Transaction, public_key_from_hex};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// Most wraps one upload carries (its first readers).
-pub const UPLOAD_WRAPS_MAX: usize = 64;
-
-/// Largest upload body.
-pub const UPLOAD_BYTES_MAX: usize =
-    4 + TRANSACTION_SIZE_BYTES_MAX + 2 + UPLOAD_WRAPS_MAX * WRAP_BYTES + ENVELOPE_SIZE_BYTES_MAX;
-
-/// A decoded upload.
-#[derive(Debug)]
-pub struct Upload {
-    pub transaction: Vec<u8>,
-    pub wraps: Vec<Wrap>,
-    pub envelope: Vec<u8>,
-}
-
-impl Upload {
-    pub fn encode(transaction: &[u8], wraps: &[Wrap], envelope: &[u8]) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(6 + transaction.len() + wraps.len() * WRAP_BYTES + envelope.len());
-        out.extend_from_slice(&(transaction.len() as u32).to_be_bytes());
-        out.extend_from_slice(transaction);
-        out.extend_from_slice(&(wraps.len() as u16).to_be_bytes());
-        for wrap in wraps {
-            out.extend_from_slice(&wrap.encode());
-        }
-        out.extend_from_slice(envelope);
-        out
-    }
-
-    /// Decode an upload from untrusted bytes, with limits.
-    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, &'static str> {
-        if bytes.len() > UPLOAD_BYTES_MAX {
-            return Err("upload too large");
-        }
-        let tx_len = u32::from_be_bytes(
-            bytes
-                .get(..4)
-                .ok_or("truncated upload")?
-                .try_into()
-                .expect("4"),
-        ) as usize;
-        if tx_len > TRANSACTION_SIZE_BYTES_MAX {
-            return Err("transaction too large");
-        }
-        let transaction = bytes.get(4..4 + tx_len).ok_or("truncated upload")?.to_vec();
-        let rest = &bytes[4 + tx_len..];
-        let count = u16::from_be_bytes(
-            rest.get(..2)
-                .ok_or("truncated upload")?
-                .try_into()
-                .expect("2"),
-        ) as usize;
-        if count == 0 || count > UPLOAD_WRAPS_MAX {
-            return Err("an upload carries between 1 and 64 wrapped keys");
-        }
-        let wraps_end = 2 + count * WRAP_BYTES;
-        let wraps = rest
-            .get(2..wraps_end)
-            .ok_or("truncated upload")?
-            .chunks(WRAP_BYTES)
-            .map(|c| Wrap::decode(c).map_err(|_| "malformed wrapped key"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let envelope = rest[wraps_end..].to_vec();
-        if envelope.is_empty() {
-            return Err("the upload has no envelope");
-        }
-        Ok(Self {
-            transaction,
-            wraps,
-            envelope,
-        })
-    }
-}
+pub use ehrchain_types::wire::{UPLOAD_BYTES_MAX, UPLOAD_WRAPS_MAX, Upload};
 
 pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
     Router::new()
@@ -332,7 +259,7 @@ fn check_access<B: Blob>(
         if event.record.map(|(r, _)| r) != Some(*record) {
             return Err(forbidden("the access transaction is for another record"));
         }
-        if let ehrchain_chain::access::Outcome::Denied(reason) = event.outcome {
+        if let ehrchain_contracts::facts::Outcome::Denied(reason) = event.outcome {
             return Err(forbidden(&format!("access was denied: {}", reason.code())));
         }
         if event.actor != caller.identity {
@@ -523,7 +450,7 @@ async fn readers<B: Blob>(
     Path(patient): Path<String>,
     axum::extract::Query(query): axum::extract::Query<ReadersQuery>,
 ) -> Result<Json<Value>> {
-    use ehrchain_chain::access::ReadersError;
+    use ehrchain_contracts::access::ReadersError;
     let id = id16(&patient, "patient id")?;
     let record = query
         .record
@@ -533,7 +460,7 @@ async fn readers<B: Blob>(
     let keys = state
         .chain
         .read(|s| {
-            ehrchain_chain::access::wrap_readers_for_writer(
+            ehrchain_contracts::access::wrap_readers_for_writer(
                 s,
                 &caller.identity,
                 &id,
@@ -572,7 +499,7 @@ async fn identity<B: Blob>(
                 .map(|(_, i)| i.encryption_key),
             _ => None,
         };
-        use ehrchain_chain::state::Reader as _;
+        use ehrchain_contracts::state::Reader as _;
         Some((identity, institution_key, s.retired(&key)))
     });
     let (identity, institution_key, retired_height) =
@@ -595,24 +522,4 @@ async fn identity<B: Blob>(
         Role::Institution | Role::Auditor => {}
     }
     Ok(Json(answer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uploads_round_trip_and_garbage_is_refused() {
-        let wrap = Wrap::decode(&[3; WRAP_BYTES]).unwrap();
-        let bytes = Upload::encode(&[1; 200], std::slice::from_ref(&wrap), &[9; 50]);
-        let upload = Upload::decode(&bytes).unwrap();
-        assert_eq!(upload.transaction, vec![1; 200]);
-        assert_eq!(upload.wraps, vec![wrap.clone()]);
-        assert_eq!(upload.envelope, vec![9; 50]);
-        for cut in 0..(4 + 200 + 2 + WRAP_BYTES + 1) {
-            assert!(Upload::decode(&bytes[..cut]).is_err(), "cut {cut}");
-        }
-        assert!(Upload::decode(&Upload::encode(&[1; 10], &[], &[1])).is_err());
-        assert!(Upload::decode(&Upload::encode(&[1; 5000], &[wrap], &[1])).is_err());
-    }
 }

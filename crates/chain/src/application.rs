@@ -11,7 +11,6 @@
 use crate::{
     log::{BlockLog, Record},
     mempool::{AdmissionError, Mempool},
-    state::{self, Delta, Overlay, Reader, State},
 };
 use commonware_consensus::Block as _;
 use commonware_consensus::{
@@ -23,6 +22,11 @@ use commonware_consensus::{
 use commonware_cryptography::{BatchEntry, BatchVerifier, Digested, Digestible as _};
 use commonware_runtime::{Blob, Clock};
 use commonware_utils::Acknowledgement;
+use ehrchain_contracts::{
+    execute,
+    facts::{AnchorRecord, At, Rejection},
+    state::{self, Delta, Overlay, Reader, State},
+};
 use ehrchain_types::{
     Block, Digest, PrivateKey, PublicKey, TRANSACTION_NAMESPACE, Transaction,
     limits::{BLOCK_SIZE_BYTES_MAX, BLOCK_TRANSACTIONS_MAX},
@@ -80,6 +84,21 @@ pub enum SubmitError {
     AlreadyCommitted,
 }
 
+impl SubmitError {
+    /// The stable code of this refusal, for clients.
+    pub fn code(&self) -> ehrchain_types::ErrorCode {
+        use ehrchain_types::{Error, ErrorCode};
+        match self {
+            Self::Invalid(Error::TransactionTooLarge(..)) => ErrorCode::TooLarge,
+            Self::Invalid(Error::BadSignature) => ErrorCode::BadSignature,
+            Self::Invalid(Error::WrongChain(..)) => ErrorCode::WrongChain,
+            Self::Invalid(_) => ErrorCode::BadRequest,
+            Self::Admission(error) => error.code(),
+            Self::AlreadyCommitted => ErrorCode::AlreadyCommitted,
+        }
+    }
+}
+
 /// Where a committed transaction is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
@@ -124,7 +143,7 @@ struct Inner {
     /// Digest of every finalized block, by height.
     digests: Vec<Digest>,
     /// Transactions evicted from the mempool because they can never apply, with the reason.
-    rejected: HashMap<Digest, String>,
+    rejected: HashMap<Digest, (ehrchain_types::ErrorCode, String)>,
     rejected_order: VecDeque<Digest>,
     /// Transactions admitted since start: a proposer waiting for work rebuilds only when
     /// this moved.
@@ -274,7 +293,7 @@ impl<B: Blob> Chain<B> {
                     record.height
                 ));
             }
-            let delta = state::execute(&inner.state, &block)
+            let delta = execute::execute(&inner.state, &block)
                 .map_err(|e| format!("stored block {} does not execute: {e}", record.height))?;
             let root = state::block_root(&inner.state, &inner.root, block.height(), &delta);
             if root != block.header.state_root {
@@ -447,7 +466,7 @@ impl<B: Blob> Chain<B> {
 
     /// Whether a transaction waits in the mempool.
     /// Why a transaction was evicted from the mempool, if it was.
-    pub fn rejection(&self, id: &Digest) -> Option<String> {
+    pub fn rejection(&self, id: &Digest) -> Option<(ehrchain_types::ErrorCode, String)> {
         self.lock().rejected.get(id).cloned()
     }
 
@@ -468,7 +487,7 @@ impl<B: Blob> Chain<B> {
     }
 
     /// The record of an anchored digest.
-    pub fn anchor(&self, digest: &Digest) -> Option<state::AnchorRecord> {
+    pub fn anchor(&self, digest: &Digest) -> Option<AnchorRecord> {
         self.lock().state.anchor(digest).cloned()
     }
 
@@ -576,7 +595,7 @@ impl<B: Blob> Chain<B> {
             base: &inner.state,
             deltas,
         };
-        let delta = state::execute(&overlay, block).map_err(|e| e.to_string())?;
+        let delta = execute::execute(&overlay, block).map_err(|e| e.to_string())?;
         let root = state::block_root(&overlay, &parent_root, header.height, &delta);
         if root != header.state_root {
             return Err("state root mismatch".into());
@@ -623,15 +642,14 @@ impl<B: Blob> Chain<B> {
         for tx in candidates {
             // A candidate can still fail (an anchor or a record version taken by another
             // transaction); leave it out, and have it re-checked after the next commit.
-            let at = state::At {
+            let at = At {
                 height,
                 time_ms: timestamp_ms,
                 index: transactions.len() as u32,
             };
-            match state::apply(&overlay, &mut delta, at, &tx) {
+            match execute::apply(&overlay, &mut delta, at, &tx) {
                 Ok(()) => transactions.push(tx),
-                Err(state::Rejection::StaleNonce { .. } | state::Rejection::FutureNonce { .. }) => {
-                }
+                Err(Rejection::StaleNonce { .. } | Rejection::FutureNonce { .. }) => {}
                 Err(_) => failed.push(tx.id()),
             }
         }
@@ -696,11 +714,13 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
         .map(|id| {
             (
                 id,
+                ehrchain_types::ErrorCode::NonceTaken,
                 "another transaction of this signer took this nonce; re-sign with the current nonce"
                     .to_string(),
             )
         });
-    let evicted: Vec<(Digest, String)> = displaced.chain(mempool.evict_failed(state)).collect();
+    let evicted: Vec<(Digest, ehrchain_types::ErrorCode, String)> =
+        displaced.chain(mempool.evict_failed(state)).collect();
     let expired = mempool.expire_gapped(state);
     if expired > 0 {
         tracing::info!(
@@ -708,14 +728,14 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
             "dropped transactions that waited too long behind a nonce gap"
         );
     }
-    for (id, reason) in evicted {
+    for (id, code, reason) in evicted {
         if inner.rejected_order.len() >= REJECTED_MAX
             && let Some(oldest) = inner.rejected_order.pop_front()
         {
             inner.rejected.remove(&oldest);
         }
         inner.rejected_order.push_back(id);
-        inner.rejected.insert(id, reason);
+        inner.rejected.insert(id, (code, reason));
     }
 }
 
@@ -895,7 +915,7 @@ impl<B: Blob> Finalizer<B> {
                         "a finalized block carries a bad signature: more than f validators are faulty",
                     );
                     let inner = self.chain.lock();
-                    let delta = state::execute(&inner.state, block).expect(
+                    let delta = execute::execute(&inner.state, block).expect(
                         "a finalized block does not execute: more than f validators are faulty",
                     );
                     let root = state::block_root(&inner.state, &inner.root, height, &delta);

@@ -79,7 +79,7 @@ impl EpochProvider {
 
     /// Learn the epochs the state names beyond the newest known one (sets are fixed once
     /// known, and epochs are numbered without gaps).
-    pub fn learn(&self, state: &crate::state::State) {
+    pub fn learn(&self, state: &ehrchain_contracts::state::State) {
         let mut epoch = self
             .schemes
             .read()

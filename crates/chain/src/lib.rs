@@ -1,15 +1,12 @@
 //! Run the ehrchain ledger: execute, store and agree on blocks of signed transactions.
 
-pub mod access;
 pub mod application;
 pub mod engine;
 pub mod epochs;
-pub mod governance;
 pub mod log;
 pub mod mempool;
 pub mod records;
 pub mod reporter;
-pub mod state;
 
 pub use application::{Chain, ChainConfig, Finalization, Location, Scheme, Status, SubmitError};
 

@@ -4,7 +4,8 @@
 //! verified again by this node. Block building takes transactions in arrival order whose nonce
 //! is the next one for their signer on top of the parent state.
 
-use crate::state::{At, Reader, Rejection};
+use ehrchain_contracts::facts::{At, Rejection};
+use ehrchain_contracts::state::Reader;
 
 /// Where admission checks run: on the finalized state, at its newest block time.
 /// Time-dependent rules (expiry) are checked again when the transaction is executed in its
@@ -34,6 +35,21 @@ pub enum AdmissionError {
     UnknownSigner,
     #[error("the signer already has {0} transactions waiting behind a nonce gap")]
     TooManyGapped(usize),
+}
+
+impl AdmissionError {
+    /// The stable code of this refusal, for clients.
+    pub fn code(&self) -> ehrchain_types::ErrorCode {
+        use ehrchain_types::ErrorCode;
+        match self {
+            Self::Full(_) => ErrorCode::Unavailable,
+            Self::Duplicate => ErrorCode::AlreadyPending,
+            Self::Rejected(rejection) => rejection.code(),
+            Self::NonceGap { .. } => ErrorCode::FutureNonce,
+            Self::UnknownSigner => ErrorCode::UnknownSigner,
+            Self::TooManyGapped(_) => ErrorCode::RateLimited,
+        }
+    }
 }
 
 /// Largest gap between a signer's next nonce and an admitted transaction's nonce.
@@ -81,7 +97,10 @@ impl Mempool {
     /// Evict suspects that cannot apply on the finalized state (say, a record version that
     /// another author took first), with every later transaction of the same signer, which
     /// could now never follow. Returns the evicted ids with the reason.
-    pub fn evict_failed(&mut self, state: &impl Reader) -> Vec<(Digest, String)> {
+    pub fn evict_failed(
+        &mut self,
+        state: &impl Reader,
+    ) -> Vec<(Digest, ehrchain_types::ErrorCode, String)> {
         let mut evicted = Vec::new();
         for id in std::mem::take(&mut self.suspects) {
             let Some(tx) = self.by_id.get(&id) else {
@@ -91,9 +110,9 @@ impl Mempool {
                 // Not yet its turn; it is checked again when it fails again.
                 continue;
             }
-            let Err(reason) = crate::state::apply(
+            let Err(reason) = ehrchain_contracts::execute::apply(
                 state,
-                &mut crate::state::Delta::default(),
+                &mut ehrchain_contracts::state::Delta::default(),
                 admission(state),
                 tx,
             ) else {
@@ -107,12 +126,12 @@ impl Mempool {
                     if let Some(dropped_id) = slots.remove(&n) {
                         self.by_id.remove(&dropped_id);
                         self.admitted_ms.remove(&dropped_id);
-                        let why = if dropped_id == id {
-                            reason.to_string()
+                        let (code, why) = if dropped_id == id {
+                            (reason.code(), reason.to_string())
                         } else {
-                            "an earlier transaction of this signer was rejected; re-sign with the current nonce".to_string()
+                            (ehrchain_types::ErrorCode::NonceTaken, "an earlier transaction of this signer was rejected; re-sign with the current nonce".to_string())
                         };
-                        evicted.push((dropped_id, why));
+                        evicted.push((dropped_id, code, why));
                     }
                 }
                 if slots.is_empty() {
@@ -184,9 +203,9 @@ impl Mempool {
         if tx.body.nonce == expected {
             // The signer's next transaction: check it fully against the finalized state so
             // that an unauthorized or impossible request is refused now, with its reason.
-            crate::state::apply(
+            ehrchain_contracts::execute::apply(
                 state,
-                &mut crate::state::Delta::default(),
+                &mut ehrchain_contracts::state::Delta::default(),
                 admission(state),
                 &tx,
             )?;
@@ -378,8 +397,8 @@ impl Mempool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::State;
     use commonware_cryptography::Signer;
+    use ehrchain_contracts::state::State;
     use ehrchain_types::{Payload, PrivateKey, TransactionBody, sha256};
 
     /// A state in which `keys` are member institutions, hence known signers.
@@ -433,12 +452,12 @@ mod tests {
             pool.insert(tx(&key, nonce), &state).unwrap();
         }
         let committed: Vec<Transaction> = (0..2).map(|n| tx(&key, n)).collect();
-        let mut delta = crate::state::Delta::default();
+        let mut delta = ehrchain_contracts::state::Delta::default();
         for t in &committed {
-            crate::state::apply(
+            ehrchain_contracts::execute::apply(
                 &state,
                 &mut delta,
-                crate::state::At {
+                At {
                     height: 1,
                     time_ms: 0,
                     index: 0,
@@ -482,11 +501,11 @@ mod tests {
         assert_eq!(pool.next_nonce(&bob.public_key(), 0), 2);
         // Building a block with both: the second fails and becomes a suspect.
         pool.suspect(second.id());
-        let mut delta = crate::state::Delta::default();
-        crate::state::apply(
+        let mut delta = ehrchain_contracts::state::Delta::default();
+        ehrchain_contracts::execute::apply(
             &state,
             &mut delta,
-            crate::state::At {
+            At {
                 height: 1,
                 time_ms: 0,
                 index: 0,
@@ -499,7 +518,7 @@ mod tests {
         let evicted = pool.evict_failed(&state);
         assert_eq!(evicted.len(), 2);
         assert_eq!(evicted[0].0, second.id());
-        assert!(evicted[0].1.contains("already anchored"));
+        assert!(evicted[0].2.contains("already anchored"));
         assert_eq!(evicted[1].0, later.id());
         assert_eq!(pool.len(), 0);
         assert!(pool.evict_failed(&state).is_empty());
@@ -548,7 +567,7 @@ mod tests {
         // A second gap, once the first closed, is counted afresh.
         pool.insert(tx(&key, 1_000), &state).unwrap();
         // Block time moves on: the gapped one expires, the runnable ones stay.
-        state.commit(crate::state::Delta {
+        state.commit(ehrchain_contracts::state::Delta {
             time_ms: GAPPED_EXPIRY_MS + EXPIRY_SWEEP_MS + 1,
             ..Default::default()
         });

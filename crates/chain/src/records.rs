@@ -12,13 +12,14 @@
 //! expires, every node deletes the grantee's wraps (unless another right still covers them)
 //! and the bundle. Wraps that arrive from a peer are kept only for parties entitled now.
 
-use crate::{
-    Chain,
-    state::{Reader as _, RecordVersion, Role, State},
-};
+use crate::Chain;
 use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::Blob;
-use ehrchain_contracts::consent::{Grant, GrantId, covers_reads};
+use ehrchain_contracts::consent::{Grant, GrantId};
+use ehrchain_contracts::{
+    facts::RecordVersion,
+    state::{Reader as _, State},
+};
 use ehrchain_crypto::{EncryptionPublicKey, Share, WRAP_BYTES, Wrap, envelope_hash};
 use ehrchain_storage::BlobStore;
 use ehrchain_types::{Block, Digest, PatientId, Payload, PublicKey, RecordId};
@@ -366,7 +367,7 @@ impl<B: Blob> Records<B> {
             match &tx.body.payload {
                 Payload::RecordAnchor(anchor) => {
                     let (erased, written) = self.chain.read(|s| {
-                        use crate::state::Reader as _;
+                        use ehrchain_contracts::state::Reader as _;
                         (
                             s.patient(&anchor.patient)
                                 .is_some_and(|p| p.erased_height.is_some()),
@@ -454,7 +455,7 @@ impl<B: Blob> Records<B> {
         };
         let Some((grant, grantee_key, versions)) = self.chain.read(|s| {
             let grant = s.grant(&patient, &id)?;
-            let grantee = s.identity(&crate::access::public_key(&grant.grantee)?)?;
+            let grantee = s.identity(&ehrchain_contracts::facts::public_key(&grant.grantee)?)?;
             let versions: std::collections::BTreeSet<[u8; 32]> = s
                 .patient_records(&patient)
                 .iter()
@@ -511,8 +512,10 @@ impl<B: Blob> Records<B> {
             let keys: Vec<&PublicKey> = std::iter::once(clinician)
                 .chain(identity.previous.iter())
                 .collect();
-            let granted: Vec<ehrchain_contracts::consent::Key> =
-                keys.iter().map(|k| crate::access::key_bytes(k)).collect();
+            let granted: Vec<ehrchain_contracts::consent::Key> = keys
+                .iter()
+                .map(|k| ehrchain_contracts::facts::key_bytes(k))
+                .collect();
             let patients: std::collections::BTreeSet<PatientId> = s
                 .all_grants()
                 .filter(|g| granted.contains(&g.grantee))
@@ -564,7 +567,7 @@ impl<B: Blob> Records<B> {
         }
         let removals = self.chain.read(|s| {
             let Some(grantee) =
-                crate::access::public_key(&grant.grantee).and_then(|k| s.identity(&k))
+                ehrchain_contracts::facts::public_key(&grant.grantee).and_then(|k| s.identity(&k))
             else {
                 return Vec::new();
             };
@@ -579,7 +582,7 @@ impl<B: Blob> Records<B> {
         let recipient = EncryptionPublicKey(
             self.chain
                 .read(|s| {
-                    crate::access::public_key(&grant.grantee)
+                    ehrchain_contracts::facts::public_key(&grant.grantee)
                         .and_then(|k| s.identity(&k))
                         .map(|i| i.encryption_key)
                 })
@@ -736,31 +739,15 @@ fn ask_again_after(attempts: u32) -> Duration {
 /// Attempts made at the base pace before a missing blob is asked for less often.
 const FAST_ATTEMPTS: u32 = 8;
 
-/// The encryption keys entitled to a record version now: the patient, the author and the
-/// author's institution, and every grantee whose active grant covers reads of its type.
+/// The encryption keys entitled to a record version now (`access::version_readers`).
 fn entitled(state: &State, version: &RecordVersion, now_ms: u64) -> Vec<[u8; 32]> {
-    let mut keys = Vec::new();
-    if let Some(patient) = state.patient(&version.anchor.patient) {
-        keys.push(patient.encryption_key);
-    }
-    if let Some(author) = state.identity(&version.author) {
-        keys.push(author.encryption_key);
-        if let Role::Clinician { institution } = &author.role
-            && let Some(institution) = state.identity(institution)
-        {
-            keys.push(institution.encryption_key);
-        }
-    }
-    for grant in state.grants(&version.anchor.patient) {
-        if covers_reads(&grant, version.anchor.resource_type, now_ms)
-            && let Some(grantee) = crate::access::public_key(&grant.grantee)
-                .filter(|k| state.retired(k).is_none())
-                .and_then(|k| state.identity(&k))
-        {
-            keys.push(grantee.encryption_key);
-        }
-    }
-    keys
+    ehrchain_contracts::access::version_readers(
+        state,
+        &version.author,
+        &version.anchor.patient,
+        Some(version.anchor.resource_type),
+        now_ms,
+    )
 }
 
 fn hash_of(digest: &Digest) -> [u8; 32] {

@@ -12,7 +12,7 @@ use crate::{
 use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
 use ehrchain_contracts::consent::Purpose;
-use ehrchain_crypto::{Binding, EncryptionPublicKey, Share, Wrap};
+use ehrchain_crypto::{EncryptionPublicKey, Share, Wrap};
 use ehrchain_types::{ConsentGrant, Digest, Payload, Transaction, public_key_from_hex};
 use serde_json::{Value, json};
 use std::{path::PathBuf, process::ExitCode};
@@ -221,7 +221,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
             }
             ensure!(actions.len() == 1, "give exactly one change to propose");
             let session = Session::open(&api)?;
-            let member = Signer::load(&key)?;
+            let member = crate::records::load_signer(&key)?;
             let proposal = crate::records::random16();
             let (tx, status) = session.send(
                 &member,
@@ -246,7 +246,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
             approve,
         } => {
             let session = Session::open(&api)?;
-            let member = Signer::load(&key)?;
+            let member = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(
                 &member,
                 Payload::Vote {
@@ -337,12 +337,7 @@ pub fn record_reads(
         match try_record_reads(session, signer, records, purpose) {
             // This node may not yet have committed the signer's last transaction, sent
             // through another node: its nonce is then still taken here. Ask again.
-            Err(error)
-                if attempt < 5
-                    && ["already pending", "stale nonce", "took this nonce"]
-                        .iter()
-                        .any(|m| error.to_string().contains(m)) =>
-            {
+            Err(error) if attempt < 5 && crate::client::retryable(&error) => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(300));
             }
@@ -431,20 +426,20 @@ fn build_share(
     let reads = record_reads(session, owner, &records, Purpose::PatientRequest)?;
     let access: std::collections::HashMap<[u8; 16], String> =
         records.into_iter().zip(reads).collect();
-    let mut share = Share::default();
-    for (record, version, hash) in versions {
-        let wrap = fetch_wrap(&session.api, &record, version, owner, &access[&record])?;
-        let binding = Binding {
-            record,
-            version,
-            patient: *patient,
-        };
-        let key = ehrchain_crypto::unwrap(&wrap, &owner.encryption, &binding, &hash)?;
-        share
-            .entries
-            .push((hash, ehrchain_crypto::wrap(&key, grantee, &binding, &hash)?));
-    }
-    Ok(share)
+    let versions = versions
+        .into_iter()
+        .map(|(record, version, hash)| {
+            Ok(ehrchain_client::share::Version {
+                record,
+                version,
+                hash,
+                wrap: fetch_wrap(&session.api, &record, version, owner, &access[&record])?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ehrchain_client::share::build(
+        owner, patient, &versions, grantee,
+    )?)
 }
 
 pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
@@ -465,7 +460,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
             seconds,
         } => {
             let session = Session::open(&api)?;
-            let owner = Signer::load(&key)?;
+            let owner = crate::records::load_signer(&key)?;
             let patient = id16(&patient, "--patient")?;
             let grantee_key = public_key_from_hex(&grantee)
                 .context("--grantee must be a 64-hex-character Ed25519 public key")?;
@@ -557,7 +552,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
             grant,
         } => {
             let session = Session::open(&api)?;
-            let owner = Signer::load(&key)?;
+            let owner = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(
                 &owner,
                 Payload::Revoke {
@@ -621,7 +616,7 @@ pub fn access(command: AccessCommand) -> Result<ExitCode> {
 pub fn break_glass(args: BreakGlassArgs) -> Result<ExitCode> {
     crate::client::use_key(&args.api, &args.key)?;
     let session = Session::open(&args.api)?;
-    let clinician = Signer::load(&args.key)?;
+    let clinician = crate::records::load_signer(&args.key)?;
     let (tx, status) = session.send(
         &clinician,
         Payload::BreakGlass {

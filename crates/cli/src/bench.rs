@@ -57,7 +57,7 @@ fn client_keys(args: &Args) -> Vec<PrivateKey> {
 /// Enrol the load's signers as clinicians of the first institution: the mempool admits only
 /// signers the chain knows.
 fn enroll_clients(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
-    let institution = crate::records::Signer::load(&dir.join("node-0").join("validator.key"))?;
+    let institution = crate::records::load_signer(&dir.join("node-0").join("validator.key"))?;
     let session = crate::records::Session::open(&apis[0])?;
     let first = session.nonce(&institution.public)?;
     let transactions: Vec<Transaction> = client_keys(args)

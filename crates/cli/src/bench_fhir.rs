@@ -94,7 +94,8 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
     let mut patients = Vec::new();
     let mut transactions = Vec::new();
     for node in 0..n {
-        let institution = Signer::load(&dir.join(format!("node-{node}/validator.key")))?;
+        let institution =
+            crate::records::load_signer(&dir.join(format!("node-{node}/validator.key")))?;
         let custody = crate::dev::custody_dir(dir, node)?;
         let mut nonce = 0;
         let mut sign = |payload: Payload| {
@@ -301,7 +302,9 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
 
     eprintln!("each patient grants the next institution read access...");
     for (i, (node, id, seed)) in patients.iter().enumerate() {
-        let grantee = Signer::load(&dir.join(format!("node-{}/validator.key", (node + 1) % n)))?;
+        let grantee = crate::records::load_signer(
+            &dir.join(format!("node-{}/validator.key", (node + 1) % n)),
+        )?;
         let token = token(&apis[*node], dir, &format!("p{i}"), seed)?;
         let consent = json!({
             "resourceType": "Consent",

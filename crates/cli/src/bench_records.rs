@@ -97,7 +97,7 @@ struct Population {
 
 fn populate(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<Population> {
     let institutions: Vec<Signer> = (0..args.validators)
-        .map(|i| Signer::load(&dir.join(format!("node-{i}/validator.key"))))
+        .map(|i| crate::records::load_signer(&dir.join(format!("node-{i}/validator.key"))))
         .collect::<Result<_>>()?;
     let mut nonces = vec![0u64; institutions.len()];
     let mut transactions = Vec::new();

@@ -185,12 +185,22 @@ pub fn answer(url: &str, mut response: ureq::http::Response<ureq::Body>) -> Resu
     let status = response.status();
     let body: Value = response.body_mut().read_json().unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!(
-            "{url}: {status}: {}",
-            body["error"].as_str().unwrap_or("no detail")
-        );
+        return Err(anyhow::Error::new(ehrchain_client::Error::from_answer(
+            status.as_u16(),
+            &body,
+        ))
+        .context(url.to_string()));
     }
     Ok(body)
+}
+
+/// Whether a failed submission should be signed again with a fresh nonce, or asked again:
+/// decided by the stable code a node gave (`ErrorCode`), never by its message.
+pub fn retryable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<ehrchain_client::Error>())
+        .any(|e| e.resign() || e.transient())
 }
 
 /// GET a JSON document.
@@ -365,26 +375,15 @@ pub enum AuthCommand {
     },
 }
 
-/// Sign a client assertion for `seed` addressed to `token_url`, valid for 4 minutes.
-pub fn client_assertion(seed: &[u8; 32], token_url: &str) -> String {
-    let id = hex::encode(ehrchain_crypto::jwt::public_key(seed));
-    let exp = std::time::SystemTime::now()
+/// Sign a client assertion for `seed` addressed to `token_url` (`ehrchain_client::smart`).
+pub fn client_assertion(seed: &[u8; 32], token_url: &str) -> Result<String> {
+    let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 240;
-    ehrchain_crypto::jwt::sign(
-        seed,
-        &ehrchain_crypto::jwt::Claims {
-            iss: id.clone(),
-            sub: id,
-            aud: token_url.to_string(),
-            exp,
-            jti: hex::encode(&crate::config::random_seed()[..16]),
-            iat: Some(exp - 240),
-            nbf: None,
-        },
-    )
+        .unwrap_or(0);
+    Ok(ehrchain_client::smart::client_assertion(
+        seed, token_url, now_s,
+    )?)
 }
 
 /// Get a bearer token for the identity of `key` at `api`.
@@ -405,17 +404,10 @@ pub fn login_seed(api: &str, seed: &[u8; 32]) -> Result<String> {
         .as_str()
         .context("the node advertises no token endpoint")?
         .to_string();
-    let assertion = client_assertion(seed, &token_url);
+    let assertion = client_assertion(seed, &token_url)?;
     let response = agent()
         .post(&token_url)
-        .send_form([
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion.as_str()),
-        ])
+        .send_form(ehrchain_client::smart::token_request(&assertion))
         .with_context(|| format!("cannot reach {token_url}"))?;
     let status = response.status();
     let body: Value = response.into_body().read_json().unwrap_or(Value::Null);

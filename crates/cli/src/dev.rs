@@ -155,7 +155,8 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
     let mut written = 0;
     let mut clinicians = Vec::new();
     for (home, api) in apis.iter().enumerate().take(homes) {
-        let institution = Signer::load(&dir.join(format!("node-{home}/validator.key")))?;
+        let institution =
+            crate::records::load_signer(&dir.join(format!("node-{home}/validator.key")))?;
         crate::client::use_seed(api, &institution.seed);
         let session = Session::open(api)?;
         let seed = crate::config::random_seed();
@@ -187,7 +188,8 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         clinicians.push((clinician, seed));
     }
     for (home, api) in apis.iter().enumerate().take(homes) {
-        let institution = Signer::load(&dir.join(format!("node-{home}/validator.key")))?;
+        let institution =
+            crate::records::load_signer(&dir.join(format!("node-{home}/validator.key")))?;
         crate::client::use_seed(api, &institution.seed);
         let session = Session::open(api)?;
         let seed = crate::config::random_seed();

@@ -243,7 +243,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         let metrics_context = context.child("api");
         // Reads served by the gateway are journalled here until the chain records them.
         let recorded = {
-            use ehrchain_chain::state::Reader as _;
+            use ehrchain_contracts::state::Reader as _;
             let me = me.clone();
             chain.read(|s| s.access_log_next(&me))
         };

@@ -8,10 +8,8 @@
 use crate::client::{answer, get_json, post_bytes};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
-use ehrchain_crypto::{Binding, EncryptionKey, EncryptionPublicKey};
-use ehrchain_types::{
-    PrivateKey, PublicKey, RecordAnchor, TransactionBody, digest_from_hex, sha256,
-};
+use ehrchain_crypto::{Binding, EncryptionPublicKey};
+use ehrchain_types::{ErrorCode, PublicKey, TransactionBody, digest_from_hex, sha256};
 use serde_json::Value;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -222,34 +220,12 @@ pub enum IdentityCommand {
     },
 }
 
-/// A signing identity loaded from a key file.
-pub struct Signer {
-    /// The key file's seed: it signs, derives the encryption key, and logs in.
-    pub seed: [u8; 32],
-    pub key: PrivateKey,
-    pub public: PublicKey,
-    pub encryption: EncryptionKey,
+pub use ehrchain_client::Signer;
+
+/// The signing identity of a key file.
+pub fn load_signer(path: &std::path::Path) -> Result<Signer> {
+    Ok(Signer::from_seed(&crate::config::read_seed(path)?))
 }
-
-impl Signer {
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        let seed = crate::config::read_seed(path)?;
-        Ok(Self::from_seed(&seed))
-    }
-
-    pub fn from_seed(seed: &[u8; 32]) -> Self {
-        let key = ehrchain_types::private_key_from_seed(seed).expect("32-byte seed");
-        Self {
-            seed: *seed,
-            public: ehrchain_chain::application::key_public(&key),
-            encryption: EncryptionKey::from_seed(seed),
-            key,
-        }
-    }
-}
-
-/// The chain's reason for dropping a transaction whose nonce another one took.
-const NONCE_TAKEN: &str = "took this nonce";
 
 /// A node's API with the chain id and a signer's next nonce.
 pub struct Session {
@@ -301,12 +277,8 @@ impl Session {
             let tx = self.sign(signer, payload.clone())?;
             match self.submit_and_wait(&tx) {
                 Ok(status) => return Ok((tx, status)),
-                Err(error)
-                    if attempt < 5
-                        && (error.to_string().contains(NONCE_TAKEN)
-                            || error.to_string().contains("unknown to this node")
-                            || error.to_string().contains("already pending")) =>
-                {
+                // Decided by the stable code, never the message's wording.
+                Err(error) if attempt < 5 && crate::client::retryable(&error) => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(300));
                 }
@@ -338,10 +310,15 @@ impl Session {
                 return Ok(status);
             }
             if status["status"] == "rejected" {
-                bail!(
-                    "transaction {hash} was rejected: {}",
-                    status["reason"].as_str().unwrap_or("no reason given")
-                );
+                let code = status["code"].as_str().and_then(ErrorCode::parse);
+                return Err(ehrchain_client::Error::Rejected {
+                    code: code.unwrap_or(ErrorCode::Rejected),
+                    message: format!(
+                        "transaction {hash}: {}",
+                        status["reason"].as_str().unwrap_or("no reason given")
+                    ),
+                }
+                .into());
             }
             ensure!(
                 std::time::Instant::now() < deadline,
@@ -379,48 +356,15 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Everything needed to write one record version, computed on the client.
-pub struct Prepared {
-    pub upload: Vec<u8>,
-    pub record: [u8; 16],
-    pub version: u32,
-    pub transaction: ehrchain_types::Transaction,
-}
-
-/// Validate, seal, wrap and sign one record version. `readers` are the X25519 keys to wrap
-/// for (the patient's, the institution's, the author's, ...).
-/// A FHIR resource that passed validation, with the patient it belongs to.
-pub struct Checked<'a> {
-    pub json: &'a [u8],
-    pub resource_type: ehrchain_fhir::ResourceType,
-    pub patient: [u8; 16],
-}
+pub use ehrchain_client::record::{Checked, Prepared};
 
 /// Validate a FHIR resource; an invalid one is refused with its OperationOutcome.
 pub fn check(json: &[u8]) -> Result<Checked<'_>> {
-    let resource = ehrchain_fhir::validate(json).map_err(|issues| {
-        anyhow::anyhow!(
-            "the resource is not valid FHIR R4:\n{}",
-            serde_json::to_string_pretty(&ehrchain_fhir::operation_outcome(&issues))
-                .unwrap_or_default()
-        )
-    })?;
-    let patient = id16(
-        resource
-            .patient
-            .as_deref()
-            .context("the resource names no patient")?,
-        "the patient id in the resource",
-    )?;
-    Ok(Checked {
-        json,
-        resource_type: resource.resource_type,
-        patient,
-    })
+    Ok(ehrchain_client::record::check(json)?)
 }
 
-/// Seal, wrap and sign one checked record version. `readers` are the X25519 keys to wrap for
-/// (the patient's, the institution's, the author's, ...).
+/// Seal, wrap and sign one checked record version (`ehrchain_client::record::prepare`),
+/// stamped with this machine's clock.
 pub fn prepare(
     chain_id: u64,
     author: &Signer,
@@ -430,45 +374,16 @@ pub fn prepare(
     version: u32,
     readers: &[EncryptionPublicKey],
 ) -> Result<Prepared> {
-    let Checked {
-        json,
-        resource_type,
-        patient,
-    } = *checked;
-    let record = match (record, resource_type) {
-        (Some(record), _) => record,
-        // A Patient's record id is the patient id, so Patient/{id} is both.
-        (None, ehrchain_fhir::ResourceType::Patient) => patient,
-        (None, _) => random16(),
-    };
-    let binding = Binding {
-        record,
-        version,
-        patient,
-    };
-    let (envelope, hash, wraps) = ehrchain_crypto::seal_for(&binding, json, readers)?;
-    let transaction = TransactionBody {
+    let write = ehrchain_client::record::Write {
         chain_id,
-        signer: author.public.clone(),
         nonce,
-        payload: ehrchain_types::Payload::RecordAnchor(RecordAnchor {
-            record,
-            version,
-            patient,
-            resource_type: resource_type.code(),
-            ciphertext_hash: ehrchain_types::Digest::from(hash),
-            ciphertext_size: envelope.len() as u64,
-            timestamp_ms: now_ms(),
-        }),
-    }
-    .sign(&author.key);
-    let upload = ehrchain_api::records::Upload::encode(transaction.bytes(), &wraps, &envelope);
-    Ok(Prepared {
-        upload,
         record,
         version,
-        transaction,
-    })
+        timestamp_ms: now_ms(),
+    };
+    Ok(ehrchain_client::record::prepare(
+        author, checked, &write, readers,
+    )?)
 }
 
 /// The readers a new record version is wrapped for, as the chain states the rule
@@ -494,21 +409,9 @@ pub fn readers_for(
         .call()
         .with_context(|| format!("cannot reach {url}"))?;
     if response.status() == 403 {
-        // Not a writer of this record: wrap for the patient, the author and the author's
-        // institution only, and let the chain decide (and record) the attempt.
-        let patient = get_json(&format!("{api}/patients/{}", hex::encode(patient)))?;
-        let identity = get_json(&format!("{api}/identities/{}", author.public))?;
-        let mut readers = vec![
-            key32(&patient["encryption_key"], "patient encryption key")?,
-            author.encryption.public(),
-        ];
-        if let Ok(key) = key32(
-            &identity["institution_encryption_key"],
-            "institution encryption key",
-        ) {
-            readers.push(key);
-        }
-        return Ok(readers);
+        // Not a writer of this record: the chain will refuse (and record) the attempt, and
+        // nothing of it is stored, so the version is wrapped for its author alone.
+        return Ok(vec![author.encryption.public()]);
     }
     let answer = answer(&url, response)?;
     answer["readers"]
@@ -555,7 +458,7 @@ pub(crate) fn get_bytes(url: &str) -> Result<Vec<u8>> {
     let bytes = response
         .body_mut()
         .with_config()
-        .limit(ehrchain_api::records::UPLOAD_BYTES_MAX as u64)
+        .limit(ehrchain_types::wire::UPLOAD_BYTES_MAX as u64)
         .read_to_vec()?;
     Ok(bytes)
 }
@@ -603,7 +506,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             readers,
         } => {
             let session = Session::open(&api)?;
-            let author = Signer::load(&key)?;
+            let author = crate::records::load_signer(&key)?;
             let json =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let record = record.as_deref().map(|r| id16(r, "--record")).transpose()?;
@@ -654,7 +557,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
         } => {
             let session = Session::open(&api)?;
             let api = session.api.as_str();
-            let reader = Signer::load(&key)?;
+            let reader = crate::records::load_signer(&key)?;
             let record = id16(&record, "--record")?;
             let purpose = ehrchain_contracts::consent::Purpose::from_code(&purpose)
                 .with_context(|| format!("unknown purpose {purpose}"))?;
@@ -729,7 +632,7 @@ fn register_new(
     register: impl FnOnce(&Signer) -> ehrchain_types::Payload,
 ) -> Result<Signer> {
     let session = Session::open(api)?;
-    let institution = Signer::load(key)?;
+    let institution = crate::records::load_signer(key)?;
     let seed = crate::config::random_seed();
     let new = Signer::from_seed(&seed);
     crate::config::write_key(out, &seed)?;
@@ -770,7 +673,7 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
         }
         PatientCommand::Erase { api, key, patient } => {
             let session = Session::open(&api)?;
-            let signer = Signer::load(&key)?;
+            let signer = crate::records::load_signer(&key)?;
             let patient = id16(&patient, "--patient")?;
             let (tx, status) =
                 session.send(&signer, ehrchain_types::Payload::ErasePatient { patient })?;
@@ -879,7 +782,7 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
             let clinician = ehrchain_types::public_key_from_hex(&clinician)
                 .context("--clinician must be a 64-hex-character public key")?;
             let session = Session::open(&api)?;
-            let institution = Signer::load(&key)?;
+            let institution = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(
                 &institution,
                 ehrchain_types::Payload::RemoveClinician {
@@ -893,7 +796,7 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
             );
         }
         IdentityCommand::Show { api, key_file, .. } => {
-            let signer = Signer::load(&key_file)?;
+            let signer = crate::records::load_signer(&key_file)?;
             let entry = get_json(&format!(
                 "{}/identities/{}",
                 api.trim_end_matches('/'),

@@ -10,6 +10,9 @@ use commonware_runtime::{Runner, tokio as cw_tokio};
 use ehrchain_chain::{
     Finalization, Scheme,
     log::{BlockLog, Record},
+};
+use ehrchain_contracts::{
+    execute,
     state::{self, State},
 };
 use ehrchain_types::{Block, CONSENSUS_NAMESPACE, Digest, Genesis};
@@ -172,7 +175,7 @@ impl Chain {
                 return Err(damage("finalization certificate signatures do not verify"));
             }
         }
-        let delta = state::execute(&self.state, &block)
+        let delta = execute::execute(&self.state, &block)
             .map_err(|e| damage(&format!("a transaction does not apply: {e}")))?;
         let root = state::block_root(&self.state, &parent_root, height, &delta);
         if root != block.header.state_root {

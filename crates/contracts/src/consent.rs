@@ -301,15 +301,25 @@ impl Consents {
     /// Grantees whose grants covering `resource_type` are active at `now_ms`: the readers a
     /// new record version of the patient must be wrapped for.
     pub fn readers(&self, patient: &PatientId, resource_type: u8, now_ms: u64) -> Vec<Key> {
-        let mut readers: Vec<Key> = self
-            .list(patient)
-            .filter(|g| covers_reads(g, resource_type, now_ms))
-            .map(|g| g.grantee)
-            .collect();
-        readers.sort_unstable();
-        readers.dedup();
-        readers
+        readers(self.list(patient), resource_type, now_ms)
     }
+}
+
+/// The grantees of `grants` whose grant makes them readers of new `resource_type` records at
+/// `now_ms`, sorted and without repeats.
+pub fn readers<'a>(
+    grants: impl IntoIterator<Item = &'a Grant>,
+    resource_type: u8,
+    now_ms: u64,
+) -> Vec<Key> {
+    let mut keys: Vec<Key> = grants
+        .into_iter()
+        .filter(|g| covers_reads(g, resource_type, now_ms))
+        .map(|g| g.grantee)
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 #[cfg(test)]
@@ -488,6 +498,12 @@ mod tests {
             purpose: u8,
             at: u64,
         },
+        /// Who a new version of `patient`'s record of `resource_type` is wrapped for.
+        Readers {
+            patient: u8,
+            resource_type: u8,
+            at: u64,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -539,6 +555,11 @@ mod tests {
                         at
                     }
                 ),
+            (0..2u8, 1..5u8, 0..200u64).prop_map(|(patient, resource_type, at)| Op::Readers {
+                patient,
+                resource_type,
+                at
+            })
         ]
     }
 
@@ -594,6 +615,24 @@ mod tests {
                             now_ms: at,
                         };
                         prop_assert_eq!(contract.decide(&request).is_ok(), model.allowed(&request), "{:?}", request);
+                    }
+                    Op::Readers { patient, resource_type, at } => {
+                        // A version is wrapped for exactly those the rule lets read it for some
+                        // purpose: no reader is left without a key, no one else gets one.
+                        let wrapped = contract.readers(&[patient; 16], resource_type, at);
+                        let allowed: Vec<Key> = (0..5u8)
+                            .map(|actor| [actor; 32])
+                            .filter(|actor| Purpose::ALL.iter().any(|purpose| model.allowed(&Request {
+                                actor: *actor,
+                                actor_institution: None,
+                                patient: [patient; 16],
+                                action: Action::Read,
+                                resource_type,
+                                purpose: *purpose,
+                                now_ms: at,
+                            })))
+                            .collect();
+                        prop_assert_eq!(wrapped, allowed);
                     }
                 }
             }

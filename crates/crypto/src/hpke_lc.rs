@@ -140,6 +140,27 @@ mod tests {
         kdf::HkdfSha256, kem::X25519HkdfSha256,
     };
 
+    /// The browser's path (pure Rust) and the node's (AWS-LC) each open what the other
+    /// seals, for every data key and binding tried.
+    #[test]
+    fn each_path_opens_what_the_other_seals() {
+        for seed in 0..32u8 {
+            let key = EncryptionKey::from_seed(&[seed; 32]);
+            let secret = key.secret_bytes();
+            let info = [b"ehrchain wrap ".as_slice(), &[seed]].concat();
+            let data_key = [seed.wrapping_mul(7); 32];
+            let (enc, ciphertext) =
+                crate::hpke_rust::seal(&key.public().0, &info, &data_key).unwrap();
+            assert_eq!(open(&secret, &enc, &info, &ciphertext).unwrap(), data_key);
+            let (enc, ciphertext) = seal(&key.public().0, &info, &data_key).unwrap();
+            assert_eq!(
+                crate::hpke_rust::open(&secret, &enc, &info, &ciphertext).unwrap(),
+                data_key
+            );
+            assert!(crate::hpke_rust::open(&secret, &enc, b"other", &ciphertext).is_none());
+        }
+    }
+
     #[test]
     fn interoperates_with_the_hpke_crate() {
         let key = EncryptionKey::from_seed(&[7; 32]);

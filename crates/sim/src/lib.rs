@@ -651,8 +651,9 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
                 s.proposals()
                     .find(|(p, _)| *p == id)
                     .and_then(|(_, p)| match p.status {
-                        ehrchain_chain::governance::Status::Passed {
-                            effective_height, ..
+                        ehrchain_contracts::facts::ProposalStatus::Passed {
+                            effective_height,
+                            ..
                         } => Some(effective_height),
                         _ => None,
                     })

@@ -4,12 +4,15 @@
 //! reject malformed or oversized bytes with a typed [`Error`] before any signature is checked.
 
 pub mod block;
+pub mod error_code;
 pub mod genesis;
 pub mod limits;
 pub mod merkle;
 pub mod transaction;
+pub mod wire;
 
 pub use block::{Block, BlockHeader};
+pub use error_code::ErrorCode;
 pub use genesis::Genesis;
 pub use transaction::{
     ConsentGrant, GovernanceAction, GrantId, PatientId, Payload, ProposalId, RecordAnchor,

@@ -9,96 +9,9 @@
 //! blocks each). The set of epoch `e + 1` is the membership after the last block of epoch
 //! `e` (`State::epoch_validators`); `engine` starts a consensus instance for it there.
 
-use crate::access::At;
-use crate::state::{Delta, Identity, Reader, Rejection, Role};
+use crate::facts::{At, Identity, PROPOSAL_OPEN_MS, Proposal, ProposalStatus, Rejection, Role};
+use crate::state::{Delta, Reader};
 use ehrchain_types::{GovernanceAction, ProposalId, PublicKey};
-
-/// How long a proposal stays open for votes (block time).
-pub const PROPOSAL_OPEN_MS: u64 = 7 * 24 * 3_600_000;
-
-/// Where a proposal stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Open,
-    Passed { height: u64, effective_height: u64 },
-    Rejected { height: u64 },
-}
-
-/// A governance proposal and its votes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Proposal {
-    pub action: GovernanceAction,
-    pub proposer: PublicKey,
-    /// Members when it was proposed: the thresholds count against this.
-    pub electorate: u32,
-    pub yes: Vec<PublicKey>,
-    pub no: Vec<PublicKey>,
-    pub created_ms: u64,
-    pub status: Status,
-}
-
-impl Proposal {
-    /// More than two thirds of the electorate said yes.
-    pub fn passes(&self) -> bool {
-        self.yes.len() as u64 * 3 > u64::from(self.electorate) * 2
-    }
-
-    /// So many said no that two thirds can no longer be reached.
-    pub fn fails(&self) -> bool {
-        self.no.len() as u64 * 3 >= u64::from(self.electorate)
-    }
-
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        match &self.action {
-            GovernanceAction::AddMember {
-                key,
-                encryption_key,
-                p2p_address,
-            } => {
-                out.push(1);
-                out.extend_from_slice(key.as_ref());
-                out.extend_from_slice(encryption_key);
-                ehrchain_types::transaction::write_socket_address(out, p2p_address);
-            }
-            GovernanceAction::RemoveMember { key } => {
-                out.push(2);
-                out.extend_from_slice(key.as_ref());
-            }
-            GovernanceAction::AppointAuditor { key } => {
-                out.push(3);
-                out.extend_from_slice(key.as_ref());
-            }
-            GovernanceAction::RemoveAuditor { key } => {
-                out.push(4);
-                out.extend_from_slice(key.as_ref());
-            }
-        }
-        out.extend_from_slice(self.proposer.as_ref());
-        out.extend_from_slice(&self.electorate.to_be_bytes());
-        for votes in [&self.yes, &self.no] {
-            out.extend_from_slice(&(votes.len() as u32).to_be_bytes());
-            for key in votes {
-                out.extend_from_slice(key.as_ref());
-            }
-        }
-        out.extend_from_slice(&self.created_ms.to_be_bytes());
-        match self.status {
-            Status::Open => out.push(0),
-            Status::Passed {
-                height,
-                effective_height,
-            } => {
-                out.push(1);
-                out.extend_from_slice(&height.to_be_bytes());
-                out.extend_from_slice(&effective_height.to_be_bytes());
-            }
-            Status::Rejected { height } => {
-                out.push(2);
-                out.extend_from_slice(&height.to_be_bytes());
-            }
-        }
-    }
-}
 
 fn member(view: &impl Reader, key: &PublicKey) -> bool {
     view.identity(key).map(|i| i.role) == Some(Role::Institution) && view.retired(key).is_none()
@@ -146,7 +59,7 @@ pub(crate) fn propose(
         yes: vec![signer.clone()],
         no: Vec::new(),
         created_ms: at.time_ms,
-        status: Status::Open,
+        status: ProposalStatus::Open,
     };
     settle(view, delta, at, *id, proposal)
 }
@@ -165,7 +78,7 @@ pub(crate) fn vote(
     let mut proposal = view
         .proposal(id)
         .ok_or(Rejection::Malformed("no such proposal"))?;
-    if proposal.status != Status::Open {
+    if proposal.status != ProposalStatus::Open {
         return Err(Rejection::Malformed("the proposal is decided"));
     }
     if at.time_ms >= proposal.created_ms.saturating_add(PROPOSAL_OPEN_MS) {
@@ -193,7 +106,7 @@ fn settle(
     if proposal.passes() {
         let epoch_blocks = view.rules().epoch_blocks.max(1);
         let effective_height = (at.height / epoch_blocks + 1) * epoch_blocks;
-        proposal.status = Status::Passed {
+        proposal.status = ProposalStatus::Passed {
             height: at.height,
             effective_height,
         };
@@ -238,7 +151,7 @@ fn settle(
             }
         }
     } else if proposal.fails() {
-        proposal.status = Status::Rejected { height: at.height };
+        proposal.status = ProposalStatus::Rejected { height: at.height };
     }
     delta.proposals.insert(id, proposal);
     Ok(())

@@ -7,263 +7,18 @@
 //! denied attempts stay on the trail and feed supervision. Keys are released by a node only
 //! against an allowed, final access event (see `ehrchain-api`).
 
-use crate::state::{Delta, Identity, Reader, Rejection, Role};
-use ehrchain_contracts::consent::{self, Action, Denial, Grant, Purpose, Refusal, Request};
+use crate::consent::{self, Action, Denial, Grant, Purpose, Refusal, Request};
+use crate::facts::{
+    AccessEvent, At, BREAK_GLASS_REASONS, Basis, BreakGlassEntry, Finding, FindingKind,
+    GUARDIANS_MAX, Identity, Outcome, PREVIOUS_KEYS_MAX, PatientEntry, Reason, Rejection, Role,
+    key_bytes,
+};
+use crate::state::{Delta, Reader};
 use ehrchain_types::{
     ConsentGrant, Digest, PatientId, PublicKey, RecordId, genesis::Rules,
     limits::RESOURCE_TYPE_CODE_MAX,
 };
 
-/// Most guardians one patient may have.
-pub const GUARDIANS_MAX: usize = 8;
-
-/// Most earlier keys an identity remembers (older ones lose their grants and authorship).
-pub const PREVIOUS_KEYS_MAX: usize = 16;
-
-/// Break-glass reason codes: a fixed list, because free text could carry PHI.
-pub const BREAK_GLASS_REASONS: [(u8, &str); 4] = [
-    (1, "emergency treatment; the patient cannot consent"),
-    (2, "life-threatening condition"),
-    (3, "urgent continuity of care"),
-    (4, "other; documented in the institution's own records"),
-];
-
-/// Where, in the chain, an event happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct At {
-    pub height: u64,
-    /// Block time, milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// Position of the transaction in its block.
-    pub index: u32,
-}
-
-/// Why a read was allowed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Basis {
-    /// The patient reads their own record.
-    Owner,
-    /// A guardian of the patient.
-    Guardian,
-    /// The reader wrote a version of the record.
-    Author,
-    /// A consent grant, by id.
-    Consent([u8; 16]),
-    /// An open break-glass access.
-    BreakGlass,
-    /// The break-glass declaration itself (no record is read by it).
-    BreakGlassOpened { reason: u8, until_ms: u64 },
-}
-
-/// Why a read was denied. Reasons name rules, never record content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Reason {
-    #[error("{0}")]
-    Consent(Denial),
-    #[error("auditors never receive keys")]
-    Auditor,
-    #[error("a patient reads only their own records")]
-    NotTheirs,
-    /// A registered identity tried an operation on a patient's records that its role and
-    /// the patient's consent do not allow (a write, a grant, an erasure, ...), by payload kind.
-    #[error("{}", not_permitted(*operation))]
-    NotPermitted { operation: u8 },
-    /// A gateway logged a read of an identity whose key was retired before the log reached
-    /// the chain (removed, or rotated away and no longer found).
-    #[error("the reader's key was retired")]
-    RetiredKey,
-}
-
-/// The refusal of an operation, by payload kind: names the rule, never content.
-fn not_permitted(operation: u8) -> &'static str {
-    match operation {
-        2 => "only a member institution registers patients",
-        3 => "only a member institution enrols clinicians",
-        11 => "a member institution's key is its validator key: change it by governance",
-        13 => "only a member institution proposes",
-        14 => "only a member institution votes",
-        16 => "only the clinician's own institution removes them",
-        4 => "this identity may not write this patient's records",
-        5 => "only the patient or their home institution asks for erasure",
-        6 | 7 => "only the patient or a guardian grants and revokes consent",
-        9 => "only an enrolled clinician opens break-glass access",
-        10 => "only the patient appoints a guardian",
-        12 => "only a guardian or the home institution recovers a patient's key",
-        17 => "the trail is shown to its patient, their guardians and auditors",
-        18 => "a member institution logs only reads made in sessions its gateway opened",
-        _ => "this identity may not do this",
-    }
-}
-
-impl Reason {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Consent(Denial::NoGrant) => "no-consent",
-            Self::Consent(Denial::PurposeNotGranted) => "purpose-not-granted",
-            Self::Consent(Denial::TypeNotGranted) => "type-not-granted",
-            Self::Consent(Denial::ActionNotGranted) => "action-not-granted",
-            Self::Consent(Denial::NotYetValid) => "consent-not-yet-valid",
-            Self::Consent(Denial::Expired) => "consent-expired",
-            Self::Consent(Denial::Revoked) => "consent-revoked",
-            Self::Auditor => "auditor",
-            Self::NotTheirs => "not-their-record",
-            Self::NotPermitted { .. } => "not-permitted",
-            Self::RetiredKey => "retired-key",
-        }
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Consent(d) => out.push(1 + *d as u8),
-            Self::Auditor => out.push(20),
-            Self::NotTheirs => out.push(21),
-            Self::NotPermitted { operation } => out.extend_from_slice(&[22, *operation]),
-            Self::RetiredKey => out.push(23),
-        }
-    }
-}
-
-/// The outcome of an access attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Allowed(Basis),
-    Denied(Reason),
-}
-
-impl Outcome {
-    pub const fn allowed(&self) -> bool {
-        matches!(self, Self::Allowed(_))
-    }
-
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Allowed(basis) => {
-                out.push(1);
-                match basis {
-                    Basis::Owner => out.push(1),
-                    Basis::Guardian => out.push(2),
-                    Basis::Author => out.push(3),
-                    Basis::Consent(id) => {
-                        out.push(4);
-                        out.extend_from_slice(id);
-                    }
-                    Basis::BreakGlass => out.push(5),
-                    Basis::BreakGlassOpened { reason, until_ms } => {
-                        out.push(6);
-                        out.push(*reason);
-                        out.extend_from_slice(&until_ms.to_be_bytes());
-                    }
-                }
-            }
-            Self::Denied(reason) => {
-                out.push(2);
-                reason.write(out);
-            }
-        }
-    }
-}
-
-/// One entry of the access trail: a read attempt or a break-glass declaration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessEvent {
-    pub actor: PublicKey,
-    pub patient: PatientId,
-    /// The record read and its resource type; `None` for a break-glass declaration.
-    pub record: Option<(RecordId, u8)>,
-    /// v3-ActReason purpose number.
-    pub purpose: u8,
-    pub outcome: Outcome,
-    pub time_ms: u64,
-    pub transaction: Digest,
-}
-
-/// What automatic supervision found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FindingKind {
-    /// A read attempt was denied.
-    DeniedAccess(Reason),
-    /// A break-glass access was opened.
-    BreakGlass { reason: u8 },
-    /// One identity read more than the genesis threshold within one window.
-    ReadVolume { count: u32, window_start_ms: u64 },
-    /// A read was attempted under a revoked grant.
-    AfterRevocation,
-    /// A patient's key was replaced by a guardian or the home institution.
-    KeyRecovery,
-    /// A gateway logged a read later than `ACCESS_LOG_LAG_MS` after deciding it (it was
-    /// down, or it held the log back): the read is on the trail, decided as of then.
-    LateLog { lag_ms: u64 },
-}
-
-impl FindingKind {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::DeniedAccess(_) => "denied-access",
-            Self::BreakGlass { .. } => "break-glass",
-            Self::ReadVolume { .. } => "read-volume",
-            Self::AfterRevocation => "after-revocation",
-            Self::KeyRecovery => "key-recovery",
-            Self::LateLog { .. } => "late-log",
-        }
-    }
-
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::DeniedAccess(reason) => {
-                out.push(1);
-                reason.write(out);
-            }
-            Self::BreakGlass { reason } => {
-                out.push(2);
-                out.push(*reason);
-            }
-            Self::ReadVolume {
-                count,
-                window_start_ms,
-            } => {
-                out.push(3);
-                out.extend_from_slice(&count.to_be_bytes());
-                out.extend_from_slice(&window_start_ms.to_be_bytes());
-            }
-            Self::AfterRevocation => out.push(4),
-            Self::KeyRecovery => out.push(5),
-            Self::LateLog { lag_ms } => {
-                out.push(6);
-                out.extend_from_slice(&lag_ms.to_be_bytes());
-            }
-        }
-    }
-}
-
-/// A supervision finding, for the auditor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: FindingKind,
-    pub actor: PublicKey,
-    pub patient: PatientId,
-    pub time_ms: u64,
-    pub transaction: Digest,
-}
-
-/// An open break-glass access of one clinician to one patient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BreakGlassEntry {
-    pub reason: u8,
-    pub opened_ms: u64,
-    pub until_ms: u64,
-}
-
-/// The 32 bytes of a public key, as the contracts crate names identities.
-pub fn key_bytes(key: &PublicKey) -> consent::Key {
-    key.as_ref().try_into().expect("32-byte public key")
-}
-
-/// A public key from its 32 bytes, if they encode one.
-pub fn public_key(bytes: &consent::Key) -> Option<PublicKey> {
-    ehrchain_types::decode_public_key(*bytes).ok()
-}
-
-/// The keys that may grant and revoke for a patient: their own and their guardians'.
 fn owners(view: &impl Reader, patient: &PatientId) -> Result<Vec<consent::Key>, Rejection> {
     let entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
     if entry.erased_height.is_some() {
@@ -691,7 +446,7 @@ pub(crate) fn may_write(
     view: &impl Reader,
     signer: &PublicKey,
     at: At,
-    patient: &crate::state::PatientEntry,
+    patient: &PatientEntry,
     anchor: &ehrchain_types::RecordAnchor,
 ) -> Result<(), Rejection> {
     may_write_record(
@@ -708,7 +463,7 @@ pub fn may_write_record(
     view: &impl Reader,
     signer: &PublicKey,
     now_ms: u64,
-    patient: &crate::state::PatientEntry,
+    patient: &PatientEntry,
     (record, patient_id, resource_type): (&RecordId, &PatientId, u8),
 ) -> Result<(), Rejection> {
     let identity = view
@@ -847,7 +602,7 @@ pub(crate) fn open_session(
     delta.assertions.insert(hash, signer.clone());
     delta.sessions.insert(
         signer.clone(),
-        crate::state::SessionEntry {
+        crate::facts::SessionEntry {
             identity: identity.clone(),
             expires_ms: at.time_ms.saturating_add(SESSION_MS),
             gateway: gateway.clone(),
@@ -1011,7 +766,7 @@ fn record_read(
     view: &impl Reader,
     delta: &mut Delta,
     read: Read,
-    key: crate::state::EventKey,
+    key: crate::facts::EventKey,
     seq: &mut u8,
     transaction: Digest,
     late: Option<u64>,
@@ -1116,18 +871,7 @@ pub(crate) fn access_log(
                 "an access log entry is decided after its block",
             ));
         }
-        let session = view
-            .session(&entry.session)
-            .filter(|s| &s.gateway == signer)
-            .ok_or(Rejection::Unauthorized(
-                "an access log names a session its gateway did not open",
-            ))?;
-        if entry.checked_ms >= session.expires_ms {
-            return Err(Rejection::Unauthorized(
-                "an access log entry is decided after its session ended",
-            ));
-        }
-        let actor = &session.identity;
+        let (actor, identity) = gateway_reader(view, signer, &entry.session, entry.checked_ms)?;
         let Some(latest) = view.latest(&entry.record) else {
             if admission {
                 continue;
@@ -1139,18 +883,19 @@ pub(crate) fn access_log(
         let target = (latest.anchor.patient, latest.anchor.resource_type);
         // Erasure since the read does not undo it: the read stays on the trail, decided as of
         // its time. An identity whose key was retired since is recorded as refused.
-        let outcome = match view.identity(actor) {
-            Some(identity) if view.retired(actor).is_none() => read_outcome(
+        let outcome = match identity {
+            Some(identity) => read_outcome(
                 view,
-                actor,
+                &actor,
                 &identity,
                 &entry.record,
                 target,
                 purpose,
                 entry.checked_ms,
             ),
-            _ => Outcome::Denied(Reason::RetiredKey),
+            None => Outcome::Denied(Reason::RetiredKey),
         };
+        let actor = &actor;
         let lag = at.time_ms - entry.checked_ms;
         record_read(
             view,
@@ -1172,18 +917,6 @@ pub(crate) fn access_log(
         .access_logs
         .insert(signer.clone(), next.max(first + entries.len() as u64));
     Ok(())
-}
-
-/// The grants that make their grantee a reader of new `resource_type` records at `now_ms`.
-pub fn readers(grants: &[Grant], resource_type: u8, now_ms: u64) -> Vec<consent::Key> {
-    let mut keys: Vec<consent::Key> = grants
-        .iter()
-        .filter(|g| consent::covers_reads(g, resource_type, now_ms))
-        .map(|g| g.grantee)
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
 }
 
 /// Why no reader list can be given for a new version.
@@ -1210,7 +943,7 @@ pub fn wrap_readers(
     if entry.erased_height.is_some() {
         return Err(ReadersError::Erased);
     }
-    wrap_readers_of(view, author, patient, &entry, resource_type)
+    wrap_readers_of(view, author, patient, resource_type)
 }
 
 /// `wrap_readers` for a caller who asks before writing: only someone who may write this
@@ -1235,29 +968,57 @@ pub fn wrap_readers_for_writer(
         (record.unwrap_or(&fresh), patient, resource_type),
     )
     .map_err(|_| ReadersError::NotAWriter)?;
-    wrap_readers_of(view, author, patient, &entry, Some(resource_type))
+    wrap_readers_of(view, author, patient, Some(resource_type))
 }
 
 fn wrap_readers_of(
     view: &impl Reader,
     author: &PublicKey,
     patient: &PatientId,
-    entry: &crate::state::PatientEntry,
     resource_type: Option<u8>,
 ) -> Result<Vec<[u8; 32]>, ReadersError> {
     let identity = view.identity(author).ok_or(ReadersError::NotAWriter)?;
-    let mut keys = vec![entry.encryption_key, identity.encryption_key];
-    match &identity.role {
-        Role::Clinician { institution } => {
-            if let Some(i) = view.identity(institution) {
-                keys.push(i.encryption_key);
-            }
+    if !matches!(identity.role, Role::Clinician { .. } | Role::Institution) {
+        return Err(ReadersError::NotAWriter);
+    }
+    Ok(version_readers(
+        view,
+        author,
+        patient,
+        resource_type,
+        view.time_ms(),
+    ))
+}
+
+/// Who may read a version of `patient`'s record of `resource_type` written by `author`, at
+/// `now_ms`: the X25519 keys of the patient, the author, the author's institution (for a
+/// clinician), and (for a known type) every grantee whose active grant covers reads of that
+/// type, leaving out keys rotated away or removed; sorted, without repeats.
+///
+/// The one statement of "who a version is wrapped for": the FHIR gateway seals new versions
+/// with it, `GET /patients/{id}/readers` serves it to clients that seal themselves, and the
+/// records keeper keeps each stored version's wraps to exactly this set.
+pub fn version_readers(
+    view: &impl Reader,
+    author: &PublicKey,
+    patient: &PatientId,
+    resource_type: Option<u8>,
+    now_ms: u64,
+) -> Vec<[u8; 32]> {
+    let mut keys = Vec::new();
+    if let Some(entry) = view.patient(patient) {
+        keys.push(entry.encryption_key);
+    }
+    if let Some(identity) = view.identity(author) {
+        keys.push(identity.encryption_key);
+        if let Role::Clinician { institution } = &identity.role
+            && let Some(institution) = view.identity(institution)
+        {
+            keys.push(institution.encryption_key);
         }
-        Role::Institution => {}
-        _ => return Err(ReadersError::NotAWriter),
     }
     let grantees = resource_type.map_or_else(Vec::new, |kind| {
-        readers(&view.grants(patient), kind, view.time_ms())
+        consent::readers(&view.grants(patient), kind, now_ms)
     });
     for grantee in grantees {
         if let Ok(key) = ehrchain_types::decode_public_key(grantee)
@@ -1269,7 +1030,39 @@ fn wrap_readers_of(
     }
     keys.sort_unstable();
     keys.dedup();
-    Ok(keys)
+    keys
+}
+
+/// May `gateway` decide, at `decided_ms`, a read made in gateway session `session` itself,
+/// serve it, and log it later (`Payload::AccessLog`)? Only for a session that gateway opened,
+/// still live at that time. It gives the reader and their identity, whose read the consent
+/// rule then decides (`decide_read`); no identity means the reader's key was retired since, so
+/// the read is denied (`Reason::RetiredKey`). An error refuses the log entry.
+///
+/// The one statement of the rule: the gateway asks it before it serves a read from its own
+/// decision, and every validator asks it again for each entry of the log.
+pub fn gateway_reader(
+    view: &impl Reader,
+    gateway: &PublicKey,
+    session: &PublicKey,
+    decided_ms: u64,
+) -> Result<(PublicKey, Option<Identity>), Rejection> {
+    let session = view
+        .session(session)
+        .filter(|s| &s.gateway == gateway)
+        .ok_or(Rejection::Unauthorized(
+            "an access log names a session its gateway did not open",
+        ))?;
+    if decided_ms >= session.expires_ms {
+        return Err(Rejection::Unauthorized(
+            "an access log entry is decided after its session ended",
+        ));
+    }
+    let actor = session.identity;
+    let identity = view
+        .identity(&actor)
+        .filter(|_| view.retired(&actor).is_none());
+    Ok((actor, identity))
 }
 
 /// The rules a chain runs under (re-exported for callers that build a state).
@@ -1395,11 +1188,7 @@ mod tests {
         }
 
         /// Execute one transaction in its own block; commit it if it applies.
-        fn run(
-            &mut self,
-            signer: &PrivateKey,
-            payload: Payload,
-        ) -> Result<Transaction, state::Rejection> {
+        fn run(&mut self, signer: &PrivateKey, payload: Payload) -> Result<Transaction, Rejection> {
             let tx = self.sign(signer, payload);
             self.height += 1;
             self.time_ms += 1_000;
@@ -1412,7 +1201,7 @@ mod tests {
                 time_ms: self.time_ms,
                 index: 0,
             };
-            state::apply(&self.state, &mut delta, at, &tx)?;
+            crate::execute::apply(&self.state, &mut delta, at, &tx)?;
             *self.nonces.get_mut(&signer.public_key()).expect("signed") += 1;
             self.state.commit(delta);
             Ok(tx)
@@ -1423,11 +1212,7 @@ mod tests {
         }
 
         /// A read attempt by `signer`: its recorded outcome.
-        fn read(
-            &mut self,
-            signer: &PrivateKey,
-            record: RecordId,
-        ) -> Result<Outcome, state::Rejection> {
+        fn read(&mut self, signer: &PrivateKey, record: RecordId) -> Result<Outcome, Rejection> {
             self.run(
                 signer,
                 Payload::Access {
@@ -1448,7 +1233,7 @@ mod tests {
             grantee: &PrivateKey,
             id: u8,
             until_ms: u64,
-        ) -> Result<Transaction, state::Rejection> {
+        ) -> Result<Transaction, Rejection> {
             let now = self.time_ms;
             self.run(
                 by,
@@ -1500,7 +1285,7 @@ mod tests {
         }
     }
 
-    fn denied(reason: Reason) -> Result<Outcome, state::Rejection> {
+    fn denied(reason: Reason) -> Result<Outcome, Rejection> {
         Ok(Outcome::Denied(reason))
     }
 
@@ -1523,7 +1308,7 @@ mod tests {
         assert_eq!(w.read(&auditor(), R1), denied(Reason::Auditor));
         assert!(matches!(
             w.read(&stranger(), R1),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
         // With consent.
         let grant = w
@@ -1936,13 +1721,10 @@ mod tests {
         assert!(w.state.findings().all(|(_, f)| f.patient == NO_PATIENT));
         w.ok(&hospital_a(), remove(&clinician_a()));
         // Refused from now on: a read attempt, a write, a second removal, a grant to it.
-        assert_eq!(
-            w.read(&clinician_a(), R1),
-            Err(state::Rejection::RetiredKey)
-        );
+        assert_eq!(w.read(&clinician_a(), R1), Err(Rejection::RetiredKey));
         assert_eq!(
             w.run(&hospital_a(), remove(&clinician_a())).err(),
-            Some(state::Rejection::RetiredKey)
+            Some(Rejection::RetiredKey)
         );
         let now = w.time_ms;
         assert!(
@@ -2023,16 +1805,16 @@ mod tests {
                 }
             )
             .map(|_| ()),
-            Err(state::Rejection::Refused(consent::Refusal::AlreadyRevoked))
+            Err(Rejection::Refused(consent::Refusal::AlreadyRevoked))
         );
         // A grantee must be a clinician or an institution; a grant must not be born expired.
         assert!(matches!(
             w.grant(&patient_1(), &patient_2(), 2, until),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
         assert!(matches!(
             w.grant(&patient_1(), &clinician_b(), 3, w.time_ms),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
     }
 
@@ -2061,7 +1843,7 @@ mod tests {
                     reason: 77
                 }
             ),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
         w.ok(
             &clinician_b(),
@@ -2118,13 +1900,10 @@ mod tests {
         let mut w = World::new(Rules::default());
         assert_eq!(
             w.read(&clinician_a(), [0x99; 16]),
-            Err(state::Rejection::UnknownRecord)
+            Err(Rejection::UnknownRecord)
         );
         w.ok(&patient_1(), Payload::ErasePatient { patient: P1 });
-        assert_eq!(
-            w.read(&patient_1(), R1),
-            Err(state::Rejection::PatientErased)
-        );
+        assert_eq!(w.read(&patient_1(), R1), Err(Rejection::PatientErased));
         assert!(w.state.patient_events(&P1).is_empty());
     }
 
@@ -2149,10 +1928,7 @@ mod tests {
             },
         );
         // The old keys are refused for anything, even a read attempt.
-        assert_eq!(
-            w.read(&clinician_b(), R1),
-            Err(state::Rejection::RetiredKey)
-        );
+        assert_eq!(w.read(&clinician_b(), R1), Err(Rejection::RetiredKey));
         // The grant and the authorship follow the identity to its new key.
         assert_eq!(
             w.read(&b2, R1),
@@ -2168,11 +1944,11 @@ mod tests {
                     encryption_key: [1; 32],
                 }
             ),
-            Err(state::Rejection::AlreadyRegistered)
+            Err(Rejection::AlreadyRegistered)
         ));
         assert!(matches!(
             w.grant(&patient_1(), &clinician_b(), 2, until),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
         // A patient rotates: the new key owns the records, the old one is gone.
         w.ok(
@@ -2225,7 +2001,7 @@ mod tests {
             },
         );
         assert_eq!(w.findings()[4..], ["key-recovery"]);
-        assert_eq!(w.read(&patient_1(), R1), Err(state::Rejection::RetiredKey));
+        assert_eq!(w.read(&patient_1(), R1), Err(Rejection::RetiredKey));
         assert_eq!(
             w.read(&lost_replaced, R1),
             Ok(Outcome::Allowed(Basis::Owner))
@@ -2253,7 +2029,7 @@ mod tests {
 
     #[test]
     fn governance_needs_more_than_two_thirds_and_a_failed_vote_changes_nothing() {
-        use crate::governance::Status;
+        use crate::facts::ProposalStatus as Status;
         use ehrchain_types::GovernanceAction;
         let mut w = World::new(Rules::default());
         let (new_auditor, hospital_c) = (key(200), key(201));
@@ -2309,7 +2085,7 @@ mod tests {
                     approve: true,
                 }
             ),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
         // Both yes: the auditor is appointed; a member admitted; then three must agree.
         propose(
@@ -2412,7 +2188,7 @@ mod tests {
                 }
             )
             .map(|_| ()),
-            Err(state::Rejection::RetiredKey)
+            Err(Rejection::RetiredKey)
         );
     }
 
@@ -2439,7 +2215,7 @@ mod tests {
         // An unknown key's attempt cannot be recorded: it never reaches a block.
         assert!(matches!(
             w.run(&stranger(), anchor([0x21; 16], 1, 2)),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
         // A read-only grant is not enough; a write grant for Observations is, for them only.
         w.grant(&patient_1(), &clinician_b(), 1, w.time_ms + HOUR)
@@ -2509,34 +2285,32 @@ mod tests {
         // ahead, opens nothing.
         assert!(matches!(
             w.run(&key(500), open(good.clone(), &clinician_b())),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
         assert!(matches!(
             w.run(
                 &key(501),
                 open(assertion(w.time_ms - 1_000, "b"), &clinician_a())
             ),
-            Err(state::Rejection::Unauthorized(
-                "the client assertion has expired"
-            ))
+            Err(Rejection::Unauthorized("the client assertion has expired"))
         ));
         assert!(matches!(
             w.run(
                 &key(502),
                 open(assertion(w.time_ms + 3_600_000, "c"), &clinician_a())
             ),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
         assert!(matches!(
             w.run(&key(503), open(b"not a jwt".to_vec(), &clinician_a())),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
         let session = key(504);
         w.ok(&session, open(good.clone(), &clinician_a()));
         // A replayed assertion opens no second session.
         assert!(matches!(
             w.run(&key(505), open(good, &clinician_a())),
-            Err(state::Rejection::Unauthorized(
+            Err(Rejection::Unauthorized(
                 "this client assertion was already used"
             ))
         ));
@@ -2560,7 +2334,7 @@ mod tests {
                     encryption_key: [1; 32],
                 }
             ),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
         // And it ends.
         w.time_ms += SESSION_MS;
@@ -2572,7 +2346,7 @@ mod tests {
                     purpose: Purpose::Treatment as u8,
                 }
             ),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
     }
 
@@ -2625,7 +2399,7 @@ mod tests {
                     assertion: b"x".to_vec(),
                 }
             ),
-            Err(state::Rejection::Unauthorized(_))
+            Err(Rejection::Unauthorized(_))
         ));
         w.grant(&patient_1(), &clinician_b(), 7, w.time_ms + HOUR)
             .unwrap();
@@ -2689,7 +2463,7 @@ mod tests {
         // A gap is refused (the gateway sends again from the chain's next entry).
         assert!(matches!(
             w.run(&hospital_b(), log(4, vec![entry(revoked_at)])),
-            Err(state::Rejection::AccessLogGap {
+            Err(Rejection::AccessLogGap {
                 expected: 3,
                 got: 4
             })
@@ -2697,7 +2471,7 @@ mod tests {
         // A decision time after the block is refused.
         assert!(matches!(
             w.run(&hospital_b(), log(3, vec![entry(w.time_ms + 5_000)])),
-            Err(state::Rejection::Malformed(_))
+            Err(Rejection::Malformed(_))
         ));
         // Another institution cannot log reads of a session it did not open: the attempt is
         // recorded as a finding and logs nothing.
@@ -2726,7 +2500,7 @@ mod tests {
             time_ms: w.state.time_ms(),
             index: 0,
         };
-        state::apply(&w.state, &mut state::Delta::default(), admission, &tx).unwrap();
+        crate::execute::apply(&w.state, &mut state::Delta::default(), admission, &tx).unwrap();
         w.ok(&hospital_b(), log(4, vec![entry(decided)]));
         assert_eq!(
             w.state.event_at(&(w.height, 0, 0)).map(|e| e.time_ms),

@@ -1,0 +1,36 @@
+//! The ehrchain client library: what a program acting for a person or an institution does on
+//! its own side, so that nodes only ever see ciphertext, wrapped keys and signatures.
+//!
+//! - [`Signer`]: an identity's Ed25519 signing key and X25519 encryption key, from one seed;
+//! - [`record`]: validate, seal, wrap and sign a record version, and open one with its key
+//!   and anchor check;
+//! - [`share`]: re-wrap a patient's data keys for a new grantee (a consent share);
+//! - [`smart`]: the signed client assertion of a SMART Backend Services login;
+//! - [`Error`]: typed errors from the API's stable codes (`ehrchain_types::ErrorCode`).
+//!
+//! The crate does no I/O and reads no clock: callers pass times and bytes in, so the same code
+//! runs in the CLI, the benchmarks, the tests and the browser (`wasm32-unknown-unknown`, where
+//! HPKE takes its pure-Rust path).
+
+pub mod error;
+pub mod record;
+pub mod share;
+pub mod signer;
+pub mod smart;
+
+pub use error::Error;
+pub use signer::Signer;
+
+/// 16 random bytes (record ids, JWT ids), from the platform's secure source.
+pub fn random16() -> Result<[u8; 16], Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| Error::Random)?;
+    Ok(bytes)
+}
+
+/// Parse 32 hex characters as a 16-byte id.
+pub fn id16(text: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
