@@ -1,11 +1,14 @@
 //! FHIR R4 REST over the chain: `/fhir` on every node.
 //!
 //! Every request carries a bearer token from `/auth/token` (see [`crate::gateway`]); what it
-//! does becomes a transaction signed by the caller's on-chain session. A read is an `Access`
-//! transaction that must commit, allowed, before this node opens the record with a key it
-//! holds for the caller; a denied read is answered 403 and stays on chain. A create or update
-//! is sealed here (fresh data key, wrapped for the patient, the author, the author's
-//! institution and every active read grantee) and anchored. `Consent` maps to grants,
+//! does becomes a transaction signed by the caller's on-chain session. A read is decided here
+//! by the contract's own code against this node's final state when the gateway may decide it
+//! (`contracts::access::gateway_reader`): an allowed read is journalled and flushed before the
+//! record is opened, and reaches the chain in the next access-log batch. Any other read (a
+//! denial, an unknown record, a stale state) goes to the chain as an `Access` transaction and
+//! waits for its outcome; a denied read is answered 403 and stays on chain. A create or update
+//! is sealed here (fresh data key, wrapped for `contracts::access::version_readers`) and
+//! anchored. `Consent` maps to grants,
 //! `AuditEvent` to the on-chain trail. Errors are `OperationOutcome`s that name the rule and
 //! never echo content.
 
