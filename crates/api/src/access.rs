@@ -135,10 +135,7 @@ async fn grant<B: Blob>(
 }
 
 fn id16(text: &str) -> Result<[u8; 16]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad("patient id must be 32 hex characters"))
+    ehrchain_types::id_from_hex(text).ok_or_else(|| bad("patient id must be 32 hex characters"))
 }
 
 fn key_hex(key: &[u8; 32]) -> String {

@@ -267,7 +267,7 @@ pub fn parse_time(text: &str) -> Option<u64> {
 // ---- identities ----------------------------------------------------------------------------
 
 fn id16(text: &str) -> Option<[u8; 16]> {
-    hex::decode(text).ok()?.try_into().ok()
+    ehrchain_types::id_from_hex(text)
 }
 
 fn key_of(reference: &str) -> Option<PublicKey> {

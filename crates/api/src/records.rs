@@ -44,15 +44,12 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
 }
 
 fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("{what} must be 32 hex characters"),
-            )
-        })
+    ehrchain_types::id_from_hex(text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be 32 hex characters"),
+        )
+    })
 }
 
 fn bad(message: &str) -> ApiError {

@@ -292,10 +292,7 @@ pub struct BreakGlassArgs {
 }
 
 fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{what} must be 32 hex characters"))
+    ehrchain_types::id_from_hex(text).with_context(|| format!("{what} must be 32 hex characters"))
 }
 
 fn purpose(code: &str) -> Result<Purpose> {
@@ -357,16 +354,14 @@ fn try_record_reads(
         .iter()
         .enumerate()
         .map(|(i, record)| {
-            ehrchain_types::TransactionBody {
-                chain_id: session.chain_id,
-                signer: signer.public.clone(),
-                nonce: first + i as u64,
-                payload: Payload::Access {
+            signer.sign(
+                session.chain_id,
+                first + i as u64,
+                Payload::Access {
                     record: *record,
                     purpose: purpose as u8,
                 },
-            }
-            .sign(&signer.key)
+            )
         })
         .collect();
     for chunk in transactions.chunks(1_000) {

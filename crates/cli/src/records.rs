@@ -9,7 +9,7 @@ use crate::client::{answer, get_json, post_bytes};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
 use ehrchain_crypto::{Binding, EncryptionPublicKey};
-use ehrchain_types::{ErrorCode, PublicKey, TransactionBody, digest_from_hex, sha256};
+use ehrchain_types::{ErrorCode, PublicKey, digest_from_hex, sha256};
 use serde_json::Value;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -255,13 +255,7 @@ impl Session {
         signer: &Signer,
         payload: ehrchain_types::Payload,
     ) -> Result<ehrchain_types::Transaction> {
-        Ok(TransactionBody {
-            chain_id: self.chain_id,
-            signer: signer.public.clone(),
-            nonce: self.nonce(&signer.public)?,
-            payload,
-        }
-        .sign(&signer.key))
+        Ok(signer.sign(self.chain_id, self.nonce(&signer.public)?, payload))
     }
 
     /// Sign `payload` with the signer's next nonce, submit it and wait for the commit. If
@@ -329,10 +323,7 @@ impl Session {
 }
 
 fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
-    hex::decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| format!("{what} must be 32 hex characters"))
+    ehrchain_types::id_from_hex(text).with_context(|| format!("{what} must be 32 hex characters"))
 }
 
 fn key32(value: &Value, what: &str) -> Result<EncryptionPublicKey> {
@@ -345,8 +336,7 @@ fn key32(value: &Value, what: &str) -> Result<EncryptionPublicKey> {
 }
 
 pub(crate) fn random16() -> [u8; 16] {
-    let seed = crate::config::random_seed();
-    seed[..16].try_into().expect("16")
+    ehrchain_client::random16().expect("the operating system's random source")
 }
 
 pub(crate) fn now_ms() -> u64 {

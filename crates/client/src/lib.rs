@@ -27,10 +27,3 @@ pub fn random16() -> Result<[u8; 16], Error> {
     getrandom::fill(&mut bytes).map_err(|_| Error::Random)?;
     Ok(bytes)
 }
-
-/// Parse 32 hex characters as a 16-byte id.
-pub fn id16(text: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    hex::decode_to_slice(text, &mut out).ok()?;
-    Some(out)
-}

@@ -25,7 +25,7 @@ pub fn check(json: &[u8]) -> Result<Checked<'_>, Error> {
         .patient
         .as_deref()
         .ok_or_else(|| Error::Invalid("the resource names no patient".into()))?;
-    let patient = crate::id16(patient).ok_or_else(|| {
+    let patient = ehrchain_types::id_from_hex(patient).ok_or_else(|| {
         Error::Invalid("the patient id in the resource must be 32 hex characters".into())
     })?;
     Ok(Checked {

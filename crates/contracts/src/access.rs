@@ -1,6 +1,6 @@
 //! The access contracts: guardians, consent grants and revocations, recorded reads,
 //! break-glass, and automatic supervision. Executed by every validator inside block execution
-//! (see `state::apply`), so every node reaches the same decision at the same height; time is
+//! (see `execute::apply`), so every node reaches the same decision at the same height; time is
 //! the block's timestamp.
 //!
 //! A read attempt is never rejected for lack of a right: it is recorded with its outcome, so
@@ -895,13 +895,12 @@ pub(crate) fn access_log(
             ),
             None => Outcome::Denied(Reason::RetiredKey),
         };
-        let actor = &actor;
         let lag = at.time_ms - entry.checked_ms;
         record_read(
             view,
             delta,
             Read {
-                actor,
+                actor: &actor,
                 record: &entry.record,
                 purpose: entry.purpose,
                 decided: (target.0, target.1, outcome),

@@ -52,10 +52,10 @@ impl Rejection {
         match self {
             Self::StaleNonce { .. } => ErrorCode::StaleNonce,
             Self::FutureNonce { .. } => ErrorCode::FutureNonce,
-            Self::AlreadyAnchored | Self::AlreadyRegistered | Self::AccessLogGap { .. } => {
-                ErrorCode::Conflict
-            }
-            Self::WrongVersion { .. } => ErrorCode::Conflict,
+            Self::AlreadyAnchored
+            | Self::AlreadyRegistered
+            | Self::AccessLogGap { .. }
+            | Self::WrongVersion { .. } => ErrorCode::Conflict,
             Self::Unauthorized(_) | Self::Refused(Refusal::NotTheOwner) => ErrorCode::NotPermitted,
             Self::UnknownPatient | Self::UnknownRecord => ErrorCode::UnknownRecord,
             Self::PatientErased => ErrorCode::Gone,
@@ -451,30 +451,7 @@ impl Proposal {
     }
 
     pub fn write(&self, out: &mut Vec<u8>) {
-        match &self.action {
-            GovernanceAction::AddMember {
-                key,
-                encryption_key,
-                p2p_address,
-            } => {
-                out.push(1);
-                out.extend_from_slice(key.as_ref());
-                out.extend_from_slice(encryption_key);
-                ehrchain_types::transaction::write_socket_address(out, p2p_address);
-            }
-            GovernanceAction::RemoveMember { key } => {
-                out.push(2);
-                out.extend_from_slice(key.as_ref());
-            }
-            GovernanceAction::AppointAuditor { key } => {
-                out.push(3);
-                out.extend_from_slice(key.as_ref());
-            }
-            GovernanceAction::RemoveAuditor { key } => {
-                out.push(4);
-                out.extend_from_slice(key.as_ref());
-            }
-        }
+        self.action.write(out);
         out.extend_from_slice(self.proposer.as_ref());
         out.extend_from_slice(&self.electorate.to_be_bytes());
         for votes in [&self.yes, &self.no] {

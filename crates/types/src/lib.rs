@@ -76,6 +76,13 @@ pub fn digest_from_hex(text: &str) -> Option<Digest> {
     Some(Digest::from(array))
 }
 
+/// Decode a 16-byte id (patient, record, grant, proposal) from 32 hex characters.
+pub fn id_from_hex(text: &str) -> Option<[u8; 16]> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(text, &mut id).ok()?;
+    Some(id)
+}
+
 /// Decode a 32-byte public key from hex.
 pub fn public_key_from_hex(text: &str) -> Option<PublicKey> {
     use commonware_codec::DecodeExt;

@@ -132,6 +132,38 @@ pub enum GovernanceAction {
     RemoveAuditor { key: PublicKey },
 }
 
+impl GovernanceAction {
+    /// The action's bytes: a tag (1 add member, 2 remove member, 3 appoint auditor, 4 remove
+    /// auditor), then its keys and, for a new member, its peer address. The one encoding of an
+    /// action, in transactions and in the state-root writes of a proposal.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::AddMember {
+                key,
+                encryption_key,
+                p2p_address,
+            } => {
+                out.push(1);
+                out.extend_from_slice(key.as_ref());
+                out.extend_from_slice(encryption_key);
+                write_socket_address(out, p2p_address);
+            }
+            Self::RemoveMember { key } => {
+                out.push(2);
+                out.extend_from_slice(key.as_ref());
+            }
+            Self::AppointAuditor { key } => {
+                out.push(3);
+                out.extend_from_slice(key.as_ref());
+            }
+            Self::RemoveAuditor { key } => {
+                out.push(4);
+                out.extend_from_slice(key.as_ref());
+            }
+        }
+    }
+}
+
 /// A socket address on the wire: family (4 or 6), the address bytes, the port (big-endian).
 pub fn write_socket_address(out: &mut Vec<u8>, address: &std::net::SocketAddr) {
     match address.ip() {
@@ -349,30 +381,7 @@ impl Payload {
             }
             Self::Propose { proposal, action } => {
                 out.extend_from_slice(proposal);
-                match action {
-                    GovernanceAction::AddMember {
-                        key,
-                        encryption_key,
-                        p2p_address,
-                    } => {
-                        out.push(1);
-                        out.extend_from_slice(key.as_ref());
-                        out.extend_from_slice(encryption_key);
-                        write_socket_address(out, p2p_address);
-                    }
-                    GovernanceAction::RemoveMember { key } => {
-                        out.push(2);
-                        out.extend_from_slice(key.as_ref());
-                    }
-                    GovernanceAction::AppointAuditor { key } => {
-                        out.push(3);
-                        out.extend_from_slice(key.as_ref());
-                    }
-                    GovernanceAction::RemoveAuditor { key } => {
-                        out.push(4);
-                        out.extend_from_slice(key.as_ref());
-                    }
-                }
+                action.write(out);
             }
             Self::Vote { proposal, approve } => {
                 out.extend_from_slice(proposal);
