@@ -15,13 +15,16 @@ pub fn api_urls(configs: &[std::path::PathBuf]) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Start `ehrchain node` for every config, returning the children.
-pub fn spawn_nodes(configs: &[std::path::PathBuf], log_dir: &Path) -> Result<Vec<Child>> {
-    let exe = std::env::current_exe().context("cannot find the ehrchain binary")?;
+/// Start `exe node` (the `ehrchain` binary) for every config, returning the children.
+pub fn spawn_nodes(
+    exe: &Path,
+    configs: &[std::path::PathBuf],
+    log_dir: &Path,
+) -> Result<Vec<Child>> {
     let mut children = Vec::new();
     for (index, config) in configs.iter().enumerate() {
         let log = std::fs::File::create(log_dir.join(format!("node-{index}.log")))?;
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .arg("node")
             .arg("--config")
             .arg(config)
@@ -32,6 +35,25 @@ pub fn spawn_nodes(configs: &[std::path::PathBuf], log_dir: &Path) -> Result<Vec
         children.push(child);
     }
     Ok(children)
+}
+
+/// Wait for every node to serve and the chain to make its first block.
+pub fn wait_ready(apis: &[String]) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = apis.iter().all(|api| {
+            crate::client::get_json(&format!("{api}/chain/status"))
+                .is_ok_and(|s| s["height"].as_u64() >= Some(1))
+        });
+        if ready {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the network did not start within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Result<()> {
@@ -56,7 +78,8 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
     if ca.exists() {
         crate::client::trust_ca(&ca)?;
     }
-    let mut children = spawn_nodes(&configs, dir)?;
+    let exe = std::env::current_exe().context("cannot find the ehrchain binary")?;
+    let mut children = spawn_nodes(&exe, &configs, dir)?;
     println!(
         "ehrchain dev network in {} (Ctrl-C stops it)",
         dir.display()
@@ -79,7 +102,7 @@ pub fn run(validators: usize, dir: &Path, p2p_port: u16, api_port: u16) -> Resul
         let apis = api_urls(&configs)?;
         // Every API call needs a login: the first institution's, until the fill switches.
         crate::client::use_key(&apis[0], &dir.join("node-0").join("validator.key"))?;
-        crate::bench::wait_ready(&apis)?;
+        wait_ready(&apis)?;
         let written = fill_demo(dir, &apis)?;
         println!(
             "  demo data: {written} synthetic FHIR records; identities in {}",
@@ -136,7 +159,7 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 /// The custody directory of node `index` of a dev network.
-pub(crate) fn custody_dir(dir: &Path, index: usize) -> Result<std::path::PathBuf> {
+pub fn custody_dir(dir: &Path, index: usize) -> Result<std::path::PathBuf> {
     let config = crate::config::NodeConfig::load(&dir.join(format!("node-{index}/config.toml")))?;
     Ok(config.data_dir.join("custody"))
 }
@@ -151,7 +174,7 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
     std::fs::create_dir_all(&keys)?;
     let homes = apis.len().min(2);
     let mut identities = Vec::new();
-    let mut generator = ehrchain_fhir::synth::Generator::new(2026);
+    let mut generator = ehrchain_synth::Generator::new(2026);
     let mut written = 0;
     let mut clinicians = Vec::new();
     for (home, api) in apis.iter().enumerate().take(homes) {

@@ -1,20 +1,5 @@
 //! `ehrchain`: the command-line interface for every operation on the chain.
 
-mod access;
-mod backup;
-mod bench;
-mod bench_fhir;
-mod bench_records;
-mod client;
-mod config;
-mod dev;
-mod logging;
-mod network;
-mod node;
-mod records;
-mod tls;
-mod verify;
-
 /// mimalloc instead of glibc's allocator: under read load a node spent a tenth of its CPU in
 /// glibc's malloc and free (arena locks, consolidation), see docs/DEPENDENCIES.md.
 #[global_allocator]
@@ -22,6 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use ehrchain_cli::{access, backup, client, config, dev, network, node, records, tls, verify};
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
@@ -166,20 +152,6 @@ enum Command {
         #[command(subcommand)]
         command: access::GovernanceCommand,
     },
-    /// Drive signed transactions into a local network and report throughput and latency.
-    ///
-    /// Example: ehrchain bench --validators 4 --transactions 100000
-    Bench(bench::Args),
-    /// Write encrypted FHIR records through the whole path on a local network and report
-    /// records/s, MB/s and commit latency.
-    ///
-    /// Example: ehrchain bench-records --records 20000 --rate 2000 --size 4096
-    BenchRecords(bench_records::Args),
-    /// FHIR creates and consented reads (each read committed on chain first) through /fhir
-    /// on a local network; reports requests/s and latency.
-    ///
-    /// Example: ehrchain bench-fhir --creates 4000 --reads 20000 --clients 64
-    BenchFhir(bench_fhir::Args),
 }
 
 #[derive(Subcommand)]
@@ -380,9 +352,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Auth { command } => return client::auth(command),
         Command::Fhir { command } => return client::fhir(command),
         Command::Governance { command } => return access::governance(command),
-        Command::Bench(args) => bench::run(args)?,
-        Command::BenchRecords(args) => bench_records::run(args)?,
-        Command::BenchFhir(args) => bench_fhir::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -221,7 +221,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     ok(cli(&["keygen", "--out", path(&anonymous)]));
 
     // Clinician A writes an Observation and a Condition for patient 1.
-    let mut generator = ehrchain_fhir::synth::Generator::new(5);
+    let mut generator = ehrchain_synth::Generator::new(5);
     let records: Vec<Value> = (0..13).map(|i| generator.record(&p1, i)).collect();
     let of_type = |t: &str| {
         records
@@ -455,7 +455,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
         ])))
         .unwrap();
         let p2_id = p2["patient"].as_str().unwrap().to_string();
-        let resource = ehrchain_fhir::synth::Generator::new(6).record(&p2_id, 3);
+        let resource = ehrchain_synth::Generator::new(6).record(&p2_id, 3);
         let (record, _) = put(&resource, "patient-2.json");
         (record, p2_id)
     };
@@ -556,7 +556,7 @@ fn consent_decides_every_read_and_the_trail_records_it() {
     let p3_file = inputs.join("patient-3.json");
     std::fs::write(
         &p3_file,
-        serde_json::to_vec(&ehrchain_fhir::synth::Generator::new(7).record(&p3, 1)).unwrap(),
+        serde_json::to_vec(&ehrchain_synth::Generator::new(7).record(&p3, 1)).unwrap(),
     )
     .unwrap();
     let written: Value = serde_json::from_str(&ok(cli(&[

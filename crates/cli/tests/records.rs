@@ -205,7 +205,7 @@ fn records_are_encrypted_replicated_readable_and_erasable() {
     ]));
 
     // Every resource type, written by the clinician and read back by the patient elsewhere.
-    let mut generator = ehrchain_fhir::synth::Generator::new(11);
+    let mut generator = ehrchain_synth::Generator::new(11);
     let mut resources = vec![generator.patient_named(&patient, "Zebulonia", "Quixotewright")];
     resources[0]["identifier"][0]["value"] = json!(PLANTED_ID);
     for index in 0..13 {

@@ -5,7 +5,6 @@
 //! categories, dates) and check by hand the required elements and cardinalities of every
 //! supported type. Findings come back as [`Issue`]s shaped like `OperationOutcome.issue`.
 
-pub mod synth;
 mod validate;
 
 pub use validate::{Issue, Resource, ResourceType, validate, validate_value};

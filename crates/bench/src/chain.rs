@@ -1,9 +1,9 @@
-//! `ehrchain bench`: committed signed transactions per second on a local network, with
+//! `ehrchain-bench chain`: committed signed transactions per second on a local network, with
 //! commit latency measured per transaction from submission to its block being finalized.
 
-use crate::client::get_json;
 use anyhow::{Context, Result, bail};
 use commonware_cryptography::Signer as _;
+use ehrchain_cli::client::get_json;
 use ehrchain_types::{Digest, Payload, PrivateKey, Transaction, TransactionBody, sha256};
 use std::{
     collections::HashMap,
@@ -57,8 +57,9 @@ fn client_keys(args: &Args) -> Vec<PrivateKey> {
 /// Enrol the load's signers as clinicians of the first institution: the mempool admits only
 /// signers the chain knows.
 fn enroll_clients(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
-    let institution = crate::records::load_signer(&dir.join("node-0").join("validator.key"))?;
-    let session = crate::records::Session::open(&apis[0])?;
+    let institution =
+        ehrchain_cli::records::load_signer(&dir.join("node-0").join("validator.key"))?;
+    let session = ehrchain_cli::records::Session::open(&apis[0])?;
     let first = session.nonce(&institution.public)?;
     let transactions: Vec<Transaction> = client_keys(args)
         .iter()
@@ -77,7 +78,7 @@ fn enroll_clients(args: &Args, apis: &[String], dir: &std::path::Path) -> Result
         })
         .collect();
     for chunk in transactions.chunks(1_000) {
-        crate::client::post_bytes(
+        ehrchain_cli::client::post_bytes(
             &format!("{}/chain/transactions/batch", apis[0]),
             ehrchain_chain::engine::encode_batch(chunk),
         )?;
@@ -90,7 +91,7 @@ fn enroll_clients(args: &Args, apis: &[String], dir: &std::path::Path) -> Result
 
 fn sign_all(args: &Args, chain_id: u64) -> Vec<Transaction> {
     let keys = client_keys(args);
-    let run = crate::config::random_seed();
+    let run = ehrchain_cli::config::random_seed();
     let per_thread = args.transactions.div_ceil(2);
     let keys = Arc::new(keys);
     let handles: Vec<_> = (0..2)
@@ -154,7 +155,7 @@ pub fn with_network(
     let dir = dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("ehrchain-{name}-{}", std::process::id()))
     });
-    let configs = crate::network::init(&crate::network::InitOptions {
+    let configs = ehrchain_cli::network::init(&ehrchain_cli::network::InitOptions {
         validators,
         dir: dir.clone(),
         chain_id: 1,
@@ -166,13 +167,13 @@ pub fn with_network(
         // HTTP on loopback.
         tls: false,
     })?;
-    let apis = crate::dev::api_urls(&configs)?;
-    let mut children = crate::dev::spawn_nodes(&configs, &dir)?;
+    let apis = ehrchain_cli::dev::api_urls(&configs)?;
+    let mut children = ehrchain_cli::dev::spawn_nodes(&node_binary()?, &configs, &dir)?;
     let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
     std::fs::write(dir.join("pids"), pids.join(" "))?;
     // The load generator acts as the first institution towards every node.
-    crate::client::use_key(&apis[0], &dir.join("node-0").join("validator.key"))?;
-    let result = wait_ready(&apis).and_then(|()| work(&apis, &dir));
+    ehrchain_cli::client::use_key(&apis[0], &dir.join("node-0").join("validator.key"))?;
+    let result = ehrchain_cli::dev::wait_ready(&apis).and_then(|()| work(&apis, &dir));
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
@@ -183,22 +184,22 @@ pub fn with_network(
     result
 }
 
-/// Wait for every node to serve and the chain to make its first block.
-pub fn wait_ready(apis: &[String]) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = apis.iter().all(|api| {
-            get_json(&format!("{api}/chain/status")).is_ok_and(|s| s["height"].as_u64() >= Some(1))
-        });
-        if ready {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the network did not start within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
+/// The `ehrchain` binary the validators run: `EHRCHAIN_BIN`, or the one built beside this
+/// benchmark (`cargo build --release -p ehrchain-cli -p ehrchain-bench` builds both).
+fn node_binary() -> Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("EHRCHAIN_BIN") {
+        return Ok(path.into());
     }
-    Ok(())
+    let exe = std::env::current_exe().context("cannot find the benchmark binary")?;
+    let beside = exe.with_file_name("ehrchain");
+    if !beside.exists() {
+        bail!(
+            "no ehrchain binary at {}: build it with `cargo build --release -p ehrchain-cli`, \
+             or set EHRCHAIN_BIN",
+            beside.display()
+        );
+    }
+    Ok(beside)
 }
 
 fn drive(args: &Args, apis: &[String]) -> Result<()> {
@@ -220,7 +221,7 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
         let apis = apis.to_vec();
         let rate = args.rate.max(1);
         std::thread::spawn(move || -> Result<usize> {
-            let agent: ureq::Agent = crate::client::agent_config().build().into();
+            let agent: ureq::Agent = ehrchain_cli::client::agent_config().build().into();
             let tick = Duration::from_millis(50);
             let per_tick = (rate / 20).max(1);
             let began = Instant::now();
@@ -245,7 +246,7 @@ fn drive(args: &Args, apis: &[String]) -> Result<()> {
                         .post(&url)
                         .header(
                             "Authorization",
-                            crate::client::bearer(&url)?.unwrap_or_default(),
+                            ehrchain_cli::client::bearer(&url)?.unwrap_or_default(),
                         )
                         .header("content-type", "application/octet-stream")
                         .send(&body[..])?;
@@ -381,7 +382,7 @@ pub fn follow(
     expected: usize,
     submitted: &Mutex<HashMap<Digest, Instant>>,
 ) -> Result<Followed> {
-    let agent: ureq::Agent = crate::client::agent_config().build().into();
+    let agent: ureq::Agent = ehrchain_cli::client::agent_config().build().into();
     let mut latencies = Vec::with_capacity(expected);
     let mut next = start_height + 1;
     let began = Instant::now();
@@ -407,7 +408,7 @@ pub fn follow(
                 .get(&url)
                 .header(
                     "Authorization",
-                    crate::client::bearer(&url)?.unwrap_or_default(),
+                    ehrchain_cli::client::bearer(&url)?.unwrap_or_default(),
                 )
                 .call()?;
             let bytes = response

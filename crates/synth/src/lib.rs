@@ -392,7 +392,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ResourceType, validate_value};
+    use ehrchain_fhir::{ResourceType, validate_value};
 
     #[test]
     fn same_seed_same_patients_and_all_valid() {

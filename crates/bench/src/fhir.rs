@@ -10,8 +10,9 @@
 //! patient then logs in and grants the next institution (`Organization/…`) read access, and
 //! that institution's reader clinicians read the records through their own node.
 
-use crate::{bench::percentile, client::agent, records::Signer};
+use crate::chain::percentile;
 use anyhow::{Context, Result, bail, ensure};
+use ehrchain_cli::{client::agent, records::Signer};
 use ehrchain_types::{Payload, TransactionBody};
 use serde_json::{Value, json};
 use std::{
@@ -49,7 +50,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::bench::with_network(
+    crate::chain::with_network(
         args.validators,
         args.dir.clone(),
         "bench-fhir",
@@ -71,12 +72,12 @@ fn key_file(dir: &Path, name: &str, seed: &[u8; 32]) -> Result<PathBuf> {
     let path = dir.join("bench-identities").join(format!("{name}.key"));
     std::fs::create_dir_all(path.parent().expect("parent"))?;
     let _ = std::fs::remove_file(&path);
-    crate::config::write_key(&path, seed)?;
+    ehrchain_cli::config::write_key(&path, seed)?;
     Ok(path)
 }
 
 fn token(api: &str, dir: &Path, name: &str, seed: &[u8; 32]) -> Result<String> {
-    crate::client::login(api, &key_file(dir, name, seed)?)
+    ehrchain_cli::client::login(api, &key_file(dir, name, seed)?)
 }
 
 /// Enrol clinicians (writers and readers per institution) and register custodial patients.
@@ -95,8 +96,8 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
     let mut transactions = Vec::new();
     for node in 0..n {
         let institution =
-            crate::records::load_signer(&dir.join(format!("node-{node}/validator.key")))?;
-        let custody = crate::dev::custody_dir(dir, node)?;
+            ehrchain_cli::records::load_signer(&dir.join(format!("node-{node}/validator.key")))?;
+        let custody = ehrchain_cli::dev::custody_dir(dir, node)?;
         let mut nonce = 0;
         let mut sign = |payload: Payload| {
             let tx = TransactionBody {
@@ -114,7 +115,7 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
         let reading = (0..read_clients).filter(|c| c % n == node).count();
         for reader in std::iter::repeat_n(false, writing).chain(std::iter::repeat_n(true, reading))
         {
-            let seed = crate::config::random_seed();
+            let seed = ehrchain_cli::config::random_seed();
             let clinician = Signer::from_seed(&seed);
             ehrchain_api::gateway::write_secret(
                 &custody.join(format!("{}.enc", clinician.public)),
@@ -131,9 +132,11 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
             list.push(Identity { node, seed });
         }
         for _ in 0..args.patients {
-            let seed = crate::config::random_seed();
+            let seed = ehrchain_cli::config::random_seed();
             let patient = Signer::from_seed(&seed);
-            let id: [u8; 16] = crate::config::random_seed()[..16].try_into().expect("16");
+            let id: [u8; 16] = ehrchain_cli::config::random_seed()[..16]
+                .try_into()
+                .expect("16");
             ehrchain_api::gateway::write_secret(
                 &custody.join(format!("{}.key", hex::encode(id))),
                 &seed,
@@ -150,12 +153,12 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
         }
     }
     for (node, tx) in &transactions {
-        crate::client::post_bytes(
+        ehrchain_cli::client::post_bytes(
             &format!("{}/chain/transactions", apis[*node]),
             tx.bytes().to_vec(),
         )?;
     }
-    let session = crate::records::Session::open(&apis[0])?;
+    let session = ehrchain_cli::records::Session::open(&apis[0])?;
     for (_, tx) in &transactions {
         session.wait(&hex::encode(tx.id()))?;
     }
@@ -262,7 +265,7 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
-    let mut generator = ehrchain_fhir::synth::Generator::new(11);
+    let mut generator = ehrchain_synth::Generator::new(11);
     let bodies: Vec<Vec<(usize, Vec<u8>)>> = (0..n)
         .map(|node| {
             let mine: Vec<&(usize, [u8; 16], [u8; 32])> =
@@ -302,7 +305,7 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
 
     eprintln!("each patient grants the next institution read access...");
     for (i, (node, id, seed)) in patients.iter().enumerate() {
-        let grantee = crate::records::load_signer(
+        let grantee = ehrchain_cli::records::load_signer(
             &dir.join(format!("node-{}/validator.key", (node + 1) % n)),
         )?;
         let token = token(&apis[*node], dir, &format!("p{i}"), seed)?;
@@ -367,7 +370,7 @@ fn drive(args: &Args, apis: &[String], dir: &Path) -> Result<()> {
     }
     let readers = Arc::new(readers);
     let events = || -> Result<u64> {
-        let status = crate::client::get_json(&format!("{}/chain/status", apis[0]))?;
+        let status = ehrchain_cli::client::get_json(&format!("{}/chain/status", apis[0]))?;
         status["access_events"].as_u64().context("no access_events")
     };
     let before = events()?;

@@ -1,4 +1,4 @@
-//! `ehrchain bench-records`: FHIR records written per second through the whole path, and
+//! `ehrchain-bench records`: FHIR records written per second through the whole path, and
 //! MB/s for large documents.
 //!
 //! Each record is validated, sealed under a fresh data key, its key wrapped for three readers
@@ -7,12 +7,12 @@
 //! the start of validation to the commit of the block holding the anchor. Client work happens
 //! on the same 2 cores as the four validators.
 
-use crate::{
-    bench::{Followed, follow, percentile},
+use crate::chain::{Followed, follow, percentile};
+use anyhow::{Context, Result};
+use ehrchain_cli::{
     client::get_json,
     records::{Signer, check, prepare},
 };
-use anyhow::{Context, Result};
 use ehrchain_crypto::EncryptionPublicKey;
 use ehrchain_types::{Digest, Payload, Transaction, TransactionBody};
 use std::{
@@ -55,7 +55,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    crate::bench::with_network(
+    crate::chain::with_network(
         args.validators,
         args.dir.clone(),
         "bench-records",
@@ -71,19 +71,19 @@ pub fn run(args: Args) -> Result<()> {
 fn seed(tag: u64) -> [u8; 32] {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&tag.to_be_bytes());
-    seed[8..16].copy_from_slice(&crate::config::random_seed()[..8]);
+    seed[8..16].copy_from_slice(&ehrchain_cli::config::random_seed()[..8]);
     seed
 }
 
 /// Submit setup transactions and wait until the last of them is committed.
 fn setup(apis: &[String], transactions: &[Transaction]) -> Result<()> {
     for (index, tx) in transactions.iter().enumerate() {
-        crate::client::post_bytes(
+        ehrchain_cli::client::post_bytes(
             &format!("{}/chain/transactions", apis[index % apis.len()]),
             tx.bytes().to_vec(),
         )?;
     }
-    let session = crate::records::Session::open(&apis[0])?;
+    let session = ehrchain_cli::records::Session::open(&apis[0])?;
     for tx in transactions {
         session.wait(&hex::encode(tx.id()))?;
     }
@@ -97,7 +97,7 @@ struct Population {
 
 fn populate(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<Population> {
     let institutions: Vec<Signer> = (0..args.validators)
-        .map(|i| crate::records::load_signer(&dir.join(format!("node-{i}/validator.key"))))
+        .map(|i| ehrchain_cli::records::load_signer(&dir.join(format!("node-{i}/validator.key"))))
         .collect::<Result<_>>()?;
     let mut nonces = vec![0u64; institutions.len()];
     let mut transactions = Vec::new();
@@ -147,11 +147,7 @@ fn populate(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<Popul
 }
 
 /// One FHIR JSON document of about `size` bytes for `patient`.
-fn document(
-    generator: &mut ehrchain_fhir::synth::Generator,
-    patient: &str,
-    size: usize,
-) -> Vec<u8> {
+fn document(generator: &mut ehrchain_synth::Generator, patient: &str, size: usize) -> Vec<u8> {
     let value = if size > 64 * 1024 {
         generator.binary(patient, size * 3 / 4)
     } else {
@@ -169,7 +165,7 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
         args.workers, args.patients
     );
     let population = Arc::new(populate(args, apis, dir)?);
-    let mut generator = ehrchain_fhir::synth::Generator::new(42);
+    let mut generator = ehrchain_synth::Generator::new(42);
     let documents: Arc<Vec<Vec<u8>>> = Arc::new(
         population
             .patients
@@ -204,7 +200,7 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
             let validators = args.validators;
             let presealed = args.presealed;
             std::thread::spawn(move || -> Result<usize> {
-                let agent: ureq::Agent = crate::client::agent_config().build().into();
+                let agent: ureq::Agent = ehrchain_cli::client::agent_config().build().into();
                 let (clinician, institution) = &population.clinicians[worker];
                 // Validate, seal and wrap record `index` (the worker's `nonce`-th).
                 let seal = |nonce: usize, index: usize| {
@@ -256,7 +252,7 @@ fn drive(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
                         .post(&url)
                         .header(
                             "Authorization",
-                            crate::client::bearer(&url)?.unwrap_or_default(),
+                            ehrchain_cli::client::bearer(&url)?.unwrap_or_default(),
                         )
                         .header("content-type", "application/octet-stream")
                         .send(&prepared.upload[..])?;
