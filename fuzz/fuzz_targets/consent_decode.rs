@@ -5,7 +5,7 @@ use ehrchain_crypto::Share;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((tx, share)) = ehrchain_api::access::decode_consent(data) {
+    if let Ok((tx, share)) = ehrchain_types::wire::decode_consent(data) {
         let _ = ehrchain_types::Transaction::decode(tx);
         if let Ok(bundle) = Share::decode(share) {
             assert_eq!(bundle.encode(), share);

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         auditors: Vec::new(),
         rules: Default::default(),
     };
-    if let Ok(proof) = serde_json::from_slice::<ehrchain_api::proof::InclusionProof>(data) {
+    if let Ok(proof) = serde_json::from_slice::<ehrchain_types::proof::InclusionProof>(data) {
         let _ = proof.verify(&genesis);
     }
 });

@@ -22,14 +22,14 @@ use ehrchain_contracts::{
     facts::{AccessEvent, BREAK_GLASS_REASONS, Basis, Finding, FindingKind, Outcome},
     state::{Reader as _, State as ChainState},
 };
-use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, Share, envelope_hash};
-use ehrchain_types::{Payload, Transaction, limits::TRANSACTION_SIZE_BYTES_MAX};
+use ehrchain_crypto::{Share, envelope_hash};
+use ehrchain_types::{
+    Payload, Transaction,
+    wire::{CONSENT_BYTES_MAX, decode_consent},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-
-/// Largest grant body.
-pub const CONSENT_BYTES_MAX: usize = 4 + TRANSACTION_SIZE_BYTES_MAX + ENVELOPE_SIZE_BYTES_MAX;
 
 /// Most trail entries one page carries.
 pub const PAGE_MAX: usize = 1_000;
@@ -47,33 +47,6 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/access/findings", get(findings::<B>))
         .route("/access/reasons", get(reasons))
         .route("/governance/proposals", get(proposals::<B>))
-}
-
-/// Split a grant body into its transaction and bundle, with limits.
-pub fn decode_consent(bytes: &[u8]) -> std::result::Result<(&[u8], &[u8]), &'static str> {
-    if bytes.len() > CONSENT_BYTES_MAX {
-        return Err("consent body too large");
-    }
-    let len = u32::from_be_bytes(
-        bytes
-            .get(..4)
-            .ok_or("truncated consent body")?
-            .try_into()
-            .expect("4"),
-    ) as usize;
-    if len > TRANSACTION_SIZE_BYTES_MAX {
-        return Err("transaction too large");
-    }
-    let tx = bytes.get(4..4 + len).ok_or("truncated consent body")?;
-    Ok((tx, &bytes[4 + len..]))
-}
-
-pub fn encode_consent(transaction: &[u8], share: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + transaction.len() + share.len());
-    out.extend_from_slice(&(transaction.len() as u32).to_be_bytes());
-    out.extend_from_slice(transaction);
-    out.extend_from_slice(share);
-    out
 }
 
 fn bad(message: &str) -> ApiError {
@@ -490,22 +463,4 @@ async fn reasons() -> Json<Value> {
             .collect::<Vec<_>>(),
         "purposes": Purpose::ALL.iter().map(|p| json!({"number": *p as u8, "code": p.code()})).collect::<Vec<_>>(),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consent_bodies_split_and_garbage_is_refused() {
-        let body = encode_consent(&[1; 100], &[2; 30]);
-        assert_eq!(
-            decode_consent(&body).unwrap(),
-            (&[1u8; 100][..], &[2u8; 30][..])
-        );
-        for cut in 0..104 {
-            assert!(decode_consent(&body[..cut]).is_err());
-        }
-        assert!(decode_consent(&encode_consent(&[1; 5000], &[])).is_err());
-    }
 }

@@ -8,7 +8,6 @@ pub mod access_log;
 pub mod auth;
 pub mod fhir;
 pub mod gateway;
-pub mod proof;
 pub mod records;
 pub mod serve;
 
@@ -20,13 +19,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use commonware_codec::{Decode, Encode};
 use commonware_runtime::Blob;
-use ehrchain_chain::{Chain, Finalization, SubmitError};
+use ehrchain_chain::{Chain, SubmitError};
+use ehrchain_types::proof::InclusionProof;
 use ehrchain_types::{
-    Block, ErrorCode, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX, merkle,
+    Block, ErrorCode, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX,
 };
-use proof::{InclusionProof, PROOF_HEADERS_MAX};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
@@ -393,20 +391,18 @@ fn payload_json(payload: &Payload) -> Value {
 }
 
 async fn load_block<B: Blob>(chain: &Chain<B>, height: u64) -> Result<(Block, Vec<u8>)> {
-    let record = chain.record(height).await.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no block at height {height}"),
-        )
-    })?;
-    let block = Block::decode(&record.block).map_err(|_| {
-        tracing::error!(
-            height,
-            "stored block does not decode; run `ehrchain verify`"
-        );
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "stored block is damaged")
-    })?;
-    Ok((block, record.finalization))
+    Ok(ehrchain_chain::proofs::load_block(chain, height).await?)
+}
+
+impl From<ehrchain_chain::proofs::BlockError> for ApiError {
+    fn from(error: ehrchain_chain::proofs::BlockError) -> Self {
+        use ehrchain_chain::proofs::BlockError;
+        let status = match error {
+            BlockError::Missing(_) => StatusCode::NOT_FOUND,
+            BlockError::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
 }
 
 /// A block: its header and certificate for everyone; each transaction's signer and payload
@@ -659,81 +655,7 @@ pub async fn build_proof<B: Blob>(
     height: u64,
     index: u32,
 ) -> Result<Option<InclusionProof>> {
-    let (block, mut finalization) = load_block(chain, height).await?;
-    let merkle_path = merkle::prove(&block.transaction_ids(), index)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot build proof"))?;
-    let mut headers = vec![hex::encode(block.header.encode())];
-    let mut next = height + 1;
-    while finalization.is_empty() {
-        if headers.len() >= PROOF_HEADERS_MAX {
-            return Ok(None);
-        }
-        let Ok((block, cert)) = load_block(chain, next).await else {
-            return Ok(None);
-        };
-        headers.push(hex::encode(block.header.encode()));
-        finalization = cert;
-        next += 1;
-    }
-    // Re-encode through the type so a damaged stored certificate fails here, not at the client.
-    let reencode = |bytes: &[u8]| {
-        Finalization::decode_cfg(
-            commonware_codec::Copying(bytes),
-            &ehrchain_types::limits::VALIDATORS_MAX, // the most signers a certificate can carry
-        )
-        .map(|f| hex::encode(f.encode()))
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "stored certificate is damaged",
-            )
-        })
-    };
-    let finalization = reencode(&finalization)?;
-    // Every change of the validator set up to the certified block's epoch.
-    let epoch_blocks = genesis.rules.epoch_blocks.max(1);
-    // `next - 1` is the certified block's height.
-    let last_epoch = (next - 1) / epoch_blocks;
-    let changes: Vec<(u64, Vec<ehrchain_types::PublicKey>, ehrchain_types::Digest)> =
-        chain.read(|s| {
-            let mut previous: Option<Vec<ehrchain_types::PublicKey>> = None;
-            let mut changes = Vec::new();
-            for (epoch, set) in s.epochs() {
-                if epoch > last_epoch {
-                    break;
-                }
-                if previous.as_deref().is_some_and(|p| p != set)
-                    && let Some(root) = s.epoch_state_root(epoch)
-                {
-                    changes.push((epoch, set.to_vec(), root));
-                }
-                previous = Some(set.to_vec());
-            }
-            changes
-        });
-    let mut epochs = Vec::with_capacity(changes.len());
-    for (epoch, validators, root) in changes {
-        let (boundary, certificate) = load_block(chain, epoch * epoch_blocks - 1).await?;
-        if certificate.is_empty() {
-            return Ok(None);
-        }
-        epochs.push(proof::EpochHandoff {
-            epoch,
-            validators: validators.iter().map(ToString::to_string).collect(),
-            boundary_header: hex::encode(boundary.header.encode()),
-            state_root: hex::encode(root),
-            finalization: reencode(&certificate)?,
-        });
-    }
-    Ok(Some(InclusionProof {
-        chain_id: genesis.chain_id,
-        transaction: hex::encode(id),
-        position: index,
-        merkle_path: hex::encode(merkle_path),
-        headers,
-        finalization,
-        epochs,
-    }))
+    Ok(ehrchain_chain::proofs::inclusion_proof(chain, genesis, id, height, index).await?)
 }
 
 async fn account<B: Blob>(

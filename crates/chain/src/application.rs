@@ -39,11 +39,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-/// The signing scheme of consensus votes and certificates.
-pub type Scheme = commonware_consensus::simplex::scheme::ed25519::Scheme;
-
-/// A finalization certificate for one block.
-pub type Finalization = commonware_consensus::simplex::types::Finalization<Scheme, Digest>;
+pub use ehrchain_types::proof::{Finalization, Scheme};
 
 /// Most transaction ids whose signatures this node remembers having checked.
 pub const VERIFIED_IDS_MAX: usize = 1_000_000;

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod epochs;
 pub mod log;
 pub mod mempool;
+pub mod proofs;
 pub mod records;
 pub mod reporter;
 

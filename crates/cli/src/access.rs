@@ -527,7 +527,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
             )?;
             post_bytes(
                 &format!("{}/consents", session.api),
-                ehrchain_api::access::encode_consent(tx.bytes(), &share_bytes),
+                ehrchain_types::wire::encode_consent(tx.bytes(), &share_bytes),
             )?;
             let status = session.wait(&hex::encode(tx.id()))?;
             println!(

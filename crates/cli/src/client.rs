@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use ehrchain_api::proof::InclusionProof;
+use ehrchain_types::proof::InclusionProof;
 use ehrchain_types::{Payload, TransactionBody, digest_from_hex};
 use serde_json::Value;
 use std::{path::PathBuf, process::ExitCode};

@@ -306,16 +306,7 @@ pub fn closes_epoch(height: u64, epoch_blocks: u64) -> bool {
     (height + 1).is_multiple_of(epoch_blocks.max(1))
 }
 
-/// The root of an epoch's last block: its state root bound to the next epoch's validators.
-pub fn epoch_root(state_root: &Digest, next_epoch: u64, validators: &[PublicKey]) -> Digest {
-    let mut bytes = Vec::with_capacity(8 + 4 + validators.len() * 32);
-    bytes.extend_from_slice(&next_epoch.to_be_bytes());
-    bytes.extend_from_slice(&(validators.len() as u32).to_be_bytes());
-    for key in validators {
-        bytes.extend_from_slice(key.as_ref());
-    }
-    sha256(&[b"ehrchain-epoch-v1", state_root.as_ref(), &bytes])
-}
+pub use ehrchain_types::proof::epoch_root;
 
 /// Root of the empty state at genesis.
 pub fn genesis_root(chain_id: u64) -> Digest {

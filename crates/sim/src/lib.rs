@@ -571,7 +571,7 @@ pub struct MembershipOutcome {
     /// The genesis, and an inclusion proof (served by validator 4) of a transaction committed
     /// after both changes.
     pub genesis: Genesis,
-    pub proof: ehrchain_api::proof::InclusionProof,
+    pub proof: ehrchain_types::proof::InclusionProof,
     /// Whether validator 0 still stores the consensus journal of epoch 0 (deleted two epochs
     /// after it ended) and of its current epoch.
     pub journals: (bool, bool),
@@ -770,7 +770,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         .await;
         let location = chains[&4].location(&id).expect("committed");
         let proof = loop {
-            if let Ok(Some(proof)) = ehrchain_api::build_proof(
+            if let Ok(Some(proof)) = ehrchain_chain::proofs::inclusion_proof(
                 &chains[&4],
                 &genesis,
                 &id,

@@ -8,6 +8,7 @@ pub mod error_code;
 pub mod genesis;
 pub mod limits;
 pub mod merkle;
+pub mod proof;
 pub mod transaction;
 pub mod wire;
 

@@ -1,5 +1,9 @@
 //! Wire bodies that clients build and nodes decode: the record upload (a signed anchor, its
-//! first wraps and the envelope in one body). Decoders take limits.
+//! first wraps and the envelope in one body) and the consent grant (a signed grant and its
+//! share bundle). Decoders take limits.
+//!
+//! Upload: `tx_len u32 BE | transaction | wrap_count u16 BE | wraps (WRAP_BYTES each) |
+//! envelope`. Consent: `tx_len u32 BE | transaction | share bundle` (`crypto::Share`).
 
 use crate::limits::TRANSACTION_SIZE_BYTES_MAX;
 use ehrchain_crypto::{ENVELOPE_SIZE_BYTES_MAX, WRAP_BYTES, Wrap};
@@ -78,9 +82,53 @@ impl Upload {
     }
 }
 
+/// Largest consent body (`POST /consents`): a grant transaction and its share bundle.
+pub const CONSENT_BYTES_MAX: usize = 4 + TRANSACTION_SIZE_BYTES_MAX + ENVELOPE_SIZE_BYTES_MAX;
+
+/// Split a consent body into its transaction and share bundle, with limits.
+pub fn decode_consent(bytes: &[u8]) -> std::result::Result<(&[u8], &[u8]), &'static str> {
+    if bytes.len() > CONSENT_BYTES_MAX {
+        return Err("consent body too large");
+    }
+    let len = u32::from_be_bytes(
+        bytes
+            .get(..4)
+            .ok_or("truncated consent body")?
+            .try_into()
+            .expect("4"),
+    ) as usize;
+    if len > TRANSACTION_SIZE_BYTES_MAX {
+        return Err("transaction too large");
+    }
+    let tx = bytes.get(4..4 + len).ok_or("truncated consent body")?;
+    Ok((tx, &bytes[4 + len..]))
+}
+
+/// A consent body: the signed grant transaction, then its share bundle.
+pub fn encode_consent(transaction: &[u8], share: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + transaction.len() + share.len());
+    out.extend_from_slice(&(transaction.len() as u32).to_be_bytes());
+    out.extend_from_slice(transaction);
+    out.extend_from_slice(share);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consent_bodies_split_and_garbage_is_refused() {
+        let body = encode_consent(&[1; 100], &[2; 30]);
+        assert_eq!(
+            decode_consent(&body).unwrap(),
+            (&[1u8; 100][..], &[2u8; 30][..])
+        );
+        for cut in 0..104 {
+            assert!(decode_consent(&body[..cut]).is_err());
+        }
+        assert!(decode_consent(&encode_consent(&[1; 5000], &[])).is_err());
+    }
 
     #[test]
     fn uploads_round_trip_and_garbage_is_refused() {

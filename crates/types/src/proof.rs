@@ -3,16 +3,40 @@
 //!
 //! The verifier starts from the genesis validators and follows every change of the set the
 //! proof carries (`epochs`): the last block of the epoch before a change commits to the new
-//! set in its state root (`state::epoch_root`) and is certified by the old set. Epochs whose
+//! set in its state root ([`epoch_root`]) and is certified by the old set. Epochs whose
 //! set did not change are not carried; like any light client, the check then relies on
 //! validators that have since left not colluding to certify a history of their own (a
 //! long-range attack). `ehrchain verify` replays the whole chain and needs no such trust.
 
-use commonware_codec::{Decode, Encode};
+//!
+//! This is the light client's part of the ledger: it needs only the genesis and the proof, so
+//! the CLI, the simulation and the browser (through `client`) all check proofs with it.
+
+use crate::{
+    BlockHeader, CONSENSUS_NAMESPACE, Digest, Genesis, PublicKey, digest_from_hex, merkle, sha256,
+};
+use commonware_codec::Decode;
 use commonware_cryptography::certificate::Verifier as _;
-use ehrchain_chain::{Finalization, Scheme};
-use ehrchain_types::{BlockHeader, CONSENSUS_NAMESPACE, Digest, Genesis, digest_from_hex, merkle};
 use serde::{Deserialize, Serialize};
+
+/// The signing scheme of consensus votes and certificates.
+pub type Scheme = commonware_consensus::simplex::scheme::ed25519::Scheme;
+
+/// A finalization certificate for one block.
+pub type Finalization = commonware_consensus::simplex::types::Finalization<Scheme, Digest>;
+
+/// The root of an epoch's last block: its state root bound to the next epoch's validators.
+/// Layout hashed (after the domain `ehrchain-epoch-v1` and the state root): the next epoch
+/// (u64 BE), the validator count (u32 BE), then each 32-byte Ed25519 key in sorted order.
+pub fn epoch_root(state_root: &Digest, next_epoch: u64, validators: &[PublicKey]) -> Digest {
+    let mut bytes = Vec::with_capacity(8 + 4 + validators.len() * 32);
+    bytes.extend_from_slice(&next_epoch.to_be_bytes());
+    bytes.extend_from_slice(&(validators.len() as u32).to_be_bytes());
+    for key in validators {
+        bytes.extend_from_slice(key.as_ref());
+    }
+    sha256(&[b"ehrchain-epoch-v1", state_root.as_ref(), &bytes])
+}
 
 /// Most headers a proof may chain from the transaction's block to a finalized one.
 pub const PROOF_HEADERS_MAX: usize = 1_024;
@@ -127,7 +151,7 @@ impl InclusionProof {
         for handoff in &self.epochs {
             if handoff.epoch <= epoch
                 || handoff.validators.is_empty()
-                || handoff.validators.len() > ehrchain_types::limits::VALIDATORS_MAX
+                || handoff.validators.len() > crate::limits::VALIDATORS_MAX
             {
                 return Err(ProofError::Malformed("epochs"));
             }
@@ -142,7 +166,7 @@ impl InclusionProof {
             let next = handoff
                 .validators
                 .iter()
-                .map(|k| ehrchain_types::public_key_from_hex(k))
+                .map(|k| crate::public_key_from_hex(k))
                 .collect::<Option<Vec<_>>>()
                 .ok_or(ProofError::Malformed("validator key"))?;
             if next.windows(2).any(|w| w[0] >= w[1]) {
@@ -150,9 +174,7 @@ impl InclusionProof {
             }
             let root =
                 digest_from_hex(&handoff.state_root).ok_or(ProofError::Malformed("state root"))?;
-            if ehrchain_contracts::state::epoch_root(&root, handoff.epoch, &next)
-                != header.state_root
-            {
+            if epoch_root(&root, handoff.epoch, &next) != header.state_root {
                 return Err(ProofError::BadHandoff(handoff.epoch));
             }
             certified(&handoff.finalization, &header, &validators, epoch_blocks)
@@ -177,7 +199,7 @@ impl InclusionProof {
 fn certified(
     finalization: &str,
     header: &BlockHeader,
-    validators: &[ehrchain_types::PublicKey],
+    validators: &[PublicKey],
     epoch_blocks: u64,
 ) -> Result<(), ProofError> {
     let participants = commonware_utils::ordered::Set::try_from(validators.to_vec())
@@ -200,9 +222,4 @@ fn certified(
         return Err(ProofError::BadFinalization);
     }
     Ok(())
-}
-
-/// Encode a finalization for a proof.
-pub fn encode_finalization(finalization: &Finalization) -> String {
-    hex::encode(finalization.encode())
 }
