@@ -10,30 +10,28 @@
 //! journal entries the chain has not recorded are sent again. Nothing is revealed that is not
 //! in the journal, and nothing in the journal is forgotten before the chain holds it.
 //!
-//! Journal segments are files `{first entry:020}.log` of fixed-size entries:
-//! `entry number u64 | session [32] | record [16] | purpose u8 | checked_ms u64 | crc32 u32`.
-//! A torn last entry (a crash mid-write) is cut at start-up; damage anywhere else stops the
-//! node, since reads it served could otherwise be lost from the trail unnoticed.
+//! The journal's files are `ehrchain_storage::journal` (drawn byte by byte there and in
+//! `docs/design/storage.md`). A torn last entry is cut at start-up; damage anywhere else stops
+//! the node, since reads it served could otherwise be lost from the trail unnoticed.
 
 use crate::ApiState;
 use commonware_runtime::Blob;
+use commonware_runtime::telemetry::metrics::{
+    Counter, Gauge, GaugeExt as _, MetricsExt as _, Registered,
+};
 use ehrchain_contracts::state::Reader as _;
+use ehrchain_storage::journal::{self, Appender, ENTRY_BYTES, segment_path};
 use ehrchain_types::{
     PublicKey,
     transaction::{ACCESS_LOG_ENTRIES_MAX, AccessLogEntry},
 };
 use std::{
     collections::VecDeque,
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-/// Bytes of one journal entry.
-const ENTRY_BYTES: usize = 8 + AccessLogEntry::SIZE_BYTES + 4;
-/// A segment is closed for new entries past this size.
-const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Most reads waiting for one flush (the writer takes them as one group).
 const GROUP_MAX: usize = 4_096;
 /// Most reads queued for the writer.
@@ -90,108 +88,57 @@ struct Unrecorded {
     segments: Vec<u64>,
 }
 
+/// What the access log counts, where it happens.
+pub struct AccessLogMetrics {
+    unrecorded: Gauge,
+    journalled: Counter,
+    batches: Counter,
+}
+
+impl AccessLogMetrics {
+    /// Counted, not exported.
+    pub fn detached() -> Self {
+        Self {
+            unrecorded: Registered::detached(Default::default()),
+            journalled: Registered::detached(Default::default()),
+            batches: Registered::detached(Default::default()),
+        }
+    }
+
+    /// Counted and exported through `context` (the node's metrics registry).
+    pub fn register(context: &impl commonware_runtime::Metrics) -> Self {
+        Self {
+            unrecorded: context.gauge(
+                "unrecorded",
+                "Reads this gateway answered that the chain has not recorded yet.",
+            ),
+            journalled: context.counter(
+                "journalled",
+                "Reads journalled (flushed) before their record was revealed.",
+            ),
+            batches: context.counter(
+                "batches",
+                "Access-log transactions submitted to put journalled reads on chain.",
+            ),
+        }
+    }
+}
+
 /// The journal and its writer.
 pub struct AccessLog {
     dir: PathBuf,
     queue: tokio::sync::mpsc::Sender<Request>,
     unrecorded: Arc<Mutex<Unrecorded>>,
     written: Arc<tokio::sync::Notify>,
-}
-
-fn segment_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{first:020}.log"))
-}
-
-fn encode(number: u64, entry: &AccessLogEntry, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&number.to_be_bytes());
-    out.extend_from_slice(entry.session.as_ref());
-    out.extend_from_slice(&entry.record);
-    out.push(entry.purpose);
-    out.extend_from_slice(&entry.checked_ms.to_be_bytes());
-    let crc = crc32fast::hash(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
-fn decode(bytes: &[u8]) -> Option<(u64, AccessLogEntry)> {
-    let (body, crc) = bytes.split_at(ENTRY_BYTES - 4);
-    if crc32fast::hash(body).to_be_bytes() != crc {
-        return None;
-    }
-    let number = u64::from_be_bytes(body[..8].try_into().ok()?);
-    let session = ehrchain_types::decode_public_key(body[8..40].try_into().ok()?).ok()?;
-    Some((
-        number,
-        AccessLogEntry {
-            session,
-            record: body[40..56].try_into().ok()?,
-            purpose: body[56],
-            checked_ms: u64::from_be_bytes(body[57..65].try_into().ok()?),
-        },
-    ))
-}
-
-/// Journal entries with their numbers.
-type Numbered = Vec<(u64, AccessLogEntry)>;
-
-/// Read every segment: the entries and the segments' first numbers. A torn tail of the last
-/// segment is cut off.
-fn replay(dir: &Path) -> std::io::Result<(Numbered, Vec<u64>)> {
-    let mut segments: Vec<u64> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".log")?.parse().ok()
-        })
-        .collect();
-    segments.sort_unstable();
-    let mut entries = Vec::new();
-    for (i, first) in segments.iter().enumerate() {
-        let path = segment_path(dir, *first);
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)?.read_to_end(&mut bytes)?;
-        let last = i + 1 == segments.len();
-        let mut good = 0;
-        let mut expected = *first;
-        for chunk in bytes.chunks(ENTRY_BYTES) {
-            match (chunk.len() == ENTRY_BYTES)
-                .then(|| decode(chunk))
-                .flatten()
-            {
-                Some((number, entry)) if number == expected => {
-                    entries.push((number, entry));
-                    expected += 1;
-                    good += ENTRY_BYTES;
-                }
-                _ if last => break,
-                _ => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("access log segment {} is damaged", path.display()),
-                    ));
-                }
-            }
-        }
-        if good < bytes.len() {
-            tracing::warn!(
-                segment = %path.display(),
-                cut = bytes.len() - good,
-                "cutting a torn tail off the access log"
-            );
-            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-            file.set_len(good as u64)?;
-            file.sync_all()?;
-        }
-    }
-    Ok((entries, segments))
+    metrics: AccessLogMetrics,
 }
 
 impl AccessLog {
     /// Open the journal in `dir`. `recorded` is the institution's next entry number on chain:
     /// entries before it are on the trail already.
-    pub fn open(dir: &Path, recorded: u64) -> std::io::Result<Self> {
+    pub fn open(dir: &Path, recorded: u64, metrics: AccessLogMetrics) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (entries, mut segments) = replay(dir)?;
+        let (entries, mut segments) = journal::replay(dir)?;
         let next = entries
             .last()
             .map_or(recorded, |(n, _)| (n + 1).max(recorded));
@@ -203,11 +150,7 @@ impl AccessLog {
             segments.push(next);
         }
         let current = *segments.last().expect("a segment");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment_path(dir, current))?;
-        std::fs::File::open(dir)?.sync_all()?;
+        let file = Appender::open(dir, current)?;
         let unrecorded = Arc::new(Mutex::new(Unrecorded {
             entries: entries
                 .into_iter()
@@ -218,7 +161,6 @@ impl AccessLog {
         let (queue, requests) = tokio::sync::mpsc::channel(QUEUE_MAX);
         let written = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
-            dir: dir.to_path_buf(),
             file,
             next,
             unrecorded: unrecorded.clone(),
@@ -227,12 +169,15 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || writer.run(requests))?;
-        Ok(Self {
+        let log = Self {
             dir: dir.to_path_buf(),
             queue,
             unrecorded,
             written,
-        })
+            metrics,
+        };
+        log.publish();
+        Ok(log)
     }
 
     /// Journal reads; returns once all of them are on disk (in one flush when they fit).
@@ -249,10 +194,17 @@ impl AccessLog {
                 .map_err(|_| LogError::Stopped)?;
             flushed.push(written);
         }
+        let count = flushed.len() as u64;
         for written in flushed {
             written.await.map_err(|_| LogError::Stopped)?;
         }
+        self.metrics.journalled.inc_by(count);
+        self.publish();
         Ok(())
+    }
+
+    fn publish(&self) {
+        let _ = self.metrics.unrecorded.try_set(self.unrecorded());
     }
 
     /// Journalled reads the chain has not recorded yet.
@@ -271,6 +223,7 @@ impl AccessLog {
         {
             unrecorded.entries.pop_front();
         }
+        let _ = self.metrics.unrecorded.try_set(unrecorded.entries.len());
         while unrecorded.segments.len() > 1 && unrecorded.segments[1] <= recorded {
             let first = unrecorded.segments.remove(0);
             let path = segment_path(&self.dir, first);
@@ -298,8 +251,7 @@ impl AccessLog {
 }
 
 struct Writer {
-    dir: PathBuf,
-    file: std::fs::File,
+    file: Appender,
     next: u64,
     unrecorded: Arc<Mutex<Unrecorded>>,
     written: Arc<tokio::sync::Notify>,
@@ -319,7 +271,7 @@ impl Writer {
             }
             bytes.clear();
             for (i, request) in group.iter().enumerate() {
-                encode(self.next + i as u64, &request.entry, &mut bytes);
+                journal::encode(self.next + i as u64, &request.entry, &mut bytes);
             }
             if let Err(error) = self.write(&bytes) {
                 // The journal's state on disk is unknown: stop rather than serve reads that
@@ -339,20 +291,14 @@ impl Writer {
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.file.metadata()?.len() >= SEGMENT_BYTES_MAX {
-            self.file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, self.next))?;
-            std::fs::File::open(&self.dir)?.sync_all()?;
+        if let Some(first) = self.file.append(self.next, bytes)? {
             self.unrecorded
                 .lock()
                 .expect("access log")
                 .segments
-                .push(self.next);
+                .push(first);
         }
-        self.file.write_all(bytes)?;
-        self.file.sync_data()
+        Ok(())
     }
 }
 
@@ -403,6 +349,7 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
             };
             match crate::gateway::submit_as_institution(&state, payload).await {
                 Ok(tx) => {
+                    log.metrics.batches.inc();
                     sent += count;
                     in_flight.push_back((sent, tx.id()));
                 }
@@ -444,24 +391,24 @@ mod tests {
     #[tokio::test]
     async fn journalled_reads_survive_a_restart_until_the_chain_records_them() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AccessLog::open(dir.path(), 0).unwrap();
+        let log = AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).unwrap();
         write(&log, 0..5).await;
         assert_eq!(log.batch(0).len(), 5);
         assert_eq!(log.batch(3), vec![entry(3), entry(4)]);
         drop(log);
         // The chain recorded the first two: the other three are sent again.
-        let log = AccessLog::open(dir.path(), 2).unwrap();
+        let log = AccessLog::open(dir.path(), 2, AccessLogMetrics::detached()).unwrap();
         assert_eq!(log.batch(2), vec![entry(2), entry(3), entry(4)]);
         write(&log, 5..6).await;
         assert_eq!(log.batch(2).last(), Some(&entry(5)));
         log.recorded(6);
         assert_eq!(log.unrecorded(), 0);
         drop(log);
-        let log = AccessLog::open(dir.path(), 6).unwrap();
+        let log = AccessLog::open(dir.path(), 6, AccessLogMetrics::detached()).unwrap();
         assert!(log.batch(6).is_empty());
         // Numbers go on from the chain's, also when the journal is behind it.
         drop(log);
-        let log = AccessLog::open(dir.path(), 9).unwrap();
+        let log = AccessLog::open(dir.path(), 9, AccessLogMetrics::detached()).unwrap();
         write(&log, 9..10).await;
         assert_eq!(log.batch(9), vec![entry(9)]);
     }
@@ -469,14 +416,14 @@ mod tests {
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_damage_before_it_stops_the_start() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AccessLog::open(dir.path(), 0).unwrap();
+        let log = AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).unwrap();
         write(&log, 0..3).await;
         drop(log);
         let path = segment_path(dir.path(), 0);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, &bytes).unwrap();
-        let log = AccessLog::open(dir.path(), 0).unwrap();
+        let log = AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).unwrap();
         assert_eq!(log.batch(0).len(), 3);
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
@@ -488,6 +435,6 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[ENTRY_BYTES + 20] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(AccessLog::open(dir.path(), 0).is_err());
+        assert!(AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).is_err());
     }
 }

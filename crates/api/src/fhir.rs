@@ -518,9 +518,11 @@ async fn record_reads<B: Blob>(
             })
             .collect();
         if !entries.is_empty() {
+            let count = entries.len() as u64;
             log.record(entries).await.map_err(|e| {
                 FhirError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", &e.to_string())
             })?;
+            state.gateway.metrics.reads_logged.inc_by(count);
         }
     }
     let mut transactions = Vec::new();
@@ -547,6 +549,7 @@ async fn record_reads<B: Blob>(
         let tx = transactions
             .next()
             .expect("one transaction per read not logged");
+        state.gateway.metrics.reads_on_chain.inc();
         let location = commit(state, tx).await?;
         let outcome = state.chain.read(|s| {
             s.event(location.height, location.index)
@@ -554,7 +557,10 @@ async fn record_reads<B: Blob>(
         });
         outcomes.push(match outcome {
             Some(Outcome::Allowed(_)) => Ok(()),
-            Some(Outcome::Denied(reason)) => Err(reason.code().to_string()),
+            Some(Outcome::Denied(reason)) => {
+                state.gateway.metrics.reads_denied.inc();
+                Err(reason.code().to_string())
+            }
             None => Err("not-recorded".to_string()),
         });
     }

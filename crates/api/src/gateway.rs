@@ -12,7 +12,10 @@
 use crate::{ApiState, WAIT_MAX, fhir::FhirError};
 use axum::http::{HeaderMap, StatusCode, header};
 use commonware_cryptography::Signer as _;
-use commonware_runtime::Blob;
+use commonware_runtime::{
+    Blob,
+    telemetry::metrics::{Counter, MetricsExt as _, Registered},
+};
 use ehrchain_chain::{SubmitError, application::Location};
 use ehrchain_crypto::jwt;
 use ehrchain_types::{Payload, PrivateKey, PublicKey, Transaction, TransactionBody};
@@ -75,6 +78,53 @@ pub struct Gateway {
     /// The journal of reads this gateway decided and served, on their way to the chain.
     /// Without one, every read waits for its own `Access` transaction to commit.
     pub access_log: Option<crate::access_log::AccessLog>,
+    pub metrics: GatewayMetrics,
+}
+
+/// What the gateway counts, where it happens.
+pub struct GatewayMetrics {
+    /// Reads decided by this gateway and journalled.
+    pub reads_logged: Counter,
+    /// Reads sent to the chain as their own `Access` transaction.
+    pub reads_on_chain: Counter,
+    /// Reads the contract denied (on the trail).
+    pub reads_denied: Counter,
+    /// Bearer tokens issued, and token requests refused.
+    pub tokens_issued: Counter,
+    pub tokens_refused: Counter,
+}
+
+impl GatewayMetrics {
+    /// Counted, not exported.
+    pub fn detached() -> Self {
+        Self {
+            reads_logged: Registered::detached(Default::default()),
+            reads_on_chain: Registered::detached(Default::default()),
+            reads_denied: Registered::detached(Default::default()),
+            tokens_issued: Registered::detached(Default::default()),
+            tokens_refused: Registered::detached(Default::default()),
+        }
+    }
+
+    /// Counted and exported through `context` (the node's metrics registry).
+    pub fn register(context: &impl commonware_runtime::Metrics) -> Self {
+        Self {
+            reads_logged: context.counter(
+                "reads_logged",
+                "Consented reads this gateway decided itself and journalled.",
+            ),
+            reads_on_chain: context.counter(
+                "reads_on_chain",
+                "Reads sent to the chain as their own Access transaction.",
+            ),
+            reads_denied: context.counter(
+                "reads_denied",
+                "Reads the contract denied (each is on the trail).",
+            ),
+            tokens_issued: context.counter("tokens_issued", "Bearer tokens issued."),
+            tokens_refused: context.counter("tokens_refused", "Token requests refused."),
+        }
+    }
 }
 
 /// Most custodial keys kept parsed in memory (the cache is emptied when full).
@@ -90,7 +140,14 @@ impl Gateway {
             institution_nonce: tokio::sync::Mutex::new(0),
             custody_keys: Mutex::default(),
             access_log: None,
+            metrics: GatewayMetrics::detached(),
         }
+    }
+
+    /// Count through `metrics` (`GatewayMetrics::register` exports them).
+    pub fn with_metrics(mut self, metrics: GatewayMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Serve consented reads through an access log journalled in `dir` (see `access_log`).
@@ -99,8 +156,9 @@ impl Gateway {
         mut self,
         dir: &std::path::Path,
         recorded: u64,
+        metrics: crate::access_log::AccessLogMetrics,
     ) -> std::io::Result<Self> {
-        self.access_log = Some(crate::access_log::AccessLog::open(dir, recorded)?);
+        self.access_log = Some(crate::access_log::AccessLog::open(dir, recorded, metrics)?);
         Ok(self)
     }
 
@@ -156,6 +214,18 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// `POST /auth/token`: exchange a signed client assertion for a bearer token.
 pub async fn token<B: Blob>(
     axum::extract::State(state): axum::extract::State<Arc<ApiState<B>>>,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, OAuthError> {
+    let answer = issue_token(&state, body).await;
+    match &answer {
+        Ok(_) => state.gateway.metrics.tokens_issued.inc(),
+        Err(_) => state.gateway.metrics.tokens_refused.inc(),
+    };
+    answer
+}
+
+async fn issue_token<B: Blob>(
+    state: &Arc<ApiState<B>>,
     body: axum::body::Bytes,
 ) -> Result<axum::response::Response, OAuthError> {
     use axum::response::IntoResponse;
@@ -276,7 +346,7 @@ pub async fn token<B: Blob>(
         .chain
         .submit(tx.bytes())
         .map_err(|e| login_refused(&e))?;
-    commit(&state, &tx).await.map_err(|e| {
+    commit(state, &tx).await.map_err(|e| {
         if e.status() == StatusCode::SERVICE_UNAVAILABLE {
             OAuthError(
                 StatusCode::SERVICE_UNAVAILABLE,

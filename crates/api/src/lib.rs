@@ -35,7 +35,7 @@ pub const WAIT_MAX: Duration = Duration::from_secs(30);
 pub struct ApiState<B: Blob> {
     pub chain: Chain<B>,
     pub genesis: Genesis,
-    /// Renders the node's Prometheus metrics (consensus, network, storage).
+    /// Renders the node's metrics registry (`commonware_runtime::Metrics::encode`).
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// The node's off-chain store of record envelopes and wrapped keys.
     pub store: Arc<ehrchain_storage::BlobStore>,
@@ -49,7 +49,7 @@ pub struct ApiState<B: Blob> {
     /// The API's open connections and those refused or closed by its limits.
     pub connections: Arc<serve::Connections>,
     /// Record blobs of final blocks this node does not hold yet (kept by the records keeper).
-    pub blobs_missing: Arc<std::sync::atomic::AtomicUsize>,
+    pub blobs_missing: commonware_runtime::telemetry::metrics::Gauge,
 }
 
 /// An API error: a status and a message that is safe to show (no PHI, no internals).
@@ -114,94 +114,16 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .with_state(state)
 }
 
+/// `GET /metrics`: the node's registry, as OpenMetrics. Every figure is registered where it
+/// is counted (chain and mempool, blob store, records keeper, gateway, access log, API
+/// connections, and the engine's own), under the runtime's metrics context.
 async fn metrics<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
-    let status = state.chain.status();
-    let mut text = (state.metrics)();
-    // The engine's registry is OpenMetrics, which ends with "# EOF": ours go before it.
-    let eof = text.trim_end().ends_with("# EOF");
-    if eof {
-        text.truncate(text.trim_end().len() - "# EOF".len());
-    }
-    for (name, kind, help, value) in [
-        (
-            "ehrchain_height",
-            "gauge",
-            "Height of the last finalized block.",
-            status.height,
-        ),
-        (
-            "ehrchain_transactions",
-            "counter",
-            "Transactions committed since genesis.",
-            status.transactions,
-        ),
-        (
-            "ehrchain_mempool",
-            "gauge",
-            "Transactions waiting in the mempool.",
-            status.mempool as u64,
-        ),
-        (
-            "ehrchain_access_log_unrecorded",
-            "gauge",
-            "Reads this gateway answered that the chain has not recorded yet.",
-            state
-                .gateway
-                .access_log
-                .as_ref()
-                .map_or(0, |log| log.unrecorded() as u64),
-        ),
-        (
-            "ehrchain_blobs_missing",
-            "gauge",
-            "Record blobs of final blocks this node does not hold yet (being fetched from peers).",
-            state
-                .blobs_missing
-                .load(std::sync::atomic::Ordering::Relaxed) as u64,
-        ),
-        (
-            "ehrchain_api_connections",
-            "gauge",
-            "API connections open now.",
-            state.connections.open() as u64,
-        ),
-        (
-            "ehrchain_api_connections_refused",
-            "counter",
-            "API connections closed at accept because a connection cap was reached.",
-            state
-                .connections
-                .refused
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        (
-            "ehrchain_api_connections_timed_out",
-            "counter",
-            "API connections closed for sending no complete request, or no byte, in time.",
-            state
-                .connections
-                .timed_out
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
-    ] {
-        let sample = if kind == "counter" {
-            format!("{name}_total")
-        } else {
-            name.to_string()
-        };
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{sample} {value}\n"
-        ));
-    }
-    if eof {
-        text.push_str("# EOF\n");
-    }
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        text,
+        (state.metrics)(),
     )
         .into_response()
 }
@@ -243,7 +165,7 @@ async fn status<B: Blob>(
         "mempool": status.mempool,
         "epoch": epoch,
         "validators": validators,
-        "blobs_missing": state.blobs_missing.load(std::sync::atomic::Ordering::Relaxed),
+        "blobs_missing": state.blobs_missing.get(),
     });
     // How many reads the network has served, and how many this node still owes the chain,
     // are figures about everyone's trail: for members and auditors only.

@@ -9,6 +9,7 @@
 //! [`FD_RESERVE`], which stays free for consensus storage and peers.
 
 use axum::Router;
+use commonware_runtime::telemetry::metrics::{Counter, Gauge, MetricsExt as _, Registered};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -95,14 +96,27 @@ pub fn raise_fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Open connections, in total and by peer address.
-#[derive(Default)]
+/// Open connections, in total and by peer address, and what the accept loop counts.
 pub struct Connections {
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Connections open now (the gauge of `open`).
+    open_now: Gauge,
     /// Connections closed at accept because a cap was reached.
-    pub refused: AtomicU64,
+    pub refused: Counter,
     /// Connections closed for sending no complete request or no byte in time.
-    pub timed_out: AtomicU64,
+    pub timed_out: Counter,
+}
+
+impl Default for Connections {
+    /// Counted, not exported.
+    fn default() -> Self {
+        Self {
+            open: Mutex::default(),
+            open_now: Registered::detached(Default::default()),
+            refused: Registered::detached(Default::default()),
+            timed_out: Registered::detached(Default::default()),
+        }
+    }
 }
 
 /// One counted connection; dropping it frees its slot.
@@ -115,6 +129,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.connections.open.lock().expect("connection count");
         open.0 -= 1;
+        self.connections.open_now.dec();
         if let Some(n) = open.1.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -125,15 +140,32 @@ impl Drop for Slot {
 }
 
 impl Connections {
+    /// Connections counted and exported through `context` (the node's metrics registry).
+    pub fn registered(context: &impl commonware_runtime::Metrics) -> Self {
+        Self {
+            open: Mutex::default(),
+            open_now: context.gauge("connections", "API connections open now."),
+            refused: context.counter(
+                "connections_refused",
+                "API connections closed at accept because a connection cap was reached.",
+            ),
+            timed_out: context.counter(
+                "connections_timed_out",
+                "API connections closed for sending no complete request, or no byte, in time.",
+            ),
+        }
+    }
+
     fn admit(self: &Arc<Self>, peer: IpAddr, limits: &Limits) -> Option<Slot> {
         let mut open = self.open.lock().expect("connection count");
         let from_peer = open.1.get(&peer).copied().unwrap_or(0);
         if open.0 >= limits.connections_max || from_peer >= limits.connections_per_peer_max {
             drop(open);
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.refused.inc();
             return None;
         }
         open.0 += 1;
+        self.open_now.inc();
         *open.1.entry(peer).or_default() += 1;
         Some(Slot {
             connections: self.clone(),
@@ -330,7 +362,7 @@ pub async fn serve<H: Handshake>(
                     Ok(Ok(stream)) => stream,
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        connections.timed_out.fetch_add(1, Ordering::Relaxed);
+                        connections.timed_out.inc();
                         return;
                     }
                 };
@@ -364,7 +396,7 @@ pub async fn serve<H: Handshake>(
                         ));
                         if idle >= limits.idle_timeout {
                             // Lets a request in flight finish, then closes.
-                            connections.timed_out.fetch_add(1, Ordering::Relaxed);
+                            connections.timed_out.inc();
                             connection.as_mut().graceful_shutdown();
                             closing = true;
                         }
@@ -405,6 +437,6 @@ mod tests {
         assert!(connections.admit(b, &limits).is_none(), "total cap");
         drop(first);
         assert!(connections.admit(b, &limits).is_some());
-        assert_eq!(connections.refused.load(Ordering::Relaxed), 2);
+        assert_eq!(connections.refused.get(), 2);
     }
 }

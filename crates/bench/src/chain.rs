@@ -59,7 +59,8 @@ fn client_keys(args: &Args) -> Vec<PrivateKey> {
 fn enroll_clients(args: &Args, apis: &[String], dir: &std::path::Path) -> Result<()> {
     let institution =
         ehrchain_cli::records::load_signer(&dir.join("node-0").join("validator.key"))?;
-    let session = ehrchain_cli::records::Session::open(&apis[0])?;
+    let session =
+        ehrchain_cli::records::Session::open(ehrchain_cli::client::Http::AS_CURRENT, &apis[0])?;
     let first = session.nonce(&institution.public)?;
     let transactions: Vec<Transaction> = client_keys(args)
         .iter()

@@ -158,7 +158,8 @@ fn populate(args: &Args, apis: &[String], dir: &Path) -> Result<Population> {
             tx.bytes().to_vec(),
         )?;
     }
-    let session = ehrchain_cli::records::Session::open(&apis[0])?;
+    let session =
+        ehrchain_cli::records::Session::open(ehrchain_cli::client::Http::AS_CURRENT, &apis[0])?;
     for (_, tx) in &transactions {
         session.wait(&hex::encode(tx.id()))?;
     }

@@ -83,7 +83,8 @@ fn setup(apis: &[String], transactions: &[Transaction]) -> Result<()> {
             tx.bytes().to_vec(),
         )?;
     }
-    let session = ehrchain_cli::records::Session::open(&apis[0])?;
+    let session =
+        ehrchain_cli::records::Session::open(ehrchain_cli::client::Http::AS_CURRENT, &apis[0])?;
     for tx in transactions {
         session.wait(&hex::encode(tx.id()))?;
     }

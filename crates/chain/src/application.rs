@@ -20,7 +20,10 @@ use commonware_consensus::{
     types::Height,
 };
 use commonware_cryptography::{BatchEntry, BatchVerifier, Digested, Digestible as _};
-use commonware_runtime::{Blob, Clock};
+use commonware_runtime::{
+    Blob, Clock, Metrics,
+    telemetry::metrics::{Counter, Gauge, GaugeExt as _, MetricsExt as _, Registered},
+};
 use commonware_utils::Acknowledgement;
 use ehrchain_contracts::{
     execute,
@@ -122,7 +125,46 @@ struct Pending {
     delta: Arc<Delta>,
 }
 
+/// What a node counts about its chain and mempool, where it happens (in `commit` and
+/// `admit`). Detached (counted, not exported) until [`Chain::register_metrics`].
+struct ChainMetrics {
+    height: Gauge,
+    transactions: Counter,
+    mempool: Gauge,
+    admitted: Counter,
+    evicted: Counter,
+}
+
+impl ChainMetrics {
+    fn detached() -> Self {
+        Self {
+            height: Registered::detached(Default::default()),
+            transactions: Registered::detached(Default::default()),
+            mempool: Registered::detached(Default::default()),
+            admitted: Registered::detached(Default::default()),
+            evicted: Registered::detached(Default::default()),
+        }
+    }
+
+    fn register(context: &impl Metrics) -> Self {
+        Self {
+            height: context.gauge("height", "Height of the last finalized block."),
+            transactions: context.counter("transactions", "Transactions committed since genesis."),
+            mempool: context.gauge("mempool", "Transactions waiting in the mempool."),
+            admitted: context.counter(
+                "mempool_admitted",
+                "Transactions admitted to the mempool since start.",
+            ),
+            evicted: context.counter(
+                "mempool_evicted",
+                "Transactions dropped from the mempool because they can never apply.",
+            ),
+        }
+    }
+}
+
 struct Inner {
+    metrics: ChainMetrics,
     state: State,
     height: u64,
     digest: Digest,
@@ -262,6 +304,7 @@ impl<B: Blob> Chain<B> {
     pub fn restore(config: ChainConfig, records: &[Record]) -> Result<Self, String> {
         let genesis = &config.genesis;
         let mut inner = Inner {
+            metrics: ChainMetrics::detached(),
             state: State::new(&config.institutions, &config.auditors, config.rules),
             height: 0,
             digest: genesis.digest(),
@@ -390,6 +433,17 @@ impl<B: Blob> Chain<B> {
         }
     }
 
+    /// Export this chain's counts through `context` (the node's metrics registry), starting
+    /// from what the restored chain already holds.
+    pub fn register_metrics(&self, context: &impl Metrics) {
+        let metrics = ChainMetrics::register(context);
+        let mut inner = self.lock();
+        let _ = metrics.height.try_set(inner.height);
+        metrics.transactions.inc_by(inner.transactions);
+        let _ = metrics.mempool.try_set(inner.mempool.len());
+        inner.metrics = metrics;
+    }
+
     /// Decode, check and admit a transaction from a client.
     pub fn submit(&self, bytes: &[u8]) -> Result<Digest, SubmitError> {
         let tx = Transaction::decode(bytes)?;
@@ -406,6 +460,8 @@ impl<B: Blob> Chain<B> {
         }
         let Inner { mempool, state, .. } = &mut *inner;
         mempool.insert(tx.clone(), state)?;
+        inner.metrics.admitted.inc();
+        let _ = inner.metrics.mempool.try_set(inner.mempool.len());
         inner.remember_verified(id);
         inner.admissions += 1;
         if gossip && inner.outbox.len() < OUTBOX_TRANSACTIONS_MAX {
@@ -724,6 +780,13 @@ fn commit(inner: &mut Inner, block: &Block, delta: Arc<Delta>, root: Digest) {
             "dropped transactions that waited too long behind a nonce gap"
         );
     }
+    inner.metrics.evicted.inc_by(evicted.len() as u64);
+    let _ = inner.metrics.height.try_set(height);
+    inner
+        .metrics
+        .transactions
+        .inc_by(block.transactions.len() as u64);
+    let _ = inner.metrics.mempool.try_set(inner.mempool.len());
     for (id, code, reason) in evicted {
         if inner.rejected_order.len() >= REJECTED_MAX
             && let Some(oldest) = inner.rejected_order.pop_front()

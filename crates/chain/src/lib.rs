@@ -3,7 +3,7 @@
 pub mod application;
 pub mod engine;
 pub mod epochs;
-pub mod log;
+pub use ehrchain_storage::block_log as log;
 pub mod mempool;
 pub mod proofs;
 pub mod records;

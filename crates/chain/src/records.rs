@@ -14,7 +14,10 @@
 
 use crate::Chain;
 use commonware_p2p::{Receiver, Recipients, Sender};
-use commonware_runtime::Blob;
+use commonware_runtime::{
+    Blob, Metrics,
+    telemetry::metrics::{Counter, Gauge, GaugeExt as _, MetricsExt as _, Registered},
+};
 use ehrchain_contracts::consent::{Grant, GrantId};
 use ehrchain_contracts::{
     facts::RecordVersion,
@@ -182,14 +185,51 @@ fn halt(error: ehrchain_storage::Error) -> ! {
     std::process::exit(3);
 }
 
+/// What the records keeper counts, where it happens.
+struct KeeperMetrics {
+    missing: Gauge,
+    fetched: Counter,
+    refused: Counter,
+    served: Counter,
+}
+
+impl KeeperMetrics {
+    fn detached() -> Self {
+        Self {
+            missing: Registered::detached(Default::default()),
+            fetched: Registered::detached(Default::default()),
+            refused: Registered::detached(Default::default()),
+            served: Registered::detached(Default::default()),
+        }
+    }
+
+    fn register(context: &impl Metrics) -> Self {
+        Self {
+            missing: context.gauge(
+                "blobs_missing",
+                "Record blobs of final blocks this node does not hold yet (being fetched from peers).",
+            ),
+            fetched: context.counter(
+                "blobs_fetched",
+                "Record blobs fetched from peers and stored.",
+            ),
+            refused: context.counter(
+                "blobs_refused",
+                "Record blobs from peers refused because they do not match their anchor.",
+            ),
+            served: context.counter("blobs_served", "Record blobs sent to peers that asked."),
+        }
+    }
+}
+
 /// The keeper of one node's off-chain store.
 pub struct Records<B: Blob> {
     chain: Chain<B>,
     store: Arc<BlobStore>,
     /// What this node still needs, with when it was last asked for and how often.
     missing: BTreeMap<Wanted, Option<(std::time::Instant, u32)>>,
-    /// How many blobs are missing, for `/chain/status` and the metrics.
-    missing_count: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the keeper counts (the missing gauge also feeds `/chain/status`).
+    metrics: KeeperMetrics,
     /// This node's key: every other member is a peer to fetch from.
     me: PublicKey,
     next_peer: usize,
@@ -212,7 +252,7 @@ impl<B: Blob> Records<B> {
             chain,
             store,
             missing: BTreeMap::new(),
-            missing_count: Arc::default(),
+            metrics: KeeperMetrics::detached(),
             me,
             next_peer: 0,
             promoted: Vec::new(),
@@ -256,14 +296,19 @@ impl<B: Blob> Records<B> {
         }
     }
 
+    /// Export the keeper's counts through `context` (the node's metrics registry).
+    pub fn with_metrics(mut self, context: &impl Metrics) -> Self {
+        self.metrics = KeeperMetrics::register(context);
+        self
+    }
+
     /// The number of missing blobs, kept current by the keeper.
-    pub fn missing_gauge(&self) -> Arc<std::sync::atomic::AtomicUsize> {
-        self.missing_count.clone()
+    pub fn missing_gauge(&self) -> Gauge {
+        self.metrics.missing.clone()
     }
 
     fn publish_missing(&self) {
-        self.missing_count
-            .store(self.missing.len(), std::sync::atomic::Ordering::Relaxed);
+        let _ = self.metrics.missing.try_set(self.missing.len());
     }
 
     /// List again every final version this node does not hold (see [`RECHECK_INTERVAL`]).
@@ -671,6 +716,7 @@ impl<B: Blob> Records<B> {
             size += item_size;
             found.push((hash, envelope, wraps));
         }
+        self.metrics.served.inc_by(found.len() as u64);
         encode_response(&found)
     }
 
@@ -693,6 +739,7 @@ impl<B: Blob> Records<B> {
             };
             if envelope_hash(&envelope) != hash {
                 tracing::warn!(hash = %hex::encode(hash), "a peer sent a blob that does not match its anchor; rejected");
+                self.metrics.refused.inc();
                 continue;
             }
             // Keep only wraps for parties entitled now (a peer may lag behind a revocation).
@@ -715,6 +762,7 @@ impl<B: Blob> Records<B> {
             if let Err(e) = self.store.put(&envelope, &wraps).await {
                 halt(e)
             }
+            self.metrics.fetched.inc();
             self.missing.remove(&wanted);
             if self.shares.contains_key(&hash) {
                 self.apply_share(&hash).await;

@@ -220,7 +220,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
                 });
             }
             ensure!(actions.len() == 1, "give exactly one change to propose");
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let member = crate::records::load_signer(&key)?;
             let proposal = crate::records::random16();
             let (tx, status) = session.send(
@@ -245,7 +245,7 @@ pub fn governance(command: GovernanceCommand) -> Result<ExitCode> {
             proposal,
             approve,
         } => {
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let member = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(
                 &member,
@@ -454,7 +454,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
             days,
             seconds,
         } => {
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let owner = crate::records::load_signer(&key)?;
             let patient = id16(&patient, "--patient")?;
             let grantee_key = public_key_from_hex(&grantee)
@@ -546,7 +546,7 @@ pub fn consent(command: ConsentCommand) -> Result<ExitCode> {
             patient,
             grant,
         } => {
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let owner = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(
                 &owner,
@@ -610,7 +610,7 @@ pub fn access(command: AccessCommand) -> Result<ExitCode> {
 
 pub fn break_glass(args: BreakGlassArgs) -> Result<ExitCode> {
     crate::client::use_key(&args.api, &args.key)?;
-    let session = Session::open(&args.api)?;
+    let session = Session::open(crate::client::Http::AS_CURRENT, &args.api)?;
     let clinician = crate::records::load_signer(&args.key)?;
     let (tx, status) = session.send(
         &clinician,

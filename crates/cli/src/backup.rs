@@ -298,8 +298,12 @@ pub fn backup(config_path: &Path, out: &Path, progress: bool) -> Result<Manifest
         0
     };
     let journal_entries = {
-        let journal = ehrchain_api::access_log::AccessLog::open(&data.join("access-log"), 0)
-            .context("the copied access-log journal does not read back")?;
+        let journal = ehrchain_api::access_log::AccessLog::open(
+            &data.join("access-log"),
+            0,
+            ehrchain_api::access_log::AccessLogMetrics::detached(),
+        )
+        .context("the copied access-log journal does not read back")?;
         journal.unrecorded()
     };
     let mut files = Vec::new();

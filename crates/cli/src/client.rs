@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use ehrchain_types::proof::InclusionProof;
 use ehrchain_types::{Payload, TransactionBody, digest_from_hex};
 use serde_json::Value;
 use std::{path::PathBuf, process::ExitCode};
@@ -286,22 +285,6 @@ pub fn tx(command: TxCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An inclusion proof from a proof file or from a FHIR `Provenance` (its `signature.data`).
-fn proof_from(text: &str) -> Result<InclusionProof> {
-    let value: Value = serde_json::from_str(text).context("not JSON")?;
-    if value["resourceType"] == "Provenance" {
-        use base64::Engine as _;
-        let data = value["signature"][0]["data"]
-            .as_str()
-            .context("the Provenance carries no signature.data")?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .context("signature.data is not base64")?;
-        return serde_json::from_slice(&bytes).context("signature.data is not an inclusion proof");
-    }
-    serde_json::from_value(value).context("not a proof file")
-}
-
 pub fn proof(command: ProofCommand) -> Result<ExitCode> {
     if let ProofCommand::Get { api, key, .. } = &command {
         use_key(api, key)?;
@@ -323,9 +306,9 @@ pub fn proof(command: ProofCommand) -> Result<ExitCode> {
         }
         ProofCommand::Verify { proof, genesis } => {
             let genesis = crate::config::load_genesis(&genesis)?;
-            let text = std::fs::read_to_string(&proof)
+            let text = std::fs::read(&proof)
                 .with_context(|| format!("cannot read {}", proof.display()))?;
-            let proof = proof_from(&text)?;
+            let proof = ehrchain_client::proof::parse(&text)?;
             match proof.verify(&genesis) {
                 Ok(verified) => println!(
                     "valid: transaction {} is in block {} at height {}, finalized at height {}",
@@ -375,14 +358,20 @@ pub enum AuthCommand {
     },
 }
 
-/// Sign a client assertion for `seed` addressed to `token_url` (`ehrchain_client::smart`).
-pub fn client_assertion(seed: &[u8; 32], token_url: &str) -> Result<String> {
-    let now_s = std::time::SystemTime::now()
+/// Seconds since the Unix epoch, for a login's assertion.
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Sign a client assertion for `seed` addressed to `token_url` (`ehrchain_client::smart`).
+pub fn client_assertion(seed: &[u8; 32], token_url: &str) -> Result<String> {
     Ok(ehrchain_client::smart::client_assertion(
-        seed, token_url, now_s,
+        seed,
+        token_url,
+        now_s(),
     )?)
 }
 
@@ -393,34 +382,69 @@ pub fn login(api: &str, key: &std::path::Path) -> Result<String> {
 
 /// Get a bearer token for the identity of `seed` at `api` (a new login each call).
 pub fn login_seed(api: &str, seed: &[u8; 32]) -> Result<String> {
-    let api = api.trim_end_matches('/');
-    let url = format!("{api}/.well-known/smart-configuration");
-    let response = agent()
-        .get(&url)
-        .call()
-        .with_context(|| format!("cannot reach {url}"))?;
-    let config = answer(&url, response)?;
-    let token_url = config["token_endpoint"]
-        .as_str()
-        .context("the node advertises no token endpoint")?
-        .to_string();
-    let assertion = client_assertion(seed, &token_url)?;
-    let response = agent()
-        .post(&token_url)
-        .send_form(ehrchain_client::smart::token_request(&assertion))
-        .with_context(|| format!("cannot reach {token_url}"))?;
-    let status = response.status();
-    let body: Value = response.into_body().read_json().unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{token_url}: {status}: {}",
-            body["error_description"].as_str().unwrap_or("no detail")
-        );
+    // Anonymous: a login must not ask for the token it is getting (the login table is locked
+    // while a token is being fetched).
+    ehrchain_client::smart::login(&Http::ANONYMOUS, api, seed, now_s())
+        .with_context(|| format!("cannot log in at {}", api.trim_end_matches('/')))
+}
+
+/// The CLI's HTTP agent as the client library's transport: the `--ca` roots, and (unless
+/// anonymous) this process's bearer token for the node a URL names.
+pub struct Http {
+    anonymous: bool,
+}
+
+impl Http {
+    /// Requests as the identity this process acts as (`use_key`).
+    pub const AS_CURRENT: Http = Http { anonymous: false };
+    /// Requests without a bearer token: discovery and login.
+    pub const ANONYMOUS: Http = Http { anonymous: true };
+}
+
+/// The typed error behind an `anyhow` chain of this module (a node's answer keeps its code);
+/// anything else means the node was not reached.
+fn typed(url: &str, error: anyhow::Error) -> ehrchain_client::Error {
+    match error.downcast::<ehrchain_client::Error>() {
+        Ok(typed) => typed,
+        Err(other) => ehrchain_client::Error::Unreachable {
+            url: url.to_string(),
+            message: format!("{other:#}"),
+        },
     }
-    body["access_token"]
-        .as_str()
-        .map(str::to_string)
-        .context("the answer has no access_token")
+}
+
+impl ehrchain_client::Transport for Http {
+    fn get_json(&self, url: &str) -> Result<Value, ehrchain_client::Error> {
+        if self.anonymous {
+            let response = agent().get(url).call().map_err(|e| typed(url, e.into()))?;
+            return answer(url, response).map_err(|e| typed(url, e));
+        }
+        get_json(url).map_err(|e| typed(url, e))
+    }
+
+    fn post_bytes(&self, url: &str, body: Vec<u8>) -> Result<Value, ehrchain_client::Error> {
+        if self.anonymous {
+            let response = agent()
+                .post(url)
+                .header("content-type", "application/octet-stream")
+                .send(&body[..])
+                .map_err(|e| typed(url, e.into()))?;
+            return answer(url, response).map_err(|e| typed(url, e));
+        }
+        post_bytes(url, body).map_err(|e| typed(url, e))
+    }
+
+    fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<Value, ehrchain_client::Error> {
+        let response = agent()
+            .post(url)
+            .send_form(form.iter().copied())
+            .map_err(|e| typed(url, e.into()))?;
+        answer(url, response).map_err(|e| typed(url, e))
+    }
+
+    fn pause(&self, duration: std::time::Duration) {
+        std::thread::sleep(duration);
+    }
 }
 
 /// Where and as whom an `ehrchain fhir` request goes.

@@ -181,7 +181,7 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         let institution =
             crate::records::load_signer(&dir.join(format!("node-{home}/validator.key")))?;
         crate::client::use_seed(api, &institution.seed);
-        let session = Session::open(api)?;
+        let session = Session::open(crate::client::Http::AS_CURRENT, api)?;
         let seed = crate::config::random_seed();
         crate::config::write_key(&keys.join(format!("clinician-{}.key", home + 1)), &seed)?;
         let clinician = Signer::from_seed(&seed);
@@ -214,7 +214,7 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         let institution =
             crate::records::load_signer(&dir.join(format!("node-{home}/validator.key")))?;
         crate::client::use_seed(api, &institution.seed);
-        let session = Session::open(api)?;
+        let session = Session::open(crate::client::Http::AS_CURRENT, api)?;
         let seed = crate::config::random_seed();
         crate::config::write_key(&keys.join(format!("patient-{}.key", home + 1)), &seed)?;
         let patient = Signer::from_seed(&seed);

@@ -234,9 +234,15 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         )
         .await;
         handles.push(network_handle);
+        // Every figure of ours is registered where it is counted, under one `ehrchain` context;
+        // `/metrics` renders the whole registry, the engine's and the network's included.
+        let metrics = context.child("ehrchain");
+        chain.register_metrics(&metrics);
+        store.register_metrics(&metrics.child("storage"));
         let keeper =
             ehrchain_chain::records::Records::new(chain.clone(), store.clone(), me.clone())
-                .with_custody(config.data_dir.join("custody"));
+                .with_custody(config.data_dir.join("custody"))
+                .with_metrics(&metrics);
         let blobs_missing = keeper.missing_gauge();
         tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
 
@@ -248,8 +254,14 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             chain.read(|s| s.access_log_next(&me))
         };
         let gateway = match ehrchain_api::gateway::Gateway::new(config.api_url(), Some(gateway_key))
-            .with_access_log(&config.data_dir.join("access-log"), recorded)
-        {
+            .with_metrics(ehrchain_api::gateway::GatewayMetrics::register(
+                &metrics.child("gateway"),
+            ))
+            .with_access_log(
+                &config.data_dir.join("access-log"),
+                recorded,
+                ehrchain_api::access_log::AccessLogMetrics::register(&metrics.child("access_log")),
+            ) {
             Ok(gateway) => gateway,
             Err(error) => {
                 tracing::error!(%error, "cannot open the access log");
@@ -264,7 +276,9 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             institution_key: Some(institution_key),
             custody_dir: Some(config.data_dir.join("custody")),
             gateway,
-            connections: Default::default(),
+            connections: Arc::new(ehrchain_api::serve::Connections::registered(
+                &metrics.child("api"),
+            )),
             blobs_missing,
         });
         tokio::spawn(ehrchain_api::access_log::run(state.clone()));

@@ -9,9 +9,9 @@ use crate::client::{answer, get_json, post_bytes};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
 use ehrchain_crypto::{Binding, EncryptionPublicKey};
-use ehrchain_types::{ErrorCode, PublicKey, digest_from_hex, sha256};
+use ehrchain_types::{digest_from_hex, sha256};
 use serde_json::Value;
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 #[derive(Subcommand)]
 pub enum RecordCommand {
@@ -227,100 +227,9 @@ pub fn load_signer(path: &std::path::Path) -> Result<Signer> {
     Ok(Signer::from_seed(&crate::config::read_seed(path)?))
 }
 
-/// A node's API with the chain id and a signer's next nonce.
-pub struct Session {
-    pub api: String,
-    pub chain_id: u64,
-}
-
-impl Session {
-    pub fn open(api: &str) -> Result<Self> {
-        let api = api.trim_end_matches('/').to_owned();
-        let status = get_json(&format!("{api}/chain/status"))?;
-        let chain_id = status["chain_id"]
-            .as_u64()
-            .context("status lacks chain_id")?;
-        Ok(Self { api, chain_id })
-    }
-
-    pub fn nonce(&self, signer: &PublicKey) -> Result<u64> {
-        let account = get_json(&format!("{}/chain/accounts/{signer}", self.api))?;
-        account["next_nonce"]
-            .as_u64()
-            .context("account lacks next_nonce")
-    }
-
-    pub fn sign(
-        &self,
-        signer: &Signer,
-        payload: ehrchain_types::Payload,
-    ) -> Result<ehrchain_types::Transaction> {
-        Ok(signer.sign(self.chain_id, self.nonce(&signer.public)?, payload))
-    }
-
-    /// Sign `payload` with the signer's next nonce, submit it and wait for the commit. If
-    /// another transaction of the same signer took that nonce first (this node had not yet
-    /// seen it commit elsewhere), sign again with the next one.
-    pub fn send(
-        &self,
-        signer: &Signer,
-        payload: ehrchain_types::Payload,
-    ) -> Result<(ehrchain_types::Transaction, Value)> {
-        let mut attempt = 0;
-        loop {
-            let tx = self.sign(signer, payload.clone())?;
-            match self.submit_and_wait(&tx) {
-                Ok(status) => return Ok((tx, status)),
-                // Decided by the stable code, never the message's wording.
-                Err(error) if attempt < 5 && crate::client::retryable(&error) => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    }
-
-    /// Submit a signed transaction and wait until it is committed.
-    pub fn submit_and_wait(&self, tx: &ehrchain_types::Transaction) -> Result<Value> {
-        post_bytes(
-            &format!("{}/chain/transactions", self.api),
-            tx.bytes().to_vec(),
-        )?;
-        self.wait(&hex::encode(tx.id()))
-    }
-
-    pub fn wait(&self, hash: &str) -> Result<Value> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let status = get_json(&format!(
-                "{}/chain/transactions/{hash}?wait_ms=10000",
-                self.api
-            ))?;
-            if status["status"] == "committed" {
-                if let Some(message) = status["denied"]["message"].as_str() {
-                    bail!("refused: {message}; the attempt is recorded on chain");
-                }
-                return Ok(status);
-            }
-            if status["status"] == "rejected" {
-                let code = status["code"].as_str().and_then(ErrorCode::parse);
-                return Err(ehrchain_client::Error::Rejected {
-                    code: code.unwrap_or(ErrorCode::Rejected),
-                    message: format!(
-                        "transaction {hash}: {}",
-                        status["reason"].as_str().unwrap_or("no reason given")
-                    ),
-                }
-                .into());
-            }
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "transaction {hash} not committed within 120 s"
-            );
-        }
-    }
-}
+/// A node's API with the chain id and each signer's next nonce, over the CLI's HTTP agent
+/// (`ehrchain_client::Session`).
+pub type Session = ehrchain_client::Session<crate::client::Http>;
 
 fn id16(text: &str, what: &str) -> Result<[u8; 16]> {
     ehrchain_types::id_from_hex(text).with_context(|| format!("{what} must be 32 hex characters"))
@@ -414,7 +323,7 @@ pub fn readers_for(
 
 fn upload_and_wait(session: &Session, prepared: &Prepared) -> Result<Value> {
     post_bytes(&format!("{}/records", session.api), prepared.upload.clone())?;
-    session.wait(&hex::encode(prepared.transaction.id()))
+    Ok(session.wait(&hex::encode(prepared.transaction.id()))?)
 }
 
 fn latest_version(api: &str, record: &[u8; 16]) -> Result<Option<u32>> {
@@ -495,7 +404,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             record,
             readers,
         } => {
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let author = crate::records::load_signer(&key)?;
             let json =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -545,7 +454,7 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
             version,
             purpose,
         } => {
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let api = session.api.as_str();
             let reader = crate::records::load_signer(&key)?;
             let record = id16(&record, "--record")?;
@@ -621,7 +530,7 @@ fn register_new(
     out: &std::path::Path,
     register: impl FnOnce(&Signer) -> ehrchain_types::Payload,
 ) -> Result<Signer> {
-    let session = Session::open(api)?;
+    let session = Session::open(crate::client::Http::AS_CURRENT, api)?;
     let institution = crate::records::load_signer(key)?;
     let seed = crate::config::random_seed();
     let new = Signer::from_seed(&seed);
@@ -662,7 +571,7 @@ pub fn patient(command: PatientCommand) -> Result<ExitCode> {
             println!("{}", hex::encode(patient));
         }
         PatientCommand::Erase { api, key, patient } => {
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let signer = crate::records::load_signer(&key)?;
             let patient = id16(&patient, "--patient")?;
             let (tx, status) =
@@ -771,7 +680,7 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
         } => {
             let clinician = ehrchain_types::public_key_from_hex(&clinician)
                 .context("--clinician must be a 64-hex-character public key")?;
-            let session = Session::open(&api)?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let institution = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(
                 &institution,

@@ -142,6 +142,22 @@ fn consortium_survives_a_crash_and_detects_tampering() {
         .unwrap();
     assert!(metrics.contains("ehrchain_height "), "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"));
+    // Each component registers its own figures where it counts them (a login happened).
+    for name in [
+        "ehrchain_transactions_total ",
+        "ehrchain_mempool ",
+        "ehrchain_storage_stored_total ",
+        "ehrchain_blobs_missing ",
+        "ehrchain_gateway_tokens_issued_total ",
+        "ehrchain_access_log_unrecorded ",
+        "ehrchain_api_connections ",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
+    assert!(
+        !metrics.contains("ehrchain_gateway_tokens_issued_total 0\n"),
+        "the login above was counted: {metrics}"
+    );
 
     // A committed transaction with a proof that checks offline.
     // The signer is the genesis auditor: the mempool admits only signers the chain knows.

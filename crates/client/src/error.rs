@@ -17,6 +17,16 @@ pub enum Error {
     /// A transaction was rejected by the chain after it was accepted.
     #[error("transaction rejected: {message} ({code})")]
     Rejected { code: ErrorCode, message: String },
+    /// The transaction committed, but the contract refused its operation: only the attempt
+    /// is on chain.
+    #[error("refused: {message}; the attempt is recorded on chain ({code})")]
+    Denied { code: ErrorCode, message: String },
+    /// The node did not answer in time, or a transaction did not commit in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The node could not be reached.
+    #[error("cannot reach {url}: {message}")]
+    Unreachable { url: String, message: String },
     /// The input is not something the client can send (invalid FHIR, a bad id).
     #[error("{0}")]
     Invalid(String),
@@ -25,6 +35,9 @@ pub enum Error {
     Protocol(String),
     #[error("{0}")]
     Crypto(#[from] ehrchain_crypto::Error),
+    /// An inclusion proof that does not check out.
+    #[error("{0}")]
+    Proof(#[from] ehrchain_types::proof::ProofError),
     #[error("no secure random source")]
     Random,
 }
@@ -39,9 +52,10 @@ impl Error {
         let code = named
             .and_then(ErrorCode::parse)
             .unwrap_or(ErrorCode::of_status(status));
-        let message = body["error"]
+        // An OAuth error names its kind in `error` and explains in `error_description`.
+        let message = body["error_description"]
             .as_str()
-            .or_else(|| body["error_description"].as_str())
+            .or_else(|| body["error"].as_str())
             .or_else(|| body["issue"][0]["diagnostics"].as_str())
             .unwrap_or("no detail")
             .to_string();
@@ -55,7 +69,9 @@ impl Error {
     /// The stable code, for errors that came from a node.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Api { code, .. } | Self::Rejected { code, .. } => Some(*code),
+            Self::Api { code, .. } | Self::Rejected { code, .. } | Self::Denied { code, .. } => {
+                Some(*code)
+            }
             _ => None,
         }
     }

@@ -2,7 +2,7 @@
 //! /fhir/auth/token` exchanges for a bearer token. The caller gives the time, so the same code
 //! runs where there is no system clock (the browser passes `Date.now()`).
 
-use crate::Error;
+use crate::{Error, Transport};
 
 /// How long an assertion is valid for.
 pub const ASSERTION_LIFETIME_S: u64 = 240;
@@ -35,6 +35,28 @@ pub fn token_request(assertion: &str) -> [(&'static str, &str); 3] {
         ),
         ("client_assertion", assertion),
     ]
+}
+
+/// Log in at the node whose API is `api` as the identity of `seed`, at `now_s`: discover its
+/// token endpoint (`/.well-known/smart-configuration`), sign an assertion for it and exchange
+/// the assertion for a bearer token.
+pub fn login(
+    transport: &impl Transport,
+    api: &str,
+    seed: &[u8; 32],
+    now_s: u64,
+) -> Result<String, Error> {
+    let api = api.trim_end_matches('/');
+    let config = transport.get_json(&format!("{api}/.well-known/smart-configuration"))?;
+    let token_url = config["token_endpoint"]
+        .as_str()
+        .ok_or_else(|| Error::Protocol("the node advertises no token endpoint".into()))?;
+    let assertion = client_assertion(seed, token_url, now_s)?;
+    let answer = transport.post_form(token_url, &token_request(&assertion))?;
+    answer["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Protocol("the token answer has no access_token".into()))
 }
 
 #[cfg(test)]

@@ -15,8 +15,11 @@
 //! store (on local disk the entry's state byte flips; for S3 it is PUT), so no stored blob is
 //! ever left without its anchor; staged uploads whose anchor never commits are swept away.
 
-mod pack;
+pub mod block_log;
+pub mod journal;
+pub mod pack;
 
+use commonware_runtime::telemetry::metrics::{Counter, MetricsExt as _};
 use ehrchain_crypto::{WRAP_BYTES, Wrap, envelope_hash};
 use object_store::{
     ObjectStore, ObjectStoreExt as _, PutPayload, aws::AmazonS3Builder, path::Path as ObjectPath,
@@ -82,6 +85,16 @@ pub struct BlobStore {
     wraps_lock: tokio::sync::Mutex<()>,
     /// Uploads waiting for the stager's next group flush.
     stager: tokio::sync::mpsc::Sender<StageRequest>,
+    /// What the store counts; exported once [`BlobStore::register_metrics`] is called.
+    metrics: std::sync::OnceLock<StoreMetrics>,
+}
+
+/// What a node's blob store counts, where it happens.
+struct StoreMetrics {
+    staged: Counter,
+    stored: Counter,
+    deleted: Counter,
+    damaged: Counter,
 }
 
 /// Most uploads waiting to be staged; a full queue makes uploaders wait.
@@ -275,6 +288,7 @@ impl BlobStore {
         Ok(Self {
             backend: Backend::Local,
             stager: spawn_stager(pack.clone()),
+            metrics: std::sync::OnceLock::new(),
             pack,
             wraps_lock: tokio::sync::Mutex::new(()),
         })
@@ -301,6 +315,7 @@ impl BlobStore {
                 prefix: config.prefix.trim_matches('/').to_owned(),
             },
             stager: spawn_stager(pack.clone()),
+            metrics: std::sync::OnceLock::new(),
             pack,
             wraps_lock: tokio::sync::Mutex::new(()),
         })
@@ -318,6 +333,29 @@ impl BlobStore {
             ObjectPath::from(key)
         } else {
             ObjectPath::from(format!("{prefix}/{key}"))
+        }
+    }
+
+    /// Export the store's counts through `context` (the node's metrics registry); a second
+    /// call changes nothing.
+    pub fn register_metrics(&self, context: &impl commonware_runtime::Metrics) {
+        let _ = self.metrics.set(StoreMetrics {
+            staged: context.counter("staged", "Uploads staged until their anchor is final."),
+            stored: context.counter(
+                "stored",
+                "Record objects stored (promoted, fetched or put).",
+            ),
+            deleted: context.counter("deleted", "Record objects deleted (erasure)."),
+            damaged: context.counter(
+                "damaged",
+                "Stored objects found not to match their hash, deleted to be fetched again.",
+            ),
+        });
+    }
+
+    fn count(&self, which: fn(&StoreMetrics) -> &Counter) {
+        if let Some(metrics) = self.metrics.get() {
+            which(metrics).inc();
         }
     }
 
@@ -339,6 +377,7 @@ impl BlobStore {
                     .await?;
             }
         }
+        self.count(|m| &m.stored);
         Ok(hash)
     }
 
@@ -361,6 +400,7 @@ impl BlobStore {
                     }
                     _ => {
                         tracing::error!(hash = %hex::encode(hash), "a stored record does not match its hash; deleting it");
+                        self.count(|m| &m.damaged);
                         self.delete(hash).await?;
                         Ok(None)
                     }
@@ -384,6 +424,7 @@ impl BlobStore {
             }
             if self.pack.remove(staged, hash, Some(slot))? {
                 tracing::error!(hash = %hex::encode(hash), staged, "a stored record does not match its hash; deleting it");
+                self.count(|m| &m.damaged);
                 return Ok(None);
             }
         }
@@ -409,6 +450,7 @@ impl BlobStore {
     /// Delete a record version's envelope and every wrap of it (erasure). On local disk the
     /// bytes are punched out of the pack; durable after the next [`BlobStore::sync`].
     pub async fn delete(&self, hash: &[u8; 32]) -> Result<()> {
+        self.count(|m| &m.deleted);
         match &self.backend {
             Backend::Local => {
                 self.pack.remove(false, hash, None)?;
@@ -469,6 +511,7 @@ impl BlobStore {
             .await
             .expect("the stager runs as long as the store");
         answer.await.expect("the stager answers every request")?;
+        self.count(|m| &m.staged);
         Ok(hash)
     }
 
@@ -488,7 +531,13 @@ impl BlobStore {
     /// after which the caller syncs and unstages.
     pub async fn promote(&self, hash: &[u8; 32]) -> Result<bool> {
         match &self.backend {
-            Backend::Local => self.pack.promote(hash),
+            Backend::Local => {
+                let promoted = self.pack.promote(hash)?;
+                if promoted {
+                    self.count(|m| &m.stored);
+                }
+                Ok(promoted)
+            }
             Backend::S3 { .. } => {
                 let Some((envelope, wraps)) = self.staged(hash)? else {
                     return Ok(false);

@@ -38,9 +38,9 @@ pub const SEGMENT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Largest body one entry may hold (an envelope of the largest record and its wraps).
 pub const ENTRY_BYTES_MAX: u64 = 128 * 1024 * 1024;
 
-const ERASED: u8 = 0;
-const STAGED: u8 = 1;
-const STORED: u8 = 2;
+pub const ERASED: u8 = 0;
+pub const STAGED: u8 = 1;
+pub const STORED: u8 = 2;
 
 /// Where one entry lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,8 @@ fn checksum(hash: &[u8; 32], staged_ms: u64, body: &[u8]) -> u32 {
     crc.finalize()
 }
 
-fn encode_entry(state: u8, hash: &[u8; 32], staged_ms: u64, body: &[u8]) -> Vec<u8> {
+/// The bytes of one pack entry (the layout at the top of this module).
+pub fn encode_entry(state: u8, hash: &[u8; 32], staged_ms: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES as usize + body.len());
     out.extend_from_slice(MAGIC);
     out.push(state);

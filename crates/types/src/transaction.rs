@@ -705,6 +705,118 @@ impl Transaction {
     }
 }
 
+/// One payload of every kind (and every address family of a member), all naming `key`: for
+/// round-trip tests and the conformance fixtures that pin the encoding.
+pub fn examples(key: &PublicKey) -> Vec<Payload> {
+    vec![
+        Payload::Anchor {
+            label: 3,
+            digest: crate::sha256(&[b"x"]),
+        },
+        Payload::RegisterPatient {
+            patient: [1; 16],
+            key: key.clone(),
+            encryption_key: [2; 32],
+        },
+        Payload::EnrollClinician {
+            clinician: key.clone(),
+            encryption_key: [3; 32],
+        },
+        Payload::RecordAnchor(RecordAnchor {
+            record: [4; 16],
+            version: 2,
+            patient: [1; 16],
+            resource_type: 2,
+            ciphertext_hash: sha256(&[b"c"]),
+            ciphertext_size: 4096,
+            timestamp_ms: 1_700_000_000_000,
+        }),
+        Payload::ErasePatient { patient: [1; 16] },
+        Payload::Grant(ConsentGrant {
+            id: [5; 16],
+            patient: [1; 16],
+            grantee: key.clone(),
+            actions: 3,
+            types: vec![2, 3],
+            purposes: vec![1],
+            valid_from_ms: 10,
+            valid_until_ms: 20,
+            share: sha256(&[b"s"]),
+        }),
+        Payload::Revoke {
+            patient: [1; 16],
+            grant: [5; 16],
+        },
+        Payload::Access {
+            record: [4; 16],
+            purpose: 1,
+        },
+        Payload::BreakGlass {
+            patient: [1; 16],
+            reason: 2,
+        },
+        Payload::AppointGuardian {
+            patient: [1; 16],
+            guardian: key.clone(),
+            encryption_key: [6; 32],
+        },
+        Payload::RotateKey {
+            new_key: key.clone(),
+            encryption_key: [7; 32],
+        },
+        Payload::RecoverKey {
+            patient: [1; 16],
+            new_key: key.clone(),
+            encryption_key: [8; 32],
+        },
+        Payload::OpenSession {
+            identity: key.clone(),
+            gateway: key.clone(),
+            assertion: b"header.payload.signature".to_vec(),
+        },
+        Payload::AccessLog {
+            first: 7,
+            entries: vec![
+                AccessLogEntry {
+                    session: key.clone(),
+                    record: [4; 16],
+                    purpose: 1,
+                    checked_ms: 1_700_000_000_000,
+                };
+                ACCESS_LOG_ENTRIES_MAX
+            ],
+        },
+        Payload::RemoveClinician {
+            clinician: key.clone(),
+        },
+        Payload::TrailQuery { patient: [3; 16] },
+        Payload::Propose {
+            proposal: [9; 16],
+            action: GovernanceAction::AddMember {
+                key: key.clone(),
+                encryption_key: [10; 32],
+                p2p_address: "127.0.0.1:3000".parse().expect("an address"),
+            },
+        },
+        Payload::Propose {
+            proposal: [9; 16],
+            action: GovernanceAction::AddMember {
+                key: key.clone(),
+                encryption_key: [10; 32],
+                p2p_address: "[::1]:3000".parse().expect("an address"),
+            },
+        },
+        Payload::Propose {
+            proposal: [9; 16],
+            action: GovernanceAction::RemoveAuditor { key: key.clone() },
+        },
+        Payload::Vote {
+            proposal: [9; 16],
+            approve: true,
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,111 +884,7 @@ mod tests {
     #[test]
     fn every_payload_round_trips() {
         let key = key(3);
-        let payloads = [
-            Payload::RegisterPatient {
-                patient: [1; 16],
-                key: key.public_key(),
-                encryption_key: [2; 32],
-            },
-            Payload::EnrollClinician {
-                clinician: key.public_key(),
-                encryption_key: [3; 32],
-            },
-            Payload::RecordAnchor(RecordAnchor {
-                record: [4; 16],
-                version: 2,
-                patient: [1; 16],
-                resource_type: 2,
-                ciphertext_hash: sha256(&[b"c"]),
-                ciphertext_size: 4096,
-                timestamp_ms: 1_700_000_000_000,
-            }),
-            Payload::ErasePatient { patient: [1; 16] },
-            Payload::Grant(ConsentGrant {
-                id: [5; 16],
-                patient: [1; 16],
-                grantee: key.public_key(),
-                actions: 3,
-                types: vec![2, 3],
-                purposes: vec![1],
-                valid_from_ms: 10,
-                valid_until_ms: 20,
-                share: sha256(&[b"s"]),
-            }),
-            Payload::Revoke {
-                patient: [1; 16],
-                grant: [5; 16],
-            },
-            Payload::Access {
-                record: [4; 16],
-                purpose: 1,
-            },
-            Payload::BreakGlass {
-                patient: [1; 16],
-                reason: 2,
-            },
-            Payload::AppointGuardian {
-                patient: [1; 16],
-                guardian: key.public_key(),
-                encryption_key: [6; 32],
-            },
-            Payload::RotateKey {
-                new_key: key.public_key(),
-                encryption_key: [7; 32],
-            },
-            Payload::RecoverKey {
-                patient: [1; 16],
-                new_key: key.public_key(),
-                encryption_key: [8; 32],
-            },
-            Payload::OpenSession {
-                identity: key.public_key(),
-                gateway: key.public_key(),
-                assertion: b"header.payload.signature".to_vec(),
-            },
-            Payload::AccessLog {
-                first: 7,
-                entries: vec![
-                    AccessLogEntry {
-                        session: key.public_key(),
-                        record: [4; 16],
-                        purpose: 1,
-                        checked_ms: 1_700_000_000_000,
-                    };
-                    ACCESS_LOG_ENTRIES_MAX
-                ],
-            },
-            Payload::RemoveClinician {
-                clinician: key.public_key(),
-            },
-            Payload::TrailQuery { patient: [3; 16] },
-            Payload::Propose {
-                proposal: [9; 16],
-                action: GovernanceAction::AddMember {
-                    key: key.public_key(),
-                    encryption_key: [10; 32],
-                    p2p_address: "127.0.0.1:3000".parse().unwrap(),
-                },
-            },
-            Payload::Propose {
-                proposal: [9; 16],
-                action: GovernanceAction::AddMember {
-                    key: key.public_key(),
-                    encryption_key: [10; 32],
-                    p2p_address: "[::1]:3000".parse().unwrap(),
-                },
-            },
-            Payload::Propose {
-                proposal: [9; 16],
-                action: GovernanceAction::RemoveAuditor {
-                    key: key.public_key(),
-                },
-            },
-            Payload::Vote {
-                proposal: [9; 16],
-                approve: true,
-            },
-        ];
+        let payloads = examples(&key.public_key());
         for payload in payloads {
             let tx = TransactionBody {
                 chain_id: 1,

@@ -46,6 +46,20 @@ pub struct Record {
     pub finalization: Vec<u8>,
 }
 
+/// The bytes of one record (the layout at the top of this module).
+pub fn encode_record(height: u64, block: &[u8], finalization: &[u8]) -> Vec<u8> {
+    assert!(block.len() <= BLOCK_SIZE_BYTES_MAX);
+    assert!(finalization.len() <= FINALIZATION_SIZE_BYTES_MAX);
+    let mut bytes = Vec::with_capacity(RECORD_HEADER_BYTES + block.len() + 4 + finalization.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&height.to_be_bytes());
+    bytes.extend_from_slice(&(block.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(block);
+    bytes.extend_from_slice(&(finalization.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(finalization);
+    bytes
+}
+
 /// An append-only block log over one runtime blob.
 pub struct BlockLog<B: Blob> {
     blob: Arc<B>,
@@ -191,16 +205,7 @@ impl<B: Blob> BlockLog<B> {
         finalization: &[u8],
     ) -> Result<(), Error> {
         assert_eq!(height, self.len(), "block log heights must be consecutive");
-        assert!(block.len() <= BLOCK_SIZE_BYTES_MAX);
-        assert!(finalization.len() <= FINALIZATION_SIZE_BYTES_MAX);
-        let mut bytes =
-            Vec::with_capacity(RECORD_HEADER_BYTES + block.len() + 4 + finalization.len());
-        bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&height.to_be_bytes());
-        bytes.extend_from_slice(&(block.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(block);
-        bytes.extend_from_slice(&(finalization.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(finalization);
+        let bytes = encode_record(height, block, finalization);
         let length = bytes.len() as u64;
         self.blob
             .write_at(self.end, bytes, WriteOptions::default())
