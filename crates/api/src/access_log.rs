@@ -347,7 +347,7 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
                 first: sent,
                 entries,
             };
-            match crate::gateway::submit_as_institution(&state, payload).await {
+            match crate::submit::submit_as_institution(&state, payload).await {
                 Ok(tx) => {
                     log.metrics.batches.inc();
                     sent += count;

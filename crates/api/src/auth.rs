@@ -16,7 +16,7 @@
 //!
 //! Refusals are 403 whether or not the thing asked for exists, so a refusal says nothing.
 
-use crate::{ApiError, ApiState, gateway::Token};
+use crate::{ApiError, ApiState, session::Token};
 use axum::{
     extract::{Request, State},
     http::StatusCode,
@@ -93,7 +93,7 @@ pub async fn require_token<B: Blob>(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let token = match crate::gateway::caller(&state, request.headers()) {
+    let token = match crate::session::caller(&state, request.headers()) {
         Ok(token) => token,
         Err(error) => {
             return ApiError::new(StatusCode::UNAUTHORIZED, error.diagnostics().to_string())

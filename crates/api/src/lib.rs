@@ -5,11 +5,16 @@
 
 pub mod access;
 pub mod access_log;
+pub mod ambient;
 pub mod auth;
+pub mod error;
 pub mod fhir;
 pub mod gateway;
+pub mod login;
 pub mod records;
 pub mod serve;
+pub mod session;
+pub mod submit;
 
 use axum::{
     Json, Router,
@@ -25,6 +30,7 @@ use ehrchain_types::proof::InclusionProof;
 use ehrchain_types::{
     Block, ErrorCode, Genesis, Payload, digest_from_hex, limits::REQUEST_BODY_BYTES_MAX,
 };
+pub use error::ApiError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::{sync::Arc, time::Duration};
@@ -50,41 +56,6 @@ pub struct ApiState<B: Blob> {
     pub connections: Arc<serve::Connections>,
     /// Record blobs of final blocks this node does not hold yet (kept by the records keeper).
     pub blobs_missing: commonware_runtime::telemetry::metrics::Gauge,
-}
-
-/// An API error: a status and a message that is safe to show (no PHI, no internals).
-#[derive(Debug)]
-pub struct ApiError {
-    pub(crate) status: StatusCode,
-    code: ErrorCode,
-    pub(crate) message: String,
-}
-
-impl ApiError {
-    /// An error whose stable code follows from its status (`ErrorCode::of_status`).
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: ErrorCode::of_status(status.as_u16()),
-            message: message.into(),
-        }
-    }
-
-    /// The same error with a more precise stable code.
-    pub fn with_code(mut self, code: ErrorCode) -> Self {
-        self.code = code;
-        self
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.message, "code": self.code.as_str() })),
-        )
-            .into_response()
-    }
 }
 
 type Result<T> = std::result::Result<T, ApiError>;

@@ -1,0 +1,117 @@
+//! What every FHIR interaction shares: limits, error helpers, body and answer handling, references
+//! to identities.
+
+use crate::{ApiError, ApiState};
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use commonware_runtime::Blob;
+use ehrchain_contracts::{facts::Role, state::Reader as _};
+use ehrchain_types::PublicKey;
+use serde_json::Value;
+
+pub use crate::error::FHIR_JSON;
+/// Largest FHIR request body.
+pub const FHIR_BODY_BYTES_MAX: usize = ehrchain_fhir::RESOURCE_SIZE_BYTES_MAX;
+/// Default and largest page of a search.
+pub const PAGE_DEFAULT: usize = 20;
+pub const PAGE_MAX: usize = 100;
+/// Most records one search reads when it must filter on content.
+pub const SEARCH_READS_MAX: usize = 200;
+
+pub(super) type Result<T> = std::result::Result<T, ApiError>;
+
+pub(super) fn not_found(what: &str) -> ApiError {
+    ApiError::fhir(StatusCode::NOT_FOUND, "not-found", what)
+}
+
+pub(super) fn invalid(what: &str) -> ApiError {
+    ApiError::fhir(StatusCode::BAD_REQUEST, "invalid", what)
+}
+
+pub(super) fn forbidden(what: &str) -> ApiError {
+    ApiError::fhir(StatusCode::FORBIDDEN, "forbidden", what)
+}
+
+pub(super) fn unavailable(error: ehrchain_storage::Error) -> ApiError {
+    tracing::error!(%error, "blob store failed");
+    ApiError::fhir(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the blob store is unavailable",
+    )
+}
+
+pub(super) async fn body_bytes(body: Body) -> Result<Bytes> {
+    axum::body::to_bytes(body, FHIR_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::fhir(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-long",
+                &format!("the body is over the limit of {FHIR_BODY_BYTES_MAX} bytes"),
+            )
+        })
+}
+
+pub(super) fn fhir_json(status: StatusCode, value: &Value) -> Response {
+    let mut response = (status, Json(value)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+// ---- identities ----------------------------------------------------------------------------
+
+pub(super) fn id16(text: &str) -> Option<[u8; 16]> {
+    ehrchain_types::id_from_hex(text)
+}
+
+pub(super) fn key_of(reference: &str) -> Option<PublicKey> {
+    let (_, id) = reference.rsplit_once('/')?;
+    ehrchain_types::public_key_from_hex(id)
+}
+
+/// The FHIR reference of an identity: `Patient/..`, `Practitioner/..`, `Organization/..`.
+pub(super) fn reference_of(role: Option<&Role>, key: &PublicKey) -> String {
+    match role {
+        Some(Role::Patient { patient }) => format!("Patient/{}", hex::encode(patient)),
+        Some(Role::Institution) => format!("Organization/{}", hex::encode(key)),
+        Some(Role::Clinician { .. }) => format!("Practitioner/{}", hex::encode(key)),
+        _ => format!("Practitioner/{}", hex::encode(key)),
+    }
+}
+
+pub(super) fn role_of<B: Blob>(state: &ApiState<B>, key: &PublicKey) -> Option<Role> {
+    state.chain.read(|s| s.identity(key).map(|i| i.role))
+}
+
+pub(super) const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+
+pub(super) fn codes(value: &Value) -> Vec<String> {
+    // A CodeableConcept or a Coding, or an array of either.
+    let mut out = Vec::new();
+    let items: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    for item in items {
+        if let Some(code) = item["code"].as_str() {
+            out.push(code.to_string());
+        }
+        for coding in item["coding"].as_array().into_iter().flatten() {
+            if let Some(code) = coding["code"].as_str() {
+                out.push(code.to_string());
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn unprocessable(what: &str) -> ApiError {
+    ApiError::fhir(StatusCode::UNPROCESSABLE_ENTITY, "invalid", what)
+}

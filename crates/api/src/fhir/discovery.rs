@@ -1,0 +1,102 @@
+//! Discovery: the SMART configuration and the `CapabilityStatement` (`/fhir/metadata`).
+
+use super::{common::fhir_json, time::instant};
+use crate::{ApiState, ambient::now_ms};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
+use commonware_runtime::Blob;
+use ehrchain_fhir::ResourceType;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+// ---- discovery -----------------------------------------------------------------------------
+
+pub(super) async fn smart_configuration<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+) -> Json<Value> {
+    Json(json!({
+        "token_endpoint": state.gateway.token_url(),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/*.*"],
+        "capabilities": ["client-confidential-asymmetric"],
+    }))
+}
+
+pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
+    let record_params = json!([
+        {"name": "patient", "type": "reference", "documentation": "The patient (Patient/{id} or {id})"},
+        {"name": "subject", "type": "reference", "documentation": "Same as patient"},
+        {"name": "_id", "type": "token"},
+        {"name": "_lastUpdated", "type": "date", "documentation": "When the version was written (eq, ge, gt, le, lt)"},
+        {"name": "date", "type": "date", "documentation": "The type's clinical date (eq, ge, gt, le, lt)"},
+        {"name": "code", "type": "token", "documentation": "system|code or code"},
+        {"name": "category", "type": "token", "documentation": "system|code or code"},
+        {"name": "_count", "type": "number"},
+    ]);
+    let mut resources: Vec<Value> = ResourceType::ALL
+        .iter()
+        .map(|t| {
+            json!({
+                "type": t.name(),
+                "interaction": [
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"},
+                    {"code": "history-instance"}, {"code": "create"}, {"code": "search-type"},
+                ],
+                "versioning": "versioned",
+                "readHistory": true,
+                "updateCreate": false,
+                "searchParam": record_params,
+            })
+        })
+        .collect();
+    if let Some(patient) = resources.first_mut() {
+        patient["operation"] = json!([{
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        }]);
+    }
+    resources.push(json!({
+        "type": "Provenance",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": "target", "type": "reference", "documentation": "{type}/{id}: one Provenance per version, with its inclusion proof"}],
+    }));
+    resources.push(json!({
+        "type": "Consent",
+        "interaction": [{"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "search-type"}],
+        "searchParam": [{"name": "patient", "type": "reference"}],
+    }));
+    resources.push(json!({
+        "type": "AuditEvent",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [{"name": "patient", "type": "reference"}, {"name": "_count", "type": "number"}],
+    }));
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": instant(now_ms())[..10],
+        "publisher": "ehrchain",
+        "kind": "instance",
+        "software": {"name": "ehrchain", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "ehrchain node", "url": format!("{}/fhir", state.gateway.public_url)},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR",
+                }]}],
+                "description": "SMART Backend Services: POST a JWT client assertion (EdDSA) to the token endpoint",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": state.gateway.token_url()}],
+                }],
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        }],
+    });
+    fhir_json(StatusCode::OK, &statement)
+}

@@ -1,0 +1,513 @@
+//! Reads: `read`, `vread`, `_history`, `$everything`; each decided by the gateway or on chain,
+//! journalled before it is revealed.
+
+use super::{
+    common::{Result, fhir_json, forbidden, id16, not_found, role_of, unavailable},
+    params::{count_param, query_pairs, searchset},
+    time::{http_date, instant},
+};
+use crate::{
+    ApiError, ApiState, gateway, session::Token, session::caller, submit::commit, submit::submit_as,
+};
+use axum::{
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::Response,
+};
+use commonware_runtime::Blob;
+use ehrchain_contracts::consent::Purpose;
+use ehrchain_contracts::{
+    facts::{Outcome, RecordVersion, Role},
+    state::Reader as _,
+};
+use ehrchain_crypto::Binding;
+use ehrchain_fhir::ResourceType;
+use ehrchain_types::{Payload, PublicKey};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+// ---- records -------------------------------------------------------------------------------
+
+pub(super) fn resource_type(kind: &str) -> Result<ResourceType> {
+    ResourceType::from_name(kind).ok_or_else(|| {
+        not_found(&format!(
+            "resource type {kind:?} is not supported here; see /fhir/metadata"
+        ))
+    })
+}
+
+/// The resource as served: the stored JSON with `id` and `meta.versionId`/`lastUpdated`.
+pub(super) fn present(plain: &[u8], version: &RecordVersion) -> Result<Value> {
+    let mut value: Value = serde_json::from_slice(plain).map_err(|_| {
+        ApiError::fhir(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "a stored record is not JSON",
+        )
+    })?;
+    let object = value.as_object_mut().ok_or_else(|| {
+        ApiError::fhir(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "a stored record is not a JSON object",
+        )
+    })?;
+    object.insert("id".into(), json!(hex::encode(version.anchor.record)));
+    let meta = object.entry("meta").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    meta["versionId"] = json!(version.anchor.version.to_string());
+    meta["lastUpdated"] = json!(instant(version.anchor.timestamp_ms));
+    Ok(value)
+}
+
+pub(super) fn with_version_headers(
+    mut response: Response,
+    version: &RecordVersion,
+    base: &str,
+) -> Response {
+    let headers = response.headers_mut();
+    let type_name = ResourceType::from_code(version.anchor.resource_type)
+        .map_or("Resource", ResourceType::name);
+    for (name, value) in [
+        (header::ETAG, format!("W/\"{}\"", version.anchor.version)),
+        (
+            header::LAST_MODIFIED,
+            http_date(version.anchor.timestamp_ms),
+        ),
+        (
+            header::CONTENT_LOCATION,
+            format!(
+                "{base}/fhir/{type_name}/{}/_history/{}",
+                hex::encode(version.anchor.record),
+                version.anchor.version
+            ),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// The purpose a caller reads for: a patient or guardian for themselves, anyone else for
+/// treatment (a break-glass is decided by the chain whatever the purpose).
+pub(super) fn purpose_for(role: Option<&Role>) -> Purpose {
+    match role {
+        Some(Role::Patient { .. } | Role::Guardian { .. }) => Purpose::PatientRequest,
+        _ => Purpose::Treatment,
+    }
+}
+
+/// Decide reads here, with the contract's code against this node's final state (read once for
+/// all of them): for each allowed one the time it was decided at, for the access log; `None`
+/// where the chain must decide (a denial, an unknown record, a session this gateway cannot log
+/// for, a final state too old to trust).
+pub(super) fn decided_here<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    records: &[[u8; 16]],
+    purpose: Purpose,
+) -> Vec<Option<u64>> {
+    let gateway = match (&state.gateway.access_log, &state.gateway.institution) {
+        (Some(_), Some(key)) => commonware_cryptography::Signer::public_key(key),
+        _ => return vec![None; records.len()],
+    };
+    let session = token.session();
+    let wall = crate::ambient::now_ms();
+    state.chain.read(|s| {
+        let now = s.time_ms();
+        let fresh = crate::access_log::state_is_fresh(&state.chain, wall, now);
+        // The contract's own rule for a gateway's decision; a retired reader goes to the chain.
+        let reader = ehrchain_contracts::access::gateway_reader(s, &gateway, &session, now)
+            .ok()
+            .and_then(|(actor, identity)| identity.filter(|_| fresh && actor == token.identity));
+        records
+            .iter()
+            .map(|record| {
+                let identity = reader.as_ref()?;
+                let (_, _, outcome) = ehrchain_contracts::access::decide_read(
+                    s,
+                    &token.identity,
+                    identity,
+                    record,
+                    purpose,
+                    now,
+                )
+                .ok()?;
+                outcome.allowed().then_some(now)
+            })
+            .collect()
+    })
+}
+
+/// Record read attempts and learn their outcome: `Ok(())` allowed. A read this gateway allows
+/// by the contract is journalled in its access log (durable before this returns) and reaches
+/// the chain in the next log batch; any other goes to the chain as its own `Access`
+/// transaction and waits for its outcome there.
+pub(super) async fn record_reads<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    records: &[[u8; 16]],
+    purpose: Purpose,
+) -> Result<Vec<std::result::Result<(), String>>> {
+    let logged = decided_here(state, token, records, purpose);
+    if let Some(log) = &state.gateway.access_log {
+        let entries: Vec<_> = records
+            .iter()
+            .zip(&logged)
+            .filter_map(|(record, checked_ms)| {
+                Some(ehrchain_types::transaction::AccessLogEntry {
+                    session: token.session(),
+                    record: *record,
+                    purpose: purpose as u8,
+                    checked_ms: (*checked_ms)?,
+                })
+            })
+            .collect();
+        if !entries.is_empty() {
+            let count = entries.len() as u64;
+            log.record(entries).await.map_err(|e| {
+                ApiError::fhir(StatusCode::SERVICE_UNAVAILABLE, "transient", &e.to_string())
+            })?;
+            state.gateway.metrics.reads_logged.inc_by(count);
+        }
+    }
+    let mut transactions = Vec::new();
+    for (record, _) in records.iter().zip(&logged).filter(|(_, l)| l.is_none()) {
+        transactions.push(
+            submit_as(
+                state,
+                token,
+                Payload::Access {
+                    record: *record,
+                    purpose: purpose as u8,
+                },
+            )
+            .await?,
+        );
+    }
+    let mut outcomes = Vec::with_capacity(records.len());
+    let mut transactions = transactions.iter();
+    for logged in logged {
+        if logged.is_some() {
+            outcomes.push(Ok(()));
+            continue;
+        }
+        let tx = transactions
+            .next()
+            .expect("one transaction per read not logged");
+        state.gateway.metrics.reads_on_chain.inc();
+        let location = commit(state, tx).await?;
+        let outcome = state.chain.read(|s| {
+            s.event(location.height, location.index)
+                .map(|event| event.outcome)
+        });
+        outcomes.push(match outcome {
+            Some(Outcome::Allowed(_)) => Ok(()),
+            Some(Outcome::Denied(reason)) => {
+                state.gateway.metrics.reads_denied.inc();
+                Err(reason.code().to_string())
+            }
+            None => Err("not-recorded".to_string()),
+        });
+    }
+    Ok(outcomes)
+}
+
+pub(super) fn denied(reason: &str) -> ApiError {
+    forbidden(&format!(
+        "access denied ({reason}); the attempt is recorded on chain"
+    ))
+}
+
+/// Open a version with a key this node holds for the caller (called only after an allowed
+/// read of the record committed).
+pub(super) async fn reveal<B: Blob>(
+    state: &ApiState<B>,
+    identity: &PublicKey,
+    version: &RecordVersion,
+) -> Result<Vec<u8>> {
+    let hash: [u8; 32] = version
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32");
+    let binding = Binding {
+        record: version.anchor.record,
+        version: version.anchor.version,
+        patient: version.anchor.patient,
+    };
+    // A share bundle for a grant to the caller (or its institution) may still be applying
+    // on this node when the read commits: then its keys are waited for, not refused.
+    let shared = state.chain.read(|s| {
+        let institution = match s.identity(identity).map(|i| i.role) {
+            Some(Role::Clinician { institution }) => Some(institution),
+            _ => None,
+        };
+        let now = s.time_ms();
+        s.grants(&version.anchor.patient).iter().any(|g| {
+            g.active(now)
+                && s.grant_share(&g.patient, &g.id)
+                    .is_some_and(|h| h != [0; 32])
+                && (g.grantee == ehrchain_contracts::facts::key_bytes(identity)
+                    || institution
+                        .as_ref()
+                        .is_some_and(|i| g.grantee == ehrchain_contracts::facts::key_bytes(i)))
+        })
+    });
+    let held = gateway::held_keys(state, identity, &version.anchor.patient);
+    let mut tries = 0;
+    loop {
+        match state.store.get(&hash).await.map_err(unavailable)? {
+            Some((envelope, wraps)) => {
+                for key in &held {
+                    if let Some(wrap) = wraps.iter().find(|w| w.recipient == key.public())
+                        && let Ok(data_key) = ehrchain_crypto::unwrap(wrap, key, &binding, &hash)
+                    {
+                        return ehrchain_crypto::open(&data_key, &binding, &envelope).map_err(
+                            |_| {
+                                ApiError::fhir(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "exception",
+                                    "a stored record does not decrypt",
+                                )
+                            },
+                        );
+                    }
+                }
+                if !shared {
+                    return Err(forbidden(
+                        "this node holds no key that opens this record for you; use your institution's node",
+                    ));
+                }
+                if tries >= 30 {
+                    return Err(ApiError::fhir(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        "the keys shared with you are still reaching this node; retry shortly",
+                    ));
+                }
+            }
+            // A new record's envelope may still be on its way from the author's node.
+            None if tries < 50 => {}
+            None => {
+                return Err(ApiError::fhir(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    "this node does not hold the record yet; retry shortly",
+                ));
+            }
+        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+pub(super) fn versions_of<B: Blob>(
+    state: &ApiState<B>,
+    kind: ResourceType,
+    id: &str,
+) -> Result<Vec<RecordVersion>> {
+    let record = id16(id).ok_or_else(|| not_found("no such resource"))?;
+    let (versions, erased) = state.chain.read(|s| {
+        let versions = s.versions(&record);
+        let erased = versions.last().is_some_and(|v| {
+            s.patient(&v.anchor.patient)
+                .is_none_or(|p| p.erased_height.is_some())
+        });
+        (versions, erased)
+    });
+    match versions.last() {
+        None => Err(not_found("no such resource")),
+        Some(v) if v.anchor.resource_type != kind.code() => Err(not_found("no such resource")),
+        Some(_) if erased => Err(ApiError::fhir(
+            StatusCode::GONE,
+            "deleted",
+            "the patient's records were erased",
+        )),
+        Some(_) => Ok(versions),
+    }
+}
+
+/// Read access to one record for the caller, recorded on chain; 403 if denied.
+pub(super) async fn allowed<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    record: [u8; 16],
+) -> Result<()> {
+    let purpose = purpose_for(role_of(state, &token.identity).as_ref());
+    match record_reads(state, token, &[record], purpose)
+        .await?
+        .pop()
+        .expect("one read")
+    {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(denied(&reason)),
+    }
+}
+
+pub(super) async fn read<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response> {
+    read_version(&state, &headers, &kind, &id, None).await
+}
+
+pub(super) async fn vread<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, id, vid)): Path<(String, String, String)>,
+) -> Result<Response> {
+    read_version(&state, &headers, &kind, &id, Some(&vid)).await
+}
+
+/// Read the latest version, or version `vid`: recorded on chain, then opened here.
+pub(super) async fn read_version<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    kind: &str,
+    id: &str,
+    vid: Option<&str>,
+) -> Result<Response> {
+    let token = caller(state, headers)?;
+    let versions = versions_of(state, resource_type(kind)?, id)?;
+    let version = match vid {
+        None => versions.last().expect("non-empty"),
+        Some(vid) => vid
+            .parse::<u32>()
+            .ok()
+            .and_then(|n| versions.iter().find(|v| v.anchor.version == n))
+            .ok_or_else(|| not_found("no such version"))?,
+    };
+    allowed(state, &token, version.anchor.record).await?;
+    let plain = reveal(state, &token.identity, version).await?;
+    let body = present(&plain, version)?;
+    Ok(with_version_headers(
+        fhir_json(StatusCode::OK, &body),
+        version,
+        &state.gateway.public_url,
+    ))
+}
+
+/// `_history` of any record, `$everything` of a Patient.
+pub(super) async fn instance_operation<B: Blob>(
+    state: State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, id, operation)): Path<(String, String, String)>,
+    query: RawQuery,
+) -> Result<Response> {
+    match operation.as_str() {
+        "_history" => history(state, headers, kind, id).await,
+        "$everything" if kind == "Patient" => everything(state, headers, id, query).await,
+        _ => Err(not_found("unknown operation; see /fhir/metadata")),
+    }
+}
+
+/// `Patient/{id}/$everything`: the patient's records the caller may read, each read
+/// recorded on chain, paged by `_count`/`_offset`, the Patient resource first.
+pub(super) async fn everything<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    id: String,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let pairs = query_pairs(query)?;
+    let (count, offset) = count_param(&pairs)?;
+    let patient = id16(&id).ok_or_else(|| not_found("no such Patient"))?;
+    let (mut versions, erased) = state.chain.read(|s| {
+        let erased = s.patient(&patient).map(|p| p.erased_height.is_some());
+        let versions: Vec<RecordVersion> = s
+            .patient_records(&patient)
+            .into_iter()
+            .filter_map(|r| s.versions(&r).pop())
+            .collect();
+        (versions, erased)
+    });
+    match erased {
+        None => return Err(not_found("no such Patient")),
+        Some(true) => {
+            return Err(ApiError::fhir(
+                StatusCode::GONE,
+                "deleted",
+                "the patient's records were erased",
+            ));
+        }
+        Some(false) => {}
+    }
+    // The Patient first, then newest first.
+    versions.sort_by_key(|v| {
+        (
+            v.anchor.resource_type != ResourceType::Patient.code(),
+            std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)),
+        )
+    });
+    let total = versions.len();
+    let page: Vec<RecordVersion> = versions.into_iter().skip(offset).take(count).collect();
+    let records: Vec<[u8; 16]> = page.iter().map(|v| v.anchor.record).collect();
+    let role = role_of(&state, &token.identity);
+    let outcomes = record_reads(&state, &token, &records, purpose_for(role.as_ref())).await?;
+    if !outcomes.is_empty() && outcomes.iter().all(|o| o.is_err()) {
+        return Err(denied(&outcomes[0].clone().err().unwrap_or_default()));
+    }
+    let base = &state.gateway.public_url;
+    let mut entries = Vec::new();
+    for (version, outcome) in page.iter().zip(&outcomes) {
+        if outcome.is_ok() {
+            let plain = reveal(&state, &token.identity, version).await?;
+            let name = ResourceType::from_code(version.anchor.resource_type)
+                .map_or("Resource", ResourceType::name);
+            entries.push(json!({
+                "fullUrl": format!("{base}/fhir/{name}/{}", hex::encode(version.anchor.record)),
+                "resource": present(&plain, version)?,
+                "search": {"mode": "match"},
+            }));
+        }
+    }
+    Ok(searchset(
+        base,
+        &format!("Patient/{id}/$everything"),
+        &pairs,
+        (offset, count),
+        total,
+        entries,
+    ))
+}
+
+pub(super) async fn history<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    kind: String,
+    id: String,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let versions = versions_of(&state, resource_type(&kind)?, &id)?;
+    allowed(&state, &token, versions[0].anchor.record).await?;
+    let base = &state.gateway.public_url;
+    let mut entries = Vec::new();
+    for version in versions.iter().rev() {
+        let plain = reveal(&state, &token.identity, version).await?;
+        entries.push(json!({
+            "fullUrl": format!("{base}/fhir/{kind}/{id}"),
+            "resource": present(&plain, version)?,
+            "request": {"method": if version.anchor.version == 1 { "POST" } else { "PUT" },
+                        "url": format!("{kind}/{id}")},
+            "response": {"status": if version.anchor.version == 1 { "201" } else { "200" },
+                         "etag": format!("W/\"{}\"", version.anchor.version),
+                         "lastModified": instant(version.anchor.timestamp_ms)},
+        }));
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": entries.len(),
+        "link": [{"relation": "self", "url": format!("{base}/fhir/{kind}/{id}/_history")}],
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}

@@ -1,0 +1,138 @@
+//! Submission: signing with a caller's session key (or the institution's key), submitting, and
+//! waiting for the commit. The nonce advances only when the node admits the transaction.
+
+use crate::session::Token;
+use crate::{ApiError, ApiState, WAIT_MAX};
+use axum::http::StatusCode;
+use commonware_cryptography::Signer as _;
+use commonware_runtime::Blob;
+use ehrchain_chain::{SubmitError, application::Location};
+use ehrchain_types::{Payload, Transaction, TransactionBody};
+
+fn submit_failure(error: &SubmitError) -> ApiError {
+    crate::submit_error(error).as_fhir("processing")
+}
+
+/// Sign `payload` with the caller's session key and submit it. The nonce advances only when
+/// the node admits the transaction, so a refusal leaves no gap for the next request.
+pub async fn submit_as<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    payload: Payload,
+) -> Result<Transaction, ApiError> {
+    let mut nonce = token.nonce.lock().await;
+    // A session transaction the pool dropped (one that can never apply takes its successors
+    // with it) leaves a gap no later nonce can cross: start again after the last one alive.
+    let next = state.chain.next_nonce(&token.key.public_key());
+    if *nonce > next {
+        *nonce = next;
+    }
+    let tx = TransactionBody {
+        chain_id: state.genesis.chain_id,
+        signer: token.key.public_key(),
+        nonce: *nonce,
+        payload,
+    }
+    .sign(&token.key);
+    state
+        .chain
+        .submit(tx.bytes())
+        .map_err(|e| submit_failure(&e))?;
+    *nonce += 1;
+    Ok(tx)
+}
+
+/// Sign and submit with the session key; a blob staged for it is dropped on refusal.
+pub async fn submit_staged<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    payload: Payload,
+    staged: Option<[u8; 32]>,
+) -> Result<Transaction, ApiError> {
+    let result = submit_as(state, token, payload).await;
+    if result.is_err()
+        && let Some(hash) = staged
+        && let Err(error) = state.store.unstage(&hash)
+    {
+        tracing::error!(%error, "cannot drop a refused upload");
+    }
+    result
+}
+
+/// Sign and submit with the institution's own key (patient registration).
+pub async fn submit_as_institution<B: Blob>(
+    state: &ApiState<B>,
+    payload: Payload,
+) -> Result<Transaction, ApiError> {
+    let key = state.gateway.institution.as_ref().ok_or_else(|| {
+        ApiError::fhir(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this node registers no patients",
+        )
+    })?;
+    let mut last = state.gateway.institution_nonce.lock().await;
+    // After the pool dropped one of ours, start again after the last one alive.
+    let signer = key.public_key();
+    let mut nonce = (*last)
+        .min(state.chain.next_nonce(&signer))
+        .max(state.chain.nonce(&signer));
+    // Another client of the same key (the operator's CLI) may hold a nonce: step past it.
+    for _ in 0..8 {
+        let tx = TransactionBody {
+            chain_id: state.genesis.chain_id,
+            signer: key.public_key(),
+            nonce,
+            payload: payload.clone(),
+        }
+        .sign(key);
+        match state.chain.submit(tx.bytes()) {
+            Ok(_) => {
+                *last = nonce + 1;
+                return Ok(tx);
+            }
+            Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Duplicate))
+            | Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Rejected(
+                ehrchain_contracts::facts::Rejection::StaleNonce { .. },
+            ))) => nonce += 1,
+            Err(error) => return Err(submit_failure(&error)),
+        }
+    }
+    Err(ApiError::fhir(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "the institution's account is busy; retry",
+    ))
+}
+
+/// Wait until `tx` commits; its rejection or a timeout is an error.
+pub async fn commit<B: Blob>(state: &ApiState<B>, tx: &Transaction) -> Result<Location, ApiError> {
+    let id = tx.id();
+    let mut committed = state.chain.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(location) = state.chain.location(&id) {
+            if let Some(reason) = crate::denial(state, &location) {
+                return Err(ApiError::fhir(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    &format!("{reason}; the attempt is recorded on chain"),
+                ));
+            }
+            return Ok(location);
+        }
+        if let Some((_, reason)) = state.chain.rejection(&id) {
+            return Err(ApiError::fhir(StatusCode::CONFLICT, "conflict", &reason));
+        }
+        if tokio::time::timeout_at(deadline, committed.changed())
+            .await
+            .is_err()
+        {
+            return Err(ApiError::fhir(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the transaction did not commit in time; retry",
+            ));
+        }
+    }
+}
