@@ -1,4 +1,6 @@
-//! Untrusted proof files checked offline: malformed proofs are refused, never a panic.
+//! Untrusted proof files checked offline: malformed proofs are refused, never a panic. The
+//! client library's reader (`client::proof::parse`: a proof file or a FHIR `Provenance` with
+//! the proof in base64) is driven with the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -17,5 +19,8 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(proof) = serde_json::from_slice::<ehrchain_types::proof::InclusionProof>(data) {
         let _ = proof.verify(&genesis);
+    }
+    if let Ok(proof) = ehrchain_client::proof::parse(data) {
+        let _ = ehrchain_client::proof::verify(&proof, &genesis);
     }
 });
