@@ -178,10 +178,13 @@ fn a_restored_node_catches_up_and_an_old_backup_outlives_erasure_as_documented()
     wait_until("erased on node 0", Duration::from_secs(60), || {
         fhir(&format!("{api0}/fhir/Observation/{old}"), &me, None).0 == 410
     });
-    assert!(
-        !dir.join(format!("node-0/data/custody/{patient_id}.key"))
-            .exists(),
-        "the live custody key is gone"
+    // The records keeper deletes the custodial seed when it carries out the erasure block,
+    // just after the state shows the erasure (the 410 above): give it that moment.
+    let live_key = dir.join(format!("node-0/data/custody/{patient_id}.key"));
+    wait_until(
+        "the live custody key is gone",
+        Duration::from_secs(30),
+        || !live_key.exists(),
     );
 
     // The old backup, opened directly.
