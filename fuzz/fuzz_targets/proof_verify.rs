@@ -21,6 +21,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = proof.verify(&genesis);
     }
     if let Ok(proof) = ehrchain_client::proof::parse(data) {
-        let _ = ehrchain_client::proof::verify(&proof, &genesis);
+        let _ = proof.verify(&genesis);
     }
 });

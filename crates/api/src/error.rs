@@ -91,12 +91,6 @@ impl ApiError {
         self
     }
 
-    /// The same error answered as an OAuth error named `error`.
-    pub fn as_oauth(mut self, error: &'static str) -> Self {
-        self.shape = Shape::OAuth { error };
-        self
-    }
-
     /// An `OperationOutcome` of validation issues, answered as it is.
     pub fn with_issues(mut self, outcome: Value) -> Self {
         if let Shape::Fhir { issues, .. } = &mut self.shape {

@@ -170,13 +170,17 @@ fn origin(url: &str) -> Option<&str> {
     Some(&url[..end])
 }
 
+/// `request` with this process's bearer token for the node `url` names.
+fn authorized<B>(request: ureq::RequestBuilder<B>, url: &str) -> Result<ureq::RequestBuilder<B>> {
+    Ok(match bearer(url)? {
+        Some(value) => request.header("Authorization", value),
+        None => request,
+    })
+}
+
 /// A GET to `url` that carries this process's bearer token.
 pub fn get_request(url: &str) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>> {
-    let mut request = agent().get(url);
-    if let Some(value) = bearer(url)? {
-        request = request.header("Authorization", value);
-    }
-    Ok(request)
+    authorized(agent().get(url), url)
 }
 
 /// Read a JSON answer; a non-2xx answer becomes an error carrying the server's message.
@@ -211,10 +215,14 @@ pub fn get_json(url: &str) -> Result<Value> {
 }
 
 pub fn post_bytes(url: &str, bytes: Vec<u8>) -> Result<Value> {
-    let mut request = agent().post(url);
-    if let Some(value) = bearer(url)? {
-        request = request.header("Authorization", value);
-    }
+    send_bytes(authorized(agent().post(url), url)?, url, bytes)
+}
+
+fn send_bytes(
+    request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    url: &str,
+    bytes: Vec<u8>,
+) -> Result<Value> {
     let response = request
         .header("content-type", "application/octet-stream")
         .send(&bytes[..])
@@ -415,23 +423,26 @@ fn typed(url: &str, error: anyhow::Error) -> ehrchain_client::Error {
 
 impl ehrchain_client::Transport for Http {
     fn get_json(&self, url: &str) -> Result<Value, ehrchain_client::Error> {
-        if self.anonymous {
-            let response = agent().get(url).call().map_err(|e| typed(url, e.into()))?;
-            return answer(url, response).map_err(|e| typed(url, e));
-        }
-        get_json(url).map_err(|e| typed(url, e))
+        let request = if self.anonymous {
+            Ok(agent().get(url))
+        } else {
+            get_request(url)
+        };
+        request
+            .and_then(|r| r.call().with_context(|| format!("cannot reach {url}")))
+            .and_then(|response| answer(url, response))
+            .map_err(|e| typed(url, e))
     }
 
     fn post_bytes(&self, url: &str, body: Vec<u8>) -> Result<Value, ehrchain_client::Error> {
-        if self.anonymous {
-            let response = agent()
-                .post(url)
-                .header("content-type", "application/octet-stream")
-                .send(&body[..])
-                .map_err(|e| typed(url, e.into()))?;
-            return answer(url, response).map_err(|e| typed(url, e));
-        }
-        post_bytes(url, body).map_err(|e| typed(url, e))
+        let request = if self.anonymous {
+            Ok(agent().post(url))
+        } else {
+            authorized(agent().post(url), url)
+        };
+        request
+            .and_then(|r| send_bytes(r, url, body))
+            .map_err(|e| typed(url, e))
     }
 
     fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<Value, ehrchain_client::Error> {

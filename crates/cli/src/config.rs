@@ -187,15 +187,11 @@ impl NodeConfig {
     }
 }
 
+/// A genesis file, with its validator keys checked (`ehrchain_client::proof::genesis`).
 pub fn load_genesis(path: &Path) -> Result<Genesis> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read genesis {}", path.display()))?;
-    let genesis: Genesis = serde_json::from_str(&text)
-        .with_context(|| format!("invalid genesis {}", path.display()))?;
-    genesis
-        .validator_keys()
-        .with_context(|| format!("invalid validators in {}", path.display()))?;
-    Ok(genesis)
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read genesis {}", path.display()))?;
+    ehrchain_client::proof::genesis(&bytes).with_context(|| path.display().to_string())
 }
 
 /// Write a private key seed (hex) to a file only its owner can read.

@@ -4,6 +4,7 @@
 
 use crate::Error;
 use ehrchain_types::Genesis;
+/// Checked offline with [`InclusionProof::verify`] against a genesis.
 pub use ehrchain_types::proof::{InclusionProof, ProofError, Verified};
 
 /// Largest proof document read (a proof file or a FHIR `Provenance` carrying one): 1,024
@@ -42,11 +43,6 @@ pub fn genesis(document: &[u8]) -> Result<Genesis, Error> {
     Ok(genesis)
 }
 
-/// Check `proof` against the validators of `genesis`, with no network access.
-pub fn verify(proof: &InclusionProof, genesis: &Genesis) -> Result<Verified, ProofError> {
-    proof.verify(genesis)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +79,6 @@ mod tests {
             auditors: vec![],
             rules: Default::default(),
         };
-        assert!(verify(&proof, &genesis).is_err());
+        assert!(proof.verify(&genesis).is_err());
     }
 }
