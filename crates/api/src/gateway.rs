@@ -20,16 +20,16 @@ use std::{
 pub struct Gateway {
     /// The base URL clients reach this node at (`aud` is `{public_url}/auth/token`).
     pub public_url: String,
-    /// The institution's (validator's) key, to register patients it is the home of.
-    pub institution: Option<PrivateKey>,
+    /// The institution's (validator's) key, to register patients it is the home of and to
+    /// put its access log on chain.
+    pub institution: Option<Arc<ehrchain_chain::account::Account>>,
     pub(crate) tokens: Mutex<HashMap<String, Arc<Token>>>,
     pub(crate) jtis: Mutex<HashMap<String, u64>>,
-    pub(crate) institution_nonce: tokio::sync::Mutex<u64>,
     /// Custodial keys already read and parsed, by file, with the file's modification time.
     custody_keys: Mutex<HashMap<PathBuf, (SystemTime, ehrchain_crypto::EncryptionKey)>>,
     /// The journal of reads this gateway decided and served, on their way to the chain.
     /// Without one, every read waits for its own `Access` transaction to commit.
-    pub access_log: Option<crate::access_log::AccessLog>,
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub metrics: GatewayMetrics,
 }
 
@@ -86,10 +86,10 @@ impl Gateway {
     pub fn new(public_url: String, institution: Option<PrivateKey>) -> Self {
         Self {
             public_url,
-            institution,
+            institution: institution
+                .map(|key| Arc::new(ehrchain_chain::account::Account::new(key))),
             tokens: Mutex::default(),
             jtis: Mutex::default(),
-            institution_nonce: tokio::sync::Mutex::new(0),
             custody_keys: Mutex::default(),
             access_log: None,
             metrics: GatewayMetrics::detached(),
@@ -102,15 +102,19 @@ impl Gateway {
         self
     }
 
-    /// Serve consented reads through an access log journalled in `dir` (see `access_log`).
-    /// `recorded` is the institution's next log entry number on chain.
+    /// Serve consented reads through an access log journalled in `dir` (see `access_log`),
+    /// its writer a task of `context`. `recorded` is the institution's next log entry number
+    /// on chain.
     pub fn with_access_log(
         mut self,
+        context: impl commonware_runtime::Spawner,
         dir: &std::path::Path,
         recorded: u64,
         metrics: crate::access_log::AccessLogMetrics,
     ) -> std::io::Result<Self> {
-        self.access_log = Some(crate::access_log::AccessLog::open(dir, recorded, metrics)?);
+        self.access_log = Some(Arc::new(crate::access_log::AccessLog::open(
+            context, dir, recorded, metrics,
+        )?));
         Ok(self)
     }
 

@@ -4,7 +4,7 @@
 //! 4xx status that names the problem; they never carry request contents.
 
 pub mod access;
-pub mod access_log;
+pub use ehrchain_chain::access_log;
 pub mod ambient;
 pub mod auth;
 pub mod error;

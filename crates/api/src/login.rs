@@ -146,7 +146,7 @@ async fn issue_token<B: Blob>(
         .gateway
         .institution
         .as_ref()
-        .map(|key| key.public_key())
+        .map(|account| account.key.public_key())
         .ok_or_else(|| {
             ApiError::oauth(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -64,45 +64,22 @@ pub async fn submit_as_institution<B: Blob>(
     state: &ApiState<B>,
     payload: Payload,
 ) -> Result<Transaction, ApiError> {
-    let key = state.gateway.institution.as_ref().ok_or_else(|| {
+    let account = state.gateway.institution.as_ref().ok_or_else(|| {
         ApiError::fhir(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this node registers no patients",
         )
     })?;
-    let mut last = state.gateway.institution_nonce.lock().await;
-    // After the pool dropped one of ours, start again after the last one alive.
-    let signer = key.public_key();
-    let mut nonce = (*last)
-        .min(state.chain.next_nonce(&signer))
-        .max(state.chain.nonce(&signer));
-    // Another client of the same key (the operator's CLI) may hold a nonce: step past it.
-    for _ in 0..8 {
-        let tx = TransactionBody {
-            chain_id: state.genesis.chain_id,
-            signer: key.public_key(),
-            nonce,
-            payload: payload.clone(),
-        }
-        .sign(key);
-        match state.chain.submit(tx.bytes()) {
-            Ok(_) => {
-                *last = nonce + 1;
-                return Ok(tx);
-            }
-            Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Duplicate))
-            | Err(SubmitError::Admission(ehrchain_chain::mempool::AdmissionError::Rejected(
-                ehrchain_contracts::facts::Rejection::StaleNonce { .. },
-            ))) => nonce += 1,
-            Err(error) => return Err(submit_failure(&error)),
-        }
+    match account.submit(&state.chain, payload).await {
+        Ok(tx) => Ok(tx),
+        Err(error) if ehrchain_chain::account::is_busy(&error) => Err(ApiError::fhir(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the institution's account is busy; retry",
+        )),
+        Err(error) => Err(submit_failure(&error)),
     }
-    Err(ApiError::fhir(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "transient",
-        "the institution's account is busy; retry",
-    ))
 }
 
 /// Wait until `tx` commits; its rejection or a timeout is an error.

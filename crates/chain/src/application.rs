@@ -420,6 +420,11 @@ impl<B: Blob> Chain<B> {
         self.lock().admissions
     }
 
+    /// The chain id every transaction signs.
+    pub fn chain_id(&self) -> u64 {
+        self.config.chain_id
+    }
+
     pub fn status(&self) -> Status {
         let inner = self.lock();
         Status {

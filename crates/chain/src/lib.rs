@@ -1,5 +1,7 @@
 //! Run the ehrchain ledger: execute, store and agree on blocks of signed transactions.
 
+pub mod access_log;
+pub mod account;
 pub mod application;
 pub mod engine;
 pub mod epochs;

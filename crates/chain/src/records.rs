@@ -15,7 +15,7 @@
 use crate::Chain;
 use commonware_p2p::{Receiver, Recipients, Sender};
 use commonware_runtime::{
-    Blob, Metrics,
+    Blob, Clock, Metrics,
     telemetry::metrics::{Counter, Gauge, GaugeExt as _, MetricsExt as _, Registered},
 };
 use ehrchain_contracts::consent::{Grant, GrantId};
@@ -26,7 +26,11 @@ use ehrchain_contracts::{
 use ehrchain_crypto::{EncryptionPublicKey, Share, WRAP_BYTES, Wrap, envelope_hash};
 use ehrchain_storage::BlobStore;
 use ehrchain_types::{Block, Digest, PatientId, Payload, PublicKey, RecordId};
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 /// Most blobs asked for in one request.
 pub const FETCH_ITEMS_MAX: usize = 64;
@@ -226,8 +230,9 @@ impl KeeperMetrics {
 pub struct Records<B: Blob> {
     chain: Chain<B>,
     store: Arc<BlobStore>,
-    /// What this node still needs, with when it was last asked for and how often.
-    missing: BTreeMap<Wanted, Option<(std::time::Instant, u32)>>,
+    /// What this node still needs, with when it was last asked for (by the runtime's clock)
+    /// and how often.
+    missing: BTreeMap<Wanted, Option<(SystemTime, u32)>>,
     /// What the keeper counts (the missing gauge also feeds `/chain/status`).
     metrics: KeeperMetrics,
     /// This node's key: every other member is a peer to fetch from.
@@ -657,8 +662,9 @@ impl<B: Blob> Records<B> {
         tracing::info!(versions = versions.len(), "erasure carried out");
     }
 
-    /// Requests for what is missing and not asked for recently, spread over the peers.
-    fn next_requests(&mut self) -> Vec<(PublicKey, Vec<u8>)> {
+    /// Requests for what is missing and not asked for recently (at `now`), spread over the
+    /// peers.
+    fn next_requests(&mut self, now: SystemTime) -> Vec<(PublicKey, Vec<u8>)> {
         if self.missing.is_empty() {
             return Vec::new();
         }
@@ -669,14 +675,14 @@ impl<B: Blob> Records<B> {
         if peers.is_empty() {
             return Vec::new();
         }
-        let now = std::time::Instant::now();
         let due: Vec<(Wanted, u32)> = self
             .missing
             .iter()
             .filter_map(|(w, asked)| match asked {
                 None => Some((*w, 0)),
-                Some((at, attempts)) => (now.duration_since(*at) > ask_again_after(*attempts))
-                    .then_some((*w, *attempts)),
+                Some((at, attempts)) => (now.duration_since(*at).unwrap_or_default()
+                    > ask_again_after(*attempts))
+                .then_some((*w, *attempts)),
             })
             .take(FETCH_ITEMS_MAX * REQUESTS_PER_TICK_MAX)
             .collect();
@@ -840,10 +846,19 @@ fn plan(state: &State) -> Plan {
     }
 }
 
+/// How often stale uploads are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Run the keeper: reconcile, then follow finalized blocks, fetch what is missing, answer
-/// peers, and sweep stale uploads.
-pub async fn run<B, S, R>(mut records: Records<B>, (mut sender, mut receiver): (S, R))
-where
+/// peers, and sweep stale uploads. Its timers are the runtime's (`context`), so the seeded
+/// simulation runs it as a production node does; in production it has a thread of its own
+/// (its store writes and flushes block).
+pub async fn run<E, B, S, R>(
+    context: E,
+    mut records: Records<B>,
+    (mut sender, mut receiver): (S, R),
+) where
+    E: Clock,
     B: Blob,
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
@@ -852,14 +867,36 @@ where
     records.publish_missing();
     let mut heights = records.chain.subscribe();
     let mut done = records.chain.status().height;
-    let mut fetch = tokio::time::interval(FETCH_INTERVAL);
-    let mut sweep = tokio::time::interval(Duration::from_secs(60));
-    let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
-    recheck.tick().await;
+    let start = context.current();
+    let mut fetch_at = start;
+    let mut sweep_at = start;
+    let mut recheck_at = start + RECHECK_INTERVAL;
     loop {
         records.publish_missing();
-        tokio::select! {
-            _ = recheck.tick() => records.recheck().await,
+        let next = fetch_at.min(sweep_at).min(recheck_at);
+        // Biased (the first ready arm wins): no random choice, so a seeded run replays.
+        commonware_macros::select! {
+            _ = context.sleep_until(next) => {
+                let now = context.current();
+                if now >= recheck_at {
+                    records.recheck().await;
+                    recheck_at = now + RECHECK_INTERVAL;
+                }
+                if now >= fetch_at {
+                    for (peer, request) in records.next_requests(now) {
+                        let _ = sender.send(Recipients::One(peer), request, false);
+                    }
+                    fetch_at = now + FETCH_INTERVAL;
+                }
+                if now >= sweep_at {
+                    match records.store.sweep_staged(STAGED_AGE_MAX, |_| false) {
+                        Ok(0) => {}
+                        Ok(removed) => tracing::info!(removed, "swept uploads whose anchors never became final"),
+                        Err(e) => halt(e),
+                    }
+                    sweep_at = now + SWEEP_INTERVAL;
+                }
+            },
             changed = heights.changed() => {
                 if changed.is_err() {
                     return;
@@ -874,7 +911,7 @@ where
                     let block = Block::decode(&record.block).expect("a committed block decodes");
                     records.on_block(&block).await;
                 }
-            }
+            },
             message = receiver.recv() => {
                 let Ok((peer, bytes)) = message else { return };
                 match decode_message(bytes.as_ref()) {
@@ -885,19 +922,7 @@ where
                     Some(Message::Response(items)) => records.accept(items).await,
                     None => tracing::warn!(%peer, "malformed blob-channel message"),
                 }
-            }
-            _ = fetch.tick() => {
-                for (peer, request) in records.next_requests() {
-                    let _ = sender.send(Recipients::One(peer), request, false);
-                }
-            }
-            _ = sweep.tick() => {
-                match records.store.sweep_staged(STAGED_AGE_MAX, |_| false) {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "swept uploads whose anchors never became final"),
-                    Err(e) => halt(e),
-                }
-            }
+            },
         }
     }
 }

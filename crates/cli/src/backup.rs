@@ -297,15 +297,10 @@ pub fn backup(config_path: &Path, out: &Path, progress: bool) -> Result<Manifest
     } else {
         0
     };
-    let journal_entries = {
-        let journal = ehrchain_api::access_log::AccessLog::open(
-            &data.join("access-log"),
-            0,
-            ehrchain_api::access_log::AccessLogMetrics::detached(),
-        )
-        .context("the copied access-log journal does not read back")?;
-        journal.unrecorded()
-    };
+    let journal_entries = ehrchain_storage::journal::replay(&data.join("access-log"))
+        .context("the copied access-log journal does not read back")?
+        .0
+        .len();
     let mut files = Vec::new();
     let mut paths: Vec<PathBuf> = Vec::new();
     collect_files(out, &mut paths)?;

@@ -113,7 +113,12 @@ fn default_region() -> String {
 
 impl BlobStoreConfig {
     /// Open the configured store; uploads are staged under `data_dir`.
-    pub fn open(&self, node_name: &str, data_dir: &Path) -> Result<ehrchain_storage::BlobStore> {
+    pub fn open(
+        &self,
+        context: impl ehrchain_storage::Runtime,
+        node_name: &str,
+        data_dir: &Path,
+    ) -> Result<ehrchain_storage::BlobStore> {
         if self.kind != "s3" {
             bail!("blob_store.kind must be \"s3\" (leave [blob_store] out for local disk)");
         }
@@ -129,6 +134,7 @@ impl BlobStoreConfig {
             self.prefix.clone()
         };
         Ok(ehrchain_storage::BlobStore::s3(
+            context,
             &ehrchain_storage::S3Config {
                 endpoint: self.endpoint.clone(),
                 bucket: self.bucket.clone(),

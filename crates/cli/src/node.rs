@@ -4,7 +4,7 @@ use crate::config::{NodeConfig, load_genesis, read_key};
 use anyhow::{Context, Result};
 use commonware_cryptography::{ChaCha20Poly1305, Signer};
 use commonware_p2p::{Address, AddressableManager, authenticated::lookup};
-use commonware_runtime::{Quota, Runner, Supervisor, tokio as cw_tokio};
+use commonware_runtime::{Quota, Runner, Spawner as _, Supervisor, tokio as cw_tokio};
 use commonware_stream::{
     cups::{self, Cups},
     sake::{self, Sake},
@@ -164,16 +164,26 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         auditors: genesis.auditor_keys()?,
         rules: genesis.rules,
     };
-    let store = match &config.blob_store {
-        Some(blob_store) => blob_store.open(&config.name, &config.data_dir)?,
-        None => ehrchain_storage::BlobStore::local(&config.data_dir.join("records"))?,
-    };
-    let store = Arc::new(store);
-    tracing::info!(name = %config.name, key = %me, blob_store = store.kind(), p2p = %config.p2p_listen, api = %config.api_listen, "starting validator");
-
     let runtime = cw_tokio::Config::new().with_storage_directory(&config.data_dir);
     let executor = cw_tokio::Runner::new(runtime);
     executor.start(|context| async move {
+        // The store's stager is a task of the runtime (on a thread of its own).
+        let store = match &config.blob_store {
+            Some(blob_store) => blob_store.open(context.child("blobs"), &config.name, &config.data_dir),
+            None => ehrchain_storage::BlobStore::local(
+                context.child("blobs"),
+                &config.data_dir.join("records"),
+            )
+            .map_err(Into::into),
+        };
+        let store = match store {
+            Ok(store) => Arc::new(store),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "cannot open the blob store");
+                std::process::exit(1);
+            }
+        };
+        tracing::info!(name = %config.name, key = %me, blob_store = store.kind(), p2p = %config.p2p_listen, api = %config.api_listen, "starting validator");
         let max_message = engine::max_message_size(validators.len());
         let mut p2p = lookup::Config::local(
             Cups::<_, ChaCha20Poly1305>::new(
@@ -244,7 +254,11 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
                 .with_custody(config.data_dir.join("custody"))
                 .with_metrics(&metrics);
         let blobs_missing = keeper.missing_gauge();
-        tokio::spawn(ehrchain_chain::records::run(keeper, blob_channel));
+        // The keeper's store writes and flushes block: it gets a thread of its own.
+        context
+            .child("records")
+            .dedicated()
+            .spawn(move |context| ehrchain_chain::records::run(context, keeper, blob_channel));
 
         let metrics_context = context.child("api");
         // Reads served by the gateway are journalled here until the chain records them.
@@ -258,6 +272,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
                 &metrics.child("gateway"),
             ))
             .with_access_log(
+                context.child("access_log"),
                 &config.data_dir.join("access-log"),
                 recorded,
                 ehrchain_api::access_log::AccessLogMetrics::register(&metrics.child("access_log")),
@@ -281,7 +296,12 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
             )),
             blobs_missing,
         });
-        tokio::spawn(ehrchain_api::access_log::run(state.clone()));
+        if let (Some(log), Some(account)) = (&state.gateway.access_log, &state.gateway.institution) {
+            context.child("access_log_batcher").spawn({
+                let (chain, log, account) = (state.chain.clone(), log.clone(), account.clone());
+                move |context| ehrchain_api::access_log::run(context, chain, log, account)
+            });
+        }
         let connections = state.connections.clone();
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {

@@ -194,14 +194,19 @@ fn a_restored_node_catches_up_and_an_old_backup_outlives_erasure_as_documented()
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), scratch.join(entry.file_name())).unwrap();
     }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let _inside = runtime.enter();
-    let store = ehrchain_storage::BlobStore::local(&scratch).unwrap();
     let hash = |hex_hash: &str| -> [u8; 32] { hex::decode(hex_hash).unwrap().try_into().unwrap() };
-    let (envelope, wraps) = runtime
-        .block_on(store.get(&hash(&old_hash)))
-        .unwrap()
-        .expect("the old envelope is in the old backup");
+    let (old_blob, new_blob) = (hash(&old_hash), hash(&new_hash));
+    let (old_found, new_found) = commonware_runtime::Runner::start(
+        commonware_runtime::deterministic::Runner::default(),
+        |context| async move {
+            let store = ehrchain_storage::BlobStore::local(context, &scratch).unwrap();
+            (
+                store.get(&old_blob).await.unwrap(),
+                store.get(&new_blob).await.unwrap(),
+            )
+        },
+    );
+    let (envelope, wraps) = old_found.expect("the old envelope is in the old backup");
     let binding = ehrchain_crypto::Binding {
         record: hex::decode(&old).unwrap().try_into().unwrap(),
         version: old_version,
@@ -224,10 +229,7 @@ fn a_restored_node_catches_up_and_an_old_backup_outlives_erasure_as_documented()
     let stranger = ehrchain_crypto::EncryptionKey::from_seed(&read_key(&clinician_2));
     assert!(!opens(&stranger), "no wrap for a clinician who never read");
     assert!(
-        runtime
-            .block_on(store.get(&hash(&new_hash)))
-            .unwrap()
-            .is_none(),
+        new_found.is_none(),
         "what was written after the backup is not in it"
     );
     drop(cluster);

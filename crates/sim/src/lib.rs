@@ -26,6 +26,8 @@ use std::{
     time::Duration,
 };
 
+pub mod records;
+
 type Context = deterministic::Context;
 type Blob = <Context as commonware_runtime::Storage>::Blob;
 
@@ -148,8 +150,83 @@ async fn start_validator(
     (block, rules): (&Block, Rules),
     index: usize,
 ) -> (Chain<Blob>, Handle<()>) {
+    let node = start_node(
+        context,
+        oracle,
+        keys,
+        genesis_validators,
+        (block, rules),
+        index,
+        None,
+    )
+    .await;
+    (node.chain, node.handle)
+}
+
+/// What a node runs beside consensus when a scenario asks for it: its blob store and records
+/// keeper, and its gateway's access log and batcher, exactly as `ehrchain node` starts them.
+pub(crate) struct Services {
+    /// The node's data directory (kept across a crash, like a disk).
+    pub dir: std::path::PathBuf,
+    /// Drop every blob request from peers: a node that withholds what it holds.
+    pub withhold: bool,
+}
+
+/// A started node: its chain, its task and (with services) its store and access log.
+pub(crate) struct Node {
+    pub chain: Chain<Blob>,
+    pub handle: Handle<()>,
+    pub store: Option<std::sync::Arc<ehrchain_storage::BlobStore>>,
+    pub log: Option<std::sync::Arc<ehrchain_chain::access_log::AccessLog>>,
+}
+
+/// A blob-channel receiver that drops the peers' requests (see [`Services::withhold`]).
+#[derive(Debug)]
+struct Withholding(simulated::Receiver<PublicKey>);
+
+impl commonware_p2p::Receiver for Withholding {
+    type Error = <simulated::Receiver<PublicKey> as commonware_p2p::Receiver>::Error;
+    type PublicKey = PublicKey;
+
+    async fn recv(&mut self) -> Result<commonware_p2p::Message<PublicKey>, Self::Error> {
+        loop {
+            let (peer, bytes) = self.0.recv().await?;
+            if !matches!(
+                ehrchain_chain::records::decode_message(bytes.as_ref()),
+                Some(ehrchain_chain::records::Message::Request(_))
+            ) {
+                return Ok((peer, bytes));
+            }
+        }
+    }
+
+    fn capacity(&self) -> std::num::NonZeroUsize {
+        self.0.capacity()
+    }
+}
+
+/// Start validator `index`, with `services` if given (see [`start_validator`]).
+async fn start_node(
+    context: &Context,
+    oracle: &Oracle<PublicKey, Context>,
+    keys: &[PrivateKey],
+    genesis_validators: usize,
+    (block, rules): (&Block, Rules),
+    index: usize,
+    services: Option<&Services>,
+) -> Node {
     let key = keys[index].clone();
     let channels = channels(oracle, &key.public_key()).await;
+    let blobs = match services {
+        Some(_) => Some(
+            oracle
+                .control(key.public_key())
+                .register(channel::BLOBS, quota())
+                .await
+                .expect("register"),
+        ),
+        None => None,
+    };
     let members: Vec<PublicKey> = keys[..genesis_validators]
         .iter()
         .map(Signer::public_key)
@@ -173,13 +250,15 @@ async fn start_validator(
     };
     let peers = oracle.manager();
     let blocker = oracle.control(key.public_key());
+    let services = services.map(|s| (s.dir.clone(), s.withhold));
     let (sender, receiver) = futures::channel::oneshot::channel();
     let handle = context
         .child("validator")
         .with_attribute("index", index)
         .spawn(move |context| async move {
+            let me = key.public_key();
             let (chain, handles) = engine::start(
-                context,
+                context.child("engine"),
                 config,
                 channels,
                 peers.clone(),
@@ -187,11 +266,72 @@ async fn start_validator(
                 SimPeers(peers),
             )
             .await;
-            let _ = sender.send(chain);
+            let (mut store, mut log) = (None, None);
+            if let (Some((dir, withhold)), Some((blob_sender, blob_receiver))) = (services, blobs) {
+                let opened = ehrchain_storage::BlobStore::local(
+                    context.child("blobs"),
+                    &dir.join("records"),
+                )
+                .expect("open the blob store");
+                let opened = std::sync::Arc::new(opened);
+                let keeper = ehrchain_chain::records::Records::new(
+                    chain.clone(),
+                    opened.clone(),
+                    me.clone(),
+                );
+                if withhold {
+                    let receiver = Withholding(blob_receiver);
+                    context.child("records").spawn(move |context| {
+                        ehrchain_chain::records::run(context, keeper, (blob_sender, receiver))
+                    });
+                } else {
+                    context.child("records").spawn(move |context| {
+                        ehrchain_chain::records::run(context, keeper, (blob_sender, blob_receiver))
+                    });
+                }
+                use ehrchain_contracts::state::Reader as _;
+                let recorded = chain.read(|s| s.access_log_next(&me));
+                let journal = ehrchain_chain::access_log::AccessLog::open(
+                    context.child("access_log"),
+                    &dir.join("access-log"),
+                    recorded,
+                    ehrchain_chain::access_log::AccessLogMetrics::detached(),
+                )
+                .expect("open the access log");
+                let journal = std::sync::Arc::new(journal);
+                let account = std::sync::Arc::new(ehrchain_chain::account::Account::new(key));
+                context.child("access_log_batcher").spawn({
+                    let (chain, journal) = (chain.clone(), journal.clone());
+                    move |context| ehrchain_chain::access_log::run(context, chain, journal, account)
+                });
+                store = Some(opened);
+                log = Some(journal);
+            }
+            let _ = sender.send((chain, store, log));
             let _ = futures::future::select_all(handles).await;
         });
-    let chain = receiver.await.expect("validator started");
-    (chain, handle)
+    let (chain, store, log) = receiver.await.expect("validator started");
+    Node {
+        chain,
+        handle,
+        store,
+        log,
+    }
+}
+
+/// Wait (in simulated time, at most `limit`) until `done` holds.
+pub(crate) async fn wait_until(
+    context: &Context,
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = context.current();
+    while !done() {
+        let waited = context.current().duration_since(start).unwrap_or_default();
+        assert!(waited < limit, "timed out waiting for {what}");
+        context.sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn set_links(
@@ -632,17 +772,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             chains[&signer].submit(tx.bytes()).expect("admitted")
         };
         let height = |chains: &BTreeMap<usize, Chain<Blob>>, i: usize| chains[&i].status().height;
-        async fn wait_until(context: &Context, what: &str, mut done: impl FnMut() -> bool) {
-            let start = context.current();
-            while !done() {
-                let waited = context.current().duration_since(start).unwrap_or_default();
-                assert!(
-                    waited < Duration::from_secs(240),
-                    "timed out waiting for {what}"
-                );
-                context.sleep(Duration::from_millis(50)).await;
-            }
-        }
+        const LIMIT: Duration = Duration::from_secs(240);
         let committed = |chains: &BTreeMap<usize, Chain<Blob>>, i: usize, id: &Digest| {
             chains[&i].location(id).is_some()
         };
@@ -673,7 +803,10 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
                     action,
                 },
             );
-            wait_until(&context, "a proposal", || committed(chains, 0, &proposal)).await;
+            wait_until(&context, "a proposal", LIMIT, || {
+                committed(chains, 0, &proposal)
+            })
+            .await;
             for voter in voters {
                 let vote = submit(
                     chains,
@@ -683,11 +816,14 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
                         approve: true,
                     },
                 );
-                wait_until(&context, "a vote", || committed(chains, *voter, &vote)).await;
+                wait_until(&context, "a vote", LIMIT, || {
+                    committed(chains, *voter, &vote)
+                })
+                .await;
             }
             passed(chains, &id).expect("the proposal passed")
         };
-        wait_until(&context, "first blocks", || height(&chains, 0) >= 3).await;
+        wait_until(&context, "first blocks", LIMIT, || height(&chains, 0) >= 3).await;
 
         // Admit validator 4: 0, 1 and 2 say yes (3 of 4).
         let admission = ehrchain_types::GovernanceAction::AddMember {
@@ -698,7 +834,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         let admitted_at = decide(&chains, [1; 16], admission, &[1, 2]).await;
 
         // Once validator 4 votes, crash validator 3: only the newcomer's votes make a quorum.
-        wait_until(&context, "the admission epoch", || {
+        wait_until(&context, "the admission epoch", LIMIT, || {
             (0..5).all(|i| height(&chains, i) > admitted_at)
         })
         .await;
@@ -707,7 +843,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         let _ = victim.await;
         chains.remove(&3);
         let before = height(&chains, 0);
-        wait_until(&context, "progress with the newcomer", || {
+        wait_until(&context, "progress with the newcomer", LIMIT, || {
             [0, 1, 2, 4]
                 .iter()
                 .all(|i| height(&chains, *i) >= before + epoch_blocks)
@@ -720,7 +856,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             key: publics[3].clone(),
         };
         let removed_at = decide(&chains, [2; 16], removal, &[1, 2, 4]).await;
-        wait_until(&context, "the removal epoch", || {
+        wait_until(&context, "the removal epoch", LIMIT, || {
             [0, 1, 2, 4]
                 .iter()
                 .all(|i| height(&chains, *i) > removed_at)
@@ -732,7 +868,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         let _ = stopped.await;
         chains.remove(&1);
         let before = height(&chains, 0);
-        wait_until(&context, "progress after the removal", || {
+        wait_until(&context, "progress after the removal", LIMIT, || {
             [0, 2, 4]
                 .iter()
                 .all(|i| height(&chains, *i) >= before + epoch_blocks + 2)
@@ -746,7 +882,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         chains.insert(1, chain);
         handles.insert(1, handle);
         let target = height(&chains, 0);
-        wait_until(&context, "validator 1 to catch up", || {
+        wait_until(&context, "validator 1 to catch up", LIMIT, || {
             height(&chains, 1) >= target
         })
         .await;
@@ -764,7 +900,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
         }
         .sign(&client);
         let id = chains[&4].submit(tx.bytes()).expect("admitted");
-        wait_until(&context, "the last transaction", || {
+        wait_until(&context, "the last transaction", LIMIT, || {
             committed(&chains, 4, &id)
         })
         .await;

@@ -25,11 +25,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt as _, PutPayload, aws::AmazonS3Builder, path::Path as ObjectPath,
 };
 use pack::Pack;
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 pub use pack::{ENTRY_BYTES_MAX, SEGMENT_BYTES_MAX};
 
@@ -87,6 +83,21 @@ pub struct BlobStore {
     stager: tokio::sync::mpsc::Sender<StageRequest>,
     /// What the store counts; exported once [`BlobStore::register_metrics`] is called.
     metrics: std::sync::OnceLock<StoreMetrics>,
+    /// The runtime's clock, in milliseconds since the Unix epoch: when an upload was staged.
+    clock: Clock,
+}
+
+/// A runtime's wall clock, read through [`commonware_runtime::Clock`] (the simulation's is
+/// seeded), so the store never reads the system time itself.
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+fn clock_of<E: commonware_runtime::Clock>(context: E) -> Clock {
+    Arc::new(move || {
+        context
+            .current()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    })
 }
 
 /// What a node's blob store counts, where it happens.
@@ -109,18 +120,16 @@ struct StageRequest {
     done: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Group commit for staging: append every waiting upload, flush the segments written once,
 /// then answer them all. Under load one flush covers hundreds of uploads; alone, an upload
-/// waits for just its own flush.
-fn run_stager(pack: Arc<Pack>, mut queue: tokio::sync::mpsc::Receiver<StageRequest>) {
-    while let Some(first) = queue.blocking_recv() {
+/// waits for just its own flush. It runs as a runtime task (on a thread of its own in
+/// production, since its writes block), so the simulation schedules it like any other.
+async fn run_stager(
+    pack: Arc<Pack>,
+    clock: Clock,
+    mut queue: tokio::sync::mpsc::Receiver<StageRequest>,
+) {
+    while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < STAGE_GROUP_MAX {
             match queue.try_recv() {
@@ -130,7 +139,7 @@ fn run_stager(pack: Arc<Pack>, mut queue: tokio::sync::mpsc::Receiver<StageReque
         }
         let mut written = Vec::with_capacity(group.len());
         let mut segments = Vec::new();
-        let staged_ms = now_ms();
+        let staged_ms = clock();
         for request in group {
             let result = pack
                 .append(true, &request.hash, staged_ms, &request.bytes)
@@ -163,13 +172,28 @@ fn e_kind(error: &Error) -> std::io::ErrorKind {
     }
 }
 
-fn spawn_stager(pack: Arc<Pack>) -> tokio::sync::mpsc::Sender<StageRequest> {
+fn spawn_stager(
+    context: impl commonware_runtime::Spawner + commonware_runtime::Metrics,
+    pack: Arc<Pack>,
+    clock: Clock,
+) -> tokio::sync::mpsc::Sender<StageRequest> {
     let (sender, receiver) = tokio::sync::mpsc::channel(STAGE_QUEUE_MAX);
-    std::thread::Builder::new()
-        .name("ehrchain-stager".into())
-        .spawn(move || run_stager(pack, receiver))
-        .expect("spawn the stager thread");
+    context
+        .child("stager")
+        .dedicated()
+        .spawn(move |_| run_stager(pack, clock, receiver));
     sender
+}
+
+/// What a store runs on: the runtime's spawner (the stager), clock and metrics.
+pub trait Runtime:
+    commonware_runtime::Spawner + commonware_runtime::Clock + commonware_runtime::Metrics
+{
+}
+
+impl<E> Runtime for E where
+    E: commonware_runtime::Spawner + commonware_runtime::Clock + commonware_runtime::Metrics
+{
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -186,7 +210,7 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Move objects of the earlier one-file-per-object layout (`records/{xx}/{hash}`, and
 /// `staging/{hash}.upload`) into the pack, then delete the files.
-fn import_files(dir: &Path, pack: &Pack) -> Result<usize> {
+fn import_files(dir: &Path, pack: &Pack, now_ms: u64) -> Result<usize> {
     let mut moved = 0;
     let mut files = Vec::new();
     for (sub, staged) in [("records", false), ("staging", true)] {
@@ -214,7 +238,7 @@ fn import_files(dir: &Path, pack: &Pack) -> Result<usize> {
         if let (Some(hash), Some(bytes)) = (hash, read_optional(path)?)
             && decode_object(&bytes).is_some_and(|(envelope, _)| envelope_hash(&envelope) == hash)
         {
-            pack.append(*staged, &hash, now_ms(), &bytes)?;
+            pack.append(*staged, &hash, now_ms, &bytes)?;
             moved += 1;
         }
     }
@@ -276,9 +300,11 @@ impl BlobStore {
         Pack::open(dir)?.check()
     }
 
-    pub fn local(dir: &Path) -> Result<Self> {
+    /// A store in `dir` on local disk; its stager runs on `context`.
+    pub fn local(context: impl Runtime, dir: &Path) -> Result<Self> {
+        let clock = clock_of(context.child("clock"));
         let pack = Arc::new(Pack::open(dir)?);
-        let moved = import_files(dir, &pack)?;
+        let moved = import_files(dir, &pack, clock())?;
         if moved > 0 {
             tracing::info!(
                 objects = moved,
@@ -287,15 +313,16 @@ impl BlobStore {
         }
         Ok(Self {
             backend: Backend::Local,
-            stager: spawn_stager(pack.clone()),
+            stager: spawn_stager(context, pack.clone(), clock.clone()),
             metrics: std::sync::OnceLock::new(),
             pack,
             wraps_lock: tokio::sync::Mutex::new(()),
+            clock,
         })
     }
 
     /// A store in an S3-compatible bucket; uploads are staged in `staging_dir` on local disk.
-    pub fn s3(config: &S3Config, staging_dir: &Path) -> Result<Self> {
+    pub fn s3(context: impl Runtime, config: &S3Config, staging_dir: &Path) -> Result<Self> {
         if config.bucket.is_empty() || config.endpoint.is_empty() {
             return Err(Error::Config("endpoint and bucket are required".into()));
         }
@@ -309,15 +336,17 @@ impl BlobStore {
             .with_virtual_hosted_style_request(false)
             .build()?;
         let pack = Arc::new(Pack::open(staging_dir)?);
+        let clock = clock_of(context.child("clock"));
         Ok(Self {
             backend: Backend::S3 {
                 store: Arc::new(store),
                 prefix: config.prefix.trim_matches('/').to_owned(),
             },
-            stager: spawn_stager(pack.clone()),
+            stager: spawn_stager(context, pack.clone(), clock.clone()),
             metrics: std::sync::OnceLock::new(),
             pack,
             wraps_lock: tokio::sync::Mutex::new(()),
+            clock,
         })
     }
 
@@ -550,17 +579,15 @@ impl BlobStore {
 
     /// Make every write and delete so far durable. Local store: one `fdatasync` per segment
     /// written; S3: each PUT and DELETE is already durable when it returns (the staging pack
-    /// is synced too, so dropped uploads stay dropped).
+    /// is synced too, so dropped uploads stay dropped). It blocks its thread for the flush:
+    /// the records keeper, its caller, runs on a thread of its own.
     pub async fn sync(&self) -> Result<()> {
-        let pack = self.pack.clone();
-        tokio::task::spawn_blocking(move || pack.sync())
-            .await
-            .expect("sync task")
+        self.pack.sync()
     }
 
     /// Delete staged uploads older than `age` whose anchors never became final.
     pub fn sweep_staged(&self, age: Duration, keep: impl Fn(&[u8; 32]) -> bool) -> Result<usize> {
-        let now = now_ms();
+        let now = (self.clock)();
         let mut removed = 0;
         for (hash, staged_ms) in self.pack.staged() {
             let old = now.saturating_sub(staged_ms) > age.as_millis() as u64;
@@ -575,6 +602,7 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use commonware_runtime::{Clock as _, Runner as _, Supervisor as _, deterministic};
     use ehrchain_crypto::{Binding, EncryptionKey, seal_for};
 
     fn sealed(text: &[u8], reader: &EncryptionKey) -> (Vec<u8>, [u8; 32], Vec<Wrap>) {
@@ -586,121 +614,131 @@ mod tests {
         seal_for(&binding, text, &[reader.public()]).unwrap()
     }
 
-    #[tokio::test]
-    async fn stage_promote_read_erase() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::local(dir.path()).unwrap();
-        let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, wraps) = sealed(b"{\"x\":1}", &reader);
-        assert_eq!(store.stage(&envelope, &wraps).await.unwrap(), hash);
-        assert!(
-            store.get(&hash).await.unwrap().is_none(),
-            "staged is not stored"
-        );
-        assert!(store.promote(&hash).await.unwrap());
-        store.sync().await.unwrap();
-        store.unstage(&hash).unwrap();
-        assert!(store.staged(&hash).unwrap().is_none());
-        assert_eq!(store.get(&hash).await.unwrap().unwrap(), (envelope, wraps));
-        store.delete(&hash).await.unwrap();
-        assert!(store.get(&hash).await.unwrap().is_none());
-        assert!(!store.contains(&hash).await.unwrap());
+    #[test]
+    fn stage_promote_read_erase() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(context.child("store"), dir.path()).unwrap();
+            let reader = EncryptionKey::from_seed(&[5; 32]);
+            let (envelope, hash, wraps) = sealed(b"{\"x\":1}", &reader);
+            assert_eq!(store.stage(&envelope, &wraps).await.unwrap(), hash);
+            assert!(
+                store.get(&hash).await.unwrap().is_none(),
+                "staged is not stored"
+            );
+            assert!(store.promote(&hash).await.unwrap());
+            store.sync().await.unwrap();
+            store.unstage(&hash).unwrap();
+            assert!(store.staged(&hash).unwrap().is_none());
+            assert_eq!(store.get(&hash).await.unwrap().unwrap(), (envelope, wraps));
+            store.delete(&hash).await.unwrap();
+            assert!(store.get(&hash).await.unwrap().is_none());
+            assert!(!store.contains(&hash).await.unwrap());
+        });
     }
 
-    #[tokio::test]
-    async fn a_damaged_record_is_never_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::local(dir.path()).unwrap();
-        let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, wraps) = sealed(b"{}", &reader);
-        store.put(&envelope, &wraps).await.unwrap();
-        store.sync().await.unwrap();
-        let path = dir.path().join("00000001.pack");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes
-            .windows(envelope.len())
-            .position(|w| w == envelope)
+    #[test]
+    fn a_damaged_record_is_never_served() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(context.child("store"), dir.path()).unwrap();
+            let reader = EncryptionKey::from_seed(&[5; 32]);
+            let (envelope, hash, wraps) = sealed(b"{}", &reader);
+            store.put(&envelope, &wraps).await.unwrap();
+            store.sync().await.unwrap();
+            let path = dir.path().join("00000001.pack");
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = bytes
+                .windows(envelope.len())
+                .position(|w| w == envelope)
+                .unwrap();
+            bytes[at + envelope.len() - 1] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            assert!(store.get(&hash).await.unwrap().is_none());
+            store.sync().await.unwrap();
+            assert!(
+                !store.contains(&hash).await.unwrap(),
+                "the damaged copy is removed so it is fetched again"
+            );
+            let bytes = std::fs::read(&path).unwrap();
+            let body = &envelope[..envelope.len() - 1];
+            assert!(!bytes.windows(body.len()).any(|w| w == body));
+        });
+    }
+
+    #[test]
+    fn files_of_the_earlier_layout_move_into_the_pack() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let reader = EncryptionKey::from_seed(&[5; 32]);
+            let (envelope, hash, wraps) = sealed(b"{\"old\":1}", &reader);
+            let old = dir.path().join(object_key(&hash));
+            std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+            std::fs::write(&old, encode_object(&envelope, &wraps).unwrap()).unwrap();
+            let (staged_envelope, staged_hash, _) = sealed(b"{\"staged\":1}", &reader);
+            std::fs::create_dir_all(dir.path().join("staging")).unwrap();
+            std::fs::write(
+                dir.path()
+                    .join("staging")
+                    .join(format!("{}.upload", hex::encode(staged_hash))),
+                encode_object(&staged_envelope, &[]).unwrap(),
+            )
             .unwrap();
-        bytes[at + envelope.len() - 1] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        assert!(store.get(&hash).await.unwrap().is_none());
-        store.sync().await.unwrap();
-        assert!(
-            !store.contains(&hash).await.unwrap(),
-            "the damaged copy is removed so it is fetched again"
-        );
-        let bytes = std::fs::read(&path).unwrap();
-        let body = &envelope[..envelope.len() - 1];
-        assert!(!bytes.windows(body.len()).any(|w| w == body));
+            let store = BlobStore::local(context.child("store"), dir.path()).unwrap();
+            assert_eq!(store.get(&hash).await.unwrap().unwrap(), (envelope, wraps));
+            assert!(store.staged(&staged_hash).unwrap().is_some());
+            assert!(!dir.path().join("records").exists());
+            assert!(!dir.path().join("staging").exists());
+        });
     }
 
-    #[tokio::test]
-    async fn files_of_the_earlier_layout_move_into_the_pack() {
-        let dir = tempfile::tempdir().unwrap();
-        let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, wraps) = sealed(b"{\"old\":1}", &reader);
-        let old = dir.path().join(object_key(&hash));
-        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
-        std::fs::write(&old, encode_object(&envelope, &wraps).unwrap()).unwrap();
-        let (staged_envelope, staged_hash, _) = sealed(b"{\"staged\":1}", &reader);
-        std::fs::create_dir_all(dir.path().join("staging")).unwrap();
-        std::fs::write(
-            dir.path()
-                .join("staging")
-                .join(format!("{}.upload", hex::encode(staged_hash))),
-            encode_object(&staged_envelope, &[]).unwrap(),
-        )
-        .unwrap();
-        let store = BlobStore::local(dir.path()).unwrap();
-        assert_eq!(store.get(&hash).await.unwrap().unwrap(), (envelope, wraps));
-        assert!(store.staged(&staged_hash).unwrap().is_some());
-        assert!(!dir.path().join("records").exists());
-        assert!(!dir.path().join("staging").exists());
+    #[test]
+    fn wraps_are_merged_and_removed_per_recipient() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(context.child("store"), dir.path()).unwrap();
+            let a = EncryptionKey::from_seed(&[1; 32]);
+            let b = EncryptionKey::from_seed(&[2; 32]);
+            let (envelope, hash, wraps_a) = sealed(b"{}", &a);
+            let other = Wrap {
+                recipient: b.public(),
+                ..wraps_a[0].clone()
+            };
+            store.put(&envelope, &wraps_a).await.unwrap();
+            assert!(
+                store
+                    .add_wraps(&hash, std::slice::from_ref(&other))
+                    .await
+                    .unwrap()
+            );
+            assert!(store.add_wraps(&hash, &wraps_a).await.unwrap());
+            assert_eq!(store.get(&hash).await.unwrap().unwrap().1.len(), 2);
+            store.remove_wrap(&hash, &a.public()).await.unwrap();
+            assert_eq!(store.get(&hash).await.unwrap().unwrap().1, vec![other]);
+        });
     }
 
-    #[tokio::test]
-    async fn wraps_are_merged_and_removed_per_recipient() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::local(dir.path()).unwrap();
-        let a = EncryptionKey::from_seed(&[1; 32]);
-        let b = EncryptionKey::from_seed(&[2; 32]);
-        let (envelope, hash, wraps_a) = sealed(b"{}", &a);
-        let other = Wrap {
-            recipient: b.public(),
-            ..wraps_a[0].clone()
-        };
-        store.put(&envelope, &wraps_a).await.unwrap();
-        assert!(
-            store
-                .add_wraps(&hash, std::slice::from_ref(&other))
-                .await
-                .unwrap()
-        );
-        assert!(store.add_wraps(&hash, &wraps_a).await.unwrap());
-        assert_eq!(store.get(&hash).await.unwrap().unwrap().1.len(), 2);
-        store.remove_wrap(&hash, &a.public()).await.unwrap();
-        assert_eq!(store.get(&hash).await.unwrap().unwrap().1, vec![other]);
-    }
-
-    #[tokio::test]
-    async fn stale_uploads_are_swept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::local(dir.path()).unwrap();
-        let reader = EncryptionKey::from_seed(&[5; 32]);
-        let (envelope, hash, wraps) = sealed(b"{}", &reader);
-        store.stage(&envelope, &wraps).await.unwrap();
-        assert_eq!(
-            store
-                .sweep_staged(Duration::from_secs(60), |_| false)
-                .unwrap(),
-            0
-        );
-        assert_eq!(
-            store.sweep_staged(Duration::ZERO, |h| h == &hash).unwrap(),
-            0
-        );
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(store.sweep_staged(Duration::ZERO, |_| false).unwrap(), 1);
-        assert!(store.staged(&hash).unwrap().is_none());
+    #[test]
+    fn stale_uploads_are_swept() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BlobStore::local(context.child("store"), dir.path()).unwrap();
+            let reader = EncryptionKey::from_seed(&[5; 32]);
+            let (envelope, hash, wraps) = sealed(b"{}", &reader);
+            store.stage(&envelope, &wraps).await.unwrap();
+            assert_eq!(
+                store
+                    .sweep_staged(Duration::from_secs(60), |_| false)
+                    .unwrap(),
+                0
+            );
+            assert_eq!(
+                store.sweep_staged(Duration::ZERO, |h| h == &hash).unwrap(),
+                0
+            );
+            context.sleep(Duration::from_millis(5)).await;
+            assert_eq!(store.sweep_staged(Duration::ZERO, |_| false).unwrap(), 1);
+            assert!(store.staged(&hash).unwrap().is_none());
+        });
     }
 }

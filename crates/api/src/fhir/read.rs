@@ -112,7 +112,7 @@ pub(super) fn decided_here<B: Blob>(
     purpose: Purpose,
 ) -> Vec<Option<u64>> {
     let gateway = match (&state.gateway.access_log, &state.gateway.institution) {
-        (Some(_), Some(key)) => commonware_cryptography::Signer::public_key(key),
+        (Some(_), Some(account)) => commonware_cryptography::Signer::public_key(&account.key),
         _ => return vec![None; records.len()],
     };
     let session = token.session();

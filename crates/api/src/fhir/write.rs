@@ -215,7 +215,7 @@ pub(super) async fn register_patient_as<B: Blob>(
         .gateway
         .institution
         .as_ref()
-        .map(commonware_cryptography::Signer::public_key)
+        .map(|account| commonware_cryptography::Signer::public_key(&account.key))
         .ok_or_else(|| forbidden("this node registers no patients"))?;
     match role_of(state, &token.identity) {
         Some(Role::Clinician { institution: home }) if home == institution => {}

@@ -13,12 +13,16 @@
 //! The journal's files are `ehrchain_storage::journal` (drawn byte by byte there and in
 //! `docs/design/storage.md`). A torn last entry is cut at start-up; damage anywhere else stops
 //! the node, since reads it served could otherwise be lost from the trail unnoticed.
+//!
+//! The writer and the batcher are runtime tasks on the runtime's clock, so the seeded
+//! simulation runs them beside the validators (the writer has a thread of its own in
+//! production: its flushes block).
 
-use crate::ApiState;
-use commonware_runtime::Blob;
+use crate::{Chain, account::Account};
 use commonware_runtime::telemetry::metrics::{
     Counter, Gauge, GaugeExt as _, MetricsExt as _, Registered,
 };
+use commonware_runtime::{Blob, Clock, Metrics, Spawner};
 use ehrchain_contracts::state::Reader as _;
 use ehrchain_storage::journal::{self, Appender, ENTRY_BYTES, segment_path};
 use ehrchain_types::{
@@ -51,11 +55,7 @@ pub const DECISION_STATE_AGE_MAX_MS: u64 = 5_000;
 /// certificate within that long and the block is at most a heartbeat older still: a node that
 /// hears a quorum's certificates is not cut off, and any block with a revocation in it would
 /// have been finalized instead of the views being nullified.
-pub fn state_is_fresh<B: commonware_runtime::Blob>(
-    chain: &ehrchain_chain::Chain<B>,
-    wall_ms: u64,
-    state_ms: u64,
-) -> bool {
+pub fn state_is_fresh<B: Blob>(chain: &Chain<B>, wall_ms: u64, state_ms: u64) -> bool {
     let age = wall_ms.saturating_sub(state_ms);
     age <= DECISION_STATE_AGE_MAX_MS
         || (wall_ms.saturating_sub(chain.progress_ms()) <= DECISION_STATE_AGE_MAX_MS
@@ -106,7 +106,7 @@ impl AccessLogMetrics {
     }
 
     /// Counted and exported through `context` (the node's metrics registry).
-    pub fn register(context: &impl commonware_runtime::Metrics) -> Self {
+    pub fn register(context: &impl Metrics) -> Self {
         Self {
             unrecorded: context.gauge(
                 "unrecorded",
@@ -134,9 +134,14 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Open the journal in `dir`. `recorded` is the institution's next entry number on chain:
-    /// entries before it are on the trail already.
-    pub fn open(dir: &Path, recorded: u64, metrics: AccessLogMetrics) -> std::io::Result<Self> {
+    /// Open the journal in `dir`, its writer a task of `context`. `recorded` is the
+    /// institution's next entry number on chain: entries before it are on the trail already.
+    pub fn open(
+        context: impl Spawner,
+        dir: &Path,
+        recorded: u64,
+        metrics: AccessLogMetrics,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let (entries, mut segments) = journal::replay(dir)?;
         let next = entries
@@ -166,9 +171,7 @@ impl AccessLog {
             unrecorded: unrecorded.clone(),
             written: written.clone(),
         };
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer.run(requests))?;
+        context.dedicated().spawn(move |_| writer.run(requests));
         let log = Self {
             dir: dir.to_path_buf(),
             queue,
@@ -258,10 +261,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut requests: tokio::sync::mpsc::Receiver<Request>) {
+    async fn run(mut self, mut requests: tokio::sync::mpsc::Receiver<Request>) {
         let mut group = Vec::with_capacity(GROUP_MAX);
         let mut bytes = Vec::with_capacity(GROUP_MAX * ENTRY_BYTES);
-        while let Some(first) = requests.blocking_recv() {
+        while let Some(first) = requests.recv().await {
             group.push(first);
             while group.len() < GROUP_MAX {
                 match requests.try_recv() {
@@ -302,23 +305,25 @@ impl Writer {
     }
 }
 
-/// Submit the journal to the chain, in order, as the institution's access logs, until the
-/// process ends.
-pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
-    let (Some(log), Some(key)) = (&state.gateway.access_log, &state.gateway.institution) else {
-        return;
-    };
+/// Submit the journal to `chain`, in order, as `account`'s access logs, until the process
+/// ends. `account` is the institution whose gateway served the reads.
+pub async fn run<E: Clock, B: Blob>(
+    context: E,
+    chain: Chain<B>,
+    log: Arc<AccessLog>,
+    account: Arc<Account>,
+) {
     use commonware_cryptography::Signer as _;
-    let institution: PublicKey = key.public_key();
-    let recorded_now = || state.chain.read(|s| s.access_log_next(&institution));
+    let institution: PublicKey = account.key.public_key();
+    let recorded_now = || chain.read(|s| s.access_log_next(&institution));
     let mut sent = recorded_now();
     // Logs submitted and not yet recorded: the entry number after each, and its transaction.
     let mut in_flight: VecDeque<(u64, ehrchain_types::Digest)> = VecDeque::new();
-    let mut warned: Option<tokio::time::Instant> = None;
+    let mut warned: Option<std::time::SystemTime> = None;
     loop {
-        tokio::select! {
-            _ = log.written.notified() => {}
-            _ = tokio::time::sleep(BATCH_TICK) => {}
+        commonware_macros::select! {
+            _ = log.written.notified() => {},
+            _ = context.sleep(BATCH_TICK) => {},
         }
         let recorded = recorded_now();
         log.recorded(recorded);
@@ -329,9 +334,10 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
         // again from the chain's next entry (entries recorded meanwhile are skipped). The
         // oldest is enough to look at: a later one is dropped only after it, or is looked at
         // once the ones before it are recorded.
-        if in_flight.front().is_some_and(|(_, id)| {
-            !state.chain.is_pending(id) && state.chain.location(id).is_none()
-        }) {
+        if in_flight
+            .front()
+            .is_some_and(|(_, id)| !chain.is_pending(id) && chain.location(id).is_none())
+        {
             tracing::warn!(recorded, sent, "an access log was dropped; sending again");
             in_flight.clear();
             sent = recorded;
@@ -347,7 +353,7 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
                 first: sent,
                 entries,
             };
-            match crate::submit::submit_as_institution(&state, payload).await {
+            match account.submit(&chain, payload).await {
                 Ok(tx) => {
                     log.metrics.batches.inc();
                     sent += count;
@@ -355,13 +361,16 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
                 }
                 Err(error) => {
                     // Say it once in a while, not every tick: the chain may be stalled for long.
-                    if warned.is_none_or(|at| at.elapsed() > WARN_EVERY) {
+                    let now = context.current();
+                    if warned
+                        .is_none_or(|at| now.duration_since(at).unwrap_or_default() > WARN_EVERY)
+                    {
                         tracing::warn!(
-                            error = error.diagnostics(),
+                            code = ?error.code(),
                             unrecorded = log.unrecorded(),
                             "cannot submit the access log yet"
                         );
-                        warned = Some(tokio::time::Instant::now());
+                        warned = Some(now);
                     }
                     break;
                 }
@@ -374,6 +383,7 @@ pub async fn run<B: Blob>(state: Arc<ApiState<B>>) {
 mod tests {
     use super::*;
     use commonware_cryptography::Signer as _;
+    use commonware_runtime::{Runner as _, Supervisor as _, deterministic};
 
     fn entry(n: u8) -> AccessLogEntry {
         AccessLogEntry {
@@ -388,53 +398,101 @@ mod tests {
         log.record(range.map(entry).collect()).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn journalled_reads_survive_a_restart_until_the_chain_records_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).unwrap();
-        write(&log, 0..5).await;
-        assert_eq!(log.batch(0).len(), 5);
-        assert_eq!(log.batch(3), vec![entry(3), entry(4)]);
-        drop(log);
-        // The chain recorded the first two: the other three are sent again.
-        let log = AccessLog::open(dir.path(), 2, AccessLogMetrics::detached()).unwrap();
-        assert_eq!(log.batch(2), vec![entry(2), entry(3), entry(4)]);
-        write(&log, 5..6).await;
-        assert_eq!(log.batch(2).last(), Some(&entry(5)));
-        log.recorded(6);
-        assert_eq!(log.unrecorded(), 0);
-        drop(log);
-        let log = AccessLog::open(dir.path(), 6, AccessLogMetrics::detached()).unwrap();
-        assert!(log.batch(6).is_empty());
-        // Numbers go on from the chain's, also when the journal is behind it.
-        drop(log);
-        let log = AccessLog::open(dir.path(), 9, AccessLogMetrics::detached()).unwrap();
-        write(&log, 9..10).await;
-        assert_eq!(log.batch(9), vec![entry(9)]);
+    #[test]
+    fn journalled_reads_survive_a_restart_until_the_chain_records_them() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let log = AccessLog::open(
+                context.child("log"),
+                dir.path(),
+                0,
+                AccessLogMetrics::detached(),
+            )
+            .unwrap();
+            write(&log, 0..5).await;
+            assert_eq!(log.batch(0).len(), 5);
+            assert_eq!(log.batch(3), vec![entry(3), entry(4)]);
+            drop(log);
+            // The chain recorded the first two: the other three are sent again.
+            let log = AccessLog::open(
+                context.child("log"),
+                dir.path(),
+                2,
+                AccessLogMetrics::detached(),
+            )
+            .unwrap();
+            assert_eq!(log.batch(2), vec![entry(2), entry(3), entry(4)]);
+            write(&log, 5..6).await;
+            assert_eq!(log.batch(2).last(), Some(&entry(5)));
+            log.recorded(6);
+            assert_eq!(log.unrecorded(), 0);
+            drop(log);
+            let log = AccessLog::open(
+                context.child("log"),
+                dir.path(),
+                6,
+                AccessLogMetrics::detached(),
+            )
+            .unwrap();
+            assert!(log.batch(6).is_empty());
+            // Numbers go on from the chain's, also when the journal is behind it.
+            drop(log);
+            let log = AccessLog::open(
+                context.child("log"),
+                dir.path(),
+                9,
+                AccessLogMetrics::detached(),
+            )
+            .unwrap();
+            write(&log, 9..10).await;
+            assert_eq!(log.batch(9), vec![entry(9)]);
+        });
     }
 
-    #[tokio::test]
-    async fn a_torn_tail_is_cut_and_damage_before_it_stops_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).unwrap();
-        write(&log, 0..3).await;
-        drop(log);
-        let path = segment_path(dir.path(), 0);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend_from_slice(&[1, 2, 3]);
-        std::fs::write(&path, &bytes).unwrap();
-        let log = AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).unwrap();
-        assert_eq!(log.batch(0).len(), 3);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            3 * ENTRY_BYTES as u64
-        );
-        drop(log);
-        // A damaged entry in a segment that is not the last one is not silently dropped.
-        std::fs::write(segment_path(dir.path(), 3), []).unwrap();
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[ENTRY_BYTES + 20] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        assert!(AccessLog::open(dir.path(), 0, AccessLogMetrics::detached()).is_err());
+    #[test]
+    fn a_torn_tail_is_cut_and_damage_before_it_stops_the_start() {
+        deterministic::Runner::default().start(|context| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let log = AccessLog::open(
+                context.child("log"),
+                dir.path(),
+                0,
+                AccessLogMetrics::detached(),
+            )
+            .unwrap();
+            write(&log, 0..3).await;
+            drop(log);
+            let path = segment_path(dir.path(), 0);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes.extend_from_slice(&[1, 2, 3]);
+            std::fs::write(&path, &bytes).unwrap();
+            let log = AccessLog::open(
+                context.child("log"),
+                dir.path(),
+                0,
+                AccessLogMetrics::detached(),
+            )
+            .unwrap();
+            assert_eq!(log.batch(0).len(), 3);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                3 * ENTRY_BYTES as u64
+            );
+            drop(log);
+            // A damaged entry in a segment that is not the last one is not silently dropped.
+            std::fs::write(segment_path(dir.path(), 3), []).unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[ENTRY_BYTES + 20] ^= 1;
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(
+                AccessLog::open(
+                    context.child("log"),
+                    dir.path(),
+                    0,
+                    AccessLogMetrics::detached()
+                )
+                .is_err()
+            );
+        });
     }
 }
