@@ -99,7 +99,9 @@ fn now_ms(context: &Context) -> u64 {
 }
 
 /// Open a session for `identity` at `gateway`, signed by a fresh session key (SMART Backend
-/// Services: the identity's signed assertion). Returns the session key.
+/// Services: the identity's signed assertion). Returns the session key. The assertion is
+/// signed here rather than by `client::smart::client_assertion`, whose `jti` is random: a
+/// seeded run needs a seeded one.
 fn open_session(
     context: &Context,
     chain: &Chain<Blob>,

@@ -293,14 +293,14 @@ fn decode_object(bytes: &[u8]) -> Option<(Vec<u8>, Vec<Wrap>)> {
 }
 
 impl BlobStore {
-    /// A store in `dir` on local disk (the default: embedded, nothing to install).
     /// Check every blob packed in `dir` against its checksum, without starting a store:
     /// (entries checked, hashes of damaged ones).
     pub fn check_local(dir: &Path) -> Result<(usize, Vec<[u8; 32]>)> {
         Pack::open(dir)?.check()
     }
 
-    /// A store in `dir` on local disk; its stager runs on `context`.
+    /// A store in `dir` on local disk (the default: embedded, nothing to install); its
+    /// stager runs on `context`.
     pub fn local(context: impl Runtime, dir: &Path) -> Result<Self> {
         let clock = clock_of(context.child("clock"));
         let pack = Arc::new(Pack::open(dir)?);
