@@ -240,7 +240,7 @@ pub struct Chain<B: Blob> {
     config: Arc<ChainConfig>,
     inner: Arc<Mutex<Inner>>,
     blob: Arc<Mutex<Option<Arc<B>>>>,
-    committed_height: tokio::sync::watch::Sender<u64>,
+    committed_height: crate::committed::Committed,
     /// When (runtime clock, ms) this node last saw a consensus certificate: a notarization,
     /// nullification or finalization. An idle chain still certifies a view a second.
     progress_ms: Arc<std::sync::atomic::AtomicU64>,
@@ -349,7 +349,7 @@ impl<B: Blob> Chain<B> {
                 return Err("the block log belongs to another genesis".into());
             }
         }
-        let (committed_height, _) = tokio::sync::watch::channel(inner.height);
+        let committed_height = crate::committed::Committed::new(inner.height);
         Ok(Self {
             config: Arc::new(config),
             inner: Arc::new(Mutex::new(inner)),
@@ -561,7 +561,7 @@ impl<B: Blob> Chain<B> {
     }
 
     /// Watch the committed height, so a caller can wait for a transaction to commit.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self) -> crate::committed::Subscription {
         self.committed_height.subscribe()
     }
 
@@ -1007,7 +1007,7 @@ impl<B: Blob> Finalizer<B> {
             inner.locations.push(location);
             commit(&mut inner, block, delta, root);
         }
-        self.chain.committed_height.send_replace(height);
+        self.chain.committed_height.publish(height);
     }
 }
 

@@ -315,11 +315,7 @@ pub async fn run<E, S, R, K, P, B>(
         let (epoch, active) = running.as_mut().expect("an epoch was entered");
         let epoch = *epoch;
         commonware_macros::select! {
-            changed = heights.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            },
+            _ = heights.changed() => {},
             message = vote_backup.recv() => {
                 let Some((theirs, (from, _))) = message else { return };
                 catch_up(&marshal, epoch, epoch_blocks, theirs, from);

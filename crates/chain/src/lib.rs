@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod account;
 pub mod application;
+pub mod committed;
 pub mod engine;
 pub mod epochs;
 pub use ehrchain_storage::block_log as log;

@@ -897,11 +897,8 @@ pub async fn run<E, B, S, R>(
                     sweep_at = now + SWEEP_INTERVAL;
                 }
             },
-            changed = heights.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let height = *heights.borrow_and_update();
+            _ = heights.changed() => {
+                let height = heights.borrow_and_update();
                 while done < height {
                     done += 1;
                     let Some(record) = records.chain.record(done).await else {

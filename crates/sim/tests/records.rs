@@ -7,13 +7,9 @@
 //! checks: every honest node ends with every final blob; the honest gateway's journalled reads
 //! reach every trail as allowed; every honest validator refuses a log claiming reads under a
 //! session its gateway did not open, and records a claimed read the contract denies as denied,
-//! with a finding; and the honest validators agree on the state root. Run one seed with
+//! with a finding; the honest validators agree on the state root; and the seed replays to the
+//! same trace digest. Run one seed with
 //! `EHRCHAIN_SEED=<seed> cargo test -p ehrchain-sim --test records`.
-//!
-//! Unlike `simulation.rs`, this scenario does not yet replay to the same trace digest: its
-//! outcome is the same for a seed, but the order of tasks woken in one runtime cycle differs
-//! between runs (first seen during the uploads, with the records keeper running). Finding
-//! that source is open work; the checks above do not depend on it.
 
 use ehrchain_sim::records::{HONEST, READS, run_records};
 
@@ -56,6 +52,11 @@ fn honest_nodes_end_with_every_blob_and_refuse_a_lying_gateway() {
         assert!(
             roots.windows(2).all(|w| w[0] == w[1]),
             "seed {seed}: honest validators disagree on the state root; {replay}"
+        );
+        assert_eq!(
+            outcome.trace,
+            run_records(seed).trace,
+            "seed {seed} did not replay exactly; {replay}"
         );
         eprintln!(
             "seed {seed}: {} blobs on every honest node",
