@@ -283,6 +283,80 @@ def main(path):
     assert "Journeyperson" not in json.dumps(invalid)
     expect_outcome(requests.post(api_a + "/fhir/Binary", data=b"x" * (9 * 1024 * 1024), headers=headers, timeout=60), 413)
 
+    # Faithful content: what comes back is the client's text, key order and every decimal
+    # digit kept, unknown extensions untouched; only id and meta versions are the server's.
+    sent = (
+        '{"resourceType":"Observation","status":"final",'
+        '"code":{"coding":[{"system":"http://loinc.org","code":"2339-0"}]},'
+        '"subject":{"reference":"Patient/' + patient_id + '"},'
+        '"effectiveDateTime":"2026-11-21T08:00:00Z",'
+        '"valueQuantity":{"value":1.50,"unit":"mg/dL"},'
+        '"extension":[{"url":"http://example.org/precision","valueDecimal":12345678901234567890.00}]}'
+    )
+    created = requests.post(api_a + "/fhir/Observation", data=sent.encode(), headers=headers, timeout=60)
+    assert created.status_code == 201, created.text
+    faithful_id = created.json()["id"]
+
+    def outside_meta(text):
+        # The served text with its id and meta members removed: must equal what was sent.
+        head, rest = text.split(',"meta":', 1)
+        depth, end = 0, 0
+        for i, ch in enumerate(rest):
+            depth += ch == "{"
+            depth -= ch == "}"
+            if depth == 0:
+                end = i + 1
+                break
+        return head.split(',"id":')[0] + rest[end:]
+
+    for served in [
+        created.text,
+        requests.get(f"{api_a}/fhir/Observation/{faithful_id}", headers=headers, timeout=60).text,
+        requests.get(f"{api_a}/fhir/Observation/{faithful_id}/_history/1", headers=headers, timeout=60).text,
+    ]:
+        assert outside_meta(served) == sent, served
+    hits = requests.get(f"{api_a}/fhir/Observation?patient={patient_id}&_id={faithful_id}", headers=headers, timeout=60).text
+    assert '"valueQuantity":{"value":1.50,"unit":"mg/dL"}' in hits and "12345678901234567890.00" in hits, hits
+
+    # Shapes FHIR JSON forbids are refused with the element's path, not stored.
+    for bad, path in [
+        ('{"resourceType":"Observation","status":"final","status":"final"', "Observation.status"),
+        ('{"resourceType":"Observation","status":"final","note":[]', "Observation.note"),
+        ('{"resourceType":"Observation","status":"final","issued":null', "Observation.issued"),
+    ]:
+        body = bad + ',"code":{"text":"x"},"subject":{"reference":"Patient/' + patient_id + '"}}'
+        outcome = expect_outcome(requests.post(api_a + "/fhir/Observation", data=body.encode(), headers=headers, timeout=30), 422)
+        assert path in json.dumps(outcome), outcome
+
+    # Nothing is silently ignored: an unsupported parameter is refused and named, or under
+    # Prefer: handling=lenient ignored with an OperationOutcome entry saying so.
+    refused = expect_outcome(
+        requests.get(f"{api_a}/fhir/Condition?patient={patient_id}&clinical-status=resolved", headers=headers, timeout=30), 400
+    )
+    assert "clinical-status" in json.dumps(refused)
+    expect_outcome(requests.get(f"{api_a}/fhir/Observation?patient={patient_id}&date=2026-13-45", headers=headers, timeout=30), 400)
+    lenient = requests.get(
+        f"{api_a}/fhir/Condition?patient={patient_id}&_sort=date",
+        headers={**headers, "Prefer": "handling=lenient"},
+        timeout=60,
+    ).json()
+    validate(lenient)
+    assert [e["search"]["mode"] for e in lenient["entry"]].count("outcome") == 1, lenient
+    assert all("_sort" not in link["url"] for link in lenient["link"]), lenient
+    for claimed in statement["rest"][0]["resource"]:
+        for param in claimed.get("searchParam", []):
+            assert param["definition"].startswith("http://hl7.org/fhir/SearchParameter/"), param
+
+    # Negotiation and routing errors are OperationOutcomes: XML is 406, an unknown path 404,
+    # a method a path does not take 405; a transaction posted to "/fhir/" is served.
+    expect_outcome(requests.get(f"{api_a}/fhir/Patient/{patient_id}", headers={**headers, "Accept": "application/fhir+xml"}, timeout=30), 406)
+    expect_outcome(requests.get(f"{api_a}/fhir/Patient/{patient_id}?_format=xml", headers=headers, timeout=30), 406)
+    expect_outcome(requests.get(f"{api_a}/fhir/Patient/{patient_id}/a/b/c", headers=headers, timeout=30), 404)
+    expect_outcome(requests.patch(f"{api_a}/fhir/Condition", data=b"{}", headers=headers, timeout=30), 405)
+    slash = requests.post(api_a + "/fhir/", json={"resourceType": "Bundle", "type": "batch", "entry": []}, headers=headers, timeout=30)
+    assert slash.status_code != 404, slash.text
+    assert requests.get(api_a + "/fhir/.well-known/smart-configuration", timeout=30).status_code == 200
+
     # The patient logs in (their home node keeps their key) and grants clinician B.
     # The new patient is custodial: their key lives at A's node; they sign in there with a
     # token of an identity from identities.json only, so the grant here is made by the demo

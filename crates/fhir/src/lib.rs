@@ -1,10 +1,12 @@
 //! Check FHIR R4 resources structurally and pull out the few elements we index or enforce.
 //!
-//! The record is the client's JSON exactly as sent: nothing here re-serializes it. We type only
+//! The record is the client's JSON exactly as sent: nothing here re-serializes it, and
+//! [`raw`] serves it with only the server's `id` and `meta` versions changed. We type only
 //! what the system acts on (resource type, id, the patient reference, status, codes,
 //! categories, dates) and check by hand the required elements and cardinalities of every
 //! supported type. Findings come back as [`Issue`]s shaped like `OperationOutcome.issue`.
 
+pub mod raw;
 mod validate;
 
 pub use validate::{Issue, Resource, ResourceType, validate, validate_value};

@@ -181,7 +181,20 @@ pub fn validate(bytes: &[u8]) -> Result<Resource, Vec<Issue>> {
             format!("not valid JSON (line {}, column {})", e.line(), e.column()),
         )]
     })?;
-    validate_value(value)
+    let root = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let mut issues = crate::raw::lint(bytes, &root);
+    match validate_value(value) {
+        Ok(resource) if issues.is_empty() => Ok(resource),
+        Ok(_) => Err(issues),
+        Err(more) => {
+            issues.extend(more);
+            Err(issues)
+        }
+    }
 }
 
 fn depth(value: &Value) -> usize {

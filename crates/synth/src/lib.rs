@@ -392,7 +392,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ehrchain_fhir::{ResourceType, validate_value};
+    use ehrchain_fhir::{ResourceType, validate};
 
     #[test]
     fn same_seed_same_patients_and_all_valid() {
@@ -403,13 +403,14 @@ mod tests {
         assert_ne!(Generator::new(8).patient("p1", 24).records, a.records);
         let mut seen = std::collections::BTreeSet::new();
         for value in std::iter::once(a.patient).chain(a.records) {
-            let resource = validate_value(value).expect("synthetic records are valid");
+            let bytes = serde_json::to_vec(&value).unwrap();
+            let resource = validate(&bytes).expect("synthetic records are valid");
             assert_eq!(resource.patient.as_deref(), Some("p1"));
             seen.insert(resource.resource_type);
         }
         assert!(seen.len() >= 10, "{seen:?}");
         let mut generator = Generator::new(1);
-        let binary = validate_value(generator.binary("p1", 1000)).unwrap();
+        let binary = validate(&serde_json::to_vec(&generator.binary("p1", 1000)).unwrap()).unwrap();
         assert_eq!(binary.resource_type, ResourceType::Binary);
     }
 

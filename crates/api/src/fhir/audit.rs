@@ -1,8 +1,8 @@
 //! `AuditEvent`: the on-chain access trail, shown to those it concerns.
 
 use super::{
-    common::{ACT_REASON, Result, forbidden, id16, invalid, reference_of, role_of},
-    params::{count_param, patient_param, query_pairs, searchset},
+    common::{ACT_REASON, Entry, Result, forbidden, id16, invalid, reference_of, role_of},
+    params::{checked, count_param, outcome_entry, patient_param, query_pairs, searchset},
     time::instant,
 };
 use crate::{ApiState, session::caller};
@@ -122,7 +122,7 @@ pub(super) async fn audit_events<B: Blob>(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let pairs = query_pairs(query)?;
+    let (pairs, ignored) = checked(query_pairs(query)?, &["patient"], &[], &headers)?;
     let (count, offset) = count_param(&pairs)?;
     let asked = match patient_param(&pairs) {
         Some(p) => Some(id16(p).ok_or_else(|| invalid("patient must be a Patient id"))?),
@@ -172,15 +172,17 @@ pub(super) async fn audit_events<B: Blob>(
         (total, page)
     });
     let base = &state.gateway.public_url;
-    let entries: Vec<Value> = page
+    let entries: Vec<Entry> = page
         .iter()
-        .map(|(position, event)| {
-            json!({
+        .map(|(position, event)| Entry {
+            fields: json!({
                 "fullUrl": format!("{base}/fhir/AuditEvent/{}", audit_event_id(*position, event)),
                 "resource": audit_event_json(&state, *position, event),
                 "search": {"mode": "match"},
-            })
+            }),
+            resource: None,
         })
+        .chain(ignored.map(outcome_entry))
         .collect();
     Ok(searchset(
         base,

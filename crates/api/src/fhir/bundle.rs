@@ -15,7 +15,7 @@ use axum::{
 };
 use commonware_runtime::Blob;
 use ehrchain_fhir::ResourceType;
-use serde_json::{Value, json};
+use serde_json::{Value, json, value::RawValue};
 use std::sync::Arc;
 
 // ---- Bundle transaction and batch ----------------------------------------------------------
@@ -23,25 +23,17 @@ use std::sync::Arc;
 /// Most entries one Bundle may carry.
 pub const BUNDLE_ENTRIES_MAX: usize = 1_000;
 
-/// Replace every `reference` naming a key of `ids` (`urn:uuid:…`) with its server id.
-pub(super) fn resolve_references(
-    value: &mut Value,
-    ids: &std::collections::HashMap<String, String>,
-) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(reference)) = map.get_mut("reference")
-                && let Some(resolved) = ids.get(reference.as_str())
-            {
-                *reference = resolved.clone();
-            }
-            for child in map.values_mut() {
-                resolve_references(child, ids);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| resolve_references(v, ids)),
-        _ => {}
-    }
+/// The text of each entry's resource as the client sent it.
+#[derive(serde::Deserialize)]
+struct RawBundle<'a> {
+    #[serde(borrow, default)]
+    entry: Vec<RawEntry<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry<'a> {
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
 }
 
 /// One write of a Bundle, checked and with its ids fixed.
@@ -71,6 +63,8 @@ pub(super) async fn bundle<B: Blob>(
     let bytes = body_bytes(body).await?;
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|_| invalid("the body is not JSON"))?;
+    let raw: RawBundle =
+        serde_json::from_slice(&bytes).map_err(|_| invalid("Bundle.entry is malformed"))?;
     if value["resourceType"] != "Bundle" {
         return Err(invalid("POST /fhir takes a Bundle"));
     }
@@ -88,7 +82,7 @@ pub(super) async fn bundle<B: Blob>(
         ));
     }
     // Pass 1: server ids for every POST, so references between entries resolve.
-    let mut ids = std::collections::HashMap::new();
+    let mut ids = Vec::new();
     let mut assigned = Vec::with_capacity(entries.len());
     let mut full_urls = std::collections::HashSet::new();
     for (index, entry) in entries.iter().enumerate() {
@@ -111,10 +105,10 @@ pub(super) async fn bundle<B: Blob>(
             "POST" => {
                 let id: [u8; 16] = crate::ambient::random_bytes();
                 if let Some(full) = entry["fullUrl"].as_str() {
-                    ids.insert(
+                    ids.push((
                         full.to_string(),
                         format!("{}/{}", kind.name(), hex::encode(id)),
-                    );
+                    ));
                 }
                 (id, true)
             }
@@ -133,10 +127,15 @@ pub(super) async fn bundle<B: Blob>(
     }
     // Pass 2: resolve, validate, plan. Nothing is written until every entry passes.
     let mut plans = Vec::with_capacity(entries.len());
-    for (index, (entry, (kind, (id, create)))) in entries.iter().zip(&assigned).enumerate() {
-        let mut resource = entry["resource"].clone();
-        resolve_references(&mut resource, &ids);
-        let json = serde_json::to_vec(&resource).map_err(|_| invalid("unserializable entry"))?;
+    for (index, (kind, (id, create))) in assigned.iter().enumerate() {
+        // The resource's own text, its `urn:uuid:` references rewritten in place.
+        let text = raw
+            .entry
+            .get(index)
+            .and_then(|e| e.resource)
+            .map(RawValue::get)
+            .unwrap_or("null");
+        let json = ehrchain_fhir::raw::replace_strings(text, &ids).into_bytes();
         let checked = check(*kind, &json).map_err(|mut error| {
             error.message = format!("entry {index}: {}", error.message);
             if let Some(issues) = error.issues_mut() {

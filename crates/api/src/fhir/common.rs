@@ -11,7 +11,8 @@ use axum::{
 use commonware_runtime::Blob;
 use ehrchain_contracts::{facts::Role, state::Reader as _};
 use ehrchain_types::PublicKey;
-use serde_json::Value;
+use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde_json::{Value, value::RawValue};
 
 pub use crate::error::FHIR_JSON;
 /// Largest FHIR request body.
@@ -59,6 +60,79 @@ pub(super) async fn body_bytes(body: Body) -> Result<Bytes> {
 
 pub(super) fn fhir_json(status: StatusCode, value: &Value) -> Response {
     let mut response = (status, Json(value)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+/// A resource's text as served (`ehrchain_fhir::raw::present`), answered as it is.
+pub(super) fn fhir_raw(status: StatusCode, resource: &RawValue) -> Response {
+    let mut response = (status, resource.get().to_owned()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+/// One Bundle entry: its own elements (`fullUrl`, `search`, `request`, `response`, or a
+/// server-made `resource`) and a stored resource's text as served.
+pub(super) struct Entry {
+    pub fields: Value,
+    pub resource: Option<Box<RawValue>>,
+}
+
+struct Members<'a>(&'a serde_json::Map<String, Value>, &'a [&'a str]);
+
+impl Members<'_> {
+    fn write<M: SerializeMap>(&self, map: &mut M) -> std::result::Result<(), M::Error> {
+        for key in self.1 {
+            if let Some(value) = self.0.get(*key) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        for (key, value) in self.0 {
+            if !self.1.contains(&key.as_str()) && key != "entry" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let empty = serde_json::Map::new();
+        let fields = self.fields.as_object().unwrap_or(&empty);
+        let mut map = serializer.serialize_map(None)?;
+        Members(fields, &["fullUrl"]).write(&mut map)?;
+        if let Some(resource) = &self.resource {
+            map.serialize_entry("resource", resource)?;
+        }
+        map.end()
+    }
+}
+
+struct Bundle<'a>(&'a Value, &'a [Entry]);
+
+impl Serialize for Bundle<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let empty = serde_json::Map::new();
+        let head = self.0.as_object().unwrap_or(&empty);
+        let mut map = serializer.serialize_map(None)?;
+        Members(head, &["resourceType", "id", "type", "total", "link"]).write(&mut map)?;
+        if !self.1.is_empty() {
+            map.serialize_entry("entry", self.1)?;
+        }
+        map.end()
+    }
+}
+
+/// A Bundle answer: `head` (resourceType, type, total, links) and its entries, each resource
+/// written as served rather than re-serialized, so the client's text survives.
+pub(super) fn fhir_bundle(status: StatusCode, head: &Value, entries: &[Entry]) -> Response {
+    let body = serde_json::to_vec(&Bundle(head, entries)).expect("a bundle serializes");
+    let mut response = (status, body).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));

@@ -1,6 +1,6 @@
 //! Discovery: the SMART configuration and the `CapabilityStatement` (`/fhir/metadata`).
 
-use super::{common::fhir_json, time::instant};
+use super::{common::fhir_json, search::search_params, time::instant};
 use crate::{ApiState, ambient::now_ms};
 use axum::{Json, extract::State, http::StatusCode, response::Response};
 use commonware_runtime::Blob;
@@ -24,16 +24,6 @@ pub(super) async fn smart_configuration<B: Blob>(
 }
 
 pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Response {
-    let record_params = json!([
-        {"name": "patient", "type": "reference", "documentation": "The patient (Patient/{id} or {id})"},
-        {"name": "subject", "type": "reference", "documentation": "Same as patient"},
-        {"name": "_id", "type": "token"},
-        {"name": "_lastUpdated", "type": "date", "documentation": "When the version was written (eq, ge, gt, le, lt)"},
-        {"name": "date", "type": "date", "documentation": "The type's clinical date (eq, ge, gt, le, lt)"},
-        {"name": "code", "type": "token", "documentation": "system|code or code"},
-        {"name": "category", "type": "token", "documentation": "system|code or code"},
-        {"name": "_count", "type": "number"},
-    ]);
     let mut resources: Vec<Value> = ResourceType::ALL
         .iter()
         .map(|t| {
@@ -46,7 +36,11 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": false,
-                "searchParam": record_params,
+                "searchParam": search_params(*t).iter().map(|p| json!({
+                    "name": p.name,
+                    "type": p.kind,
+                    "definition": p.definition,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -59,17 +53,17 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
     resources.push(json!({
         "type": "Provenance",
         "interaction": [{"code": "read"}, {"code": "search-type"}],
-        "searchParam": [{"name": "target", "type": "reference", "documentation": "{type}/{id}: one Provenance per version, with its inclusion proof"}],
+        "searchParam": [{"name": "target", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/Provenance-target", "documentation": "{type}/{id}: one Provenance per version, with its inclusion proof"}],
     }));
     resources.push(json!({
         "type": "Consent",
         "interaction": [{"code": "create"}, {"code": "read"}, {"code": "update"}, {"code": "search-type"}],
-        "searchParam": [{"name": "patient", "type": "reference"}],
+        "searchParam": [{"name": "patient", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/clinical-patient"}],
     }));
     resources.push(json!({
         "type": "AuditEvent",
         "interaction": [{"code": "search-type"}],
-        "searchParam": [{"name": "patient", "type": "reference"}, {"name": "_count", "type": "number"}],
+        "searchParam": [{"name": "patient", "type": "reference", "definition": "http://hl7.org/fhir/SearchParameter/AuditEvent-patient"}],
     }));
     let statement = json!({
         "resourceType": "CapabilityStatement",

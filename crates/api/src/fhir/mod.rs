@@ -39,9 +39,13 @@ use self::{
     search::search,
     write::{create, update},
 };
-use crate::ApiState;
+use crate::{ApiError, ApiState};
 use axum::{
     Router,
+    extract::Request,
+    http::{StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse as _, Response},
     routing::{get, post},
 };
 use commonware_runtime::Blob;
@@ -61,6 +65,8 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/auth/token", post(crate::login::token::<B>))
         .route("/fhir/metadata", get(metadata::<B>))
         .route("/fhir", post(bundle::<B>))
+        // fhir-kit-client and others post transactions to the base URL with a trailing slash.
+        .route("/fhir/", post(bundle::<B>))
         .route("/fhir/AuditEvent", get(audit_events::<B>))
         .route(
             "/fhir/Consent",
@@ -79,5 +85,113 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
             get(instance_operation::<B>),
         )
         .route("/fhir/{kind}/{id}/_history/{vid}", get(vread::<B>))
+        .fallback(unknown_path)
+        .layer(axum::middleware::from_fn(negotiate))
         .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// A path the node does not serve: under `/fhir` an `OperationOutcome`, elsewhere the API's
+/// JSON error (this router's fallback is the whole node's).
+async fn unknown_path(uri: axum::http::Uri) -> ApiError {
+    if uri.path() == "/fhir" || uri.path().starts_with("/fhir/") {
+        common::not_found("no FHIR interaction at this path; see /fhir/metadata")
+    } else {
+        ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+    }
+}
+
+/// The media ranges of `accept` that JSON satisfies.
+fn accepts_json(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let media = range
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            media.as_str(),
+            "" | "*/*"
+                | "application/*"
+                | "application/json"
+                | "application/fhir+json"
+                | "application/json+fhir"
+        )
+    })
+}
+
+/// `_format`, if given, or else `Accept` must let the answer be JSON: anything else (XML,
+/// Turtle, HTML) is answered 406 rather than with JSON the client did not ask for. Errors the
+/// router makes itself (405 for a method a path does not take) become `OperationOutcome`s.
+async fn negotiate(request: Request, next: Next) -> Response {
+    let format = request.uri().query().and_then(|query| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "_format")
+            .map(|(_, v)| v)
+    });
+    let wanted = match &format {
+        Some(format) => matches!(
+            format.as_str(),
+            "json" | "application/json" | "application/fhir+json"
+        ),
+        None => request
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .all(|v| v.to_str().is_ok_and(accepts_json)),
+    };
+    if !wanted {
+        return ApiError::fhir(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "only FHIR JSON (application/fhir+json) is served; XML is not",
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        let allow = response.headers().get(header::ALLOW).cloned();
+        let mut outcome = ApiError::fhir(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "this interaction is not supported at this path; see /fhir/metadata",
+        )
+        .into_response();
+        if let Some(allow) = allow {
+            outcome.headers_mut().insert(header::ALLOW, allow);
+        }
+        return outcome;
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_json;
+
+    #[test]
+    fn json_is_served_to_whoever_accepts_it_and_no_one_else() {
+        for accept in [
+            "",
+            "*/*",
+            "application/fhir+json",
+            "application/fhir+json; fhirVersion=4.0",
+            "application/json, text/plain",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ] {
+            assert!(accepts_json(accept), "{accept}");
+        }
+        for accept in [
+            "application/fhir+xml",
+            "application/xml",
+            "text/turtle",
+            "text/html",
+        ] {
+            assert!(!accepts_json(accept), "{accept}");
+        }
+    }
 }

@@ -1,13 +1,117 @@
 //! Search parameters and paging shared by every search-like interaction: the query string, date and
 //! token matching, `_count`/`_offset`, and paging links that carry only what was asked.
 
-use super::common::{PAGE_DEFAULT, PAGE_MAX, Result, fhir_json, invalid};
-use axum::{http::StatusCode, response::Response};
+use super::common::{Entry, PAGE_DEFAULT, PAGE_MAX, Result, fhir_bundle, invalid};
+use crate::ApiError;
+use axum::{
+    http::{HeaderMap, StatusCode},
+    response::Response,
+};
 use serde_json::{Value, json};
 
 pub(super) fn query_pairs(query: Option<String>) -> Result<Vec<(String, String)>> {
     serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|_| invalid("malformed query string"))
+}
+
+/// A query string's parameters, in order.
+pub(super) type Pairs = Vec<(String, String)>;
+
+/// Query parameters every FHIR search accepts beside its own: paging and the format.
+const RESULT_PARAMS: &[&str] = &["_count", "_offset", "_format"];
+
+/// Whether `value` is a date search value this server compares: an optional prefix, then
+/// `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a dateTime.
+fn is_date_value(value: &str) -> bool {
+    let date = match value.get(..2) {
+        Some("eq" | "ne" | "ge" | "gt" | "le" | "lt") => &value[2..],
+        _ => value,
+    };
+    let (day, time) = date.split_once('T').unwrap_or((date, ""));
+    let parts: Vec<&str> = day.split('-').collect();
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let in_range =
+        |s: &str, lo: u32, hi: u32| s.parse::<u32>().is_ok_and(|v| (lo..=hi).contains(&v));
+    let day_ok = match parts.as_slice() {
+        [y] => digits(y, 4),
+        [y, m] => digits(y, 4) && digits(m, 2) && in_range(m, 1, 12),
+        [y, m, d] => {
+            digits(y, 4) && digits(m, 2) && in_range(m, 1, 12) && digits(d, 2) && in_range(d, 1, 31)
+        }
+        _ => false,
+    };
+    day_ok
+        && (time.is_empty()
+            || (parts.len() == 3
+                && time.len() >= 5
+                && time[..2].parse::<u32>().is_ok_and(|h| h < 24)
+                && time.as_bytes()[2] == b':'
+                && time[3..5].parse::<u32>().is_ok_and(|m| m < 60)))
+}
+
+/// Refuse (400, naming it) any parameter, modifier or result parameter this search does not
+/// serve, and any malformed date value; under `Prefer: handling=lenient` drop them instead
+/// and say so in an `OperationOutcome` for the Bundle. `supported` names this search's own
+/// parameters; `dates` those of them that take dates. Nothing is ever ignored in silence.
+pub(super) fn checked(
+    pairs: Pairs,
+    supported: &[&str],
+    dates: &[&str],
+    headers: &HeaderMap,
+) -> Result<(Pairs, Option<Value>)> {
+    let lenient = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"));
+    let mut kept = Vec::with_capacity(pairs.len());
+    let mut ignored = Vec::new();
+    for (name, value) in pairs {
+        let problem =
+            if !supported.contains(&name.as_str()) && !RESULT_PARAMS.contains(&name.as_str()) {
+                Some(match name.split_once(':') {
+                    Some((base, modifier)) if supported.contains(&base) => {
+                        format!("the modifier :{modifier} of {base} is not supported")
+                    }
+                    _ => format!("the search parameter {name} is not supported"),
+                })
+            } else if dates.contains(&name.as_str()) && !value.split(',').all(is_date_value) {
+                Some(format!("{name} is not a valid date search value"))
+            } else {
+                None
+            };
+        match problem {
+            None => kept.push((name, value)),
+            Some(problem) if lenient => ignored.push(problem),
+            Some(problem) => {
+                return Err(ApiError::fhir(
+                    StatusCode::BAD_REQUEST,
+                    "not-supported",
+                    &format!("{problem}; see /fhir/metadata (or send Prefer: handling=lenient)"),
+                ));
+            }
+        }
+    }
+    let outcome = (!ignored.is_empty()).then(|| {
+        json!({
+            "resourceType": "OperationOutcome",
+            "issue": ignored.iter().map(|d| json!({
+                "severity": "warning",
+                "code": "not-supported",
+                "diagnostics": format!("{d}; ignored (Prefer: handling=lenient)"),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    Ok((kept, outcome))
+}
+
+/// The Bundle entry that tells a lenient search what it ignored.
+pub(super) fn outcome_entry(outcome: Value) -> Entry {
+    Entry {
+        fields: json!({"resource": outcome, "search": {"mode": "outcome"}}),
+        resource: None,
+    }
 }
 
 /// A date comparison: `ge2024-01-01` and friends; `None` for a malformed one.
@@ -106,16 +210,15 @@ pub(super) fn searchset(
     pairs: &[(String, String)],
     (offset, count): (usize, usize),
     total: usize,
-    entries: Vec<Value>,
+    entries: Vec<Entry>,
 ) -> Response {
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": bundle_links(base, path, pairs, offset, count, total),
-        "entry": entries,
     });
-    fhir_json(StatusCode::OK, &bundle)
+    fhir_bundle(StatusCode::OK, &bundle, &entries)
 }
 
 #[cfg(test)]
@@ -133,5 +236,44 @@ mod tests {
         assert!(token_matches("http://loinc.org|8867-4", &codes));
         assert!(!token_matches("http://snomed.info/sct|8867-4", &codes));
         assert!(token_matches("x,8867-4", &codes));
+    }
+
+    #[test]
+    fn unsupported_parameters_are_refused_or_reported_never_dropped() {
+        let pairs = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let strict = HeaderMap::new();
+        let mut lenient = HeaderMap::new();
+        lenient.insert("prefer", "handling=lenient".parse().unwrap());
+        let supported = ["patient", "date"];
+        for bad in [
+            ("clinical-status", "resolved"),
+            ("_sort", "date"),
+            ("patient:missing", "true"),
+            ("date", "2026-13-45"),
+            ("date", "yesterday"),
+        ] {
+            let refused = checked(pairs(&[bad]), &supported, &["date"], &strict).unwrap_err();
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            let (kept, outcome) = checked(
+                pairs(&[("patient", "p"), bad]),
+                &supported,
+                &["date"],
+                &lenient,
+            )
+            .unwrap();
+            assert_eq!(kept, pairs(&[("patient", "p")]));
+            assert!(outcome.is_some(), "{bad:?}");
+        }
+        let good = pairs(&[("patient", "p"), ("date", "ge2024-01"), ("_count", "5")]);
+        assert_eq!(
+            checked(good.clone(), &supported, &["date"], &strict).unwrap(),
+            (good, None)
+        );
+        assert!(is_date_value("2024-03-02T10:00:00Z"));
+        assert!(!is_date_value("2024-03-02T25:00"));
     }
 }

@@ -2,8 +2,10 @@
 //! journalled before it is revealed.
 
 use super::{
-    common::{Result, fhir_json, forbidden, id16, not_found, role_of, unavailable},
-    params::{count_param, query_pairs, searchset},
+    common::{
+        Entry, Result, fhir_bundle, fhir_raw, forbidden, id16, not_found, role_of, unavailable,
+    },
+    params::{checked, count_param, outcome_entry, query_pairs, searchset},
     time::{http_date, instant},
 };
 use crate::{
@@ -23,7 +25,7 @@ use ehrchain_contracts::{
 use ehrchain_crypto::Binding;
 use ehrchain_fhir::ResourceType;
 use ehrchain_types::{Payload, PublicKey};
-use serde_json::{Value, json};
+use serde_json::{json, value::RawValue};
 use std::sync::Arc;
 
 // ---- records -------------------------------------------------------------------------------
@@ -36,30 +38,23 @@ pub(super) fn resource_type(kind: &str) -> Result<ResourceType> {
     })
 }
 
-/// The resource as served: the stored JSON with `id` and `meta.versionId`/`lastUpdated`.
-pub(super) fn present(plain: &[u8], version: &RecordVersion) -> Result<Value> {
-    let mut value: Value = serde_json::from_slice(plain).map_err(|_| {
-        ApiError::fhir(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "exception",
-            "a stored record is not JSON",
-        )
-    })?;
-    let object = value.as_object_mut().ok_or_else(|| {
+/// The resource as served: the stored JSON as the client sent it, with the server's `id` and
+/// `meta.versionId`/`lastUpdated` (`ehrchain_fhir::raw::present`).
+pub(super) fn present(plain: &[u8], version: &RecordVersion) -> Result<Box<RawValue>> {
+    ehrchain_fhir::raw::present(
+        plain,
+        &hex::encode(version.anchor.record),
+        &version.anchor.version.to_string(),
+        &instant(version.anchor.timestamp_ms),
+    )
+    .and_then(|text| RawValue::from_string(text).ok())
+    .ok_or_else(|| {
         ApiError::fhir(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",
             "a stored record is not a JSON object",
         )
-    })?;
-    object.insert("id".into(), json!(hex::encode(version.anchor.record)));
-    let meta = object.entry("meta").or_insert_with(|| json!({}));
-    if !meta.is_object() {
-        *meta = json!({});
-    }
-    meta["versionId"] = json!(version.anchor.version.to_string());
-    meta["lastUpdated"] = json!(instant(version.anchor.timestamp_ms));
-    Ok(value)
+    })
 }
 
 pub(super) fn with_version_headers(
@@ -388,7 +383,7 @@ pub(super) async fn read_version<B: Blob>(
     let plain = reveal(state, &token.identity, version).await?;
     let body = present(&plain, version)?;
     Ok(with_version_headers(
-        fhir_json(StatusCode::OK, &body),
+        fhir_raw(StatusCode::OK, &body),
         version,
         &state.gateway.public_url,
     ))
@@ -417,7 +412,7 @@ pub(super) async fn everything<B: Blob>(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let pairs = query_pairs(query)?;
+    let (pairs, ignored) = checked(query_pairs(query)?, &[], &[], &headers)?;
     let (count, offset) = count_param(&pairs)?;
     let patient = id16(&id).ok_or_else(|| not_found("no such Patient"))?;
     let (mut versions, erased) = state.chain.read(|s| {
@@ -462,13 +457,16 @@ pub(super) async fn everything<B: Blob>(
             let plain = reveal(&state, &token.identity, version).await?;
             let name = ResourceType::from_code(version.anchor.resource_type)
                 .map_or("Resource", ResourceType::name);
-            entries.push(json!({
-                "fullUrl": format!("{base}/fhir/{name}/{}", hex::encode(version.anchor.record)),
-                "resource": present(&plain, version)?,
-                "search": {"mode": "match"},
-            }));
+            entries.push(Entry {
+                fields: json!({
+                    "fullUrl": format!("{base}/fhir/{name}/{}", hex::encode(version.anchor.record)),
+                    "search": {"mode": "match"},
+                }),
+                resource: Some(present(&plain, version)?),
+            });
         }
     }
+    entries.extend(ignored.map(outcome_entry));
     Ok(searchset(
         base,
         &format!("Patient/{id}/$everything"),
@@ -492,22 +490,23 @@ pub(super) async fn history<B: Blob>(
     let mut entries = Vec::new();
     for version in versions.iter().rev() {
         let plain = reveal(&state, &token.identity, version).await?;
-        entries.push(json!({
+        entries.push(Entry {
+            fields: json!({
             "fullUrl": format!("{base}/fhir/{kind}/{id}"),
-            "resource": present(&plain, version)?,
             "request": {"method": if version.anchor.version == 1 { "POST" } else { "PUT" },
                         "url": format!("{kind}/{id}")},
             "response": {"status": if version.anchor.version == 1 { "201" } else { "200" },
                          "etag": format!("W/\"{}\"", version.anchor.version),
                          "lastModified": instant(version.anchor.timestamp_ms)},
-        }));
+            }),
+            resource: Some(present(&plain, version)?),
+        });
     }
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "history",
         "total": entries.len(),
         "link": [{"relation": "self", "url": format!("{base}/fhir/{kind}/{id}/_history")}],
-        "entry": entries,
     });
-    Ok(fhir_json(StatusCode::OK, &bundle))
+    Ok(fhir_bundle(StatusCode::OK, &bundle, &entries))
 }

@@ -2,8 +2,11 @@
 //! carry no more than the caller may see.
 
 use super::{
-    common::{Result, SEARCH_READS_MAX, id16, invalid, role_of},
-    params::{count_param, date_matches, patient_param, query_pairs, searchset, token_matches},
+    common::{Entry, Result, SEARCH_READS_MAX, id16, invalid, role_of},
+    params::{
+        checked, count_param, date_matches, outcome_entry, patient_param, query_pairs, searchset,
+        token_matches,
+    },
     read::{denied, present, purpose_for, record_reads, resource_type, reveal},
     time::instant,
 };
@@ -19,8 +22,101 @@ use ehrchain_contracts::{
     state::Reader as _,
 };
 use ehrchain_fhir::ResourceType;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
+
+/// One search parameter of a type: its R4 name, type and `definition`. The names are the
+/// ones the search below filters on (`patient`/`subject`, `_id`, `_lastUpdated`, `date`,
+/// `code`, `category`), claimed only for the types R4 defines them on.
+pub(super) struct Param {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub definition: String,
+}
+
+/// The search parameters `kind` serves, each under its R4 name for that type and only where
+/// R4 defines it (`/fhir/metadata` lists exactly these; any other name is refused).
+pub(super) fn search_params(kind: ResourceType) -> Vec<Param> {
+    use ResourceType as T;
+    let base = "http://hl7.org/fhir/SearchParameter";
+    let param = |name, kind, definition: String| Param {
+        name,
+        kind,
+        definition,
+    };
+    let mut params = vec![
+        param("_id", "token", format!("{base}/Resource-id")),
+        param(
+            "_lastUpdated",
+            "date",
+            format!("{base}/Resource-lastUpdated"),
+        ),
+    ];
+    let name = kind.name();
+    if !matches!(kind, T::Patient | T::Binary) {
+        let patient = if kind == T::Immunization {
+            format!("{base}/Immunization-patient")
+        } else {
+            format!("{base}/clinical-patient")
+        };
+        params.push(param("patient", "reference", patient));
+    }
+    if !matches!(
+        kind,
+        T::Patient | T::Binary | T::AllergyIntolerance | T::Immunization
+    ) {
+        params.push(param(
+            "subject",
+            "reference",
+            format!("{base}/{name}-subject"),
+        ));
+    }
+    match kind {
+        T::Observation
+        | T::DiagnosticReport
+        | T::Procedure
+        | T::Encounter
+        | T::Immunization
+        | T::AllergyIntolerance => {
+            params.push(param("date", "date", format!("{base}/clinical-date")));
+        }
+        T::DocumentReference => {
+            params.push(param(
+                "date",
+                "date",
+                format!("{base}/DocumentReference-date"),
+            ));
+        }
+        _ => {}
+    }
+    if matches!(
+        kind,
+        T::Observation
+            | T::Condition
+            | T::AllergyIntolerance
+            | T::Procedure
+            | T::DiagnosticReport
+            | T::MedicationRequest
+    ) {
+        params.push(param("code", "token", format!("{base}/clinical-code")));
+    }
+    if matches!(
+        kind,
+        T::Observation
+            | T::Condition
+            | T::DiagnosticReport
+            | T::DocumentReference
+            | T::MedicationRequest
+            | T::Procedure
+    ) {
+        params.push(param(
+            "category",
+            "token",
+            format!("{base}/{name}-category"),
+        ));
+    }
+    params
+}
 
 pub(super) async fn search<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
@@ -30,7 +126,14 @@ pub(super) async fn search<B: Blob>(
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
     let kind = resource_type(&kind)?;
-    let pairs = query_pairs(query)?;
+    let params = search_params(kind);
+    let names: Vec<&str> = params.iter().map(|p| p.name).collect();
+    let (pairs, ignored) = checked(
+        query_pairs(query)?,
+        &names,
+        &["date", "_lastUpdated"],
+        &headers,
+    )?;
     let (count, offset) = count_param(&pairs)?;
     let role = role_of(&state, &token.identity);
     let patient = match (patient_param(&pairs), &role) {
@@ -122,9 +225,9 @@ pub(super) async fn search<B: Blob>(
                 continue;
             }
         }
-        matches.push(present(&plain, version)?);
+        matches.push((version.anchor.record, present(&plain, version)?));
     }
-    let (total, page): (usize, Vec<Value>) = match paged_already {
+    let (total, page): (usize, Vec<_>) = match paged_already {
         Some(total) => (total, matches),
         None => (
             matches.len(),
@@ -132,15 +235,16 @@ pub(super) async fn search<B: Blob>(
         ),
     };
     let base = &state.gateway.public_url;
-    let entries: Vec<Value> = page
+    let entries: Vec<Entry> = page
         .into_iter()
-        .map(|resource| {
-            json!({
-                "fullUrl": format!("{base}/fhir/{}/{}", kind.name(), resource["id"].as_str().unwrap_or("")),
-                "resource": resource,
+        .map(|(record, resource)| Entry {
+            fields: json!({
+                "fullUrl": format!("{base}/fhir/{}/{}", kind.name(), hex::encode(record)),
                 "search": {"mode": "match"},
-            })
+            }),
+            resource: Some(resource),
         })
+        .chain(ignored.map(outcome_entry))
         .collect();
     Ok(searchset(
         base,

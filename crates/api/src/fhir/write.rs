@@ -2,7 +2,7 @@
 //! answered once committed.
 
 use super::{
-    common::{Result, body_bytes, fhir_json, forbidden, id16, invalid, role_of, unavailable},
+    common::{Result, body_bytes, fhir_raw, forbidden, id16, invalid, role_of, unavailable},
     read::{present, resource_type, versions_of, with_version_headers},
 };
 use crate::{
@@ -182,7 +182,7 @@ pub(super) fn created(
     status: StatusCode,
 ) -> Result<Response> {
     let body = present(json, version)?;
-    let mut response = with_version_headers(fhir_json(status, &body), version, state_base);
+    let mut response = with_version_headers(fhir_raw(status, &body), version, state_base);
     let type_name = ResourceType::from_code(version.anchor.resource_type)
         .map_or("Resource", ResourceType::name);
     if let Ok(location) = HeaderValue::from_str(&format!(
