@@ -357,6 +357,45 @@ def main(path):
     assert slash.status_code != 404, slash.text
     assert requests.get(api_a + "/fhir/.well-known/smart-configuration", timeout=30).status_code == 200
 
+    # Conditional interactions and preferences: If-None-Match answers 304 for the version the
+    # client holds; If-None-Exist creates once; PUT [type]?query updates the one match;
+    # Prefer: return=minimal answers without a body; $validate stores nothing.
+    current = requests.get(f"{api_a}/fhir/Observation/{faithful_id}", headers=headers, timeout=60)
+    unchanged = requests.get(f"{api_a}/fhir/Observation/{faithful_id}", headers={**headers, "If-None-Match": current.headers["ETag"]}, timeout=60)
+    assert unchanged.status_code == 304 and not unchanged.content, unchanged
+    lab = {
+        "resourceType": "Observation",
+        "identifier": [{"system": "urn:example:lab", "value": "order-17"}],
+        "status": "preliminary",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"reference": "Patient/" + patient_id},
+    }
+    once_headers = {**headers, "If-None-Exist": "identifier=urn:example:lab|order-17"}
+    first = requests.post(api_a + "/fhir/Observation", json=lab, headers=once_headers, timeout=60)
+    again = requests.post(api_a + "/fhir/Observation", json=lab, headers=once_headers, timeout=60)
+    assert first.status_code == 201 and again.status_code == 200, (first.text, again.text)
+    assert first.json()["id"] == again.json()["id"]
+    lab_id = first.json()["id"]
+    found = requests.get(f"{api_a}/fhir/Observation?patient={patient_id}&identifier=order-17", headers=headers, timeout=60).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [lab_id], found
+    lab["status"] = "final"
+    updated = requests.put(
+        api_a + "/fhir/Observation?identifier=urn:example:lab|order-17",
+        json=lab,
+        headers={**headers, "Prefer": "return=minimal"},
+        timeout=60,
+    )
+    assert updated.status_code == 200 and not updated.content and updated.headers["ETag"] == 'W/"2"', updated
+    stale = requests.put(f"{api_a}/fhir/Observation/{lab_id}", json=dict(lab, id=lab_id), headers={**headers, "If-Match": 'W/"1"'}, timeout=60)
+    expect_outcome(stale, 412)
+    checked = requests.post(api_a + "/fhir/Observation/$validate", json={"resourceType": "Observation", "code": {"text": "x"}}, headers=headers, timeout=30)
+    assert checked.status_code == 200, checked.text
+    assert any(i["severity"] == "error" for i in validate(checked.json())["issue"]), checked.text
+    ok = requests.post(api_a + "/fhir/Observation/$validate", json={"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": lab}]}, headers=headers, timeout=30)
+    assert [i["severity"] for i in ok.json()["issue"]] == ["information"], ok.text
+    everything_post = requests.post(f"{api_a}/fhir/Patient/{patient_id}/$everything", headers=headers, timeout=60)
+    assert everything_post.status_code == 200 and everything_post.json()["type"] == "searchset", everything_post.text
+
     # The patient logs in (their home node keeps their key) and grants clinician B.
     # The new patient is custodial: their key lives at A's node; they sign in there with a
     # token of an identity from identities.json only, so the grant here is made by the demo
@@ -385,6 +424,40 @@ def main(path):
         timeout=60,
     )
     expect_outcome(refused, 403)
+
+    # A transaction is all or nothing: B's entry for a patient of B's own institution is
+    # allowed, the next one (A's patient, no consent) is not, so neither is written; the
+    # refusal is the failing entry's OperationOutcome. A stale ifMatch fails it the same way.
+    home_b = next(p for p in by_role["patient"] if p["institution"] == clinician_b["institution"])["patient"]
+    auth_b = {"Authorization": "Bearer " + token_b, "Content-Type": FHIR_JSON}
+    def lab_entry(patient, marker):
+        return {"request": {"method": "POST", "url": "Observation"}, "resource": {
+            "resourceType": "Observation", "status": "final",
+            "identifier": [{"system": "urn:example:atomic", "value": marker}],
+            "code": {"text": "potassium"}, "subject": {"reference": "Patient/" + patient}}}
+    mixed = {"resourceType": "Bundle", "type": "transaction", "entry": [lab_entry(home_b, "t-1"), lab_entry(demo_patient_id, "t-2")]}
+    refused_tx = expect_outcome(requests.post(clinician_b["api"] + "/fhir", json=mixed, headers=auth_b, timeout=120), 403)
+    assert "entry 1" in json.dumps(refused_tx), refused_tx
+    left = requests.get(f"{clinician_b['api']}/fhir/Observation?patient={home_b}&identifier=urn:example:atomic|t-1", headers=auth_b, timeout=60).json()
+    assert left["total"] == 0, left
+    stale_tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        lab_entry(patient_id, "t-3"),
+        {"request": {"method": "PUT", "url": f"Observation/{lab_id}", "ifMatch": 'W/"1"'}, "resource": dict(lab, id=lab_id)},
+    ]}
+    expect_outcome(requests.post(api_a + "/fhir", json=stale_tx, headers=headers, timeout=120), 412)
+
+    # A batch answers entry by entry: a read, a create, and a refused write, each on its own.
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Observation/{faithful_id}"}},
+        lab_entry(home_b, "b-1"),
+        lab_entry(demo_patient_id, "b-2"),
+        {"request": {"method": "GET", "url": f"Observation?patient={home_b}&identifier=b-1"}},
+    ]}
+    answered = requests.post(clinician_b["api"] + "/fhir", json=batch, headers=auth_b, timeout=120)
+    assert answered.status_code == 200, answered.text
+    statuses = [e["response"]["status"].split()[0] for e in validate(answered.json())["entry"]]
+    assert statuses == ["403", "201", "403", "200"], statuses
+    assert answered.json()["entry"][3]["resource"]["total"] == 1
 
     consent = fhir_p.resource(
         "Consent",

@@ -284,8 +284,11 @@ pub fn replace_strings(text: &str, replacements: &[(String, String)]) -> String 
         while i < bytes.len() && bytes[i] != b'"' {
             i += if bytes[i] == b'\\' { 2 } else { 1 };
         }
-        let end = (i + 1).min(bytes.len());
-        let inner = &text[start + 1..end.saturating_sub(1).max(start + 1)];
+        if i >= bytes.len() {
+            break; // unterminated: not JSON, left as it is
+        }
+        let end = i + 1;
+        let inner = &text[start + 1..i];
         if let Some((_, to)) = replacements.iter().find(|(from, _)| from == inner) {
             out.push_str(&text[copied..start]);
             out.push_str(&serde_json::to_string(to).expect("a string serializes"));

@@ -157,6 +157,8 @@ pub struct Resource {
     pub codes: Vec<String>,
     /// `system|code` of every coding in `category` (and the resource type name).
     pub categories: Vec<String>,
+    /// `system|value` of every `identifier` (`|value` without a system).
+    pub identifiers: Vec<String>,
     /// The clinically relevant date, as written (`YYYY`, `YYYY-MM-DD` or a dateTime).
     pub date: Option<String>,
     pub json: Value,
@@ -492,6 +494,21 @@ pub fn validate_value(value: Value) -> Result<Resource, Vec<Issue>> {
         None => Vec::new(),
     };
     categories.push(name.to_owned());
+    let identifiers = match object.get("identifier") {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(one) => vec![one],
+        None => Vec::new(),
+    }
+    .into_iter()
+    .filter_map(|identifier| {
+        let value = identifier.get("value")?.as_str()?;
+        let system = identifier
+            .get("system")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Some(format!("{system}|{value}"))
+    })
+    .collect();
     let date = resource_type.date_elements().iter().find_map(|path| {
         lookup(object, path)
             .and_then(Value::as_str)
@@ -507,6 +524,7 @@ pub fn validate_value(value: Value) -> Result<Resource, Vec<Issue>> {
         status,
         codes,
         categories,
+        identifiers,
         date,
         json: value,
     })

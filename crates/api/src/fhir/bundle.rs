@@ -4,7 +4,7 @@ use super::{
     common::{Result, body_bytes, fhir_json, id16, invalid, unprocessable},
     read::versions_of,
     time::instant,
-    write::{check, committed_version, register_patient_as, submit_version},
+    write::{check, committed_version, matching, register_patient_as, submit_version},
 };
 use crate::{ApiError, ApiState, session::caller};
 use axum::{
@@ -14,7 +14,9 @@ use axum::{
     response::Response,
 };
 use commonware_runtime::Blob;
+use ehrchain_contracts::state::Reader as _;
 use ehrchain_fhir::ResourceType;
+use ehrchain_types::{Digest, Payload, RecordAnchor};
 use serde_json::{Value, json, value::RawValue};
 use std::sync::Arc;
 
@@ -38,6 +40,8 @@ struct RawEntry<'a> {
 
 /// One write of a Bundle, checked and with its ids fixed.
 pub(super) struct Planned {
+    /// The entry's place in the Bundle.
+    index: usize,
     kind: ResourceType,
     patient: [u8; 16],
     record: [u8; 16],
@@ -46,14 +50,18 @@ pub(super) struct Planned {
     new_patient: bool,
 }
 
-/// `POST /fhir` with a `transaction` or `batch` Bundle of creates (POST) and updates (PUT).
+/// `POST /fhir` with a `transaction` Bundle of creates (POST, `ifNoneExist` honoured) and
+/// updates (PUT, `ifMatch` honoured), or a `batch` (`super::batch`, each entry on its own).
 ///
-/// Every entry is parsed, validated and its `urn:uuid:` references resolved before anything
-/// is written: an invalid entry fails the whole transaction with nothing stored. New patients
-/// are registered first; then every version is sealed and submitted, and all commit together
-/// (usually in one block). The chain has no multi-transaction atomicity, so a write refused
-/// at admission after validation (a consent withdrawn in between) fails the request with the
-/// entries before it already written; the answer says which.
+/// A transaction is checked whole before anything is written: every entry parsed, its
+/// `urn:uuid:` references resolved, validated, its `ifMatch` and `ifNoneExist` evaluated, and
+/// its write checked against this node's final state with the contract's own rule. Any
+/// failure answers that entry's `OperationOutcome` with nothing written; a refused write is
+/// first sent alone to the chain, which records the refusal. New patients are registered
+/// next, then every version is sealed and submitted, and all commit together (usually in
+/// one block). The chain has no multi-transaction atomicity, so a write refused at admission
+/// after these checks (a consent withdrawn in the moment between) fails the request with the
+/// entries before it written; the answer says which.
 pub(super) async fn bundle<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
@@ -81,9 +89,14 @@ pub(super) async fn bundle<B: Blob>(
             &format!("a Bundle carries at most {BUNDLE_ENTRIES_MAX} entries"),
         ));
     }
+    if kind_of_bundle == "batch-response" {
+        return super::batch::batch(state, &headers, &bytes).await;
+    }
     // Pass 1: server ids for every POST, so references between entries resolve.
     let mut ids = Vec::new();
     let mut assigned = Vec::with_capacity(entries.len());
+    // Entries an `ifNoneExist` matched, with the record that stands for each.
+    let mut kept: Vec<(usize, ehrchain_contracts::facts::RecordVersion)> = Vec::new();
     let mut full_urls = std::collections::HashSet::new();
     for (index, entry) in entries.iter().enumerate() {
         let at = |what: &str| unprocessable(&format!("entry {index}: {what}"));
@@ -101,6 +114,52 @@ pub(super) async fn bundle<B: Blob>(
             .as_str()
             .and_then(ResourceType::from_name)
             .ok_or_else(|| at("the resource type is missing or not supported"))?;
+        // `ifNoneExist`: a record the condition selects stands for this entry, which then
+        // writes nothing (and references to its fullUrl name that record).
+        let existing = match entry["request"]["ifNoneExist"].as_str() {
+            Some(condition) if method == "POST" => {
+                let text = raw
+                    .entry
+                    .get(index)
+                    .and_then(|e| e.resource)
+                    .map_or("null", RawValue::get);
+                // A resource whose patient is new in this Bundle (a `urn:uuid:`) matches
+                // nothing yet; an invalid one is reported by its validation below.
+                let found = match ehrchain_fhir::validate(text.as_bytes()) {
+                    Ok(resource)
+                        if kind == ResourceType::Patient
+                            || resource.patient.as_deref().and_then(id16).is_some() =>
+                    {
+                        matching(&state, &token, kind, condition, &resource).await?
+                    }
+                    _ => Vec::new(),
+                };
+                match found.as_slice() {
+                    [] => None,
+                    [(version, _)] => Some(version.clone()),
+                    _ => {
+                        return Err(ApiError::fhir(
+                            StatusCode::PRECONDITION_FAILED,
+                            "multiple-matches",
+                            &format!(
+                                "entry {index}: ifNoneExist matches more than one record; nothing was written"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(version) = existing {
+            if let Some(full) = entry["fullUrl"].as_str() {
+                ids.push((
+                    full.to_string(),
+                    format!("{}/{}", kind.name(), hex::encode(version.anchor.record)),
+                ));
+            }
+            kept.push((index, version));
+            continue;
+        }
         let id = match method {
             "POST" => {
                 let id: [u8; 16] = crate::ambient::random_bytes();
@@ -123,11 +182,12 @@ pub(super) async fn bundle<B: Blob>(
             }
             _ => return Err(at("request.method must be POST or PUT")),
         };
-        assigned.push((kind, id));
+        assigned.push((index, kind, id));
     }
     // Pass 2: resolve, validate, plan. Nothing is written until every entry passes.
     let mut plans = Vec::with_capacity(entries.len());
-    for (index, (kind, (id, create))) in assigned.iter().enumerate() {
+    for (index, kind, (id, create)) in &assigned {
+        let index = *index;
         // The resource's own text, its `urn:uuid:` references rewritten in place.
         let text = raw
             .entry
@@ -164,7 +224,20 @@ pub(super) async fn bundle<B: Blob>(
             let latest = versions.last().expect("non-empty");
             (latest.anchor.patient, latest.anchor.version + 1, false)
         };
+        if !*create
+            && let Some(expected) = entries[index]["request"]["ifMatch"].as_str()
+            && expected.trim() != format!("W/\"{}\"", version - 1)
+        {
+            return Err(ApiError::fhir(
+                StatusCode::PRECONDITION_FAILED,
+                "conflict",
+                &format!(
+                    "entry {index}: ifMatch does not name the current version; nothing was written"
+                ),
+            ));
+        }
         plans.push(Planned {
+            index,
             kind: *kind,
             patient,
             record: *id,
@@ -172,6 +245,56 @@ pub(super) async fn bundle<B: Blob>(
             json,
             new_patient,
         });
+    }
+    // Every write is allowed, or nothing is written: each is checked against this node's
+    // final state with the contract's own rule, and the first refused one goes to the chain
+    // alone (an anchor of nothing, which the chain refuses and records) before the answer.
+    let new_patients: Vec<[u8; 16]> = plans
+        .iter()
+        .filter(|p| p.new_patient)
+        .map(|p| p.patient)
+        .collect();
+    for plan in plans.iter().filter(|p| !new_patients.contains(&p.patient)) {
+        let refused = state.chain.read(|s| {
+            let entry = s.patient(&plan.patient)?;
+            ehrchain_contracts::access::may_write_record(
+                s,
+                &token.identity,
+                crate::ambient::now_ms(),
+                &entry,
+                (&plan.record, &plan.patient, plan.kind.code()),
+            )
+            .err()
+        });
+        if refused.is_some() {
+            let tx = crate::submit::submit_as(
+                &state,
+                &token,
+                Payload::RecordAnchor(RecordAnchor {
+                    record: plan.record,
+                    version: plan.version,
+                    patient: plan.patient,
+                    resource_type: plan.kind.code(),
+                    ciphertext_hash: Digest::from([0; 32]),
+                    ciphertext_size: 0,
+                    timestamp_ms: crate::ambient::now_ms(),
+                }),
+            )
+            .await?;
+            let recorded = crate::submit::commit(&state, &tx).await.err();
+            let mut error = recorded.unwrap_or_else(|| {
+                ApiError::fhir(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the write is not allowed",
+                )
+            });
+            error.message = format!(
+                "entry {}: {}; nothing was written",
+                plan.index, error.message
+            );
+            return Err(error);
+        }
     }
     for plan in plans.iter().filter(|p| p.new_patient) {
         register_patient_as(&state, &token, plan.patient).await?;
@@ -198,23 +321,36 @@ pub(super) async fn bundle<B: Blob>(
         submitted.push(tx);
     }
     let base = &state.gateway.public_url;
-    let mut responses = Vec::with_capacity(plans.len());
+    let mut responses: Vec<(usize, Value)> = kept
+        .iter()
+        .map(|(index, version)| {
+            let name = ResourceType::from_code(version.anchor.resource_type).map_or("Resource", ResourceType::name);
+            (*index, json!({"response": {
+                "status": "200 OK",
+                "location": format!("{name}/{}/_history/{}", hex::encode(version.anchor.record), version.anchor.version),
+                "etag": format!("W/\"{}\"", version.anchor.version),
+                "lastModified": instant(version.anchor.timestamp_ms),
+            }}))
+        })
+        .collect();
     for (plan, tx) in plans.iter().zip(&submitted) {
         let version = committed_version(&state, tx, plan.record, plan.version).await?;
-        responses.push(json!({
+        responses.push((plan.index, json!({
             "response": {
                 "status": if plan.version == 1 { "201 Created" } else { "200 OK" },
                 "location": format!("{}/{}/_history/{}", plan.kind.name(), hex::encode(plan.record), plan.version),
                 "etag": format!("W/\"{}\"", plan.version),
                 "lastModified": instant(version.anchor.timestamp_ms),
             },
-        }));
+        })));
     }
+    // In the order of the Bundle's entries (FHIR: response entry i answers request entry i).
+    responses.sort_by_key(|(index, _)| *index);
     let answer = json!({
         "resourceType": "Bundle",
         "type": kind_of_bundle,
         "link": [{"relation": "self", "url": format!("{base}/fhir")}],
-        "entry": responses,
+        "entry": responses.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
     });
     Ok(fhir_json(StatusCode::OK, &answer))
 }

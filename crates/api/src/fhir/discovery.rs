@@ -36,6 +36,13 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": false,
+                "conditionalCreate": true,
+                "conditionalUpdate": true,
+                "conditionalRead": "not-match",
+                "operation": [{
+                    "name": "validate",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                }],
                 "searchParam": search_params(*t).iter().map(|p| json!({
                     "name": p.name,
                     "type": p.kind,
@@ -44,11 +51,13 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
             })
         })
         .collect();
-    if let Some(patient) = resources.first_mut() {
-        patient["operation"] = json!([{
+    if let Some(patient) = resources.first_mut()
+        && let Some(operations) = patient["operation"].as_array_mut()
+    {
+        operations.push(json!({
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-        }]);
+        }));
     }
     resources.push(json!({
         "type": "Provenance",

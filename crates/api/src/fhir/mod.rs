@@ -13,11 +13,14 @@
 //! never echo content.
 //!
 //! One module per interaction, each importing only those below it: `common`, `time` and
-//! `params` at the bottom; `read` over them; `write` over `read`; `bundle` over `write`;
-//! `search`, `consent`, `provenance` and `audit` beside them; `discovery` alone; this module
-//! only routes. Sessions are `crate::session`, submission `crate::submit`.
+//! `params` at the bottom; `read` over them; `search` over `read`; `write` over `search`
+//! (conditional create and update search first); `bundle` over `write`, and
+//! `batch` (each entry sent through this router) beside it; `consent`,
+//! `provenance` and `audit` beside them; `discovery` over `search` (it lists the search
+//! parameters `search` serves); this module routes and negotiates the format. Sessions are `crate::session`, submission `crate::submit`.
 
 mod audit;
+mod batch;
 mod bundle;
 mod common;
 mod consent;
@@ -37,7 +40,7 @@ use self::{
     provenance::{provenance_read, provenance_search},
     read::{instance_operation, read, vread},
     search::search,
-    write::{create, update},
+    write::{conditional_update, create, update, validate_operation},
 };
 use crate::{ApiError, ApiState};
 use axum::{
@@ -76,13 +79,23 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
             "/fhir/Consent/{id}",
             get(consent_read::<B>).put(consent_update::<B>),
         )
-        .route("/fhir/{kind}", post(create::<B>).get(search::<B>))
-        .route("/fhir/{kind}/{id}", get(read::<B>).put(update::<B>))
+        .route(
+            "/fhir/{kind}",
+            post(create::<B>)
+                .get(search::<B>)
+                .put(conditional_update::<B>),
+        )
+        .route(
+            "/fhir/{kind}/{id}",
+            get(read::<B>)
+                .put(update::<B>)
+                .post(validate_operation::<B>),
+        )
         .route("/fhir/Provenance", get(provenance_search::<B>))
         .route("/fhir/Provenance/{id}", get(provenance_read::<B>))
         .route(
             "/fhir/{kind}/{id}/{operation}",
-            get(instance_operation::<B>),
+            get(instance_operation::<B>).post(instance_operation::<B>),
         )
         .route("/fhir/{kind}/{id}/_history/{vid}", get(vread::<B>))
         .fallback(unknown_path)

@@ -14,7 +14,7 @@ use crate::{
 use axum::{
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::Response,
+    response::{IntoResponse as _, Response},
 };
 use commonware_runtime::Blob;
 use ehrchain_contracts::consent::Purpose;
@@ -380,6 +380,14 @@ pub(super) async fn read_version<B: Blob>(
             .ok_or_else(|| not_found("no such version"))?,
     };
     allowed(state, &token, version.anchor.record).await?;
+    if vid.is_none() && names_version(headers, version.anchor.version) {
+        // The caller holds this version already: nothing is opened or sent.
+        return Ok(with_version_headers(
+            StatusCode::NOT_MODIFIED.into_response(),
+            version,
+            &state.gateway.public_url,
+        ));
+    }
     let plain = reveal(state, &token.identity, version).await?;
     let body = present(&plain, version)?;
     Ok(with_version_headers(
@@ -389,15 +397,27 @@ pub(super) async fn read_version<B: Blob>(
     ))
 }
 
-/// `_history` of any record, `$everything` of a Patient.
+/// Whether `If-None-Match` names `version` (`W/"3"`, `"3"` or `*`).
+pub(super) fn names_version(headers: &HeaderMap, version: u32) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == format!("\"{version}\""))
+}
+
+/// `_history` of any record (GET), `$everything` of a Patient (GET or POST).
 pub(super) async fn instance_operation<B: Blob>(
+    method: axum::http::Method,
     state: State<Arc<ApiState<B>>>,
     headers: HeaderMap,
     Path((kind, id, operation)): Path<(String, String, String)>,
     query: RawQuery,
 ) -> Result<Response> {
     match operation.as_str() {
-        "_history" => history(state, headers, kind, id).await,
+        "_history" if method == axum::http::Method::GET => history(state, headers, kind, id).await,
         "$everything" if kind == "Patient" => everything(state, headers, id, query).await,
         _ => Err(not_found("unknown operation; see /fhir/metadata")),
     }

@@ -10,7 +10,7 @@ use super::{
     read::{denied, present, purpose_for, record_reads, resource_type, reveal},
     time::instant,
 };
-use crate::{ApiState, session::caller};
+use crate::{ApiState, session::Token, session::caller};
 use axum::{
     extract::{Path, RawQuery, State},
     http::HeaderMap,
@@ -22,12 +22,12 @@ use ehrchain_contracts::{
     state::Reader as _,
 };
 use ehrchain_fhir::ResourceType;
-use serde_json::json;
+use serde_json::{json, value::RawValue};
 use std::sync::Arc;
 
 /// One search parameter of a type: its R4 name, type and `definition`. The names are the
 /// ones the search below filters on (`patient`/`subject`, `_id`, `_lastUpdated`, `date`,
-/// `code`, `category`), claimed only for the types R4 defines them on.
+/// `code`, `category`, `identifier`), claimed only for the types R4 defines them on.
 pub(super) struct Param {
     pub name: &'static str,
     pub kind: &'static str,
@@ -53,6 +53,15 @@ pub(super) fn search_params(kind: ResourceType) -> Vec<Param> {
         ),
     ];
     let name = kind.name();
+    // Patient search is by `_id` only (a search is always within one patient's records).
+    if !matches!(kind, T::Patient | T::Binary) {
+        let identifier = if kind == T::Immunization {
+            format!("{base}/Immunization-identifier")
+        } else {
+            format!("{base}/clinical-identifier")
+        };
+        params.push(param("identifier", "token", identifier));
+    }
     if !matches!(kind, T::Patient | T::Binary) {
         let patient = if kind == T::Immunization {
             format!("{base}/Immunization-patient")
@@ -135,8 +144,40 @@ pub(super) async fn search<B: Blob>(
         &headers,
     )?;
     let (count, offset) = count_param(&pairs)?;
-    let role = role_of(&state, &token.identity);
-    let patient = match (patient_param(&pairs), &role) {
+    let (total, page) = find(&state, &token, kind, &pairs, (count, offset)).await?;
+    let base = &state.gateway.public_url;
+    let entries: Vec<Entry> = page
+        .into_iter()
+        .map(|(version, resource)| Entry {
+            fields: json!({
+                "fullUrl": format!("{base}/fhir/{}/{}", kind.name(), hex::encode(version.anchor.record)),
+                "search": {"mode": "match"},
+            }),
+            resource: Some(resource),
+        })
+        .chain(ignored.map(outcome_entry))
+        .collect();
+    Ok(searchset(
+        base,
+        kind.name(),
+        &pairs,
+        (offset, count),
+        total,
+        entries,
+    ))
+}
+
+/// The records of `kind` that `pairs` (already `checked`) select and the caller may read: the
+/// total and the page from `offset`, each read recorded, with each resource as served.
+pub(super) async fn find<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    kind: ResourceType,
+    pairs: &[(String, String)],
+    (count, offset): (usize, usize),
+) -> Result<(usize, Vec<(RecordVersion, Box<RawValue>)>)> {
+    let role = role_of(state, &token.identity);
+    let patient = match (patient_param(pairs), &role) {
         (Some(p), _) => id16(p).ok_or_else(|| invalid("patient must be a Patient id"))?,
         (None, Some(Role::Patient { patient } | Role::Guardian { patient })) => *patient,
         (None, _) if kind == ResourceType::Patient => pairs
@@ -178,7 +219,7 @@ pub(super) async fn search<B: Blob>(
     candidates.sort_by_key(|v| std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)));
     let content: Vec<(&str, &str)> = pairs
         .iter()
-        .filter(|(k, _)| matches!(k.as_str(), "code" | "category" | "date"))
+        .filter(|(k, _)| matches!(k.as_str(), "code" | "category" | "date" | "identifier"))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     // Without content filters only the page is read; with them, everything (bounded) is.
@@ -201,7 +242,7 @@ pub(super) async fn search<B: Blob>(
         (candidates, None)
     };
     let records: Vec<[u8; 16]> = to_read.iter().map(|v| v.anchor.record).collect();
-    let outcomes = record_reads(&state, &token, &records, purpose_for(role.as_ref())).await?;
+    let outcomes = record_reads(state, token, &records, purpose_for(role.as_ref())).await?;
     if !outcomes.is_empty() && outcomes.iter().all(|o| o.is_err()) {
         let reason = outcomes[0].clone().err().unwrap_or_default();
         return Err(denied(&reason));
@@ -211,13 +252,14 @@ pub(super) async fn search<B: Blob>(
         if outcome.is_err() {
             continue;
         }
-        let plain = reveal(&state, &token.identity, version).await?;
+        let plain = reveal(state, &token.identity, version).await?;
         if !content.is_empty() {
             let Ok(resource) = ehrchain_fhir::validate(&plain) else {
                 continue;
             };
             let keep = content.iter().all(|(k, v)| match *k {
                 "code" => token_matches(v, &resource.codes),
+                "identifier" => token_matches(v, &resource.identifiers),
                 "category" => token_matches(v, &resource.categories),
                 _ => date_matches(v, resource.date.as_deref()),
             });
@@ -225,33 +267,13 @@ pub(super) async fn search<B: Blob>(
                 continue;
             }
         }
-        matches.push((version.anchor.record, present(&plain, version)?));
+        matches.push((version.clone(), present(&plain, version)?));
     }
-    let (total, page): (usize, Vec<_>) = match paged_already {
+    Ok(match paged_already {
         Some(total) => (total, matches),
         None => (
             matches.len(),
             matches.into_iter().skip(offset).take(count).collect(),
         ),
-    };
-    let base = &state.gateway.public_url;
-    let entries: Vec<Entry> = page
-        .into_iter()
-        .map(|(record, resource)| Entry {
-            fields: json!({
-                "fullUrl": format!("{base}/fhir/{}/{}", kind.name(), hex::encode(record)),
-                "search": {"mode": "match"},
-            }),
-            resource: Some(resource),
-        })
-        .chain(ignored.map(outcome_entry))
-        .collect();
-    Ok(searchset(
-        base,
-        kind.name(),
-        &pairs,
-        (offset, count),
-        total,
-        entries,
-    ))
+    })
 }

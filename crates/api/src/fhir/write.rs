@@ -2,8 +2,12 @@
 //! answered once committed.
 
 use super::{
-    common::{Result, body_bytes, fhir_raw, forbidden, id16, invalid, role_of, unavailable},
+    common::{
+        Result, body_bytes, fhir_json, fhir_raw, forbidden, id16, invalid, role_of, unavailable,
+    },
+    params::{checked, patient_param, query_pairs},
     read::{present, resource_type, versions_of, with_version_headers},
+    search::{find, search_params},
 };
 use crate::{
     ApiError, ApiState, ambient::now_ms, gateway, session::Token, session::caller, submit::commit,
@@ -11,9 +15,9 @@ use crate::{
 };
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::Response,
+    response::{IntoResponse as _, Response},
 };
 use commonware_runtime::Blob;
 use ehrchain_contracts::{
@@ -175,14 +179,53 @@ pub(super) fn check(kind: ResourceType, bytes: &[u8]) -> Result<ehrchain_fhir::R
     Ok(resource)
 }
 
+/// What `Prefer: return=` asks a write to answer with (FHIR R4 3.1.0.5.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Return {
+    Representation,
+    Minimal,
+    OperationOutcome,
+}
+
+pub(super) fn prefer_return(headers: &HeaderMap) -> Return {
+    let asked = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|p| p.trim().strip_prefix("return="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .next_back();
+    match asked.as_deref() {
+        Some("minimal") => Return::Minimal,
+        Some("OperationOutcome") => Return::OperationOutcome,
+        _ => Return::Representation,
+    }
+}
+
+/// The answer to a create or update: the resource as stored (or, as `Prefer` asks, nothing
+/// or an `OperationOutcome`), with its version headers and `Location`.
 pub(super) fn created(
     state_base: &str,
+    headers: &HeaderMap,
     version: &RecordVersion,
     json: &[u8],
     status: StatusCode,
 ) -> Result<Response> {
-    let body = present(json, version)?;
-    let mut response = with_version_headers(fhir_raw(status, &body), version, state_base);
+    let answer = match prefer_return(headers) {
+        Return::Representation => fhir_raw(status, &present(json, version)?),
+        Return::Minimal => status.into_response(),
+        Return::OperationOutcome => fhir_json(
+            status,
+            &operation_outcome(&[ehrchain_fhir::Issue {
+                severity: "information",
+                code: "informational",
+                expression: String::new(),
+                diagnostics: format!("version {} stored", version.anchor.version),
+            }]),
+        ),
+    };
+    let mut response = with_version_headers(answer, version, state_base);
     let type_name = ResourceType::from_code(version.anchor.resource_type)
         .map_or("Resource", ResourceType::name);
     if let Ok(location) = HeaderValue::from_str(&format!(
@@ -264,36 +307,92 @@ pub(super) async fn create<B: Blob>(
     let kind = resource_type(&kind)?;
     let bytes = body_bytes(body).await?;
     let resource = check(kind, &bytes)?;
-    let (patient, record) = if kind == ResourceType::Patient {
-        // A registered patient without a Patient resource yet keeps its id; otherwise the
-        // server assigns one and registers the patient, as FHIR create does.
-        let existing = resource.id.as_deref().and_then(id16).filter(|p| {
-            state
-                .chain
-                .read(|s| s.patient(p).is_some() && s.versions(p).is_empty())
-        });
-        let patient = match existing {
-            Some(patient) => patient,
-            None => register_patient(&state, &token).await?,
-        };
-        (patient, patient)
-    } else {
-        let patient = resource.patient.as_deref().and_then(id16).ok_or_else(|| {
-            ApiError::fhir(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                "the patient reference must be Patient/{id} of a registered patient",
-            )
-        })?;
-        (patient, crate::ambient::random_bytes())
-    };
-    let version = write_version(&state, &token, kind, patient, record, 1, &bytes).await?;
-    created(
-        &state.gateway.public_url,
-        &version,
-        &bytes,
-        StatusCode::CREATED,
+    if let Some(condition) = headers.get("if-none-exist") {
+        let condition = condition
+            .to_str()
+            .map_err(|_| invalid("If-None-Exist is not a query string"))?;
+        let found = matching(&state, &token, kind, condition, &resource).await?;
+        match found.as_slice() {
+            [] => {}
+            [(version, served)] => {
+                // Already there: FHIR answers 200 with it and stores nothing.
+                return Ok(with_version_headers(
+                    fhir_raw(StatusCode::OK, served),
+                    version,
+                    &state.gateway.public_url,
+                ));
+            }
+            _ => return Err(ambiguous("If-None-Exist")),
+        }
+    }
+    create_record(&state, &headers, &token, kind, &bytes, resource).await
+}
+
+/// The records of `kind` a conditional interaction's query selects (at most two: one is a
+/// match, two are ambiguous). A query that names no patient searches the resource's own.
+pub(super) async fn matching<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    kind: ResourceType,
+    query: &str,
+    resource: &ehrchain_fhir::Resource,
+) -> Result<Vec<(RecordVersion, Box<serde_json::value::RawValue>)>> {
+    let query = query.split_once('?').map_or(query, |(_, q)| q);
+    let names: Vec<&str> = search_params(kind).iter().map(|p| p.name).collect();
+    let (mut pairs, _) = checked(
+        query_pairs(Some(query.to_owned()))?,
+        &names,
+        &["date", "_lastUpdated"],
+        &HeaderMap::new(),
+    )?;
+    if pairs.is_empty() {
+        return Err(invalid("a conditional interaction needs search criteria"));
+    }
+    if kind != ResourceType::Patient
+        && patient_param(&pairs).is_none()
+        && let Some(patient) = &resource.patient
+    {
+        pairs.push(("patient".into(), patient.clone()));
+    }
+    Ok(find(state, token, kind, &pairs, (2, 0)).await?.1)
+}
+
+fn ambiguous(what: &str) -> ApiError {
+    ApiError::fhir(
+        StatusCode::PRECONDITION_FAILED,
+        "multiple-matches",
+        &format!("{what} matches more than one record; make the criteria more selective"),
     )
+}
+
+/// `PUT [type]?query`: update the one record the query selects, or create one if none does.
+pub(super) async fn conditional_update<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let kind = resource_type(&kind)?;
+    let bytes = body_bytes(body).await?;
+    let resource = check(kind, &bytes)?;
+    let found = matching(
+        &state,
+        &token,
+        kind,
+        query.as_deref().unwrap_or(""),
+        &resource,
+    )
+    .await?;
+    match found.as_slice() {
+        [] => create_record(&state, &headers, &token, kind, &bytes, resource).await,
+        [(version, _)] => {
+            let id = hex::encode(version.anchor.record);
+            update_record(&state, &headers, &token, kind, &id, &bytes, resource).await
+        }
+        _ => Err(ambiguous("the query")),
+    }
 }
 
 pub(super) async fn update<B: Blob>(
@@ -306,10 +405,23 @@ pub(super) async fn update<B: Blob>(
     let kind = resource_type(&kind)?;
     let bytes = body_bytes(body).await?;
     let resource = check(kind, &bytes)?;
+    update_record(&state, &headers, &token, kind, &id, &bytes, resource).await
+}
+
+/// Write `bytes` as the next version of record `id`, if `If-Match` allows.
+async fn update_record<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    token: &Token,
+    kind: ResourceType,
+    id: &str,
+    bytes: &[u8],
+    resource: ehrchain_fhir::Resource,
+) -> Result<Response> {
     if resource.id.as_deref().is_some_and(|given| given != id) {
         return Err(invalid("the resource id does not match the URL"));
     }
-    let versions = versions_of(&state, kind, &id)?;
+    let versions = versions_of(state, kind, id)?;
     let latest = versions.last().expect("non-empty");
     if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
         && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
@@ -330,14 +442,134 @@ pub(super) async fn update<B: Blob>(
         ));
     }
     let version = write_version(
-        &state,
-        &token,
+        state,
+        token,
         kind,
         patient,
         latest.anchor.record,
         latest.anchor.version + 1,
-        &bytes,
+        bytes,
     )
     .await?;
-    created(&state.gateway.public_url, &version, &bytes, StatusCode::OK)
+    created(
+        &state.gateway.public_url,
+        headers,
+        &version,
+        bytes,
+        StatusCode::OK,
+    )
+}
+
+/// A `Parameters` body's `resource` parameter, as sent.
+#[derive(serde::Deserialize)]
+struct Parameters<'a> {
+    #[serde(borrow, default)]
+    parameter: Vec<Parameter<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Parameter<'a> {
+    name: Option<String>,
+    #[serde(borrow)]
+    resource: Option<&'a serde_json::value::RawValue>,
+}
+
+/// `POST [type]/$validate`: the findings a create would give, and nothing stored. The body is
+/// the resource, or a `Parameters` carrying it as `resource`. The operation succeeds (200)
+/// whatever the resource's faults; its `OperationOutcome` lists them.
+pub(super) async fn validate_operation<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, operation)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response> {
+    caller(&state, &headers)?;
+    let kind = resource_type(&kind)?;
+    if operation != "$validate" {
+        return Err(ApiError::fhir(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "POST to a resource instance is not an interaction; PUT updates it",
+        ));
+    }
+    let bytes = body_bytes(body).await?;
+    let resource: Vec<u8> = match serde_json::from_slice::<Parameters>(&bytes) {
+        Ok(parameters)
+            if serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|v| v["resourceType"] == "Parameters") =>
+        {
+            parameters
+                .parameter
+                .iter()
+                .find(|p| p.name.as_deref() == Some("resource"))
+                .and_then(|p| p.resource)
+                .map(|r| r.get().as_bytes().to_vec())
+                .ok_or_else(|| invalid("Parameters carries no resource parameter"))?
+        }
+        _ => bytes.to_vec(),
+    };
+    match check(kind, &resource) {
+        Ok(_) => Ok(fhir_json(
+            StatusCode::OK,
+            &operation_outcome(&[ehrchain_fhir::Issue {
+                severity: "information",
+                code: "informational",
+                expression: String::new(),
+                diagnostics: format!("the {} is valid", kind.name()),
+            }]),
+        )),
+        Err(mut refused) => match refused.issues_mut() {
+            Some(issues) => {
+                let outcome = serde_json::json!({
+                    "resourceType": "OperationOutcome",
+                    "issue": issues.clone(),
+                });
+                Ok(fhir_json(StatusCode::OK, &outcome))
+            }
+            None => Err(refused),
+        },
+    }
+}
+
+/// Create a record from `bytes` (already checked as `resource`): a Patient registers its
+/// patient (keeping a registered patient's id), anything else gets a fresh id.
+async fn create_record<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    token: &Token,
+    kind: ResourceType,
+    bytes: &[u8],
+    resource: ehrchain_fhir::Resource,
+) -> Result<Response> {
+    let (patient, record) = if kind == ResourceType::Patient {
+        // A registered patient without a Patient resource yet keeps its id; otherwise the
+        // server assigns one and registers the patient, as FHIR create does.
+        let existing = resource.id.as_deref().and_then(id16).filter(|p| {
+            state
+                .chain
+                .read(|s| s.patient(p).is_some() && s.versions(p).is_empty())
+        });
+        let patient = match existing {
+            Some(patient) => patient,
+            None => register_patient(state, token).await?,
+        };
+        (patient, patient)
+    } else {
+        let patient = resource.patient.as_deref().and_then(id16).ok_or_else(|| {
+            ApiError::fhir(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "the patient reference must be Patient/{id} of a registered patient",
+            )
+        })?;
+        (patient, crate::ambient::random_bytes())
+    };
+    let version = write_version(state, token, kind, patient, record, 1, bytes).await?;
+    created(
+        &state.gateway.public_url,
+        headers,
+        &version,
+        bytes,
+        StatusCode::CREATED,
+    )
 }
