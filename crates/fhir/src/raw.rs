@@ -14,100 +14,110 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::{cell::RefCell, collections::BTreeSet, fmt};
 
-/// What one walk collects; `null` array items are kept aside until the enclosing object shows
-/// whether they pair with a primitive's extensions (`"given": ["a", null], "_given": [...]`,
-/// the one place FHIR JSON allows `null`).
-struct Findings {
-    issues: Vec<Issue>,
+/// What a walked value was, for its parent to judge: `null` is refused as a member but may be
+/// an item of a primitive array paired with its `_name` extensions array
+/// (`"given": ["a", null], "_given": [null, {...}]`), the one place FHIR JSON allows it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Null,
+    /// An array with at least one `null` item.
+    ArrayWithNull,
+    Other,
 }
+
+const NULL_IN_ARRAY: &str = "null is allowed in an array only beside its primitive's _ array";
 
 struct Walk<'a> {
     path: String,
-    findings: &'a RefCell<Findings>,
-    /// Set by a walk over an array item that was `null`.
-    null_item: Option<&'a RefCell<bool>>,
+    issues: &'a RefCell<Vec<Issue>>,
 }
 
 impl Walk<'_> {
     fn issue(&self, code: &'static str, what: &str) {
-        self.findings.borrow_mut().issues.push(Issue::new(
-            code,
-            self.path.clone(),
-            what.to_owned(),
-        ));
+        issue(self.issues, code, &self.path, what);
+    }
+    fn child(&self, path: String) -> Self {
+        Walk {
+            path,
+            issues: self.issues,
+        }
     }
 }
 
+fn issue(issues: &RefCell<Vec<Issue>>, code: &'static str, path: &str, what: &str) {
+    issues
+        .borrow_mut()
+        .push(Issue::new(code, path.to_owned(), what.to_owned()));
+}
+
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+    type Value = Shape;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Shape, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = ();
+    type Value = Shape;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("JSON")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::Other)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+        Ok(Shape::Other)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+        Ok(Shape::Other)
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+        Ok(Shape::Other)
     }
-    fn visit_str<E>(self, text: &str) -> Result<(), E> {
+    fn visit_str<E>(self, text: &str) -> Result<Shape, E> {
         if text.trim().is_empty() {
             self.issue("value", "a string must have non-whitespace content");
         }
-        Ok(())
+        Ok(Shape::Other)
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        match self.null_item {
-            Some(flag) => *flag.borrow_mut() = true,
-            None => self.issue("structure", "null is not a value in FHIR JSON"),
-        }
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Shape, E> {
+        Ok(Shape::Null)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
         let mut index = 0usize;
-        let nulls = RefCell::new(false);
-        while seq
-            .next_element_seed(Walk {
-                path: format!("{}[{index}]", self.path),
-                findings: self.findings,
-                null_item: Some(&nulls),
-            })?
-            .is_some()
+        let mut nulls = false;
+        while let Some(item) =
+            seq.next_element_seed(self.child(format!("{}[{index}]", self.path)))?
         {
+            match item {
+                Shape::Null => nulls = true,
+                Shape::ArrayWithNull => issue(
+                    self.issues,
+                    "structure",
+                    &format!("{}[{index}]", self.path),
+                    NULL_IN_ARRAY,
+                ),
+                Shape::Other => {}
+            }
             index += 1;
         }
         if index == 0 {
             self.issue("structure", "an array must not be empty");
         }
-        if *nulls.borrow() {
-            // Decided by the enclosing object (see `visit_map`): reported as this path.
-            self.findings.borrow_mut().issues.push(Issue::new(
-                "null-item",
-                self.path.clone(),
-                String::new(),
-            ));
-        }
-        Ok(())
+        Ok(if nulls {
+            Shape::ArrayWithNull
+        } else {
+            Shape::Other
+        })
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
         let mut keys = BTreeSet::new();
-        let mark = self.findings.borrow().issues.len();
+        // Arrays holding `null`, judged once every key of this object is known.
+        let mut with_null = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             let path = if self.path.is_empty() {
                 key.clone()
@@ -115,57 +125,37 @@ impl<'de> Visitor<'de> for Walk<'_> {
                 format!("{}.{key}", self.path)
             };
             if !keys.insert(key.clone()) {
-                self.findings.borrow_mut().issues.push(Issue::new(
+                issue(
+                    self.issues,
                     "structure",
-                    path.clone(),
-                    "a key appears twice in one object".to_owned(),
-                ));
+                    &path,
+                    "a key appears twice in one object",
+                );
             }
-            map.next_value_seed(Walk {
-                path,
-                findings: self.findings,
-                null_item: None,
-            })?;
+            match map.next_value_seed(self.child(path.clone()))? {
+                Shape::Null => issue(
+                    self.issues,
+                    "structure",
+                    &path,
+                    "null is not a value in FHIR JSON",
+                ),
+                Shape::ArrayWithNull => with_null.push((key, path)),
+                Shape::Other => {}
+            }
         }
         if keys.is_empty() {
             self.issue("structure", "an object must not be empty");
         }
-        // Arrays of this object holding `null`: allowed where a primitive array pairs with
-        // its `_name` extensions array, refused anywhere else.
-        let prefix = if self.path.is_empty() {
-            String::new()
-        } else {
-            format!("{}.", self.path)
-        };
-        let mut findings = self.findings.borrow_mut();
-        for issue in &mut findings.issues[mark..] {
-            if issue.code != "null-item" {
-                continue;
-            }
-            let Some(key) = issue.expression.strip_prefix(&prefix) else {
-                continue;
-            };
-            if key.contains(['.', '[']) {
-                continue;
-            }
+        for (key, path) in with_null {
             let partner = match key.strip_prefix('_') {
                 Some(primitive) => primitive.to_owned(),
                 None => format!("_{key}"),
             };
-            *issue = if keys.contains(&partner) {
-                Issue::new("null-item", String::new(), "paired".to_owned())
-            } else {
-                Issue::new(
-                    "structure",
-                    issue.expression.clone(),
-                    "null is allowed in an array only beside its primitive's _ array".to_owned(),
-                )
-            };
+            if !keys.contains(&partner) {
+                issue(self.issues, "structure", &path, NULL_IN_ARRAY);
+            }
         }
-        findings
-            .issues
-            .retain(|i| !(i.code == "null-item" && i.diagnostics == "paired"));
-        Ok(())
+        Ok(Shape::Other)
     }
 }
 
@@ -173,26 +163,17 @@ impl<'de> Visitor<'de> for Walk<'_> {
 /// a primitive's extensions), empty arrays, objects and strings. Paths start at `root` (the
 /// resource type). Malformed JSON gives no findings here; the parser reports it.
 pub fn lint(bytes: &[u8], root: &str) -> Vec<Issue> {
-    let findings = RefCell::new(Findings { issues: Vec::new() });
+    let issues = RefCell::new(Vec::new());
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let walk = Walk {
         path: root.to_owned(),
-        findings: &findings,
-        null_item: None,
+        issues: &issues,
     };
-    if walk.deserialize(&mut deserializer).is_err() {
-        return Vec::new();
+    // A top level that is not an object is refused by `validate` itself.
+    match walk.deserialize(&mut deserializer) {
+        Err(_) => Vec::new(),
+        Ok(_) => issues.into_inner(),
     }
-    let mut issues = findings.into_inner().issues;
-    // A still-undecided `null` item (in an array at the top level's own items) is refused.
-    for issue in &mut issues {
-        if issue.code == "null-item" {
-            issue.code = "structure";
-            issue.diagnostics =
-                "null is allowed in an array only beside its primitive's _ array".into();
-        }
-    }
-    issues
 }
 
 /// An object's members in the client's order, each value's text as sent.

@@ -2,7 +2,7 @@
 
 use super::{
     common::{ACT_REASON, Entry, Result, forbidden, id16, invalid, reference_of, role_of},
-    params::{checked, count_param, outcome_entry, patient_param, query_pairs, searchset},
+    params::{PAGING, checked, count_param, outcome_entry, patient_param, query_pairs, searchset},
     time::instant,
 };
 use crate::{ApiState, session::caller};
@@ -122,7 +122,12 @@ pub(super) async fn audit_events<B: Blob>(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let (pairs, ignored) = checked(query_pairs(query)?, &["patient"], &[], &headers)?;
+    let (pairs, ignored) = checked(
+        query_pairs(query)?,
+        &["patient", PAGING[0], PAGING[1]],
+        &[],
+        &headers,
+    )?;
     let (count, offset) = count_param(&pairs)?;
     let asked = match patient_param(&pairs) {
         Some(p) => Some(id16(p).ok_or_else(|| invalid("patient must be a Patient id"))?),

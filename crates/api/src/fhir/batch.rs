@@ -6,7 +6,9 @@
 //! reads and searches included. One entry's failure is that entry's `response.outcome` and
 //! touches no other.
 
-use super::common::{Entry, FHIR_BODY_BYTES_MAX, FHIR_JSON, Result, fhir_bundle, invalid};
+use super::common::{
+    Entry, FHIR_BODY_BYTES_MAX, FHIR_JSON, Result, fhir_bundle, invalid, resource_type_name,
+};
 use crate::ApiState;
 use axum::{
     body::Body,
@@ -143,8 +145,8 @@ pub(super) async fn batch<B: Blob>(
         }
         let nested = entry
             .resource
-            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-            .is_some_and(|v| v["resourceType"] == "Bundle");
+            .and_then(|r| resource_type_name(r.get().as_bytes()))
+            .is_some_and(|kind| kind == "Bundle");
         if nested {
             entries.push(failed(
                 StatusCode::BAD_REQUEST,

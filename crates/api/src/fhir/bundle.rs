@@ -4,7 +4,7 @@ use super::{
     common::{Result, body_bytes, fhir_json, id16, invalid, unprocessable},
     read::versions_of,
     time::instant,
-    write::{check, committed_version, matching, register_patient_as, submit_version},
+    write::{check, committed_version, matching, readers, register_patient_as, submit_version},
 };
 use crate::{ApiError, ApiState, session::caller};
 use axum::{
@@ -255,18 +255,32 @@ pub(super) async fn bundle<B: Blob>(
         .map(|p| p.patient)
         .collect();
     for plan in plans.iter().filter(|p| !new_patients.contains(&p.patient)) {
-        let refused = state.chain.read(|s| {
-            let entry = s.patient(&plan.patient)?;
-            ehrchain_contracts::access::may_write_record(
-                s,
-                &token.identity,
-                crate::ambient::now_ms(),
-                &entry,
-                (&plan.record, &plan.patient, plan.kind.code()),
-            )
-            .err()
-        });
-        if refused.is_some() {
+        let entry_error = |mut error: ApiError| {
+            error.message = format!(
+                "entry {}: {}; nothing was written",
+                plan.index, error.message
+            );
+            error
+        };
+        // An unknown or erased patient fails as the write itself would (`write::readers`);
+        // a role that never writes, or a writer without the right, is a refusal to record.
+        let refused = match readers(&state, &token.identity, &plan.patient, plan.kind.code()) {
+            Err(error) if error.status == StatusCode::FORBIDDEN => true,
+            Err(error) => return Err(entry_error(error)),
+            Ok(_) => state.chain.read(|s| {
+                s.patient(&plan.patient).is_some_and(|entry| {
+                    ehrchain_contracts::access::may_write_record(
+                        s,
+                        &token.identity,
+                        crate::ambient::now_ms(),
+                        &entry,
+                        (&plan.record, &plan.patient, plan.kind.code()),
+                    )
+                    .is_err()
+                })
+            }),
+        };
+        if refused {
             let tx = crate::submit::submit_as(
                 &state,
                 &token,
@@ -282,18 +296,13 @@ pub(super) async fn bundle<B: Blob>(
             )
             .await?;
             let recorded = crate::submit::commit(&state, &tx).await.err();
-            let mut error = recorded.unwrap_or_else(|| {
+            return Err(entry_error(recorded.unwrap_or_else(|| {
                 ApiError::fhir(
                     StatusCode::FORBIDDEN,
                     "forbidden",
                     "the write is not allowed",
                 )
-            });
-            error.message = format!(
-                "entry {}: {}; nothing was written",
-                plan.index, error.message
-            );
-            return Err(error);
+            })));
         }
     }
     for plan in plans.iter().filter(|p| p.new_patient) {

@@ -66,6 +66,19 @@ pub(super) fn fhir_json(status: StatusCode, value: &Value) -> Response {
     response
 }
 
+/// The `resourceType` of a JSON text, read without building the whole document.
+pub(super) fn resource_type_name(text: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Kind>(text)
+        .ok()?
+        .kind
+        .map(|k| k.into_owned())
+}
+
 /// A resource's text as served (`ehrchain_fhir::raw::present`), answered as it is.
 pub(super) fn fhir_raw(status: StatusCode, resource: &RawValue) -> Response {
     let mut response = (status, resource.get().to_owned()).into_response();

@@ -6,7 +6,7 @@ use super::{
         ACT_REASON, Result, body_bytes, codes, fhir_json, forbidden, id16, invalid, key_of,
         not_found, reference_of, role_of, unavailable, unprocessable,
     },
-    params::{patient_param, query_pairs},
+    params::{checked, outcome_json, patient_param, query_pairs},
     read::{denied, record_reads},
     time::{instant, parse_time},
 };
@@ -406,7 +406,7 @@ pub(super) async fn consent_search<B: Blob>(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let pairs = query_pairs(query)?;
+    let (pairs, ignored) = checked(query_pairs(query)?, &["patient"], &[], &headers)?;
     let patient = match (patient_param(&pairs), role_of(&state, &token.identity)) {
         (Some(p), _) => id16(p).ok_or_else(|| invalid("patient must be a Patient id"))?,
         (None, Some(Role::Patient { patient } | Role::Guardian { patient })) => patient,
@@ -427,7 +427,7 @@ pub(super) async fn consent_search<B: Blob>(
             "fullUrl": format!("{base}/fhir/Consent/{}", hex::encode(g.id)),
             "resource": consent_json(&state, g, now),
             "search": {"mode": "match"},
-        })).collect::<Vec<_>>(),
+        })).chain(ignored.map(outcome_json)).collect::<Vec<_>>(),
     });
     Ok(fhir_json(StatusCode::OK, &bundle))
 }

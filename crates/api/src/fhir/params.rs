@@ -17,8 +17,11 @@ pub(super) fn query_pairs(query: Option<String>) -> Result<Vec<(String, String)>
 /// A query string's parameters, in order.
 pub(super) type Pairs = Vec<(String, String)>;
 
-/// Query parameters every FHIR search accepts beside its own: paging and the format.
-const RESULT_PARAMS: &[&str] = &["_count", "_offset", "_format"];
+/// The one result parameter every FHIR search accepts beside its own (the format, checked by
+/// the router's negotiation).
+const RESULT_PARAMS: &[&str] = &["_format"];
+/// The paging parameters of a paged search: `_count` and the cursor `_offset` its links carry.
+pub(super) const PAGING: [&str; 2] = ["_count", "_offset"];
 
 /// Whether `value` is a date search value this server compares: an optional prefix, then
 /// `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or a dateTime.
@@ -49,6 +52,16 @@ fn is_date_value(value: &str) -> bool {
                 && time[3..5].parse::<u32>().is_ok_and(|m| m < 60)))
 }
 
+/// The preferences of a request's `Prefer` headers (RFC 7240), each `name=value` as written.
+pub(super) fn preferences(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .map(str::trim)
+}
+
 /// Refuse (400, naming it) any parameter, modifier or result parameter this search does not
 /// serve, and any malformed date value; under `Prefer: handling=lenient` drop them instead
 /// and say so in an `OperationOutcome` for the Bundle. `supported` names this search's own
@@ -59,12 +72,7 @@ pub(super) fn checked(
     dates: &[&str],
     headers: &HeaderMap,
 ) -> Result<(Pairs, Option<Value>)> {
-    let lenient = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"));
+    let lenient = preferences(headers).any(|p| p.eq_ignore_ascii_case("handling=lenient"));
     let mut kept = Vec::with_capacity(pairs.len());
     let mut ignored = Vec::new();
     for (name, value) in pairs {
@@ -106,10 +114,15 @@ pub(super) fn checked(
     Ok((kept, outcome))
 }
 
-/// The Bundle entry that tells a lenient search what it ignored.
+/// The Bundle entry that tells a lenient search what it ignored, as JSON.
+pub(super) fn outcome_json(outcome: Value) -> Value {
+    json!({"resource": outcome, "search": {"mode": "outcome"}})
+}
+
+/// [`outcome_json`] as an [`Entry`].
 pub(super) fn outcome_entry(outcome: Value) -> Entry {
     Entry {
-        fields: json!({"resource": outcome, "search": {"mode": "outcome"}}),
+        fields: outcome_json(outcome),
         resource: None,
     }
 }
@@ -248,7 +261,7 @@ mod tests {
         let strict = HeaderMap::new();
         let mut lenient = HeaderMap::new();
         lenient.insert("prefer", "handling=lenient".parse().unwrap());
-        let supported = ["patient", "date"];
+        let supported = ["patient", "date", "_count"];
         for bad in [
             ("clinical-status", "resolved"),
             ("_sort", "date"),

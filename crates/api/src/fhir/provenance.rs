@@ -2,7 +2,7 @@
 
 use super::{
     common::{Result, fhir_json, forbidden, invalid, not_found, reference_of, role_of},
-    params::query_pairs,
+    params::{checked, outcome_json, query_pairs},
     read::{resource_type, versions_of},
     time::instant,
 };
@@ -97,7 +97,7 @@ pub(super) async fn provenance_search<B: Blob>(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let pairs = query_pairs(query)?;
+    let (pairs, ignored) = checked(query_pairs(query)?, &["target"], &[], &headers)?;
     let target = pairs
         .iter()
         .find(|(k, _)| k == "target")
@@ -119,10 +119,12 @@ pub(super) async fn provenance_search<B: Blob>(
             "search": {"mode": "match"},
         }));
     }
+    let total = entries.len();
+    entries.extend(ignored.map(outcome_json));
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": entries.len(),
+        "total": total,
         "entry": entries,
     });
     Ok(fhir_json(StatusCode::OK, &bundle))

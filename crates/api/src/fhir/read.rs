@@ -5,7 +5,7 @@ use super::{
     common::{
         Entry, Result, fhir_bundle, fhir_raw, forbidden, id16, not_found, role_of, unavailable,
     },
-    params::{checked, count_param, outcome_entry, query_pairs, searchset},
+    params::{PAGING, checked, count_param, outcome_entry, query_pairs, searchset},
     time::{http_date, instant},
 };
 use crate::{
@@ -432,7 +432,7 @@ pub(super) async fn everything<B: Blob>(
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let (pairs, ignored) = checked(query_pairs(query)?, &[], &[], &headers)?;
+    let (pairs, ignored) = checked(query_pairs(query)?, &PAGING, &[], &headers)?;
     let (count, offset) = count_param(&pairs)?;
     let patient = id16(&id).ok_or_else(|| not_found("no such Patient"))?;
     let (mut versions, erased) = state.chain.read(|s| {

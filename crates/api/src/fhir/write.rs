@@ -3,9 +3,10 @@
 
 use super::{
     common::{
-        Result, body_bytes, fhir_json, fhir_raw, forbidden, id16, invalid, role_of, unavailable,
+        Result, body_bytes, fhir_json, fhir_raw, forbidden, id16, invalid, resource_type_name,
+        role_of, unavailable,
     },
-    params::{checked, patient_param, query_pairs},
+    params::{checked, patient_param, preferences, query_pairs},
     read::{present, resource_type, versions_of, with_version_headers},
     search::{find, search_params},
 };
@@ -188,15 +189,11 @@ pub(super) enum Return {
 }
 
 pub(super) fn prefer_return(headers: &HeaderMap) -> Return {
-    let asked = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .filter_map(|p| p.trim().strip_prefix("return="))
-        .map(|v| v.trim_matches('"').to_owned())
-        .next_back();
-    match asked.as_deref() {
+    let asked = preferences(headers)
+        .filter_map(|p| p.strip_prefix("return="))
+        .map(|v| v.trim_matches('"'))
+        .last();
+    match asked {
         Some("minimal") => Return::Minimal,
         Some("OperationOutcome") => Return::OperationOutcome,
         _ => Return::Representation,
@@ -493,20 +490,20 @@ pub(super) async fn validate_operation<B: Blob>(
         ));
     }
     let bytes = body_bytes(body).await?;
-    let resource: Vec<u8> = match serde_json::from_slice::<Parameters>(&bytes) {
-        Ok(parameters)
-            if serde_json::from_slice::<serde_json::Value>(&bytes)
-                .is_ok_and(|v| v["resourceType"] == "Parameters") =>
-        {
-            parameters
-                .parameter
-                .iter()
-                .find(|p| p.name.as_deref() == Some("resource"))
-                .and_then(|p| p.resource)
-                .map(|r| r.get().as_bytes().to_vec())
-                .ok_or_else(|| invalid("Parameters carries no resource parameter"))?
-        }
-        _ => bytes.to_vec(),
+    let resource: Vec<u8> = if resource_type_name(&bytes).as_deref() == Some("Parameters") {
+        serde_json::from_slice::<Parameters>(&bytes)
+            .ok()
+            .and_then(|parameters| {
+                parameters
+                    .parameter
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some("resource"))
+                    .and_then(|p| p.resource)
+                    .map(|r| r.get().as_bytes().to_vec())
+            })
+            .ok_or_else(|| invalid("Parameters carries no resource parameter"))?
+    } else {
+        bytes.to_vec()
     };
     match check(kind, &resource) {
         Ok(_) => Ok(fhir_json(
