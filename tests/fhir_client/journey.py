@@ -69,17 +69,15 @@ def smart_token_url(api):
     return config["token_endpoint"]
 
 
-def login(identity, signed=None):
-    response = requests.post(
-        smart_token_url(identity["api"]),
-        data={
-            "grant_type": "client_credentials",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": signed or assertion(identity),
-        },
-        timeout=60,
-    )
-    return response
+def login(identity, signed=None, scope=None):
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": signed or assertion(identity),
+    }
+    if scope is not None:
+        form["scope"] = scope
+    return requests.post(smart_token_url(identity["api"]), data=form, timeout=60)
 
 
 def client(identity):
@@ -100,6 +98,146 @@ def expect_outcome(response, status):
     body = validate(response.json())
     assert body["resourceType"] == "OperationOutcome", body
     return body
+
+
+STORED_TYPES = {
+    "Patient", "Observation", "Condition", "AllergyIntolerance", "MedicationRequest", "Immunization",
+    "Procedure", "Encounter", "DiagnosticReport", "DocumentReference", "Binary",
+}
+
+
+def examples_dir():
+    return os.environ.get("EHRCHAIN_R4_EXAMPLES") or os.path.expanduser(
+        "~/.cache/ehrchain/npm/node_modules/hl7.fhir.r4.examples"
+    )
+
+
+def tokens(text):
+    """The JSON as ordered pairs with every number's text kept: equal means same key order, same
+    strings, same digits."""
+    return json.loads(text, object_pairs_hook=list, parse_float=str, parse_int=str)
+
+
+def round_trip_examples(api, headers, patient_id):
+    """Every official R4 example of the stored types, with its Patient references pointed at
+    our patient, is created and read back: outside id and meta, the answer is what was sent,
+    token for token, and it passes fhirclient's R4 models. An example naming no Patient/{id}
+    (a Group, a contained #newborn, a display alone) is refused with 422: every record here
+    belongs to one patient."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    directory = examples_dir()
+    names = sorted(
+        n for n in os.listdir(directory) if n.endswith(".json") and n.split("-", 1)[0] in STORED_TYPES
+    )
+    assert len(names) == 184, len(names)
+
+    def one(name):
+        text = open(os.path.join(directory, name), encoding="utf-8").read()
+        sent = re.sub(r'"Patient/[A-Za-z0-9.-]{1,64}"', '"Patient/' + patient_id + '"', text)
+        kind = name.split("-", 1)[0]
+        created = requests.post(f"{api}/fhir/{kind}", data=sent.encode(), headers=headers, timeout=120)
+        if created.status_code == 422:
+            assert "Patient/{id}" in created.text, (name, created.text)
+            return "refused"
+        assert created.status_code == 201, (name, created.status_code, created.text)
+        location = created.headers["Location"].split("/_history")[0]
+        served = requests.get(location, headers=headers, timeout=60)
+        assert served.status_code == 200, (name, served.text)
+        strip = lambda pairs: [(k, v) for k, v in pairs if k not in ("id", "meta")]
+        assert strip(tokens(served.text)) == strip(tokens(sent)), name
+        validate(served.json())
+        return "stored"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(one, names))
+    assert (outcomes.count("stored"), outcomes.count("refused")) == (171, 13), outcomes
+
+
+def scopes_are_enforced(identity, patient_id, observation_id):
+    """A token gets the SMART v2 scopes it asked for, no more, and every route holds it to
+    them: 403 for a type or an interaction its scopes do not name."""
+    api = identity["api"]
+    narrow = login(identity, scope="system/Observation.rs")
+    assert narrow.status_code == 200, narrow.text
+    assert narrow.json()["scope"] == "system/Observation.rs", narrow.json()
+    auth = {"Authorization": "Bearer " + narrow.json()["access_token"], "Content-Type": FHIR_JSON}
+    assert requests.get(f"{api}/fhir/Observation/{observation_id}", headers=auth, timeout=60).status_code == 200
+    found = requests.get(f"{api}/fhir/Observation?patient={patient_id}", headers=auth, timeout=60)
+    assert found.status_code == 200 and validate(found.json())["total"] >= 2, found.text
+    body = {"resourceType": "Observation", "status": "final", "code": {"text": "scoped"}, "subject": {"reference": "Patient/" + patient_id}}
+    for method, url, data in [
+        ("POST", f"{api}/fhir/Observation", json.dumps(body)),
+        ("GET", f"{api}/fhir/Condition?patient={patient_id}", None),
+        ("GET", f"{api}/fhir/Patient/{patient_id}", None),
+        ("GET", f"{api}/fhir/Patient/{patient_id}/$everything", None),
+        ("GET", f"{api}/fhir/AuditEvent?patient={patient_id}", None),
+    ]:
+        refused = expect_outcome(requests.request(method, url, data=data, headers=auth, timeout=60), 403)
+        assert "insufficient_scope" in json.dumps(refused), (method, url, refused)
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Observation/{observation_id}"}},
+        {"request": {"method": "GET", "url": f"Condition?patient={patient_id}"}},
+    ]}
+    answer = requests.post(f"{api}/fhir", data=json.dumps(batch), headers=auth, timeout=60)
+    assert [e["response"]["status"][:3] for e in answer.json()["entry"]] == ["200", "403"], answer.text
+    # The chain's own API is not typed, so it needs every scope.
+    assert requests.get(f"{api}/chain/status", headers=auth, timeout=30).status_code == 403
+    for bad in ["system/Spaceship.rs", "system/Observation.sr", "patient/*.rs"]:
+        refused = login(identity, scope=bad)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope", (bad, refused.text)
+    config = requests.get(api + "/fhir/.well-known/smart-configuration", timeout=30).json()
+    assert "permission-v2" in config["capabilities"], config
+
+
+# Standard R4 names this server does not serve: result parameters, common parameters and
+# type parameters. Each must be refused (400, named) wherever the statement does not claim it.
+UNCLAIMED = [
+    "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_contained",
+    "_text", "_content", "_tag", "_profile", "_security", "_source", "_list", "_has:Observation:patient:code",
+    "status", "clinical-status", "intent", "value-quantity", "encounter", "performer", "name", "birthdate",
+]
+
+
+def capability_claims_hold(api, headers, patient_id):
+    """Every search parameter /fhir/metadata claims for a stored type answers 200, every
+    standard name it does not claim answers 400 naming it, and the interactions it claims are
+    the ones this journey exercises."""
+    statement = validate(requests.get(api + "/fhir/metadata", timeout=30).json())
+    values = {"token": "http://loinc.org|8867-4", "date": "ge2020-01-01", "string": "x"}
+    checked = 0
+    for resource in statement["rest"][0]["resource"]:
+        kind = resource["type"]
+        if kind not in STORED_TYPES:
+            continue
+        claimed = {p["name"]: p for p in resource.get("searchParam", [])}
+        # A search is scoped to one patient (the statement's documentation says so): by
+        # patient=, or for Patient and Binary, which have no patient parameter, by _id.
+        assert "_id" in resource["documentation"], resource
+        base = {"patient": patient_id} if "patient" in claimed else {"_id": patient_id if kind == "Patient" else "0" * 32}
+        for name, param in claimed.items():
+            query = dict(base)
+            if name in ("patient", "subject"):
+                query = {name: patient_id if name == "patient" else "Patient/" + patient_id}
+            elif name == "_id":
+                query[name] = patient_id if kind == "Patient" else "0" * 32
+            else:
+                query[name] = values[param["type"]]
+            answer = requests.get(f"{api}/fhir/{kind}", params=query, headers=headers, timeout=60)
+            assert answer.status_code == 200, (kind, name, answer.status_code, answer.text)
+            assert validate(answer.json())["type"] == "searchset"
+            assert param["definition"].startswith("http://hl7.org/fhir/SearchParameter/"), param
+            checked += 1
+        for name in UNCLAIMED:
+            if name in claimed:
+                continue
+            answer = requests.get(f"{api}/fhir/{kind}", params={**base, name: "x"}, headers=headers, timeout=60)
+            body = expect_outcome(answer, 400)
+            assert name.split(":")[0] in json.dumps(body), (kind, name, body)
+        interactions = {i["code"] for i in resource["interaction"]}
+        assert interactions == {"read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"}, interactions
+    assert checked >= 40, checked
 
 
 def main(path):
@@ -327,6 +465,74 @@ def main(path):
         body = bad + ',"code":{"text":"x"},"subject":{"reference":"Patient/' + patient_id + '"}}'
         outcome = expect_outcome(requests.post(api_a + "/fhir/Observation", data=body.encode(), headers=headers, timeout=30), 422)
         assert path in json.dumps(outcome), outcome
+
+    round_trip_examples(api_a, headers, patient_id)
+    capability_claims_hold(api_a, headers, patient_id)
+    scopes_are_enforced(clinician_a, patient_id, observations[0].id)
+
+    # PATCH with JSON Patch: the untouched text keeps its bytes (1.50 stays 1.50), a failed
+    # test writes nothing, and a stale If-Match is 412.
+    patch_headers = {**headers, "Content-Type": "application/json-patch+json"}
+    ops = [
+        {"op": "test", "path": "/status", "value": "final"},
+        {"op": "replace", "path": "/status", "value": "amended"},
+        {"op": "add", "path": "/note", "value": [{"text": "checked twice"}]},
+    ]
+    patched = requests.patch(f"{api_a}/fhir/Observation/{faithful_id}", data=json.dumps(ops), headers={**patch_headers, "If-Match": 'W/"1"'}, timeout=60)
+    assert patched.status_code == 200, patched.text
+    assert patched.headers["ETag"] == 'W/"2"', patched.headers
+    body = validate(patched.json())
+    assert body["status"] == "amended" and body["note"] == [{"text": "checked twice"}], body
+    assert '"valueQuantity":{"value":1.50,"unit":"mg/dL"}' in patched.text, patched.text
+    stale = requests.patch(f"{api_a}/fhir/Observation/{faithful_id}", data=json.dumps(ops[1:2]), headers={**patch_headers, "If-Match": 'W/"1"'}, timeout=60)
+    expect_outcome(stale, 412)
+    failed = requests.patch(f"{api_a}/fhir/Observation/{faithful_id}", data=json.dumps(ops), headers=patch_headers, timeout=60)
+    expect_outcome(failed, 422)
+    expect_outcome(requests.patch(f"{api_a}/fhir/Observation/{faithful_id}", data=json.dumps(ops), headers={**headers, "Content-Type": "text/plain"}, timeout=60), 415)
+    # A JSON array is no merge patch.
+    expect_outcome(requests.patch(f"{api_a}/fhir/Observation/{faithful_id}", data=json.dumps(ops), headers=headers, timeout=60), 422)
+    invalid_result = [{"op": "replace", "path": "/status", "value": "no-such-status"}]
+    expect_outcome(requests.patch(f"{api_a}/fhir/Observation/{faithful_id}", data=json.dumps(invalid_result), headers=patch_headers, timeout=60), 422)
+    current = requests.get(f"{api_a}/fhir/Observation/{faithful_id}", headers=headers, timeout=60)
+    assert current.headers["ETag"] == 'W/"2"', current.headers
+
+    # fhirpy's own patch (a merge patch of keyword changes), delete and transaction.
+    merged = fhir_a.patch("Observation", faithful_id, note=[{"text": "merged"}])
+    assert merged["meta"]["versionId"] == "3" and merged["note"] == [{"text": "merged"}], merged
+    assert merged["status"] == "amended", merged
+    assert '"valueQuantity":{"value":1.50,"unit":"mg/dL"}' in requests.get(f"{api_a}/fhir/Observation/{faithful_id}", headers=headers, timeout=60).text
+    spare = fhir_a.resource("Observation", status="final", code={"text": "spare"}, subject={"reference": "Patient/" + patient_id})
+    spare.save()
+    fhir_a.delete("Observation", spare.id)
+    expect_outcome(requests.get(f"{api_a}/fhir/Observation/{spare.id}", headers=headers, timeout=60), 410)
+    answer = fhir_a.execute("", method="post", data={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:" + str(uuid.uuid4()), "request": {"method": "POST", "url": "Observation"},
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "via fhirpy"}, "subject": {"reference": "Patient/" + patient_id}}},
+    ]})
+    assert validate(answer)["type"] == "transaction-response" and answer["entry"][0]["response"]["status"].startswith("201"), answer
+
+    # DELETE is a logical delete: a new version marked deleted. The read is 410, searches
+    # leave it out, the history shows it, earlier versions stay, and an update brings it back.
+    doomed = requests.post(api_a + "/fhir/Observation", data=sent.encode(), headers=headers, timeout=60)
+    assert doomed.status_code == 201, doomed.text
+    doomed_id = doomed.json()["id"]
+    doomed_url = f"{api_a}/fhir/Observation/{doomed_id}"
+    expect_outcome(requests.delete(doomed_url, headers={**headers, "If-Match": 'W/"7"'}, timeout=60), 412)
+    gone = requests.delete(doomed_url, headers=headers, timeout=60)
+    assert gone.status_code == 204 and gone.headers["ETag"] == 'W/"2"', (gone.status_code, gone.headers)
+    assert "deleted" in json.dumps(expect_outcome(requests.get(doomed_url, headers=headers, timeout=60), 410))
+    expect_outcome(requests.get(doomed_url + "/_history/2", headers=headers, timeout=60), 410)
+    assert requests.get(doomed_url + "/_history/1", headers=headers, timeout=60).status_code == 200
+    trail = validate(requests.get(doomed_url + "/_history", headers=headers, timeout=60).json())
+    assert trail["total"] == 2 and trail["entry"][0]["request"]["method"] == "DELETE", trail
+    assert "resource" not in trail["entry"][0], trail
+    searched = requests.get(f"{api_a}/fhir/Observation?patient={patient_id}&_id={doomed_id}", headers=headers, timeout=60).json()
+    assert searched["total"] == 0, searched
+    again = requests.delete(doomed_url, headers=headers, timeout=60)
+    assert again.status_code == 204 and again.headers["ETag"] == 'W/"2"', again.headers
+    revived = requests.put(doomed_url, data=sent.replace('{"resourceType":"Observation",', '{"resourceType":"Observation","id":"' + doomed_id + '",', 1).encode(), headers=headers, timeout=60)
+    assert revived.status_code == 200 and revived.headers["ETag"] == 'W/"3"', revived.text
+    assert requests.get(doomed_url, headers=headers, timeout=60).status_code == 200
 
     # Nothing is silently ignored: an unsupported parameter is refused and named, or under
     # Prefer: handling=lenient ignored with an OperationOutcome entry saying so.

@@ -100,6 +100,15 @@ pub async fn require_token<B: Blob>(
                 .into_response();
         }
     };
+    // The chain's own API is not typed by FHIR resource, so only a token with every
+    // permission on every type may use it.
+    if !token.scopes.is_full() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope: this API needs a token with every scope (system/*.cruds)",
+        )
+        .into_response();
+    }
     request.extensions_mut().insert(Caller::of(&state, token));
     next.run(request).await
 }

@@ -12,6 +12,7 @@ pub mod fhir;
 pub mod gateway;
 pub mod login;
 pub mod records;
+pub mod scopes;
 pub mod serve;
 pub mod session;
 pub mod submit;
@@ -81,7 +82,7 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
     Router::new()
         .route("/metrics", get(metrics::<B>))
         .merge(protected)
-        .merge(fhir::routes::<B>())
+        .merge(fhir::routes::<B>(state.clone()))
         .with_state(state)
 }
 

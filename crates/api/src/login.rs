@@ -10,6 +10,7 @@
 use crate::{ApiError, ApiState};
 use crate::{
     ambient::{now_ms, random_bytes},
+    scopes::Scopes,
     session::*,
     submit::commit,
 };
@@ -33,6 +34,7 @@ struct TokenRequest {
     grant_type: Option<String>,
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
+    scope: Option<String>,
 }
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -86,11 +88,19 @@ async fn issue_token<B: Blob>(
     let (claims, _, _) = jwt::parse(&assertion).map_err(|e| invalid_client(e.to_string()))?;
     let identity = ehrchain_types::public_key_from_hex(&claims.sub)
         .ok_or_else(|| invalid_client("sub must be an identity id (64 hex characters)"))?;
-    let (known, retired) = state.chain.read(|s| {
+    let (known, retired, speaks_for_patient) = state.chain.read(|s| {
         use ehrchain_contracts::state::Reader;
+        let role = s.identity(&identity).map(|i| i.role);
         (
-            s.identity(&identity).is_some(),
+            role.is_some(),
             s.retired(&identity).is_some(),
+            matches!(
+                role,
+                Some(
+                    ehrchain_contracts::facts::Role::Patient { .. }
+                        | ehrchain_contracts::facts::Role::Guardian { .. }
+                )
+            ),
         )
     });
     if !known {
@@ -101,6 +111,8 @@ async fn issue_token<B: Blob>(
             "this key is no longer accepted: it was rotated away or removed",
         ));
     }
+    let scopes = Scopes::parse(request.scope.as_deref(), speaks_for_patient)
+        .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
     let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
     let claims = jwt::verify(&assertion, &key).map_err(|e| invalid_client(e.to_string()))?;
     if claims.aud != state.gateway.token_url() {
@@ -199,6 +211,7 @@ async fn issue_token<B: Blob>(
             access_token.clone(),
             Arc::new(Token {
                 identity,
+                scopes: scopes.clone(),
                 key: session,
                 nonce: tokio::sync::Mutex::new(1),
                 expires: now + TOKEN_LIFETIME - Duration::from_secs(30),
@@ -211,7 +224,7 @@ async fn issue_token<B: Blob>(
             "access_token": access_token,
             "token_type": "bearer",
             "expires_in": TOKEN_LIFETIME.as_secs() - 30,
-            "scope": "system/*.*",
+            "scope": scopes.text(),
         })),
     )
         .into_response())

@@ -26,6 +26,8 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// A live access token.
 pub struct Token {
     pub identity: PublicKey,
+    /// What the token may do on top of what the chain lets `identity` do.
+    pub scopes: crate::scopes::Scopes,
     pub(crate) key: PrivateKey,
     pub(crate) nonce: tokio::sync::Mutex<u64>,
     pub(crate) expires: Instant,
@@ -37,6 +39,7 @@ impl Token {
     pub fn new_for_test(identity: PublicKey, key: PrivateKey) -> Self {
         Self {
             identity,
+            scopes: crate::scopes::Scopes::parse(None, false).expect("the default scope parses"),
             key,
             nonce: tokio::sync::Mutex::new(0),
             expires: Instant::now() + TOKEN_LIFETIME,

@@ -434,6 +434,8 @@ impl<B: Blob> Records<B> {
                         }
                     } else if erased {
                         self.erase_version(&hash).await;
+                    } else if anchor.is_tombstone() {
+                        // A logical delete: a version with no content to keep.
                     } else {
                         self.acquire(Wanted {
                             hash,

@@ -405,7 +405,10 @@ fn build_share(
         let history = get_json(&format!("{}/records/{}", session.api, hex::encode(record)))?;
         for version in history["versions"].as_array().into_iter().flatten() {
             let resource_type = version["resource_type"].as_u64().unwrap_or(0) as u8;
-            if !types.is_empty() && !types.contains(&resource_type) {
+            // A version with no content (a FHIR DELETE's tombstone) has no key to share.
+            if (!types.is_empty() && !types.contains(&resource_type))
+                || version["ciphertext_size"].as_u64() == Some(0)
+            {
                 continue;
             }
             let number = version["version"].as_u64().context("no version")? as u32;

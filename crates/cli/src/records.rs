@@ -375,6 +375,11 @@ fn fetch_checked(api: &str, record: &[u8; 16], version: Option<u32>) -> Result<(
     .context("no such version")?
     .clone();
     let number = entry["version"].as_u64().context("no version")?;
+    if entry["ciphertext_size"].as_u64() == Some(0) {
+        bail!(
+            "version {number} of this record is a delete (FHIR DELETE): it has no content; read an earlier version"
+        );
+    }
     let envelope = get_bytes(&format!(
         "{api}/records/{}/{number}/envelope",
         hex::encode(record)

@@ -1410,6 +1410,8 @@ mod tests {
         Read,
         WriteVersion,
         WriteRecord,
+        /// A tombstone version (FHIR DELETE): a write like any other.
+        Delete,
         Grant,
         Revoke,
         BreakGlass,
@@ -1428,10 +1430,11 @@ mod tests {
     }
 
     impl Operation {
-        const ALL: [Self; 18] = [
+        const ALL: [Self; 19] = [
             Self::Read,
             Self::WriteVersion,
             Self::WriteRecord,
+            Self::Delete,
             Self::Grant,
             Self::Revoke,
             Self::BreakGlass,
@@ -1455,7 +1458,7 @@ mod tests {
             match self {
                 Self::Read => matches!(actor, A::OwnPatient | A::Consented),
                 // The home institution (care relationship) or a `correct` grant.
-                Self::WriteVersion | Self::WriteRecord => {
+                Self::WriteVersion | Self::WriteRecord | Self::Delete => {
                     matches!(actor, A::HomeInstitution | A::Consented)
                 }
                 Self::Grant | Self::Revoke | Self::AppointGuardian => actor == A::OwnPatient,
@@ -1504,6 +1507,15 @@ mod tests {
                 },
                 Self::WriteVersion => anchor(R1, 2),
                 Self::WriteRecord => anchor([0x12; 16], 1),
+                Self::Delete => Payload::RecordAnchor(RecordAnchor {
+                    record: R1,
+                    version: 2,
+                    patient: P1,
+                    resource_type: 2,
+                    ciphertext_hash: Digest::from(ehrchain_types::TOMBSTONE_HASH),
+                    ciphertext_size: 0,
+                    timestamp_ms: 0,
+                }),
                 Self::Grant => Payload::Grant(ConsentGrant {
                     id: [9; 16],
                     patient: P1,

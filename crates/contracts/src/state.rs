@@ -605,8 +605,11 @@ impl State {
         for (key, version) in delta.versions {
             self.patient_records
                 .insert((version.anchor.patient, key.0), ());
-            self.version_hashes
-                .insert(version.anchor.ciphertext_hash, key);
+            // A tombstone has no envelope: its shared marker hash names no version.
+            if !version.anchor.is_tombstone() {
+                self.version_hashes
+                    .insert(version.anchor.ciphertext_hash, key);
+            }
             self.versions.insert(key, version);
         }
         self.shares.extend(delta.shares);

@@ -3,12 +3,19 @@
 //! The record is the client's JSON exactly as sent: nothing here re-serializes it, and
 //! [`raw`] serves it with only the server's `id` and `meta` versions changed. We type only
 //! what the system acts on (resource type, id, the patient reference, status, codes,
-//! categories, dates) and check by hand the required elements and cardinalities of every
-//! supported type. Findings come back as [`Issue`]s shaped like `OperationOutcome.issue`.
+//! categories, dates). Every element is checked against tables generated from the official
+//! R4 StructureDefinitions ([`structure`]), the primitives against their lexical rules
+//! ([`primitive`]), and the JSON text against what a parsed value hides ([`raw`]). Findings
+//! come back as [`Issue`]s shaped like `OperationOutcome.issue`.
 
+pub mod patch;
+mod primitive;
 pub mod raw;
+mod structure;
 mod validate;
 
+pub use primitive::{is_date, is_date_time, is_instant};
+pub use structure::is_resource_type;
 pub use validate::{Issue, Resource, ResourceType, validate, validate_value};
 
 /// Largest FHIR JSON body this crate parses.

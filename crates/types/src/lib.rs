@@ -17,7 +17,7 @@ pub use error_code::ErrorCode;
 pub use genesis::Genesis;
 pub use transaction::{
     ConsentGrant, GovernanceAction, GrantId, PatientId, Payload, ProposalId, RecordAnchor,
-    RecordId, Transaction, TransactionBody,
+    RecordId, TOMBSTONE_HASH, Transaction, TransactionBody,
 };
 
 pub use commonware_cryptography::{

@@ -253,6 +253,19 @@ pub struct RecordAnchor {
     pub timestamp_ms: u64,
 }
 
+/// The `ciphertext_hash` of a version that deletes its record (FHIR `DELETE`): a logical
+/// delete, with no content (`ciphertext_size` 0). All ones, so that it is never the hash of an
+/// envelope, nor the all-zero hash of the "anchor of nothing" a refused write is recorded by.
+pub const TOMBSTONE_HASH: [u8; 32] = [0xFF; 32];
+
+impl RecordAnchor {
+    /// Whether this version is a logical delete: the record reads as gone (410) from it on,
+    /// its earlier versions stay in its history, and a later version brings it back.
+    pub fn is_tombstone(&self) -> bool {
+        self.ciphertext_size == 0 && self.ciphertext_hash.as_ref() == TOMBSTONE_HASH
+    }
+}
+
 impl Payload {
     const KIND_ANCHOR: u8 = 1;
     const KIND_REGISTER_PATIENT: u8 = 2;
@@ -837,6 +850,23 @@ mod tests {
             },
         }
         .sign(&key)
+    }
+
+    #[test]
+    fn only_the_marker_with_no_content_is_a_tombstone() {
+        let anchor = |hash: [u8; 32], size: u64| RecordAnchor {
+            record: [1; 16],
+            version: 2,
+            patient: [2; 16],
+            resource_type: 2,
+            ciphertext_hash: Digest::from(hash),
+            ciphertext_size: size,
+            timestamp_ms: 0,
+        };
+        assert!(anchor(TOMBSTONE_HASH, 0).is_tombstone());
+        // The anchor of nothing a refused write is recorded by is not a delete.
+        assert!(!anchor([0; 32], 0).is_tombstone());
+        assert!(!anchor(TOMBSTONE_HASH, 10).is_tombstone());
     }
 
     #[test]

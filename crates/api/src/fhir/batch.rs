@@ -132,7 +132,7 @@ pub(super) async fn batch<B: Blob>(
     let parsed: BatchBundle =
         serde_json::from_slice(bytes).map_err(|_| invalid("Bundle.entry is malformed"))?;
     let base = state.gateway.public_url.clone();
-    let router = super::routes::<B>().with_state(state);
+    let router = super::routes::<B>(state.clone()).with_state(state);
     let mut entries = Vec::with_capacity(parsed.entry.len());
     let mut gathered = 0usize;
     for entry in &parsed.entry {

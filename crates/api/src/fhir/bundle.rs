@@ -114,6 +114,16 @@ pub(super) async fn bundle<B: Blob>(
             .as_str()
             .and_then(ResourceType::from_name)
             .ok_or_else(|| at("the resource type is missing or not supported"))?;
+        // The token's scopes bound every entry, as they bound the same request sent alone.
+        let permission = match method {
+            "PUT" => crate::scopes::UPDATE,
+            _ => crate::scopes::CREATE,
+        };
+        if !token.scopes.allows(kind.name(), permission) {
+            let mut error = super::insufficient_scope(kind.name(), permission);
+            error.message = format!("entry {index}: {}; nothing was written", error.message);
+            return Err(error);
+        }
         // `ifNoneExist`: a record the condition selects stands for this entry, which then
         // writes nothing (and references to its fullUrl name that record).
         let existing = match entry["request"]["ifNoneExist"].as_str() {

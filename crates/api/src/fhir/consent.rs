@@ -185,6 +185,8 @@ pub(super) async fn build_share<B: Blob>(
         s.patient_records(&asked.patient)
             .into_iter()
             .flat_map(|r| s.versions(&r))
+            // A tombstone (a deleted record's last version) has no content key to share.
+            .filter(|v| !v.anchor.is_tombstone())
             .filter(|v| asked.types.is_empty() || asked.types.contains(&v.anchor.resource_type))
             .collect()
     });

@@ -18,8 +18,12 @@ pub(super) async fn smart_configuration<B: Blob>(
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
         "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.*"],
-        "capabilities": ["client-confidential-asymmetric"],
+        // SMART v2 resource scopes (and their v1 forms), for any stored or served type.
+        "scopes_supported": [
+            "system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs", "patient/*.cruds",
+            "patient/*.rs", "system/*.read", "system/*.write", "system/*.*",
+        ],
+        "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],
     }))
 }
 
@@ -30,15 +34,18 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
             json!({
                 "type": t.name(),
                 "interaction": [
-                    {"code": "read"}, {"code": "vread"}, {"code": "update"},
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "patch"},
+                    {"code": "delete"},
                     {"code": "history-instance"}, {"code": "create"}, {"code": "search-type"},
                 ],
+                "documentation": "A search is scoped to one patient: patient= or subject=, or _id= (the patient of the records it names); a patient's own searches default to themselves.",
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": false,
                 "conditionalCreate": true,
                 "conditionalUpdate": true,
                 "conditionalRead": "not-match",
+                "conditionalDelete": "not-supported",
                 "operation": [{
                     "name": "validate",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",

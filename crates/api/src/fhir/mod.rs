@@ -40,7 +40,7 @@ use self::{
     provenance::{provenance_read, provenance_search},
     read::{instance_operation, read, vread},
     search::search,
-    write::{conditional_update, create, update, validate_operation},
+    write::{conditional_update, create, delete, patch, update, validate_operation},
 };
 use crate::{ApiError, ApiState};
 use axum::{
@@ -54,7 +54,8 @@ use axum::{
 use commonware_runtime::Blob;
 use std::sync::Arc;
 
-pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
+/// The FHIR router. `state` is the node's, for the scope check every request passes first.
+pub fn routes<B: Blob>(state: Arc<ApiState<B>>) -> Router<Arc<ApiState<B>>> {
     Router::new()
         .route(
             "/.well-known/smart-configuration",
@@ -89,6 +90,8 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
             "/fhir/{kind}/{id}",
             get(read::<B>)
                 .put(update::<B>)
+                .patch(patch::<B>)
+                .delete(delete::<B>)
                 .post(validate_operation::<B>),
         )
         .route("/fhir/Provenance", get(provenance_search::<B>))
@@ -99,8 +102,45 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         )
         .route("/fhir/{kind}/{id}/_history/{vid}", get(vread::<B>))
         .fallback(unknown_path)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            require_scope::<B>,
+        ))
         .layer(axum::middleware::from_fn(negotiate))
         .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// Refuse a request its token's scopes do not cover (403 `insufficient_scope`), before any
+/// handler runs: a batch entry comes through here too. A request without a live token goes
+/// on, and its handler answers 401.
+async fn require_scope<B: Blob>(
+    axum::extract::State(state): axum::extract::State<Arc<ApiState<B>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some((kind, permission)) = crate::scopes::needed(request.method(), request.uri().path())
+        && let Ok(token) = crate::session::caller(&state, request.headers())
+        && !token.scopes.allows(&kind, permission)
+    {
+        return insufficient_scope(&kind, permission).into_response();
+    }
+    next.run(request).await
+}
+
+/// 403 for a token whose scopes lack `permission` on `kind`, naming both.
+pub(crate) fn insufficient_scope(kind: &str, permission: u8) -> ApiError {
+    let letter = match permission {
+        crate::scopes::CREATE => "c",
+        crate::scopes::READ => "r",
+        crate::scopes::UPDATE => "u",
+        crate::scopes::DELETE => "d",
+        _ => "s",
+    };
+    ApiError::fhir(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        &format!("insufficient_scope: the token has no scope granting {kind}.{letter}"),
+    )
 }
 
 /// A path the node does not serve: under `/fhir` an `OperationOutcome`, elsewhere the API's

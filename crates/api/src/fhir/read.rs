@@ -380,6 +380,13 @@ pub(super) async fn read_version<B: Blob>(
             .ok_or_else(|| not_found("no such version"))?,
     };
     allowed(state, &token, version.anchor.record).await?;
+    if version.anchor.is_tombstone() {
+        return Ok(with_version_headers(
+            gone().into_response(),
+            version,
+            &state.gateway.public_url,
+        ));
+    }
     if vid.is_none() && names_version(headers, version.anchor.version) {
         // The caller holds this version already: nothing is opened or sent.
         return Ok(with_version_headers(
@@ -395,6 +402,15 @@ pub(super) async fn read_version<B: Blob>(
         version,
         &state.gateway.public_url,
     ))
+}
+
+/// 410 for a record whose current (or asked-for) version is a logical delete.
+pub(super) fn gone() -> ApiError {
+    ApiError::fhir(
+        StatusCode::GONE,
+        "deleted",
+        "the resource was deleted; its history keeps the earlier versions",
+    )
 }
 
 /// Whether `If-None-Match` names `version` (`W/"3"`, `"3"` or `*`).
@@ -441,6 +457,13 @@ pub(super) async fn everything<B: Blob>(
             .patient_records(&patient)
             .into_iter()
             .filter_map(|r| s.versions(&r).pop())
+            .filter(|v| !v.anchor.is_tombstone())
+            // Only the types the token's scopes let it read (the Patient's own was checked
+            // before the handler ran).
+            .filter(|v| {
+                ResourceType::from_code(v.anchor.resource_type)
+                    .is_some_and(|t| token.scopes.allows(t.name(), crate::scopes::READ))
+            })
             .collect();
         (versions, erased)
     });
@@ -509,6 +532,19 @@ pub(super) async fn history<B: Blob>(
     let base = &state.gateway.public_url;
     let mut entries = Vec::new();
     for version in versions.iter().rev() {
+        if version.anchor.is_tombstone() {
+            entries.push(Entry {
+                fields: json!({
+                "fullUrl": format!("{base}/fhir/{kind}/{id}"),
+                "request": {"method": "DELETE", "url": format!("{kind}/{id}")},
+                "response": {"status": "204",
+                             "etag": format!("W/\"{}\"", version.anchor.version),
+                             "lastModified": instant(version.anchor.timestamp_ms)},
+                }),
+                resource: None,
+            });
+            continue;
+        }
         let plain = reveal(&state, &token.identity, version).await?;
         entries.push(Entry {
             fields: json!({

@@ -185,6 +185,27 @@ pub(super) async fn find<B: Blob>(
             .find(|(k, _)| k == "_id")
             .and_then(|(_, v)| id16(v))
             .ok_or_else(|| invalid("search Patient by _id"))?,
+        // `_id` alone (Binary has no patient parameter in R4): the patient of the records it
+        // names. Unknown ids match nothing; ids of two patients need `patient=`.
+        (None, _) if pairs.iter().any(|(k, _)| k == "_id") => {
+            let patients: std::collections::BTreeSet<[u8; 16]> = state.chain.read(|s| {
+                pairs
+                    .iter()
+                    .filter(|(k, _)| k == "_id")
+                    .flat_map(|(_, v)| v.split(',').filter_map(id16))
+                    .filter_map(|id| s.latest(&id).map(|v| v.anchor.patient))
+                    .collect()
+            });
+            match patients.len() {
+                0 => return Ok((0, Vec::new())),
+                1 => *patients.first().expect("one"),
+                _ => {
+                    return Err(invalid(
+                        "these _id values name records of more than one patient; add patient=",
+                    ));
+                }
+            }
+        }
         (None, _) => return Err(invalid("a search names its patient (patient= or subject=)")),
     };
     let ids: Vec<[u8; 16]> = pairs
@@ -208,7 +229,7 @@ pub(super) async fn find<B: Blob>(
             .into_iter()
             .filter(|r| ids.is_empty() || ids.contains(r))
             .filter_map(|r| s.versions(&r).pop())
-            .filter(|v| v.anchor.resource_type == kind.code())
+            .filter(|v| v.anchor.resource_type == kind.code() && !v.anchor.is_tombstone())
             .filter(|v| {
                 updated
                     .iter()

@@ -7,7 +7,7 @@ use super::{
         role_of, unavailable,
     },
     params::{checked, patient_param, preferences, query_pairs},
-    read::{present, resource_type, versions_of, with_version_headers},
+    read::{allowed, present, resource_type, reveal, versions_of, with_version_headers},
     search::{find, search_params},
 };
 use crate::{
@@ -403,6 +403,129 @@ pub(super) async fn update<B: Blob>(
     let bytes = body_bytes(body).await?;
     let resource = check(kind, &bytes)?;
     update_record(&state, &headers, &token, kind, &id, &bytes, resource).await
+}
+
+/// `PATCH [type]/[id]` with a JSON Patch (`application/json-patch+json`) or a JSON Merge Patch
+/// (`application/merge-patch+json`, or a FHIR JSON object of changes): the current version
+/// is read (a read like any other, recorded on chain), patched as served (so paths such as
+/// `/meta/tag` mean what the client sees), checked whole, and written as the next version.
+/// The text the patch does not touch keeps its bytes. If another version lands between the
+/// read and the write, the write is refused (412) rather than lost.
+pub(super) async fn patch<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let kind = resource_type(&kind)?;
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let apply = match media.split(';').next().map(str::trim) {
+        Some("application/json-patch+json") => ehrchain_fhir::patch::apply,
+        // A JSON object of changes (RFC 7386), as fhirpy and Aidbox send it.
+        Some("application/merge-patch+json" | "application/fhir+json" | "application/json") => {
+            ehrchain_fhir::patch::merge
+        }
+        _ => {
+            return Err(ApiError::fhir(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                "PATCH takes a JSON Patch (application/json-patch+json) or a JSON Merge Patch (application/merge-patch+json); FHIRPath Patch is not served",
+            ));
+        }
+    };
+    let bytes = body_bytes(body).await?;
+    let versions = versions_of(&state, kind, &id)?;
+    let latest = versions.last().expect("non-empty").clone();
+    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
+    {
+        return Err(ApiError::fhir(
+            StatusCode::PRECONDITION_FAILED,
+            "conflict",
+            "If-Match does not name the current version",
+        ));
+    }
+    allowed(&state, &token, latest.anchor.record).await?;
+    if latest.anchor.is_tombstone() {
+        return Err(super::read::gone());
+    }
+    let plain = reveal(&state, &token.identity, &latest).await?;
+    let served = present(&plain, &latest)?;
+    let patched = apply(served.get(), &bytes).map_err(|error| {
+        ApiError::fhir(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            if error.test_failed {
+                "conflict"
+            } else {
+                "invalid"
+            },
+            &error.to_string(),
+        )
+    })?;
+    let patched = patched.into_bytes();
+    let resource = check(kind, &patched)?;
+    let mut pinned = headers.clone();
+    pinned.insert(
+        header::IF_MATCH,
+        HeaderValue::from_str(&format!("W/\"{}\"", latest.anchor.version))
+            .expect("a version is a header value"),
+    );
+    update_record(&state, &pinned, &token, kind, &id, &patched, resource).await
+}
+
+/// `DELETE [type]/[id]`: a logical delete. The next version is a tombstone (no content,
+/// `ehrchain_types::TOMBSTONE_HASH`), written under the same contract rule as any version, so
+/// only a writer of the record may delete it, and the chain records who did. From then on
+/// the record reads 410, leaves searches and `$everything`, and its history ends with the
+/// delete; an update brings it back as a new version. It is not erasure: the earlier
+/// versions stay readable by vread to those who may read them (`patient erase` shreds them).
+/// Deleting a deleted record changes nothing (204).
+pub(super) async fn delete<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((kind, id)): Path<(String, String)>,
+) -> Result<Response> {
+    let token = caller(&state, &headers)?;
+    let kind = resource_type(&kind)?;
+    let versions = versions_of(&state, kind, &id)?;
+    let latest = versions.last().expect("non-empty");
+    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
+    {
+        return Err(ApiError::fhir(
+            StatusCode::PRECONDITION_FAILED,
+            "conflict",
+            "If-Match does not name the current version",
+        ));
+    }
+    let version = if latest.anchor.is_tombstone() {
+        latest.clone()
+    } else {
+        let tx = submit_as(
+            &state,
+            &token,
+            Payload::RecordAnchor(RecordAnchor {
+                record: latest.anchor.record,
+                version: latest.anchor.version + 1,
+                patient: latest.anchor.patient,
+                resource_type: kind.code(),
+                ciphertext_hash: Digest::from(ehrchain_types::TOMBSTONE_HASH),
+                ciphertext_size: 0,
+                timestamp_ms: now_ms(),
+            }),
+        )
+        .await?;
+        committed_version(&state, &tx, latest.anchor.record, latest.anchor.version + 1).await?
+    };
+    Ok(with_version_headers(
+        StatusCode::NO_CONTENT.into_response(),
+        &version,
+        &state.gateway.public_url,
+    ))
 }
 
 /// Write `bytes` as the next version of record `id`, if `If-Match` allows.

@@ -47,7 +47,11 @@ pub fn ca_env() -> Vec<(&'static str, PathBuf)> {
     if TRUSTED.lock().unwrap().is_empty() {
         return Vec::new();
     }
-    vec![("EHRCHAIN_CA", bundle()), ("REQUESTS_CA_BUNDLE", bundle())]
+    vec![
+        ("EHRCHAIN_CA", bundle()),
+        ("REQUESTS_CA_BUNDLE", bundle()),
+        ("NODE_EXTRA_CA_CERTS", bundle()),
+    ]
 }
 
 /// The `ehrchain` binary, trusting this test's networks.
