@@ -48,10 +48,12 @@ pub(super) struct Planned {
     version: u32,
     json: Vec<u8>,
     new_patient: bool,
+    /// A `DELETE` entry: the version is a tombstone.
+    delete: bool,
 }
 
-/// `POST /fhir` with a `transaction` Bundle of creates (POST, `ifNoneExist` honoured) and
-/// updates (PUT, `ifMatch` honoured), or a `batch` (`super::batch`, each entry on its own).
+/// `POST /fhir` with a `transaction` Bundle of creates (POST, `ifNoneExist` honoured),
+/// updates (PUT, `ifMatch` honoured) and deletes (DELETE, a tombstone version), or a `batch` (`super::batch`, each entry on its own).
 ///
 /// A transaction is checked whole before anything is written: every entry parsed, its
 /// `urn:uuid:` references resolved, validated, its `ifMatch` and `ifNoneExist` evaluated, and
@@ -110,13 +112,20 @@ pub(super) async fn bundle<B: Blob>(
             )));
         }
         let method = entry["request"]["method"].as_str().unwrap_or("");
-        let kind = entry["resource"]["resourceType"]
-            .as_str()
-            .and_then(ResourceType::from_name)
-            .ok_or_else(|| at("the resource type is missing or not supported"))?;
+        // A DELETE carries no resource: its type is the URL's.
+        let kind = if method == "DELETE" {
+            entry["request"]["url"]
+                .as_str()
+                .and_then(|url| url.split('/').next())
+        } else {
+            entry["resource"]["resourceType"].as_str()
+        }
+        .and_then(ResourceType::from_name)
+        .ok_or_else(|| at("the resource type is missing or not supported"))?;
         // The token's scopes bound every entry, as they bound the same request sent alone.
         let permission = match method {
             "PUT" => crate::scopes::UPDATE,
+            "DELETE" => crate::scopes::DELETE,
             _ => crate::scopes::CREATE,
         };
         if !token.scopes.allows(kind.name(), permission) {
@@ -181,7 +190,7 @@ pub(super) async fn bundle<B: Blob>(
                 }
                 (id, true)
             }
-            "PUT" => {
+            "PUT" | "DELETE" => {
                 let url = entry["request"]["url"].as_str().unwrap_or("");
                 let id = url
                     .strip_prefix(kind.name())
@@ -190,7 +199,7 @@ pub(super) async fn bundle<B: Blob>(
                     .ok_or_else(|| at("request.url must be {type}/{id}"))?;
                 (id, false)
             }
-            _ => return Err(at("request.method must be POST or PUT")),
+            _ => return Err(at("request.method must be POST, PUT or DELETE")),
         };
         assigned.push((index, kind, id));
     }
@@ -198,6 +207,37 @@ pub(super) async fn bundle<B: Blob>(
     let mut plans = Vec::with_capacity(entries.len());
     for (index, kind, (id, create)) in &assigned {
         let index = *index;
+        if entries[index]["request"]["method"] == "DELETE" {
+            let versions = versions_of(&state, *kind, &hex::encode(id))?;
+            let latest = versions.last().expect("non-empty");
+            if let Some(expected) = entries[index]["request"]["ifMatch"].as_str()
+                && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
+            {
+                return Err(ApiError::fhir(
+                    StatusCode::PRECONDITION_FAILED,
+                    "conflict",
+                    &format!(
+                        "entry {index}: ifMatch does not name the current version; nothing was written"
+                    ),
+                ));
+            }
+            if latest.anchor.is_tombstone() {
+                // Deleted already: nothing to write, answered as it stands.
+                kept.push((index, latest.clone()));
+            } else {
+                plans.push(Planned {
+                    index,
+                    kind: *kind,
+                    patient: latest.anchor.patient,
+                    record: *id,
+                    version: latest.anchor.version + 1,
+                    json: Vec::new(),
+                    new_patient: false,
+                    delete: true,
+                });
+            }
+            continue;
+        }
         // The resource's own text, its `urn:uuid:` references rewritten in place.
         let text = raw
             .entry
@@ -254,6 +294,7 @@ pub(super) async fn bundle<B: Blob>(
             version,
             json,
             new_patient,
+            delete: false,
         });
     }
     // Every write is allowed, or nothing is written: each is checked against this node's
@@ -320,16 +361,33 @@ pub(super) async fn bundle<B: Blob>(
     }
     let mut submitted = Vec::with_capacity(plans.len());
     for (index, plan) in plans.iter().enumerate() {
-        let tx = submit_version(
-            &state,
-            &token,
-            plan.kind,
-            plan.patient,
-            plan.record,
-            plan.version,
-            &plan.json,
-        )
-        .await
+        let tx = if plan.delete {
+            crate::submit::submit_as(
+                &state,
+                &token,
+                Payload::RecordAnchor(RecordAnchor {
+                    record: plan.record,
+                    version: plan.version,
+                    patient: plan.patient,
+                    resource_type: plan.kind.code(),
+                    ciphertext_hash: Digest::from(ehrchain_types::TOMBSTONE_HASH),
+                    ciphertext_size: 0,
+                    timestamp_ms: crate::ambient::now_ms(),
+                }),
+            )
+            .await
+        } else {
+            submit_version(
+                &state,
+                &token,
+                plan.kind,
+                plan.patient,
+                plan.record,
+                plan.version,
+                &plan.json,
+            )
+            .await
+        }
         .map_err(|mut error| {
             error.message = format!(
                 "entry {index}: {} ({index} earlier entries were written)",
@@ -356,7 +414,7 @@ pub(super) async fn bundle<B: Blob>(
         let version = committed_version(&state, tx, plan.record, plan.version).await?;
         responses.push((plan.index, json!({
             "response": {
-                "status": if plan.version == 1 { "201 Created" } else { "200 OK" },
+                "status": if plan.delete { "204 No Content" } else if plan.version == 1 { "201 Created" } else { "200 OK" },
                 "location": format!("{}/{}/_history/{}", plan.kind.name(), hex::encode(plan.record), plan.version),
                 "etag": format!("W/\"{}\"", plan.version),
                 "lastModified": instant(version.anchor.timestamp_ms),

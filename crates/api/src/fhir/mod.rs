@@ -122,7 +122,13 @@ async fn require_scope<B: Blob>(
         && let Ok(token) = crate::session::caller(&state, request.headers())
         && !token.scopes.allows(&kind, permission)
     {
-        return insufficient_scope(&kind, permission).into_response();
+        let mut response = insufficient_scope(&kind, permission).into_response();
+        // RFC 6750 3: the challenge names the error, for clients that read headers only.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+        );
+        return response;
     }
     next.run(request).await
 }
