@@ -52,6 +52,22 @@ pub(super) struct Planned {
     delete: bool,
 }
 
+impl Planned {
+    /// This entry's version with no content: the anchor of nothing that records a refused
+    /// write (all-zero hash), or a delete's tombstone (`TOMBSTONE_HASH`).
+    fn content_free_anchor(&self, hash: [u8; 32]) -> Payload {
+        Payload::RecordAnchor(RecordAnchor {
+            record: self.record,
+            version: self.version,
+            patient: self.patient,
+            resource_type: self.kind.code(),
+            ciphertext_hash: Digest::from(hash),
+            ciphertext_size: 0,
+            timestamp_ms: crate::ambient::now_ms(),
+        })
+    }
+}
+
 /// `POST /fhir` with a `transaction` Bundle of creates (POST, `ifNoneExist` honoured),
 /// updates (PUT, `ifMatch` honoured) and deletes (DELETE, a tombstone version), or a `batch` (`super::batch`, each entry on its own).
 ///
@@ -332,20 +348,8 @@ pub(super) async fn bundle<B: Blob>(
             }),
         };
         if refused {
-            let tx = crate::submit::submit_as(
-                &state,
-                &token,
-                Payload::RecordAnchor(RecordAnchor {
-                    record: plan.record,
-                    version: plan.version,
-                    patient: plan.patient,
-                    resource_type: plan.kind.code(),
-                    ciphertext_hash: Digest::from([0; 32]),
-                    ciphertext_size: 0,
-                    timestamp_ms: crate::ambient::now_ms(),
-                }),
-            )
-            .await?;
+            let tx =
+                crate::submit::submit_as(&state, &token, plan.content_free_anchor([0; 32])).await?;
             let recorded = crate::submit::commit(&state, &tx).await.err();
             return Err(entry_error(recorded.unwrap_or_else(|| {
                 ApiError::fhir(
@@ -365,15 +369,7 @@ pub(super) async fn bundle<B: Blob>(
             crate::submit::submit_as(
                 &state,
                 &token,
-                Payload::RecordAnchor(RecordAnchor {
-                    record: plan.record,
-                    version: plan.version,
-                    patient: plan.patient,
-                    resource_type: plan.kind.code(),
-                    ciphertext_hash: Digest::from(ehrchain_types::TOMBSTONE_HASH),
-                    ciphertext_size: 0,
-                    timestamp_ms: crate::ambient::now_ms(),
-                }),
+                plan.content_free_anchor(ehrchain_types::TOMBSTONE_HASH),
             )
             .await
         } else {
