@@ -22,6 +22,24 @@ pub struct PatchError {
     pub test_failed: bool,
 }
 
+impl PatchError {
+    /// An error of the patch as a whole, not of one operation.
+    fn whole(reason: String) -> Self {
+        Self {
+            operation: None,
+            reason,
+            test_failed: false,
+        }
+    }
+}
+
+/// The stored resource as a tree whose leaves keep their text.
+fn document_tree(document: &str) -> Result<Node, PatchError> {
+    let raw: Box<RawValue> = serde_json::from_str(document)
+        .map_err(|_| PatchError::whole("the stored resource is not JSON".into()))?;
+    tree(&raw, 0).map_err(PatchError::whole)
+}
+
 impl fmt::Display for PatchError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self.operation {
@@ -266,11 +284,7 @@ fn remove(root: &mut Node, path: &[String]) -> Result<Node, String> {
 /// Apply the JSON Patch document `patch` to the JSON object `document`, and write the result
 /// compactly with every untouched value's text as it was.
 pub fn apply(document: &str, patch: &[u8]) -> Result<String, PatchError> {
-    let whole = |reason: String| PatchError {
-        operation: None,
-        reason,
-        test_failed: false,
-    };
+    let whole = PatchError::whole;
     if patch.len() > crate::RESOURCE_SIZE_BYTES_MAX {
         return Err(whole(format!(
             "the patch is larger than {} bytes",
@@ -285,9 +299,7 @@ pub fn apply(document: &str, patch: &[u8]) -> Result<String, PatchError> {
             "a patch carries at most {PATCH_OPERATIONS_MAX} operations"
         )));
     }
-    let raw: Box<RawValue> = serde_json::from_str(document)
-        .map_err(|_| whole("the stored resource is not JSON".into()))?;
-    let mut root = tree(&raw, 0).map_err(whole)?;
+    let mut root = document_tree(document)?;
     for (i, operation) in operations.iter().enumerate() {
         let at = |reason: String| PatchError {
             operation: Some(i),
@@ -372,11 +384,7 @@ pub fn apply(document: &str, patch: &[u8]) -> Result<String, PatchError> {
 /// merged into an object member, any other value replaces) to the JSON object `document`,
 /// keeping every untouched value's text as it was. fhirpy and Aidbox send this shape.
 pub fn merge(document: &str, patch: &[u8]) -> Result<String, PatchError> {
-    let whole = |reason: String| PatchError {
-        operation: None,
-        reason,
-        test_failed: false,
-    };
+    let whole = PatchError::whole;
     if patch.len() > crate::RESOURCE_SIZE_BYTES_MAX {
         return Err(whole(format!(
             "the patch is larger than {} bytes",
@@ -389,9 +397,7 @@ pub fn merge(document: &str, patch: &[u8]) -> Result<String, PatchError> {
     if !matches!(patch, Node::Object(_)) {
         return Err(whole("a merge patch is a JSON object".into()));
     }
-    let raw: Box<RawValue> = serde_json::from_str(document)
-        .map_err(|_| whole("the stored resource is not JSON".into()))?;
-    let mut root = tree(&raw, 0).map_err(whole)?;
+    let mut root = document_tree(document)?;
     merge_into(&mut root, patch);
     let mut out = String::with_capacity(document.len());
     write(&root, &mut out);

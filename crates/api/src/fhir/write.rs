@@ -440,15 +440,7 @@ pub(super) async fn patch<B: Blob>(
     let bytes = body_bytes(body).await?;
     let versions = versions_of(&state, kind, &id)?;
     let latest = versions.last().expect("non-empty").clone();
-    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
-    {
-        return Err(ApiError::fhir(
-            StatusCode::PRECONDITION_FAILED,
-            "conflict",
-            "If-Match does not name the current version",
-        ));
-    }
+    if_match(&headers, latest.anchor.version)?;
     allowed(&state, &token, latest.anchor.record).await?;
     if latest.anchor.is_tombstone() {
         return Err(super::read::gone());
@@ -493,15 +485,7 @@ pub(super) async fn delete<B: Blob>(
     let kind = resource_type(&kind)?;
     let versions = versions_of(&state, kind, &id)?;
     let latest = versions.last().expect("non-empty");
-    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
-    {
-        return Err(ApiError::fhir(
-            StatusCode::PRECONDITION_FAILED,
-            "conflict",
-            "If-Match does not name the current version",
-        ));
-    }
+    if_match(&headers, latest.anchor.version)?;
     let version = if latest.anchor.is_tombstone() {
         latest.clone()
     } else {
@@ -528,6 +512,18 @@ pub(super) async fn delete<B: Blob>(
     ))
 }
 
+/// 412 unless `If-Match` is absent or names `version` (`W/"n"`).
+fn if_match(headers: &HeaderMap, version: u32) -> Result<()> {
+    match headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        Some(expected) if expected.trim() != format!("W/\"{version}\"") => Err(ApiError::fhir(
+            StatusCode::PRECONDITION_FAILED,
+            "conflict",
+            "If-Match does not name the current version",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Write `bytes` as the next version of record `id`, if `If-Match` allows.
 async fn update_record<B: Blob>(
     state: &ApiState<B>,
@@ -543,15 +539,7 @@ async fn update_record<B: Blob>(
     }
     let versions = versions_of(state, kind, id)?;
     let latest = versions.last().expect("non-empty");
-    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && expected.trim() != format!("W/\"{}\"", latest.anchor.version)
-    {
-        return Err(ApiError::fhir(
-            StatusCode::PRECONDITION_FAILED,
-            "conflict",
-            "If-Match does not name the current version",
-        ));
-    }
+    if_match(headers, latest.anchor.version)?;
     let patient = latest.anchor.patient;
     if kind != ResourceType::Patient && resource.patient.as_deref().and_then(id16) != Some(patient)
     {
