@@ -5,7 +5,11 @@ use ehrchain_crypto::{Binding, DataKey, EncryptionKey, Wrap, open, unwrap};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let binding = Binding { record: [1; 16], version: 1, patient: [2; 16] };
+    let binding = Binding {
+        record: [1; 16],
+        version: 1,
+        patient: [2; 16],
+    };
     let key = EncryptionKey::from_seed(&[3; 32]);
     if let Ok(wrap) = Wrap::decode(data.get(..ehrchain_crypto::WRAP_BYTES).unwrap_or(data)) {
         assert!(unwrap(&wrap, &key, &binding, &[0; 32]).is_err());

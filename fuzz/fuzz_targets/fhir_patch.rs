@@ -10,7 +10,9 @@ const OBSERVATION: &str = r#"{"resourceType":"Observation","id":"a","status":"fi
 fuzz_target!(|data: &[u8]| {
     let (document, patch) = match data.iter().position(|b| *b == 0xFF) {
         Some(at) => match std::str::from_utf8(&data[..at]) {
-            Ok(text) if serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object()) => {
+            Ok(text)
+                if serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object()) =>
+            {
                 (text, &data[at + 1..])
             }
             _ => return,

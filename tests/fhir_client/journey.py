@@ -1,7 +1,8 @@
 """The user's journey through ehrchain's FHIR API with independently written tools.
 
 fhirpy (a FHIR client library) does every FHIR call; PyJWT with `cryptography` signs the
-SMART Backend Services client assertions (EdDSA); fhirclient's R4 (4.0.1) models, generated
+SMART Backend Services client assertions (EdDSA, and RS384 and ES384 with client keys
+registered on chain); fhirclient's R4 (4.0.1) models, generated
 from the specification, validate every resource that comes back (strict: unknown or
 ill-typed elements fail). Nothing here knows ehrchain beyond the token endpoint and
 identities.json.
@@ -248,6 +249,64 @@ def capability_claims_hold(api, headers, patient_id):
         interactions = {i["code"] for i in resource["interaction"]}
         assert interactions == {"read", "vread", "update", "patch", "delete", "history-instance", "create", "search-type"}, interactions
     assert checked >= 40, checked
+
+
+def client_keys_log_in(exe, api, key_file, identity, observation_id):
+    """SMART Backend Services with RS384 and ES384, the two algorithms the spec requires: a
+    backend service generates its own RSA and P-384 keys (`cryptography`), registers each
+    public JWK on chain for its identity (`ehrchain identity add-client-key`), and logs in
+    with assertions PyJWT signs under the key's `kid`; before registration and after
+    withdrawal the same assertion is refused, and a JWK with its private part is never sent."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    config = requests.get(api + "/fhir/.well-known/smart-configuration", timeout=30).json()
+    assert {"EdDSA", "RS384", "ES384"} <= set(config["token_endpoint_auth_signing_alg_values_supported"]), config
+    folder = tempfile.mkdtemp()
+    keys = {
+        "RS384": (rsa.generate_private_key(public_exponent=65537, key_size=2048), RSAAlgorithm),
+        "ES384": (ec.generate_private_key(ec.SECP384R1()), ECAlgorithm),
+    }
+
+    def signed(alg):
+        now = int(time.time())
+        claims = {"iss": identity["id"], "sub": identity["id"], "aud": smart_token_url(api),
+                  "exp": now + 240, "jti": str(uuid.uuid4())}
+        return jwt.encode(claims, keys[alg][0], algorithm=alg, headers={"kid": "journey-" + alg.lower()})
+
+    for alg, (private, algorithm) in keys.items():
+        kid = "journey-" + alg.lower()
+        before = login(identity, signed(alg))
+        assert before.status_code == 401 and before.json()["error"] == "invalid_client", before.text
+        # The whole key pair as a JWK: refused by the CLI, nothing reaches the chain.
+        whole = json.loads(algorithm.to_jwk(private))
+        whole.update(kid=kid)
+        whole_path = os.path.join(folder, alg + ".private.json")
+        json.dump(whole, open(whole_path, "w"))
+        refused = subprocess.run([exe, "identity", "add-client-key", "--api", api, "--key", key_file, "--jwk", whole_path],
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0 and "private" in refused.stderr, refused
+        public = json.loads(algorithm.to_jwk(private.public_key()))
+        public.update(kid=kid, alg=alg, use="sig")
+        public_path = os.path.join(folder, alg + ".public.json")
+        json.dump(public, open(public_path, "w"))
+        subprocess.run([exe, "identity", "add-client-key", "--api", api, "--key", key_file, "--jwk", public_path],
+                       capture_output=True, text=True, check=True)
+        response = login(identity, signed(alg))
+        assert response.status_code == 200, response.text
+        bearer = {"Authorization": "Bearer " + response.json()["access_token"], "Accept": FHIR_JSON}
+        read = requests.get(f"{api}/fhir/Observation/{observation_id}", headers=bearer, timeout=60)
+        assert read.status_code == 200, read.text
+        validate(read.json())
+    shown = subprocess.run([exe, "identity", "show", "--api", api, "--key-file", key_file],
+                           capture_output=True, text=True, check=True)
+    listed = json.loads(shown.stdout)["client_keys"]
+    assert {"kid": "journey-rs384", "alg": "RS384"} in listed and {"kid": "journey-es384", "alg": "ES384"} in listed, listed
+    subprocess.run([exe, "identity", "remove-client-key", "--api", api, "--key", key_file, "--kid", "journey-rs384"],
+                   capture_output=True, text=True, check=True)
+    after = login(identity, signed("RS384"))
+    assert after.status_code == 401 and after.json()["error"] == "invalid_client", after.text
+    assert login(identity, signed("ES384")).status_code == 200
 
 
 def main(path):
@@ -802,6 +861,7 @@ def main(path):
             subject={"reference": "Patient/" + patient_id}, valueQuantity={"value": 120})
         note.save()
         assert fhir_new.reference("Observation", note.id).to_resource()["valueQuantity"]["value"] == 120
+        client_keys_log_in(exe, api_a, new_key, newcomer, note.id)
 
     print("journey complete:", len(trail), "audit events for the patient")
 

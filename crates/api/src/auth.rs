@@ -169,6 +169,8 @@ pub fn concerns(caller: &Caller, signer: &PublicKey, payload: &ehrchain_types::P
         | P::RecoverKey { patient, .. }
         | P::TrailQuery { patient } => *patient,
         P::RecordAnchor(anchor) => anchor.patient,
+        // A set is the patient's own only when every version in it is.
+        P::RecordSet(anchors) if anchors.iter().all(|a| a.patient == own) => own,
         P::Grant(grant) => grant.patient,
         _ => return false,
     };

@@ -149,6 +149,19 @@ async fn status<B: Blob>(
     Json(answer)
 }
 
+fn anchor_json(anchor: &ehrchain_types::RecordAnchor) -> Value {
+    json!({
+        "kind": "record_anchor",
+        "record": hex::encode(anchor.record),
+        "version": anchor.version,
+        "patient": hex::encode(anchor.patient),
+        "resource_type": anchor.resource_type,
+        "ciphertext_hash": hex::encode(anchor.ciphertext_hash),
+        "ciphertext_size": anchor.ciphertext_size,
+        "timestamp_ms": anchor.timestamp_ms,
+    })
+}
+
 fn payload_json(payload: &Payload) -> Value {
     match payload {
         Payload::Anchor { label, digest } => json!({
@@ -174,15 +187,22 @@ fn payload_json(payload: &Payload) -> Value {
             "clinician": clinician.to_string(),
             "encryption_key": hex::encode(encryption_key),
         }),
-        Payload::RecordAnchor(anchor) => json!({
-            "kind": "record_anchor",
-            "record": hex::encode(anchor.record),
-            "version": anchor.version,
-            "patient": hex::encode(anchor.patient),
-            "resource_type": anchor.resource_type,
-            "ciphertext_hash": hex::encode(anchor.ciphertext_hash),
-            "ciphertext_size": anchor.ciphertext_size,
-            "timestamp_ms": anchor.timestamp_ms,
+        Payload::RecordAnchor(anchor) => anchor_json(anchor),
+        Payload::RecordSet(anchors) => json!({
+            "kind": "record_set",
+            "versions": anchors
+                .iter()
+                .map(anchor_json)
+                .collect::<Vec<_>>(),
+        }),
+        Payload::RegisterClientKey { jwk } => json!({
+            "kind": "register_client_key",
+            // The public JWK as registered (validated on chain: no private member).
+            "jwk": serde_json::from_slice::<Value>(jwk).unwrap_or(Value::Null),
+        }),
+        Payload::RemoveClientKey { kid } => json!({
+            "kind": "remove_client_key",
+            "kid": kid,
         }),
         Payload::ErasePatient { patient } => json!({
             "kind": "erase_patient",

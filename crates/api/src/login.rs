@@ -85,10 +85,12 @@ async fn issue_token<B: Blob>(
             "client_assertion is missing",
         )
     })?;
-    let (claims, _, _) = jwt::parse(&assertion).map_err(|e| invalid_client(e.to_string()))?;
+    let claims = jwt::parse(&assertion)
+        .map_err(|e| invalid_client(e.to_string()))?
+        .claims;
     let identity = ehrchain_types::public_key_from_hex(&claims.sub)
         .ok_or_else(|| invalid_client("sub must be an identity id (64 hex characters)"))?;
-    let (known, retired, speaks_for_patient) = state.chain.read(|s| {
+    let (known, retired, speaks_for_patient, client_keys) = state.chain.read(|s| {
         use ehrchain_contracts::state::Reader;
         let role = s.identity(&identity).map(|i| i.role);
         (
@@ -101,6 +103,7 @@ async fn issue_token<B: Blob>(
                         | ehrchain_contracts::facts::Role::Guardian { .. }
                 )
             ),
+            s.client_keys(&identity),
         )
     });
     if !known {
@@ -114,7 +117,8 @@ async fn issue_token<B: Blob>(
     let scopes = Scopes::parse(request.scope.as_deref(), speaks_for_patient)
         .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
     let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
-    let claims = jwt::verify(&assertion, &key).map_err(|e| invalid_client(e.to_string()))?;
+    let claims =
+        jwt::verify(&assertion, &key, &client_keys).map_err(|e| invalid_client(e.to_string()))?;
     if claims.aud != state.gateway.token_url() {
         return Err(invalid_client(format!(
             "aud must be this token endpoint, {}",

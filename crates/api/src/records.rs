@@ -497,9 +497,14 @@ async fn identity<B: Blob>(
             _ => None,
         };
         use ehrchain_contracts::state::Reader as _;
-        Some((identity, institution_key, s.retired(&key)))
+        Some((
+            identity,
+            institution_key,
+            s.retired(&key),
+            s.client_keys(&key),
+        ))
     });
-    let (identity, institution_key, retired_height) =
+    let (identity, institution_key, retired_height, client_keys) =
         found.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown identity"))?;
     let mut answer = json!({
         "key": key.to_string(),
@@ -507,6 +512,11 @@ async fn identity<B: Blob>(
         "encryption_key": hex::encode(identity.encryption_key),
         // Set once the key was rotated away, removed by its institution or by governance.
         "retired_height": retired_height,
+        // The keys it may also sign client assertions with (SMART Backend Services).
+        "client_keys": client_keys
+            .iter()
+            .map(|k| json!({"kid": k.kid, "alg": k.key.alg()}))
+            .collect::<Vec<_>>(),
     });
     match identity.role {
         Role::Clinician { institution } => {

@@ -411,38 +411,50 @@ impl<B: Blob> Records<B> {
         }
     }
 
+    /// One committed version's upload: kept (fetched when this node lacks it), dropped when
+    /// the write was refused, erased when its patient was.
+    async fn on_version(
+        &mut self,
+        tx: &ehrchain_types::Transaction,
+        anchor: &ehrchain_types::RecordAnchor,
+    ) {
+        let (erased, written) = self.chain.read(|s| {
+            use ehrchain_contracts::state::Reader as _;
+            (
+                s.patient(&anchor.patient)
+                    .is_some_and(|p| p.erased_height.is_some()),
+                s.versions(&anchor.record)
+                    .iter()
+                    .any(|v| v.transaction == tx.id()),
+            )
+        });
+        let hash: [u8; 32] = anchor.ciphertext_hash.as_ref().try_into().expect("32");
+        if !written {
+            // A refused write, recorded as an attempt: its upload is dropped.
+            if let Err(e) = self.store.unstage(&hash) {
+                halt(e)
+            }
+        } else if erased {
+            self.erase_version(&hash).await;
+        } else if anchor.is_tombstone() {
+            // A logical delete: a version with no content to keep.
+        } else {
+            self.acquire(Wanted {
+                hash,
+                record: anchor.record,
+                version: anchor.version,
+            })
+            .await;
+        }
+    }
+
     /// Apply one finalized block's record side effects.
     pub async fn on_block(&mut self, block: &Block) {
         for tx in &block.transactions {
             match &tx.body.payload {
-                Payload::RecordAnchor(anchor) => {
-                    let (erased, written) = self.chain.read(|s| {
-                        use ehrchain_contracts::state::Reader as _;
-                        (
-                            s.patient(&anchor.patient)
-                                .is_some_and(|p| p.erased_height.is_some()),
-                            s.versions(&anchor.record)
-                                .iter()
-                                .any(|v| v.transaction == tx.id()),
-                        )
-                    });
-                    let hash: [u8; 32] = anchor.ciphertext_hash.as_ref().try_into().expect("32");
-                    if !written {
-                        // A refused write, recorded as an attempt: its upload is dropped.
-                        if let Err(e) = self.store.unstage(&hash) {
-                            halt(e)
-                        }
-                    } else if erased {
-                        self.erase_version(&hash).await;
-                    } else if anchor.is_tombstone() {
-                        // A logical delete: a version with no content to keep.
-                    } else {
-                        self.acquire(Wanted {
-                            hash,
-                            record: anchor.record,
-                            version: anchor.version,
-                        })
-                        .await;
+                Payload::RecordAnchor(_) | Payload::RecordSet(_) => {
+                    for anchor in tx.body.payload.record_anchors() {
+                        self.on_version(tx, anchor).await;
                     }
                 }
                 Payload::ErasePatient { patient } => self.erase_patient(patient).await,

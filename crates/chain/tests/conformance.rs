@@ -272,6 +272,22 @@ fn delta() -> Delta {
     );
     delta.assertions.insert(digest("assertion"), public(30));
     delta.access_logs.insert(public(1), 12);
+    delta.client_keys.insert(
+        public(12),
+        vec![
+            ehrchain_crypto::jwk::ClientJwk {
+                kid: "rsa-1".into(),
+                key: ehrchain_crypto::jwk::ClientKey::Rs384 {
+                    n: vec![0xC5; 256],
+                    e: vec![1, 0, 1],
+                },
+            },
+            ehrchain_crypto::jwk::ClientJwk {
+                kid: "ec-1".into(),
+                key: ehrchain_crypto::jwk::ClientKey::Es384 { point: [4; 97] },
+            },
+        ],
+    );
     delta
 }
 

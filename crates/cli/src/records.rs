@@ -206,6 +206,33 @@ pub enum IdentityCommand {
         #[arg(long)]
         clinician: String,
     },
+    /// Register a public key (a JWK file: RSA 2048 to 4096 bits for RS384, or EC P-384 for
+    /// ES384, with a `kid`) that the identity of --key signs SMART client assertions with, as
+    /// a backend service whose stack has no Ed25519. A key with the same `kid` is replaced;
+    /// a JWK with a private member is refused before anything is sent.
+    ///
+    /// Example: ehrchain identity add-client-key --api https://127.0.0.1:8700 --key lab-system.key --jwk lab-system.public.jwk.json
+    AddClientKey {
+        #[arg(long)]
+        api: String,
+        /// The identity's key file (it signs the registration).
+        #[arg(long)]
+        key: PathBuf,
+        /// The public JWK (JSON).
+        #[arg(long)]
+        jwk: PathBuf,
+    },
+    /// Withdraw a client key by its `kid`: assertions it signs no longer log in.
+    ///
+    /// Example: ehrchain identity remove-client-key --api https://127.0.0.1:8700 --key lab-system.key --kid lab-2026
+    RemoveClientKey {
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        kid: String,
+    },
     /// Print an identity's role and keys.
     ///
     /// Example: ehrchain identity show --api https://127.0.0.1:8700 --key-file dr-bauer.key
@@ -607,6 +634,8 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
     | IdentityCommand::Rotate { api, key, .. }
     | IdentityCommand::Recover { api, key, .. }
     | IdentityCommand::Remove { api, key, .. }
+    | IdentityCommand::AddClientKey { api, key, .. }
+    | IdentityCommand::RemoveClientKey { api, key, .. }
     | IdentityCommand::Show {
         api,
         key: Some(key),
@@ -695,6 +724,44 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
             )?;
             println!(
                 "removed: clinician {clinician} at height {} (transaction {})",
+                status["height"],
+                hex::encode(tx.id())
+            );
+        }
+        IdentityCommand::AddClientKey { api, key, jwk } => {
+            let text = std::fs::read(&jwk)
+                .with_context(|| format!("cannot read the JWK {}", jwk.display()))?;
+            anyhow::ensure!(
+                text.len() <= ehrchain_crypto::jwk::JWK_BYTES_MAX,
+                "the JWK is longer than {} bytes",
+                ehrchain_crypto::jwk::JWK_BYTES_MAX
+            );
+            // Checked here first for a precise message; every validator checks it again.
+            let parsed = ehrchain_crypto::jwk::ClientJwk::parse(&text)
+                .with_context(|| format!("{} is not a client key we accept", jwk.display()))?;
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
+            let signer = crate::records::load_signer(&key)?;
+            let (tx, status) = session.send(
+                &signer,
+                ehrchain_types::Payload::RegisterClientKey { jwk: text },
+            )?;
+            println!(
+                "registered: client key {} ({}) at height {} (transaction {})",
+                parsed.kid,
+                parsed.key.alg(),
+                status["height"],
+                hex::encode(tx.id())
+            );
+        }
+        IdentityCommand::RemoveClientKey { api, key, kid } => {
+            let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
+            let signer = crate::records::load_signer(&key)?;
+            let (tx, status) = session.send(
+                &signer,
+                ehrchain_types::Payload::RemoveClientKey { kid: kid.clone() },
+            )?;
+            println!(
+                "removed: client key {kid} at height {} (transaction {})",
                 status["height"],
                 hex::encode(tx.id())
             );

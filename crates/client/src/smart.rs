@@ -68,11 +68,12 @@ mod tests {
         let seed = [4; 32];
         let text = client_assertion(&seed, "https://node/fhir/auth/token", 1_000).unwrap();
         let claims =
-            ehrchain_crypto::jwt::verify(&text, &ehrchain_crypto::jwt::public_key(&seed)).unwrap();
+            ehrchain_crypto::jwt::verify(&text, &ehrchain_crypto::jwt::public_key(&seed), &[])
+                .unwrap();
         assert_eq!(claims.aud, "https://node/fhir/auth/token");
         assert_eq!(claims.exp, 1_000 + ASSERTION_LIFETIME_S);
         assert!(
-            ehrchain_crypto::jwt::verify(&text, &ehrchain_crypto::jwt::public_key(&[5; 32]))
+            ehrchain_crypto::jwt::verify(&text, &ehrchain_crypto::jwt::public_key(&[5; 32]), &[])
                 .is_err()
         );
     }

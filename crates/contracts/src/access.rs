@@ -257,6 +257,10 @@ fn move_identity(
         },
     );
     delta.retired.insert(old.clone(), at.height);
+    // Client keys were registered by the old key; the new key registers its own.
+    if !view.client_keys(old).is_empty() {
+        delta.client_keys.insert(old.clone(), Vec::new());
+    }
     Ok(())
 }
 
@@ -273,8 +277,8 @@ pub(crate) fn rotate_key(
 
 /// A registered identity's refused attempt is itself recorded, with the rule that refused
 /// it: on a patient's records (a write, a consent change, break-glass, a guardian, an erasure,
-/// a key recovery, a look at the trail) as an event on the patient's trail and a finding for
-/// the auditor; an identity or governance operation (which names no patient) as a finding
+/// a key recovery, a look at the trail) as an event on the patient's trail (a set of versions:
+/// one event per version, on each one's patient's trail) and a finding for the auditor; an identity or governance operation (which names no patient) as a finding
 /// whose patient is all zeros. False when the attempt cannot be recorded (an unknown or
 /// retired signer, no such patient, a session carrying what it may not): then it is refused
 /// outright and never reaches a block.
@@ -285,22 +289,32 @@ pub(crate) fn record_denial(
     tx: &ehrchain_types::Transaction,
 ) -> bool {
     use ehrchain_types::Payload as P;
-    let (patient, record) = match &tx.body.payload {
-        P::RecordAnchor(anchor) => (anchor.patient, Some((anchor.record, anchor.resource_type))),
-        P::Grant(grant) => (grant.patient, None),
+    // Where the attempt goes on the trail: each record version it would have written (a set
+    // names several, each on its patient's trail), or the one patient it concerns.
+    let on_trail: Vec<(PatientId, Option<(RecordId, u8)>)> = match &tx.body.payload {
+        P::RecordAnchor(_) | P::RecordSet(_) => tx
+            .body
+            .payload
+            .record_anchors()
+            .iter()
+            .map(|a| (a.patient, Some((a.record, a.resource_type))))
+            .collect(),
+        P::Grant(grant) => vec![(grant.patient, None)],
         P::Revoke { patient, .. }
         | P::BreakGlass { patient, .. }
         | P::AppointGuardian { patient, .. }
         | P::ErasePatient { patient }
         | P::RecoverKey { patient, .. }
-        | P::TrailQuery { patient } => (*patient, None),
+        | P::TrailQuery { patient } => vec![(*patient, None)],
         P::RegisterPatient { .. }
         | P::EnrollClinician { .. }
         | P::AccessLog { .. }
         | P::RemoveClinician { .. }
         | P::RotateKey { .. }
+        | P::RegisterClientKey { .. }
+        | P::RemoveClientKey { .. }
         | P::Propose { .. }
-        | P::Vote { .. } => (NO_PATIENT, None),
+        | P::Vote { .. } => Vec::new(),
         P::Anchor { .. } | P::Access { .. } | P::OpenSession { .. } => return false,
     };
     let Ok(actor) = actor(view, at, &tx.body.signer, &tx.body.payload) else {
@@ -308,20 +322,20 @@ pub(crate) fn record_denial(
     };
     if view.identity(&actor).is_none()
         || view.retired(&actor).is_some()
-        || (patient != NO_PATIENT && view.patient(&patient).is_none())
+        || on_trail.iter().any(|(p, _)| view.patient(p).is_none())
     {
         return false;
     }
     let reason = Reason::NotPermitted {
         operation: tx.body.payload.kind(),
     };
-    if patient != NO_PATIENT {
+    for (entry, (patient, record)) in on_trail.iter().enumerate() {
         delta.events.insert(
-            (at.height, at.index, 0),
+            (at.height, at.index, entry as u16),
             AccessEvent {
                 actor: actor.clone(),
-                patient,
-                record,
+                patient: *patient,
+                record: *record,
                 purpose: 0,
                 outcome: Outcome::Denied(reason),
                 time_ms: at.time_ms,
@@ -329,6 +343,8 @@ pub(crate) fn record_denial(
             },
         );
     }
+    // One finding for the auditor, on the first patient (none for identity or governance).
+    let patient = on_trail.first().map_or(NO_PATIENT, |(p, _)| *p);
     delta.findings.insert(
         (at.height, at.index, 0),
         Finding {
@@ -536,6 +552,7 @@ pub(crate) fn actor(
     }
     match payload {
         P::RecordAnchor(_)
+        | P::RecordSet(_)
         | P::Access { .. }
         | P::Grant(_)
         | P::Revoke { .. }
@@ -578,12 +595,16 @@ pub(crate) fn open_session(
     let text = std::str::from_utf8(assertion)
         .map_err(|_| Rejection::Malformed("malformed client assertion"))?;
     let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
-    let claims = ehrchain_crypto::jwt::verify(text, &key).map_err(|error| match error {
-        ehrchain_crypto::jwt::JwtError::Signature | ehrchain_crypto::jwt::JwtError::Subject => {
-            Rejection::Unauthorized("the client assertion is not signed by the identity's key")
-        }
-        _ => Rejection::Malformed("malformed client assertion"),
-    })?;
+    let client_keys = view.client_keys(identity);
+    let claims =
+        ehrchain_crypto::jwt::verify(text, &key, &client_keys).map_err(|error| match error {
+            ehrchain_crypto::jwt::JwtError::Signature
+            | ehrchain_crypto::jwt::JwtError::Subject
+            | ehrchain_crypto::jwt::JwtError::UnknownKey => Rejection::Unauthorized(
+                "the client assertion is not signed by the identity's key or a client key it registered",
+            ),
+            _ => Rejection::Malformed("malformed client assertion"),
+        })?;
     let exp_ms = claims.exp.saturating_mul(1000);
     if exp_ms <= at.time_ms {
         return Err(Rejection::Unauthorized("the client assertion has expired"));
@@ -593,7 +614,9 @@ pub(crate) fn open_session(
             "the client assertion expires too far ahead",
         ));
     }
-    let hash = ehrchain_types::sha256(&[assertion]);
+    // One session per (identity, jti): an ECDSA signature can be altered into another valid
+    // one, so the assertion's own bytes would not name it once.
+    let hash = assertion_id(identity, &claims.jti);
     if view.assertion_used(&hash) {
         return Err(Rejection::Unauthorized(
             "this client assertion was already used",
@@ -609,6 +632,11 @@ pub(crate) fn open_session(
         },
     );
     Ok(())
+}
+
+/// What names a client assertion once opened: SHA-256 of a label, the identity and its `jti`.
+pub fn assertion_id(identity: &PublicKey, jti: &str) -> ehrchain_types::Digest {
+    ehrchain_types::sha256(&[b"ehrchain-assertion", identity.as_ref(), jti.as_bytes()])
 }
 
 /// How long after deciding a read a gateway may log it before the entry raises a `late-log`
@@ -1427,10 +1455,14 @@ mod tests {
         OpenSession,
         Anchor,
         TrailQuery,
+        WriteSet,
+        RegisterClientKey,
     }
 
     impl Operation {
-        const ALL: [Self; 19] = [
+        const ALL: [Self; 21] = [
+            Self::WriteSet,
+            Self::RegisterClientKey,
             Self::Read,
             Self::WriteVersion,
             Self::WriteRecord,
@@ -1458,7 +1490,7 @@ mod tests {
             match self {
                 Self::Read => matches!(actor, A::OwnPatient | A::Consented),
                 // The home institution (care relationship) or a `correct` grant.
-                Self::WriteVersion | Self::WriteRecord | Self::Delete => {
+                Self::WriteVersion | Self::WriteRecord | Self::Delete | Self::WriteSet => {
                     matches!(actor, A::HomeInstitution | A::Consented)
                 }
                 Self::Grant | Self::Revoke | Self::AppointGuardian => actor == A::OwnPatient,
@@ -1482,6 +1514,8 @@ mod tests {
                 Self::OpenSession => actor == A::OwnPatient,
                 // A bare anchor of a digest: any signer (the ledger's own operation).
                 Self::Anchor => true,
+                // Any registered identity, for its own assertions.
+                Self::RegisterClientKey => actor != A::Anonymous,
                 // The trail: its patient (and guardians) and auditors.
                 Self::TrailQuery => matches!(actor, A::OwnPatient | A::Auditor),
             }
@@ -1603,10 +1637,23 @@ mod tests {
                     digest: Digest::from([0xAB; 32]),
                 },
                 Self::TrailQuery => Payload::TrailQuery { patient: P1 },
+                // A new version of R1 and a new record, as one unit.
+                Self::WriteSet => Payload::RecordSet(
+                    [anchor(R1, 2), anchor([0x13; 16], 1)]
+                        .into_iter()
+                        .flat_map(|p| p.record_anchors().to_vec())
+                        .collect(),
+                ),
+                Self::RegisterClientKey => Payload::RegisterClientKey {
+                    jwk: P384_JWK.as_bytes().to_vec(),
+                },
             };
             (signer, payload)
         }
     }
+
+    /// A public P-384 JWK (the curve's generator point).
+    const P384_JWK: &str = r#"{"kty":"EC","crv":"P-384","kid":"k1","x":"qofKIr6LBTeOscce8yCtdG4dO2KLp5uYWfdB4IJUKjhVAvJdv1UpbDpUXjhydgq3","y":"NhfeSpYmLG9dnpi_kpLcKfj0Hb0omhR86doxE7XwuMAKYLHOHX6BnXpDHXyQ6g5f"}"#;
 
     /// Patient 1 granted `Consented` (clinician B) read and write on everything, `Expired`
     /// a grant that ran out by block time and `Revoked` one that it took back; `NoConsent` is
@@ -2359,6 +2406,269 @@ mod tests {
             ),
             Err(Rejection::Unauthorized(_))
         ));
+    }
+
+    #[test]
+    fn a_record_set_writes_every_version_or_none() {
+        let mut w = World::new(Rules::default());
+        let version = |record: RecordId, version: u32, patient: PatientId| RecordAnchor {
+            record,
+            version,
+            patient,
+            resource_type: 2,
+            ciphertext_hash: sha256(&[&record, &version.to_be_bytes()]),
+            ciphertext_size: 10,
+            timestamp_ms: 0,
+        };
+        // Clinician A (hospital A is both patients' home): a new version of R1, a new record
+        // for each patient, and a second new version of R1 checked after the first.
+        let tx = w.ok(
+            &clinician_a(),
+            Payload::RecordSet(vec![
+                version(R1, 2, P1),
+                version([0x31; 16], 1, P1),
+                version([0x32; 16], 1, P2),
+                version(R1, 3, P1),
+            ]),
+        );
+        assert_eq!(w.state.latest(&R1).unwrap().anchor.version, 3);
+        for record in [R1, [0x31; 16], [0x32; 16]] {
+            assert_eq!(w.state.latest(&record).unwrap().transaction, tx.id());
+        }
+        // Hospital B registers patient 3; clinician B may write for them, not for patient 1.
+        const P3: PatientId = [0x33; 16];
+        w.ok(
+            &hospital_b(),
+            Payload::RegisterPatient {
+                patient: P3,
+                key: key(333).public_key(),
+                encryption_key: [0x33; 32],
+            },
+        );
+        w.ok(
+            &clinician_b(),
+            Payload::RecordAnchor(version([0x34; 16], 1, P3)),
+        );
+        // A set whose second write is refused: nothing of it is written, and the attempt is
+        // on both patients' trails.
+        w.denied_on_record(
+            &clinician_b(),
+            Payload::RecordSet(vec![version([0x34; 16], 2, P3), version([0x35; 16], 1, P1)]),
+        );
+        assert_eq!(w.state.latest(&[0x34; 16]).unwrap().anchor.version, 1);
+        assert!(w.state.versions(&[0x35; 16]).is_empty());
+        let denied: Vec<PatientId> = w
+            .state
+            .events()
+            .filter(|((height, _, _), e)| {
+                *height == w.height && matches!(e.outcome, Outcome::Denied(_))
+            })
+            .map(|(_, e)| e.patient)
+            .collect();
+        assert_eq!(denied, vec![P3, P1]);
+        // A stale version anywhere in the set refuses the whole set outright.
+        assert_eq!(
+            w.run(
+                &clinician_a(),
+                Payload::RecordSet(vec![version([0x36; 16], 1, P1), version(R1, 3, P1)]),
+            )
+            .map(|_| ()),
+            Err(Rejection::WrongVersion {
+                expected: 4,
+                got: 3
+            })
+        );
+        assert!(w.state.versions(&[0x36; 16]).is_empty());
+        // A session carries a set as its identity.
+        let session = open_session(&mut w, &clinician_a(), &hospital_a(), 31);
+        w.ok(
+            &session,
+            Payload::RecordSet(vec![version([0x36; 16], 1, P1)]),
+        );
+        assert_eq!(
+            w.state.latest(&[0x36; 16]).unwrap().author,
+            clinician_a().public_key()
+        );
+    }
+
+    /// A compact ES384 JWT for `identity`, signed with the P-384 key of `scalar` under `kid`.
+    fn es384_assertion(
+        identity: &PrivateKey,
+        scalar: u8,
+        kid: &str,
+        exp_s: u64,
+        jti: &str,
+    ) -> Vec<u8> {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+        use p384::ecdsa::signature::Signer as _;
+        let id = hex::encode(identity.public_key().as_ref());
+        let claims = ehrchain_crypto::jwt::Claims {
+            iss: id.clone(),
+            sub: id,
+            aud: "http://node/auth/token".into(),
+            exp: exp_s,
+            jti: jti.into(),
+            iat: None,
+            nbf: None,
+        };
+        let signed = format!(
+            "{}.{}",
+            B64.encode(format!(r#"{{"alg":"ES384","kid":"{kid}"}}"#)),
+            B64.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        let key = p384::ecdsa::SigningKey::from_slice(&[scalar; 48]).unwrap();
+        let signature: p384::ecdsa::Signature = key.sign(signed.as_bytes());
+        format!("{signed}.{}", B64.encode(signature.to_bytes())).into_bytes()
+    }
+
+    /// The public JWK of the P-384 key of `scalar`.
+    fn p384_jwk(scalar: u8, kid: &str) -> Vec<u8> {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD as B64};
+        let key = p384::ecdsa::SigningKey::from_slice(&[scalar; 48]).unwrap();
+        let point = key.verifying_key().to_sec1_point(false);
+        let bytes = point.as_bytes();
+        format!(
+            r#"{{"kty":"EC","crv":"P-384","kid":"{kid}","alg":"ES384","x":"{}","y":"{}"}}"#,
+            B64.encode(&bytes[1..49]),
+            B64.encode(&bytes[49..])
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn client_keys_open_sessions_for_their_identity_until_withdrawn() {
+        let mut w = World::new(Rules::default());
+        let exp = |w: &World| (w.time_ms + 120_000) / 1000;
+        let open = |assertion: Vec<u8>| Payload::OpenSession {
+            identity: clinician_a().public_key(),
+            gateway: hospital_a().public_key(),
+            assertion,
+        };
+        // Before registration, an ES384 assertion names no key.
+        let early = es384_assertion(&clinician_a(), 5, "lab-1", exp(&w), "a");
+        assert!(matches!(
+            w.run(&key(700), open(early)),
+            Err(Rejection::Unauthorized(_))
+        ));
+        w.ok(
+            &clinician_a(),
+            Payload::RegisterClientKey {
+                jwk: p384_jwk(5, "lab-1"),
+            },
+        );
+        assert_eq!(w.state.client_keys(&clinician_a().public_key()).len(), 1);
+        let session = key(701);
+        w.ok(
+            &session,
+            open(es384_assertion(&clinician_a(), 5, "lab-1", exp(&w), "b")),
+        );
+        w.ok(
+            &session,
+            Payload::Access {
+                record: R1,
+                purpose: Purpose::Treatment as u8,
+            },
+        );
+        // The same jti again (an ECDSA signature can be re-made): no second session.
+        assert!(matches!(
+            w.run(
+                &key(702),
+                open(es384_assertion(&clinician_a(), 5, "lab-1", exp(&w), "b"))
+            ),
+            Err(Rejection::Unauthorized(
+                "this client assertion was already used"
+            ))
+        ));
+        // Another identity's kid, a key signed by another scalar: refused.
+        assert!(matches!(
+            w.run(
+                &key(703),
+                open(es384_assertion(&clinician_a(), 6, "lab-1", exp(&w), "c"))
+            ),
+            Err(Rejection::Unauthorized(_))
+        ));
+        // A JWK with a private member, an unknown kty, or a fifth key: refused.
+        let mut private = p384_jwk(6, "lab-2");
+        private.pop();
+        private.extend_from_slice(br#","d":"AAAA"}"#);
+        assert!(matches!(
+            w.run(&clinician_a(), Payload::RegisterClientKey { jwk: private }),
+            Err(Rejection::Malformed(_))
+        ));
+        for (scalar, kid) in [(6, "lab-2"), (7, "lab-3"), (8, "lab-4")] {
+            w.ok(
+                &clinician_a(),
+                Payload::RegisterClientKey {
+                    jwk: p384_jwk(scalar, kid),
+                },
+            );
+        }
+        assert!(matches!(
+            w.run(
+                &clinician_a(),
+                Payload::RegisterClientKey {
+                    jwk: p384_jwk(9, "lab-5")
+                }
+            ),
+            Err(Rejection::Malformed(_))
+        ));
+        // Replacing a kid keeps the count; the old key under it no longer verifies.
+        w.ok(
+            &clinician_a(),
+            Payload::RegisterClientKey {
+                jwk: p384_jwk(9, "lab-1"),
+            },
+        );
+        assert_eq!(w.state.client_keys(&clinician_a().public_key()).len(), 4);
+        assert!(
+            w.run(
+                &key(704),
+                open(es384_assertion(&clinician_a(), 5, "lab-1", exp(&w), "d"))
+            )
+            .is_err()
+        );
+        // Withdrawn, it opens nothing; an unknown kid is refused.
+        w.ok(
+            &clinician_a(),
+            Payload::RemoveClientKey {
+                kid: "lab-1".into(),
+            },
+        );
+        assert!(
+            w.run(
+                &key(705),
+                open(es384_assertion(&clinician_a(), 9, "lab-1", exp(&w), "e"))
+            )
+            .is_err()
+        );
+        assert!(matches!(
+            w.run(
+                &clinician_a(),
+                Payload::RemoveClientKey {
+                    kid: "lab-1".into()
+                }
+            ),
+            Err(Rejection::Malformed(_))
+        ));
+        // A session may not register keys; a rotation leaves the old key's behind.
+        assert!(matches!(
+            w.run(
+                &session,
+                Payload::RegisterClientKey {
+                    jwk: p384_jwk(10, "lab-6")
+                }
+            ),
+            Err(Rejection::Unauthorized(_))
+        ));
+        w.ok(
+            &clinician_a(),
+            Payload::RotateKey {
+                new_key: key(710).public_key(),
+                encryption_key: [0x71; 32],
+            },
+        );
+        assert!(w.state.client_keys(&clinician_a().public_key()).is_empty());
+        assert!(w.state.client_keys(&key(710).public_key()).is_empty());
     }
 
     /// Open a session for `identity` at `gateway`'s node; the session key.

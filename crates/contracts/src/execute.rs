@@ -14,6 +14,65 @@ use crate::governance;
 use crate::state::{Delta, Layered, Reader};
 use ehrchain_types::{Block, Payload, Transaction};
 
+/// Most client keys (JWKs) one identity holds at once: room to rotate without a gap.
+pub const CLIENT_KEYS_MAX: usize = 4;
+
+/// Check one record version's preconditions and authorization against `view`: the signer
+/// writes records, the patient stands, the version follows the record's last, and the
+/// contract's write rule allows it. The facts to store when it does.
+fn check_version(
+    view: &impl Reader,
+    signer: &ehrchain_types::PublicKey,
+    at: At,
+    tx: &Transaction,
+    anchor: &ehrchain_types::RecordAnchor,
+) -> Result<RecordVersion, Rejection> {
+    match view.identity(signer).map(|i| i.role) {
+        Some(Role::Institution | Role::Clinician { .. }) => {}
+        _ => {
+            return Err(Rejection::Unauthorized(
+                "only an institution or an enrolled clinician writes records",
+            ));
+        }
+    }
+    let patient = view
+        .patient(&anchor.patient)
+        .ok_or(Rejection::UnknownPatient)?;
+    if patient.erased_height.is_some() {
+        return Err(Rejection::PatientErased);
+    }
+    if anchor.ciphertext_size > RECORD_CIPHERTEXT_BYTES_MAX {
+        return Err(Rejection::RecordTooLarge(
+            anchor.ciphertext_size,
+            RECORD_CIPHERTEXT_BYTES_MAX,
+        ));
+    }
+    let expected = match view.latest(&anchor.record) {
+        None => 1,
+        Some(previous) => {
+            if previous.anchor.patient != anchor.patient
+                || previous.anchor.resource_type != anchor.resource_type
+            {
+                return Err(Rejection::RecordMismatch);
+            }
+            previous.anchor.version + 1
+        }
+    };
+    if anchor.version != expected {
+        return Err(Rejection::WrongVersion {
+            expected,
+            got: anchor.version,
+        });
+    }
+    access::may_write(view, signer, at, &patient, anchor)?;
+    Ok(RecordVersion {
+        anchor: anchor.clone(),
+        author: signer.clone(),
+        height: at.height,
+        transaction: tx.id(),
+    })
+}
+
 /// Check a payload's authorization and preconditions and record its writes.
 fn apply_payload(
     view: &impl Reader,
@@ -96,53 +155,56 @@ fn apply_payload(
             );
         }
         Payload::RecordAnchor(anchor) => {
-            match view.identity(signer).map(|i| i.role) {
-                Some(Role::Institution | Role::Clinician { .. }) => {}
-                _ => {
-                    return Err(Rejection::Unauthorized(
-                        "only an institution or an enrolled clinician writes records",
-                    ));
-                }
+            let version = check_version(view, signer, at, tx, anchor)?;
+            delta
+                .versions
+                .insert((anchor.record, anchor.version), version);
+        }
+        Payload::RecordSet(anchors) => {
+            // Each version is checked against the state the ones before it leave; the first
+            // refusal refuses the set, and `apply` then keeps none of its writes.
+            for anchor in anchors {
+                let so_far = Layered {
+                    base: view,
+                    delta: &*delta,
+                };
+                let version = check_version(&so_far, signer, at, tx, anchor)?;
+                delta
+                    .versions
+                    .insert((anchor.record, anchor.version), version);
             }
-            let patient = view
-                .patient(&anchor.patient)
-                .ok_or(Rejection::UnknownPatient)?;
-            if patient.erased_height.is_some() {
-                return Err(Rejection::PatientErased);
-            }
-            if anchor.ciphertext_size > RECORD_CIPHERTEXT_BYTES_MAX {
-                return Err(Rejection::RecordTooLarge(
-                    anchor.ciphertext_size,
-                    RECORD_CIPHERTEXT_BYTES_MAX,
+        }
+        Payload::RegisterClientKey { jwk } => {
+            if view.identity(signer).is_none() {
+                return Err(Rejection::Unauthorized(
+                    "only a registered identity registers client keys",
                 ));
             }
-            let expected = match view.latest(&anchor.record) {
-                None => 1,
-                Some(previous) => {
-                    if previous.anchor.patient != anchor.patient
-                        || previous.anchor.resource_type != anchor.resource_type
-                    {
-                        return Err(Rejection::RecordMismatch);
-                    }
-                    previous.anchor.version + 1
+            let key = ehrchain_crypto::jwk::ClientJwk::parse(jwk).map_err(|_| {
+                Rejection::Malformed("the client key is not a public RS384 or ES384 JWK")
+            })?;
+            let mut keys = view.client_keys(signer);
+            match keys.iter().position(|k| k.kid == key.kid) {
+                Some(same) => keys[same] = key,
+                None if keys.len() >= CLIENT_KEYS_MAX => {
+                    return Err(Rejection::Malformed(
+                        "an identity holds at most 4 client keys: remove one first",
+                    ));
                 }
-            };
-            if anchor.version != expected {
-                return Err(Rejection::WrongVersion {
-                    expected,
-                    got: anchor.version,
-                });
+                None => keys.push(key),
             }
-            access::may_write(view, signer, at, &patient, anchor)?;
-            delta.versions.insert(
-                (anchor.record, anchor.version),
-                RecordVersion {
-                    anchor: anchor.clone(),
-                    author: signer.clone(),
-                    height,
-                    transaction: tx.id(),
-                },
-            );
+            delta.client_keys.insert(signer.clone(), keys);
+        }
+        Payload::RemoveClientKey { kid } => {
+            let mut keys = view.client_keys(signer);
+            let before = keys.len();
+            keys.retain(|k| &k.kid != kid);
+            if keys.len() == before {
+                return Err(Rejection::Malformed(
+                    "no client key of the signer has this kid",
+                ));
+            }
+            delta.client_keys.insert(signer.clone(), keys);
         }
         Payload::ErasePatient { patient } => {
             let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
@@ -269,6 +331,7 @@ pub fn apply(
     delta.sessions.extend(writes.sessions);
     delta.assertions.extend(writes.assertions);
     delta.access_logs.extend(writes.access_logs);
+    delta.client_keys.extend(writes.client_keys);
     delta.time_ms = at.time_ms;
     delta.nonces.insert(tx.body.signer.clone(), expected + 1);
     Ok(())

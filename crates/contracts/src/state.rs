@@ -15,6 +15,7 @@ use crate::facts::{
     AccessEvent, AnchorRecord, BreakGlassEntry, EventKey, Finding, Identity, PatientEntry,
     Proposal, ProposalStatus, RecordVersion, Role, SessionEntry,
 };
+use ehrchain_crypto::jwk::ClientJwk;
 use ehrchain_types::{Digest, PatientId, ProposalId, PublicKey, RecordId, genesis::Rules, sha256};
 use std::collections::BTreeMap;
 
@@ -50,6 +51,8 @@ pub trait Reader {
     fn assertion_used(&self, hash: &Digest) -> bool;
     /// The next entry number an institution's access log must record.
     fn access_log_next(&self, institution: &PublicKey) -> u64;
+    /// The client keys (JWKs) an identity registered for its assertions, in registration order.
+    fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk>;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -80,6 +83,8 @@ pub struct Delta {
     pub assertions: BTreeMap<Digest, PublicKey>,
     /// The next access-log entry number of each institution that has logged reads.
     pub access_logs: BTreeMap<PublicKey, u64>,
+    /// Each identity's client keys after this block (the whole list, replaced on change).
+    pub client_keys: BTreeMap<PublicKey, Vec<ClientJwk>>,
     /// Block time of the block these writes belong to.
     pub time_ms: u64,
 }
@@ -272,6 +277,14 @@ impl Delta {
             bytes.extend_from_slice(institution.as_ref());
             bytes.extend_from_slice(&next.to_be_bytes());
         }
+        bytes.extend_from_slice(&(self.client_keys.len() as u64).to_be_bytes());
+        for (identity, keys) in &self.client_keys {
+            bytes.extend_from_slice(identity.as_ref());
+            bytes.push(keys.len() as u8);
+            for key in keys {
+                key.write(&mut bytes);
+            }
+        }
         sha256(&[&bytes])
     }
 }
@@ -427,6 +440,13 @@ impl<R: Reader> Reader for Layered<'_, R> {
             None => self.base.access_log_next(institution),
         }
     }
+
+    fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk> {
+        match self.delta.client_keys.get(identity) {
+            Some(keys) => keys.clone(),
+            None => self.base.client_keys(identity),
+        }
+    }
 }
 
 /// A member count after the admissions and removals of `deltas`.
@@ -493,6 +513,7 @@ pub struct State {
     sessions: BTreeMap<PublicKey, SessionEntry>,
     assertions: BTreeMap<Digest, PublicKey>,
     access_logs: BTreeMap<PublicKey, u64>,
+    client_keys: BTreeMap<PublicKey, Vec<ClientJwk>>,
     rules: Rules,
     /// Block time of the newest committed block.
     time_ms: u64,
@@ -648,6 +669,13 @@ impl State {
         self.sessions.extend(delta.sessions);
         self.assertions.extend(delta.assertions);
         self.access_logs.extend(delta.access_logs);
+        for (identity, keys) in delta.client_keys {
+            if keys.is_empty() {
+                self.client_keys.remove(&identity);
+            } else {
+                self.client_keys.insert(identity, keys);
+            }
+        }
         self.time_ms = self.time_ms.max(delta.time_ms);
     }
 
@@ -847,6 +875,10 @@ impl Reader for State {
     fn access_log_next(&self, institution: &PublicKey) -> u64 {
         self.access_logs.get(institution).copied().unwrap_or(0)
     }
+
+    fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk> {
+        self.client_keys.get(identity).cloned().unwrap_or_default()
+    }
 }
 
 /// A chain of not-yet-finalized deltas over the finalized state, newest first.
@@ -979,5 +1011,12 @@ impl Reader for Overlay<'_> {
             .iter()
             .find_map(|d| d.access_logs.get(institution).copied())
             .unwrap_or_else(|| self.base.access_log_next(institution))
+    }
+
+    fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.client_keys.get(identity).cloned())
+            .unwrap_or_else(|| self.base.client_keys(identity))
     }
 }

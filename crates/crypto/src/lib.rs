@@ -14,6 +14,7 @@
 //! ```
 //! This crate does no I/O and holds no clock: it runs in tests, fuzzers and the CLI alike.
 
+pub mod jwk;
 pub mod jwt;
 
 use chacha20poly1305::{

@@ -34,6 +34,12 @@ pub const GOSSIP_MESSAGE_BYTES_MAX: usize =
 const _: () = assert!(PAYLOAD_SIZE_BYTES_MAX < TRANSACTION_SIZE_BYTES_MAX);
 const _: () = assert!(32 + 32 + 2 + SESSION_ASSERTION_BYTES_MAX <= PAYLOAD_SIZE_BYTES_MAX);
 const _: () = assert!(
+    // The count byte, then the versions.
+    crate::transaction::RECORD_SET_MAX * crate::transaction::RecordAnchor::SIZE_BYTES
+        < PAYLOAD_SIZE_BYTES_MAX
+);
+const _: () = assert!(2 + crate::transaction::CLIENT_JWK_BYTES_MAX <= PAYLOAD_SIZE_BYTES_MAX);
+const _: () = assert!(
     8 + 2
         + crate::transaction::ACCESS_LOG_ENTRIES_MAX
             * crate::transaction::AccessLogEntry::SIZE_BYTES

@@ -109,7 +109,27 @@ pub enum Payload {
     /// A request to see a patient's access trail, sent by a FHIR gateway that would refuse
     /// it, so that the refused attempt is recorded on the trail it asked for.
     TrailQuery { patient: PatientId },
+    /// Several record versions written as one unit (a FHIR `transaction` Bundle): every one
+    /// is checked as a `RecordAnchor` would be, each against the state the ones before it
+    /// leave, and all are written or none. At most [`RECORD_SET_MAX`], none a duplicate.
+    RecordSet(Vec<RecordAnchor>),
+    /// The signer registers a public key it signs client assertions with besides its own
+    /// Ed25519 key (SMART Backend Services RS384 or ES384), as a JWK (RFC 7517, UTF-8 JSON,
+    /// at most [`CLIENT_JWK_BYTES_MAX`] bytes). A key with the same `kid` is replaced.
+    RegisterClientKey { jwk: Vec<u8> },
+    /// The signer withdraws one of its client keys by `kid`: assertions it signs no longer
+    /// open sessions.
+    RemoveClientKey { kid: String },
 }
+
+/// Most versions one `RecordSet` writes (the set must fit one transaction).
+pub const RECORD_SET_MAX: usize = 40;
+
+/// Longest JWK a `RegisterClientKey` carries (an RSA-4096 public key is about 800 bytes).
+pub const CLIENT_JWK_BYTES_MAX: usize = 2_048;
+
+/// Longest `kid` of a client key.
+pub const CLIENT_KID_BYTES_MAX: usize = 64;
 
 /// A governance proposal id, chosen by the proposer (random).
 pub type ProposalId = [u8; 16];
@@ -259,6 +279,31 @@ pub struct RecordAnchor {
 pub const TOMBSTONE_HASH: [u8; 32] = [0xFF; 32];
 
 impl RecordAnchor {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.record);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.patient);
+        out.push(self.resource_type);
+        out.extend_from_slice(self.ciphertext_hash.as_ref());
+        out.extend_from_slice(&self.ciphertext_size.to_be_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_be_bytes());
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Result<Self, Error> {
+        Ok(Self {
+            record: reader.array()?,
+            version: reader.u32()?,
+            patient: reader.array()?,
+            resource_type: reader.u8()?,
+            ciphertext_hash: reader.digest()?,
+            ciphertext_size: reader.u64()?,
+            timestamp_ms: reader.u64()?,
+        })
+    }
+
+    /// Encoded size: record, version, patient, type, hash, size, time.
+    pub const SIZE_BYTES: usize = 16 + 4 + 16 + 1 + 32 + 8 + 8;
+
     /// Whether this version is a logical delete: the record reads as gone (410) from it on,
     /// its earlier versions stay in its history, and a later version brings it back.
     pub fn is_tombstone(&self) -> bool {
@@ -285,6 +330,19 @@ impl Payload {
     const KIND_REMOVE_CLINICIAN: u8 = 16;
     const KIND_TRAIL_QUERY: u8 = 17;
     const KIND_ACCESS_LOG: u8 = 18;
+    const KIND_RECORD_SET: u8 = 19;
+    const KIND_REGISTER_CLIENT_KEY: u8 = 20;
+    const KIND_REMOVE_CLIENT_KEY: u8 = 21;
+
+    /// The record versions this payload writes: one for a `RecordAnchor`, each of a
+    /// `RecordSet`, none otherwise.
+    pub fn record_anchors(&self) -> &[RecordAnchor] {
+        match self {
+            Self::RecordAnchor(anchor) => std::slice::from_ref(anchor),
+            Self::RecordSet(anchors) => anchors,
+            _ => &[],
+        }
+    }
 
     /// The payload's kind byte on the wire.
     pub fn kind(&self) -> u8 {
@@ -307,6 +365,9 @@ impl Payload {
             Self::RemoveClinician { .. } => Self::KIND_REMOVE_CLINICIAN,
             Self::TrailQuery { .. } => Self::KIND_TRAIL_QUERY,
             Self::AccessLog { .. } => Self::KIND_ACCESS_LOG,
+            Self::RecordSet(_) => Self::KIND_RECORD_SET,
+            Self::RegisterClientKey { .. } => Self::KIND_REGISTER_CLIENT_KEY,
+            Self::RemoveClientKey { .. } => Self::KIND_REMOVE_CLIENT_KEY,
         }
     }
 
@@ -332,14 +393,20 @@ impl Payload {
                 out.extend_from_slice(clinician.as_ref());
                 out.extend_from_slice(encryption_key);
             }
-            Self::RecordAnchor(anchor) => {
-                out.extend_from_slice(&anchor.record);
-                out.extend_from_slice(&anchor.version.to_be_bytes());
-                out.extend_from_slice(&anchor.patient);
-                out.push(anchor.resource_type);
-                out.extend_from_slice(anchor.ciphertext_hash.as_ref());
-                out.extend_from_slice(&anchor.ciphertext_size.to_be_bytes());
-                out.extend_from_slice(&anchor.timestamp_ms.to_be_bytes());
+            Self::RecordAnchor(anchor) => anchor.write(out),
+            Self::RecordSet(anchors) => {
+                out.push(anchors.len() as u8);
+                for anchor in anchors {
+                    anchor.write(out);
+                }
+            }
+            Self::RegisterClientKey { jwk } => {
+                out.extend_from_slice(&(jwk.len() as u16).to_be_bytes());
+                out.extend_from_slice(jwk);
+            }
+            Self::RemoveClientKey { kid } => {
+                out.push(kid.len() as u8);
+                out.extend_from_slice(kid.as_bytes());
             }
             Self::ErasePatient { patient } => out.extend_from_slice(patient),
             Self::Grant(grant) => {
@@ -441,15 +508,45 @@ impl Payload {
                 clinician: reader.public_key()?,
                 encryption_key: reader.array()?,
             },
-            Self::KIND_RECORD_ANCHOR => Self::RecordAnchor(RecordAnchor {
-                record: reader.array()?,
-                version: reader.u32()?,
-                patient: reader.array()?,
-                resource_type: reader.u8()?,
-                ciphertext_hash: reader.digest()?,
-                ciphertext_size: reader.u64()?,
-                timestamp_ms: reader.u64()?,
-            }),
+            Self::KIND_RECORD_ANCHOR => Self::RecordAnchor(RecordAnchor::read(&mut reader)?),
+            Self::KIND_RECORD_SET => {
+                let len = reader.u8()? as usize;
+                if len == 0 || len > RECORD_SET_MAX {
+                    return Err(Error::OutOfRange("record set length"));
+                }
+                let mut anchors = Vec::with_capacity(len);
+                for _ in 0..len {
+                    let anchor = RecordAnchor::read(&mut reader)?;
+                    // One version of one record once: a set that names it twice is malformed.
+                    if anchors.iter().any(|a: &RecordAnchor| {
+                        a.record == anchor.record && a.version == anchor.version
+                    }) {
+                        return Err(Error::OutOfRange("record set repeats a version"));
+                    }
+                    anchors.push(anchor);
+                }
+                Self::RecordSet(anchors)
+            }
+            Self::KIND_REGISTER_CLIENT_KEY => {
+                let len = reader.u16()? as usize;
+                if len == 0 || len > CLIENT_JWK_BYTES_MAX {
+                    return Err(Error::OutOfRange("client key length"));
+                }
+                Self::RegisterClientKey {
+                    jwk: reader.take(len)?.to_vec(),
+                }
+            }
+            Self::KIND_REMOVE_CLIENT_KEY => {
+                let len = reader.u8()? as usize;
+                if len == 0 || len > CLIENT_KID_BYTES_MAX {
+                    return Err(Error::OutOfRange("client key id length"));
+                }
+                let kid = std::str::from_utf8(reader.take(len)?)
+                    .map_err(|_| Error::OutOfRange("client key id text"))?;
+                Self::RemoveClientKey {
+                    kid: kid.to_string(),
+                }
+            }
             Self::KIND_ERASE_PATIENT => Self::ErasePatient {
                 patient: reader.array()?,
             },
@@ -827,6 +924,23 @@ pub fn examples(key: &PublicKey) -> Vec<Payload> {
             proposal: [9; 16],
             approve: true,
         },
+        Payload::RecordSet(
+            (0..RECORD_SET_MAX as u32)
+                .map(|version| RecordAnchor {
+                    record: [4; 16],
+                    version: version + 1,
+                    patient: [1; 16],
+                    resource_type: 2,
+                    ciphertext_hash: sha256(&[&version.to_be_bytes()]),
+                    ciphertext_size: 4096,
+                    timestamp_ms: 1_700_000_000_000,
+                })
+                .collect(),
+        ),
+        Payload::RegisterClientKey {
+            jwk: br#"{"kty":"EC","crv":"P-384","kid":"k1","x":"x","y":"y"}"#.to_vec(),
+        },
+        Payload::RemoveClientKey { kid: "k1".into() },
     ]
 }
 

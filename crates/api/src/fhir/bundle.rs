@@ -4,7 +4,10 @@ use super::{
     common::{Result, body_bytes, fhir_json, id16, invalid, unprocessable},
     read::versions_of,
     time::instant,
-    write::{check, committed_version, matching, readers, register_patient_as, submit_version},
+    write::{
+        check, committed_version, matching, readers, register_patient_as, seal_version,
+        version_anchor,
+    },
 };
 use crate::{ApiError, ApiState, session::caller};
 use axum::{
@@ -16,7 +19,7 @@ use axum::{
 use commonware_runtime::Blob;
 use ehrchain_contracts::state::Reader as _;
 use ehrchain_fhir::ResourceType;
-use ehrchain_types::{Digest, Payload, RecordAnchor};
+use ehrchain_types::{Payload, RecordAnchor, transaction::RECORD_SET_MAX};
 use serde_json::{Value, json, value::RawValue};
 use std::sync::Arc;
 
@@ -55,16 +58,8 @@ pub(super) struct Planned {
 impl Planned {
     /// This entry's version with no content: the anchor of nothing that records a refused
     /// write (all-zero hash), or a delete's tombstone (`TOMBSTONE_HASH`).
-    fn content_free_anchor(&self, hash: [u8; 32]) -> Payload {
-        Payload::RecordAnchor(RecordAnchor {
-            record: self.record,
-            version: self.version,
-            patient: self.patient,
-            resource_type: self.kind.code(),
-            ciphertext_hash: Digest::from(hash),
-            ciphertext_size: 0,
-            timestamp_ms: crate::ambient::now_ms(),
-        })
+    fn content_free_anchor(&self, hash: [u8; 32]) -> RecordAnchor {
+        version_anchor(self.kind, self.patient, self.record, self.version, hash, 0)
     }
 }
 
@@ -76,10 +71,9 @@ impl Planned {
 /// its write checked against this node's final state with the contract's own rule. Any
 /// failure answers that entry's `OperationOutcome` with nothing written; a refused write is
 /// first sent alone to the chain, which records the refusal. New patients are registered
-/// next, then every version is sealed and submitted, and all commit together (usually in
-/// one block). The chain has no multi-transaction atomicity, so a write refused at admission
-/// after these checks (a consent withdrawn in the moment between) fails the request with the
-/// entries before it written; the answer says which.
+/// next, then every version is sealed and all go to the chain as one `RecordSet`, which
+/// writes every version or none: a refusal there (a consent withdrawn in the moment after
+/// these checks) leaves nothing written but the patients registered for it.
 pub(super) async fn bundle<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
@@ -313,6 +307,17 @@ pub(super) async fn bundle<B: Blob>(
             delete: false,
         });
     }
+    // The versions commit in one chain transaction, which holds at most RECORD_SET_MAX.
+    if plans.len() > RECORD_SET_MAX {
+        return Err(ApiError::fhir(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            &format!(
+                "a transaction writes at most {RECORD_SET_MAX} resources, all or none (this one writes {}); split it, or send a batch; nothing was written",
+                plans.len()
+            ),
+        ));
+    }
     // Every write is allowed, or nothing is written: each is checked against this node's
     // final state with the contract's own rule, and the first refused one goes to the chain
     // alone (an anchor of nothing, which the chain refuses and records) before the answer.
@@ -348,8 +353,8 @@ pub(super) async fn bundle<B: Blob>(
             }),
         };
         if refused {
-            let tx =
-                crate::submit::submit_as(&state, &token, plan.content_free_anchor([0; 32])).await?;
+            let nothing = Payload::RecordAnchor(plan.content_free_anchor([0; 32]));
+            let tx = crate::submit::submit_as(&state, &token, nothing).await?;
             let recorded = crate::submit::commit(&state, &tx).await.err();
             return Err(entry_error(recorded.unwrap_or_else(|| {
                 ApiError::fhir(
@@ -363,35 +368,68 @@ pub(super) async fn bundle<B: Blob>(
     for plan in plans.iter().filter(|p| p.new_patient) {
         register_patient_as(&state, &token, plan.patient).await?;
     }
-    let mut submitted = Vec::with_capacity(plans.len());
-    for (index, plan) in plans.iter().enumerate() {
-        let tx = if plan.delete {
-            crate::submit::submit_as(
-                &state,
-                &token,
-                plan.content_free_anchor(ehrchain_types::TOMBSTONE_HASH),
-            )
-            .await
-        } else {
-            submit_version(
-                &state,
-                &token,
-                plan.kind,
-                plan.patient,
-                plan.record,
-                plan.version,
-                &plan.json,
-            )
-            .await
+    // Seal every version, then submit them all as one `RecordSet`: the chain writes every
+    // one or none (a refusal there, after the checks above, writes nothing).
+    let mut anchors = Vec::with_capacity(plans.len());
+    let mut staged = Vec::with_capacity(plans.len());
+    let drop_staged = |staged: &[[u8; 32]]| {
+        for hash in staged {
+            if let Err(error) = state.store.unstage(hash) {
+                tracing::error!(%error, "cannot drop an unsubmitted upload");
+            }
         }
-        .map_err(|mut error| {
-            error.message = format!(
-                "entry {index}: {} ({index} earlier entries were written)",
-                error.message
-            );
-            error
-        })?;
-        submitted.push(tx);
+    };
+    for plan in &plans {
+        if plan.delete {
+            anchors.push(plan.content_free_anchor(ehrchain_types::TOMBSTONE_HASH));
+            continue;
+        }
+        let sealed = match readers(&state, &token.identity, &plan.patient, plan.kind.code()) {
+            Ok(readers) => {
+                seal_version(
+                    &state,
+                    &readers,
+                    plan.kind,
+                    plan.patient,
+                    plan.record,
+                    plan.version,
+                    &plan.json,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        match sealed {
+            Ok((anchor, hash)) => {
+                anchors.push(anchor);
+                staged.push(hash);
+            }
+            Err(mut error) => {
+                drop_staged(&staged);
+                error.message = format!(
+                    "entry {}: {}; nothing was written",
+                    plan.index, error.message
+                );
+                return Err(error);
+            }
+        }
+    }
+    let mut written = None;
+    if !anchors.is_empty() {
+        let tx = match crate::submit::submit_as(&state, &token, Payload::RecordSet(anchors)).await {
+            Ok(tx) => tx,
+            Err(error) => {
+                drop_staged(&staged);
+                return Err(error);
+            }
+        };
+        crate::submit::commit(&state, &tx)
+            .await
+            .map_err(|mut error| {
+                error.message = format!("{}; nothing was written", error.message);
+                error
+            })?;
+        written = Some(tx);
     }
     let base = &state.gateway.public_url;
     let mut responses: Vec<(usize, Value)> = kept
@@ -406,7 +444,8 @@ pub(super) async fn bundle<B: Blob>(
             }}))
         })
         .collect();
-    for (plan, tx) in plans.iter().zip(&submitted) {
+    for plan in &plans {
+        let tx = written.as_ref().expect("planned writes were submitted");
         let version = committed_version(&state, tx, plan.record, plan.version).await?;
         responses.push((plan.index, json!({
             "response": {

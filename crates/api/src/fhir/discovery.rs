@@ -16,7 +16,7 @@ pub(super) async fn smart_configuration<B: Blob>(
     Json(json!({
         "token_endpoint": state.gateway.token_url(),
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "RS384", "ES384"],
         "grant_types_supported": ["client_credentials"],
         // SMART v2 resource scopes (and their v1 forms), for any stored or served type.
         "scopes_supported": [
@@ -98,7 +98,7 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR",
                 }]}],
-                "description": "SMART Backend Services: POST a JWT client assertion (EdDSA) to the token endpoint",
+                "description": "SMART Backend Services: POST a JWT client assertion (EdDSA with the identity key, or RS384/ES384 with a client key registered on chain) to the token endpoint",
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                     "extension": [{"url": "token", "valueUri": state.gateway.token_url()}],

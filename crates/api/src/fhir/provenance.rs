@@ -64,7 +64,9 @@ pub(super) async fn provenance_json<B: Blob>(
     use base64::Engine as _;
     Ok(json!({
         "resourceType": "Provenance",
-        "id": hex::encode(version.transaction),
+        // One per version: a FHIR transaction writes several versions in one chain
+        // transaction, so the transaction alone would not name one.
+        "id": format!("{}-{}", hex::encode(version.anchor.record), version.anchor.version),
         "extension": [
             {"url": "urn:ehrchain:fhir:block-height", "valueUnsignedInt": location.height},
             {"url": "urn:ehrchain:fhir:transaction", "valueString": hex::encode(version.transaction)},
@@ -156,12 +158,19 @@ pub(super) async fn provenance_read<B: Blob>(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let token = caller(&state, &headers)?;
-    let hash =
-        ehrchain_types::digest_from_hex(&id).ok_or_else(|| not_found("no such Provenance"))?;
+    let none = || not_found("no such Provenance");
+    let (record, number) = id.split_once('-').ok_or_else(none)?;
+    let record: [u8; 16] = hex::decode(record)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(none)?;
+    let number: u32 = number.parse().map_err(|_| none())?;
     let version = state
         .chain
-        .read(|s| s.all_versions().find(|v| v.transaction == hash).cloned())
-        .ok_or_else(|| not_found("no such Provenance"))?;
+        .read(|s| s.versions(&record))
+        .into_iter()
+        .find(|v| v.anchor.version == number)
+        .ok_or_else(none)?;
     provenance_visible(&state, token, &version.anchor.record)?;
     let resource = provenance_json(&state, &version).await?;
     Ok(fhir_json(StatusCode::OK, &resource))

@@ -107,35 +107,61 @@ pub(super) async fn submit_version<B: Blob>(
     version: u32,
     json: &[u8],
 ) -> Result<ehrchain_types::Transaction> {
-    let anchor = |hash: [u8; 32], size: usize| {
-        Payload::RecordAnchor(RecordAnchor {
-            record,
-            version,
-            patient,
-            resource_type: kind.code(),
-            ciphertext_hash: Digest::from(hash),
-            ciphertext_size: size as u64,
-            timestamp_ms: now_ms(),
-        })
-    };
     let readers = match readers(state, &token.identity, &patient, kind.code()) {
         Ok(readers) => readers,
         Err(refused) if refused.status == StatusCode::FORBIDDEN => {
             // A role that never writes (a patient, a guardian, an auditor): nothing is sealed;
             // an anchor of nothing goes to the chain, which refuses it and records the attempt.
-            let tx = submit_as(state, token, anchor([0; 32], 0)).await?;
+            let nothing = version_anchor(kind, patient, record, version, [0; 32], 0);
+            let tx = submit_as(state, token, Payload::RecordAnchor(nothing)).await?;
             commit(state, &tx).await?;
             return Err(refused);
         }
         Err(other) => return Err(other),
     };
+    let (anchor, staged) =
+        seal_version(state, &readers, kind, patient, record, version, json).await?;
+    submit_staged(state, token, Payload::RecordAnchor(anchor), Some(staged)).await
+}
+
+/// The anchor of one version with the given content hash and size, stamped now.
+pub(super) fn version_anchor(
+    kind: ResourceType,
+    patient: [u8; 16],
+    record: [u8; 16],
+    version: u32,
+    hash: [u8; 32],
+    size: u64,
+) -> RecordAnchor {
+    RecordAnchor {
+        record,
+        version,
+        patient,
+        resource_type: kind.code(),
+        ciphertext_hash: Digest::from(hash),
+        ciphertext_size: size,
+        timestamp_ms: now_ms(),
+    }
+}
+
+/// Seal one version for `readers` and stage its upload: the anchor to submit and the staged
+/// upload's hash (to drop if the anchor is never submitted).
+pub(super) async fn seal_version<B: Blob>(
+    state: &ApiState<B>,
+    readers: &[EncryptionPublicKey],
+    kind: ResourceType,
+    patient: [u8; 16],
+    record: [u8; 16],
+    version: u32,
+    json: &[u8],
+) -> Result<(RecordAnchor, [u8; 32])> {
     let binding = Binding {
         record,
         version,
         patient,
     };
     let (envelope, hash, wraps) =
-        ehrchain_crypto::seal_for(&binding, json, &readers).map_err(|_| {
+        ehrchain_crypto::seal_for(&binding, json, readers).map_err(|_| {
             ApiError::fhir(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "too-long",
@@ -147,8 +173,8 @@ pub(super) async fn submit_version<B: Blob>(
         .stage(&envelope, &wraps)
         .await
         .map_err(unavailable)?;
-    let tx = submit_staged(state, token, anchor(hash, envelope.len()), Some(staged)).await?;
-    Ok(tx)
+    let anchor = version_anchor(kind, patient, record, version, hash, envelope.len() as u64);
+    Ok((anchor, staged))
 }
 
 /// Validate a body as a resource of `kind`; invalid input gets its OperationOutcome.
