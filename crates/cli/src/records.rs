@@ -731,12 +731,7 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
         IdentityCommand::AddClientKey { api, key, jwk } => {
             let text = std::fs::read(&jwk)
                 .with_context(|| format!("cannot read the JWK {}", jwk.display()))?;
-            anyhow::ensure!(
-                text.len() <= ehrchain_crypto::jwk::JWK_BYTES_MAX,
-                "the JWK is longer than {} bytes",
-                ehrchain_crypto::jwk::JWK_BYTES_MAX
-            );
-            // Checked here first for a precise message; every validator checks it again.
+            // Checked here first (its size too) for a precise message; every validator checks it again.
             let parsed = ehrchain_crypto::jwk::ClientJwk::parse(&text)
                 .with_context(|| format!("{} is not a client key we accept", jwk.display()))?;
             let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;

@@ -154,16 +154,10 @@ fn apply_payload(
                 },
             );
         }
-        Payload::RecordAnchor(anchor) => {
-            let version = check_version(view, signer, at, tx, anchor)?;
-            delta
-                .versions
-                .insert((anchor.record, anchor.version), version);
-        }
-        Payload::RecordSet(anchors) => {
+        Payload::RecordAnchor(_) | Payload::RecordSet(_) => {
             // Each version is checked against the state the ones before it leave; the first
             // refusal refuses the set, and `apply` then keeps none of its writes.
-            for anchor in anchors {
+            for anchor in tx.body.payload.record_anchors() {
                 let so_far = Layered {
                     base: view,
                     delta: &*delta,

@@ -6,8 +6,9 @@ pub const TRANSACTION_SIZE_BYTES_MAX: usize = 4 * 1024;
 /// Largest payload carried by one transaction (a full access log is the largest).
 pub const PAYLOAD_SIZE_BYTES_MAX: usize = 3584;
 
-/// Longest client assertion (JWT) an `OpenSession` carries.
-pub const SESSION_ASSERTION_BYTES_MAX: usize = 1024;
+/// Longest client assertion (JWT) an `OpenSession` carries: the one limit the token
+/// endpoint and every validator check assertions against.
+pub const SESSION_ASSERTION_BYTES_MAX: usize = ehrchain_crypto::jwt::ASSERTION_BYTES_MAX;
 
 /// Most transactions one block may carry.
 pub const BLOCK_TRANSACTIONS_MAX: usize = 16_384;

@@ -125,11 +125,11 @@ pub enum Payload {
 /// Most versions one `RecordSet` writes (the set must fit one transaction).
 pub const RECORD_SET_MAX: usize = 40;
 
-/// Longest JWK a `RegisterClientKey` carries (an RSA-4096 public key is about 800 bytes).
-pub const CLIENT_JWK_BYTES_MAX: usize = 2_048;
+/// Longest JWK a `RegisterClientKey` carries: the limit validators parse it with.
+pub const CLIENT_JWK_BYTES_MAX: usize = ehrchain_crypto::jwk::JWK_BYTES_MAX;
 
 /// Longest `kid` of a client key.
-pub const CLIENT_KID_BYTES_MAX: usize = 64;
+pub const CLIENT_KID_BYTES_MAX: usize = ehrchain_crypto::jwk::KID_BYTES_MAX;
 
 /// A governance proposal id, chosen by the proposer (random).
 pub type ProposalId = [u8; 16];
@@ -1042,6 +1042,33 @@ mod tests {
                 assert!(Transaction::decode(&tx.bytes()[..cut]).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_session_carries_any_assertion_the_token_endpoint_accepts() {
+        // An RS384 assertion under an RSA-4096 key is over 1 KiB: the chain's limit is the
+        // token endpoint's, so what logs in there also opens its session on chain.
+        let key = key(4);
+        let open = |len: usize| {
+            TransactionBody {
+                chain_id: 1,
+                signer: key.public_key(),
+                nonce: 0,
+                payload: Payload::OpenSession {
+                    identity: key.public_key(),
+                    gateway: key.public_key(),
+                    assertion: vec![b'a'; len],
+                },
+            }
+            .sign(&key)
+        };
+        let longest = open(ehrchain_crypto::jwt::ASSERTION_BYTES_MAX);
+        assert_eq!(Transaction::decode(longest.bytes()).unwrap(), longest);
+        let over = open(ehrchain_crypto::jwt::ASSERTION_BYTES_MAX + 1);
+        assert_eq!(
+            Transaction::decode(over.bytes()),
+            Err(Error::OutOfRange("session assertion length"))
+        );
     }
 
     #[test]

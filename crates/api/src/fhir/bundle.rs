@@ -384,22 +384,20 @@ pub(super) async fn bundle<B: Blob>(
             anchors.push(plan.content_free_anchor(ehrchain_types::TOMBSTONE_HASH));
             continue;
         }
-        let sealed = match readers(&state, &token.identity, &plan.patient, plan.kind.code()) {
-            Ok(readers) => {
-                seal_version(
-                    &state,
-                    &readers,
-                    plan.kind,
-                    plan.patient,
-                    plan.record,
-                    plan.version,
-                    &plan.json,
-                )
-                .await
-            }
-            Err(error) => Err(error),
+        let sealed = async {
+            let readers = readers(&state, &token.identity, &plan.patient, plan.kind.code())?;
+            seal_version(
+                &state,
+                &readers,
+                plan.kind,
+                plan.patient,
+                plan.record,
+                plan.version,
+                &plan.json,
+            )
+            .await
         };
-        match sealed {
+        match sealed.await {
             Ok((anchor, hash)) => {
                 anchors.push(anchor);
                 staged.push(hash);
