@@ -25,6 +25,10 @@ pub struct Gateway {
     pub institution: Option<Arc<ehrchain_chain::account::Account>>,
     pub(crate) tokens: Mutex<HashMap<String, Arc<Token>>>,
     pub(crate) jtis: Mutex<HashMap<String, u64>>,
+    /// SMART App Launch requests, codes and refresh tokens in flight.
+    pub smart: crate::smart::Smart,
+    /// The client library built for the browser (`crates/wasm`), served to the login page.
+    pub client_wasm: Option<axum::body::Bytes>,
     /// Custodial keys already read and parsed, by file, with the file's modification time.
     custody_keys: Mutex<HashMap<PathBuf, (SystemTime, ehrchain_crypto::EncryptionKey)>>,
     /// The journal of reads this gateway decided and served, on their way to the chain.
@@ -90,6 +94,8 @@ impl Gateway {
                 .map(|key| Arc::new(ehrchain_chain::account::Account::new(key))),
             tokens: Mutex::default(),
             jtis: Mutex::default(),
+            smart: crate::smart::Smart::default(),
+            client_wasm: None,
             custody_keys: Mutex::default(),
             access_log: None,
             metrics: GatewayMetrics::detached(),
@@ -120,6 +126,44 @@ impl Gateway {
 
     pub fn token_url(&self) -> String {
         format!("{}/auth/token", self.public_url)
+    }
+
+    /// Serve `wasm` (the `ehrchain-wasm` module) to the login page, for self-held keys.
+    pub fn with_client_wasm(mut self, wasm: Vec<u8>) -> Self {
+        self.client_wasm = Some(wasm.into());
+        self
+    }
+
+    /// The URL people's browsers reach this node at: the public URL, with a loopback IP
+    /// address named `localhost` (WebAuthn relying-party ids are domain names, not IPs).
+    pub fn browser_url(&self) -> String {
+        for ip in ["127.0.0.1", "[::1]"] {
+            for scheme in ["https://", "http://"] {
+                if let Some(rest) = self.public_url.strip_prefix(&format!("{scheme}{ip}")) {
+                    return format!("{scheme}localhost{rest}");
+                }
+            }
+        }
+        self.public_url.clone()
+    }
+
+    /// The WebAuthn relying-party id: the host of [`Self::browser_url`].
+    pub fn rp_id(&self) -> String {
+        let url = self.browser_url();
+        let host = url.split_once("://").map_or(url.as_str(), |(_, h)| h);
+        let host = host.split(['/', '?']).next().unwrap_or(host);
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_string(),
+            _ => host.to_string(),
+        }
+    }
+
+    /// The FHIR base URLs an authorization request's `aud` may name.
+    pub fn fhir_urls(&self) -> Vec<String> {
+        vec![
+            format!("{}/fhir", self.public_url),
+            format!("{}/fhir", self.browser_url()),
+        ]
     }
 }
 
@@ -183,7 +227,7 @@ impl Gateway {
     }
 }
 
-fn read_hex32(path: PathBuf) -> Option<[u8; 32]> {
+pub(crate) fn read_hex32(path: PathBuf) -> Option<[u8; 32]> {
     let text = std::fs::read_to_string(path).ok()?;
     hex::decode(text.trim()).ok()?.try_into().ok()
 }

@@ -11,10 +11,12 @@ pub mod error;
 pub mod fhir;
 pub mod gateway;
 pub mod login;
+pub mod passkey;
 pub mod records;
 pub mod scopes;
 pub mod serve;
 pub mod session;
+pub mod smart;
 pub mod submit;
 
 use axum::{
@@ -83,6 +85,11 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/metrics", get(metrics::<B>))
         .merge(protected)
         .merge(fhir::routes::<B>(state.clone()))
+        .merge(smart::routes::<B>().layer(DefaultBodyLimit::max(64 * 1024)))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            smart::cors::<B>,
+        ))
         .with_state(state)
 }
 
@@ -203,6 +210,21 @@ fn payload_json(payload: &Payload) -> Value {
         Payload::RemoveClientKey { kid } => json!({
             "kind": "remove_client_key",
             "kid": kid,
+        }),
+        Payload::RegisterApp(app) => json!({
+            "kind": "register_app",
+            "client_id": app.client_id,
+            "name": app.name,
+            "redirect_uris": app.redirect_uris,
+            "jwk": app.jwk.as_deref().map(|jwk| serde_json::from_slice::<Value>(jwk).unwrap_or(Value::Null)),
+        }),
+        Payload::RemoveApp { client_id } => json!({
+            "kind": "remove_app",
+            "client_id": client_id,
+        }),
+        Payload::CloseSession { session } => json!({
+            "kind": "close_session",
+            "session": session.to_string(),
         }),
         Payload::ErasePatient { patient } => json!({
             "kind": "erase_patient",

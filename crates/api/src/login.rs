@@ -19,25 +19,31 @@ use commonware_cryptography::Signer as _;
 use commonware_runtime::Blob;
 use ehrchain_chain::SubmitError;
 use ehrchain_crypto::jwt;
-use ehrchain_types::{Payload, TransactionBody};
+use ehrchain_types::{Payload, PrivateKey, PublicKey, TransactionBody};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-fn invalid_client(why: impl Into<String>) -> ApiError {
+pub(crate) fn invalid_client(why: impl Into<String>) -> ApiError {
     ApiError::oauth(StatusCode::UNAUTHORIZED, "invalid_client", why.into())
 }
 
+/// The form of a token request, every grant's fields (unknown ones are ignored).
 #[derive(serde::Deserialize)]
-struct TokenRequest {
-    grant_type: Option<String>,
-    client_assertion_type: Option<String>,
-    client_assertion: Option<String>,
-    scope: Option<String>,
+pub(crate) struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
+    pub scope: Option<String>,
+    pub client_id: Option<String>,
+    pub code: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub code_verifier: Option<String>,
+    pub refresh_token: Option<String>,
 }
 
-const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// `POST /auth/token`: exchange a signed client assertion for a bearer token.
 pub async fn token<B: Blob>(
@@ -64,12 +70,18 @@ async fn issue_token<B: Blob>(
             "expected an application/x-www-form-urlencoded body",
         )
     })?;
-    if request.grant_type.as_deref() != Some("client_credentials") {
-        return Err(ApiError::oauth(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "grant_type must be client_credentials",
-        ));
+    match request.grant_type.as_deref() {
+        Some("client_credentials") => {}
+        Some("authorization_code" | "refresh_token") => {
+            return crate::smart::token_grant(state, request).await;
+        }
+        _ => {
+            return Err(ApiError::oauth(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be client_credentials, authorization_code or refresh_token",
+            ));
+        }
     }
     if request.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
         return Err(ApiError::oauth(
@@ -85,48 +97,83 @@ async fn issue_token<B: Blob>(
             "client_assertion is missing",
         )
     })?;
-    let claims = jwt::parse(&assertion)
+    let (identity, _claims, role) = check_assertion(state, &assertion)?;
+    let speaks_for_patient = matches!(
+        role,
+        ehrchain_contracts::facts::Role::Patient { .. }
+            | ehrchain_contracts::facts::Role::Guardian { .. }
+    );
+    let scopes = Scopes::parse(request.scope.as_deref(), speaks_for_patient)
+        .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
+    let key = open_session(state, &identity, assertion).await?;
+    let access_token = crate::session::store_token(
+        state,
+        Token {
+            identity,
+            scopes: scopes.clone(),
+            key,
+            nonce: Arc::new(tokio::sync::Mutex::new(1)),
+            expires: Instant::now() + TOKEN_LIFETIME - Duration::from_secs(30),
+            app: None,
+        },
+    )?;
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(serde_json::json!({
+            "access_token": access_token,
+            "token_type": "bearer",
+            "expires_in": TOKEN_LIFETIME.as_secs() - 30,
+            "scope": scopes.text(),
+        })),
+    )
+        .into_response())
+}
+
+/// Check a person's client assertion as every validator will (signature by the identity's
+/// key or a client key it registered, `aud` this token endpoint, `exp` at most 5 minutes
+/// ahead, `iat`/`nbf` not in the future, `jti` not seen here): the identity, the claims
+/// and its role. Errors are OAuth `invalid_client`.
+pub(crate) fn check_assertion<B: Blob>(
+    state: &ApiState<B>,
+    assertion: &str,
+) -> Result<(PublicKey, jwt::Claims, ehrchain_contracts::facts::Role), ApiError> {
+    let claims = jwt::parse(assertion)
         .map_err(|e| invalid_client(e.to_string()))?
         .claims;
     let identity = ehrchain_types::public_key_from_hex(&claims.sub)
         .ok_or_else(|| invalid_client("sub must be an identity id (64 hex characters)"))?;
-    let (known, retired, speaks_for_patient, client_keys) = state.chain.read(|s| {
+    let (role, retired, client_keys) = state.chain.read(|s| {
         use ehrchain_contracts::state::Reader;
-        let role = s.identity(&identity).map(|i| i.role);
         (
-            role.is_some(),
+            s.identity(&identity).map(|i| i.role),
             s.retired(&identity).is_some(),
-            matches!(
-                role,
-                Some(
-                    ehrchain_contracts::facts::Role::Patient { .. }
-                        | ehrchain_contracts::facts::Role::Guardian { .. }
-                )
-            ),
             s.client_keys(&identity),
         )
     });
-    if !known {
-        return Err(invalid_client("unknown identity"));
-    }
+    let role = role.ok_or_else(|| invalid_client("unknown identity"))?;
     if retired {
         return Err(invalid_client(
             "this key is no longer accepted: it was rotated away or removed",
         ));
     }
-    let scopes = Scopes::parse(request.scope.as_deref(), speaks_for_patient)
-        .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
     let key: [u8; 32] = identity.as_ref().try_into().expect("32-byte key");
     let claims =
-        jwt::verify(&assertion, &key, &client_keys).map_err(|e| invalid_client(e.to_string()))?;
+        jwt::verify(assertion, &key, &client_keys).map_err(|e| invalid_client(e.to_string()))?;
     if claims.aud != state.gateway.token_url() {
         return Err(invalid_client(format!(
             "aud must be this token endpoint, {}",
             state.gateway.token_url()
         )));
     }
+    check_times(claims.exp, claims.iat, claims.nbf)?;
+    remember_jti(state, &format!("{}:{}", claims.sub, claims.jti), claims.exp)?;
+    Ok((identity, claims, role))
+}
+
+/// An assertion's `exp` within 5 minutes from now, `iat` and `nbf` not in the future.
+pub(crate) fn check_times(exp: u64, iat: Option<u64>, nbf: Option<u64>) -> Result<(), ApiError> {
     let now = now_ms();
-    let exp_ms = claims.exp.saturating_mul(1000);
+    let exp_ms = exp.saturating_mul(1000);
     if exp_ms <= now {
         return Err(invalid_client("the assertion has expired"));
     }
@@ -135,29 +182,46 @@ async fn issue_token<B: Blob>(
     }
     // An assertion from the future is not valid yet (RFC 7523 §3: nbf; iat is the issuer's
     // clock): a little skew is allowed, an hour is not.
-    for (name, at) in [("iat", claims.iat), ("nbf", claims.nbf)] {
+    for (name, at) in [("iat", iat), ("nbf", nbf)] {
         if let Some(at) = at
             && at.saturating_mul(1000) > now + CLOCK_SKEW.as_millis() as u64
         {
             return Err(invalid_client(format!("{name} is in the future")));
         }
     }
-    {
-        let mut jtis = state.gateway.jtis.lock().expect("jti lock");
-        jtis.retain(|_, exp| *exp > now);
-        let id = format!("{}:{}", claims.sub, claims.jti);
-        if jtis.contains_key(&id) {
-            return Err(invalid_client("this assertion (jti) was already used"));
-        }
-        if jtis.len() >= JTIS_MAX {
-            return Err(ApiError::oauth(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "too many logins; retry shortly",
-            ));
-        }
-        jtis.insert(id, exp_ms);
+    Ok(())
+}
+
+/// Remember an assertion id until its `exp`; refused if it was seen (a replay).
+pub(crate) fn remember_jti<B: Blob>(
+    state: &ApiState<B>,
+    id: &str,
+    exp: u64,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    let mut jtis = state.gateway.jtis.lock().expect("jti lock");
+    jtis.retain(|_, exp| *exp > now);
+    if jtis.contains_key(id) {
+        return Err(invalid_client("this assertion (jti) was already used"));
     }
+    if jtis.len() >= JTIS_MAX {
+        return Err(ApiError::oauth(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "too many logins; retry shortly",
+        ));
+    }
+    jtis.insert(id.to_string(), exp.saturating_mul(1000));
+    Ok(())
+}
+
+/// Commit an `OpenSession` for `identity` carrying `assertion`, signed by a fresh session
+/// key this node keeps: the key, once every validator accepted the session.
+pub(crate) async fn open_session<B: Blob>(
+    state: &ApiState<B>,
+    identity: &PublicKey,
+    assertion: String,
+) -> Result<PrivateKey, ApiError> {
     let gateway = state
         .gateway
         .institution
@@ -199,39 +263,7 @@ async fn issue_token<B: Blob>(
             invalid_client(e.diagnostics().to_string())
         }
     })?;
-    let access_token = hex::encode(random_bytes::<32>());
-    {
-        let mut tokens = state.gateway.tokens.lock().expect("token lock");
-        let now = Instant::now();
-        tokens.retain(|_, t| t.expires > now);
-        if tokens.len() >= TOKENS_MAX {
-            return Err(ApiError::oauth(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "too many live tokens; retry shortly",
-            ));
-        }
-        tokens.insert(
-            access_token.clone(),
-            Arc::new(Token {
-                identity,
-                scopes: scopes.clone(),
-                key: session,
-                nonce: tokio::sync::Mutex::new(1),
-                expires: now + TOKEN_LIFETIME - Duration::from_secs(30),
-            }),
-        );
-    }
-    Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(serde_json::json!({
-            "access_token": access_token,
-            "token_type": "bearer",
-            "expires_in": TOKEN_LIFETIME.as_secs() - 30,
-            "scope": scopes.text(),
-        })),
-    )
-        .into_response())
+    Ok(session)
 }
 
 /// The OAuth answer when a login's `OpenSession` is not admitted: a busy node is not a bad

@@ -29,8 +29,12 @@ pub struct Token {
     /// What the token may do on top of what the chain lets `identity` do.
     pub scopes: crate::scopes::Scopes,
     pub(crate) key: PrivateKey,
-    pub(crate) nonce: tokio::sync::Mutex<u64>,
+    /// The session key's next nonce, shared by every token of the session (a refreshed
+    /// token signs with the same key).
+    pub(crate) nonce: Arc<tokio::sync::Mutex<u64>>,
     pub(crate) expires: Instant,
+    /// The SMART app the token was issued to (`None`: a Backend Services login).
+    pub app: Option<String>,
 }
 
 impl Token {
@@ -41,8 +45,9 @@ impl Token {
             identity,
             scopes: crate::scopes::Scopes::parse(None, false).expect("the default scope parses"),
             key,
-            nonce: tokio::sync::Mutex::new(0),
+            nonce: Arc::new(tokio::sync::Mutex::new(0)),
             expires: Instant::now() + TOKEN_LIFETIME,
+            app: None,
         }
     }
 
@@ -63,9 +68,59 @@ pub fn caller<B: Blob>(state: &ApiState<B>, headers: &HeaderMap) -> Result<Arc<T
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-    let tokens = state.gateway.tokens.lock().expect("token lock");
-    match tokens.get(token.trim()) {
-        Some(t) if t.expires > Instant::now() => Ok(t.clone()),
-        _ => Err(unauthorized("the token is unknown or has expired")),
+    let token = {
+        let tokens = state.gateway.tokens.lock().expect("token lock");
+        match tokens.get(token.trim()) {
+            Some(t) if t.expires > Instant::now() => t.clone(),
+            _ => return Err(unauthorized("the token is unknown or has expired")),
+        }
+    };
+    // The on-chain session decides too: closed (revoked), its app removed, its identity
+    // rotated away or removed, and the token stops at once, not at its expiry.
+    if !session_live(state, &token.session()) {
+        return Err(unauthorized(
+            "the session of this token has ended; log in again",
+        ));
     }
+    Ok(token)
+}
+
+/// Whether the on-chain session of `key` may still sign, as of this node's final state.
+pub fn session_live<B: Blob>(state: &ApiState<B>, key: &PublicKey) -> bool {
+    state.chain.read(|s| {
+        use ehrchain_contracts::state::Reader;
+        s.session(key).is_some_and(|session| {
+            session.expires_ms > s.time_ms()
+                && s.identity(&session.identity).is_some()
+                && s.retired(&session.identity).is_none()
+                && session
+                    .app
+                    .as_deref()
+                    .is_none_or(|app| s.app(app).is_some())
+        })
+    })
+}
+
+/// Store a new access token for `token`, answering its text; 503 when the node holds
+/// [`TOKENS_MAX`] live ones.
+pub(crate) fn store_token<B: Blob>(state: &ApiState<B>, token: Token) -> Result<String, ApiError> {
+    let access_token = hex::encode(crate::ambient::random_bytes::<32>());
+    let mut tokens = state.gateway.tokens.lock().expect("token lock");
+    let now = Instant::now();
+    tokens.retain(|_, t| t.expires > now);
+    if tokens.len() >= TOKENS_MAX {
+        return Err(ApiError::oauth(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "too many live tokens; retry shortly",
+        ));
+    }
+    tokens.insert(access_token.clone(), Arc::new(token));
+    Ok(access_token)
+}
+
+/// Forget every access token of the session `key` at this node.
+pub(crate) fn drop_session_tokens<B: Blob>(state: &ApiState<B>, key: &PublicKey) {
+    let mut tokens = state.gateway.tokens.lock().expect("token lock");
+    tokens.retain(|_, t| &t.session() != key);
 }

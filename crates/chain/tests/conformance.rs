@@ -268,8 +268,28 @@ fn delta() -> Delta {
             identity: public(12),
             expires_ms: 1_700_000_900_000,
             gateway: public(1),
+            app: None,
         },
     );
+    delta.sessions.insert(
+        public(31),
+        SessionEntry {
+            identity: public(12),
+            expires_ms: 1_700_043_200_000,
+            gateway: public(1),
+            app: Some("chart-app".into()),
+        },
+    );
+    delta.apps.insert(
+        "chart-app".into(),
+        Some(ehrchain_contracts::facts::AppEntry {
+            institution: public(1),
+            name: "Chart App".into(),
+            redirect_uris: vec!["http://localhost:9000/redirect".into()],
+            jwk: None,
+        }),
+    );
+    delta.apps.insert("retired-app".into(), None);
     delta.assertions.insert(digest("assertion"), public(30));
     delta.access_logs.insert(public(1), 12);
     delta.client_keys.insert(

@@ -265,6 +265,7 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         "api": apis[0],
         "private_key": base64url(&auditor_seed),
     }));
+    prepare_smart(dir, apis, &identities)?;
     // It holds private keys: owner-only, like every key file.
     use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let mut file = std::fs::OpenOptions::new()
@@ -276,6 +277,61 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
     file.write_all(serde_json::to_string_pretty(&serde_json::json!(identities))?.as_bytes())?;
     file.sync_all()?;
     Ok(written)
+}
+
+/// The demo SMART app `ehrchain dev` registers: a public app served on loopback
+/// (`tests/smart/serve.mjs`), at both names of the loopback host.
+pub const DEMO_APP: &str = "ehrchain-demo";
+/// Where the demo app is served.
+pub const DEMO_APP_PORT: u16 = 8765;
+
+/// SMART App Launch for the demo: register the demo app (by the first institution) and
+/// write a passkey enrolment code for the first custodial patient to `passkey-enrolment.json`.
+fn prepare_smart(dir: &Path, apis: &[String], identities: &[serde_json::Value]) -> Result<()> {
+    use crate::records::Session;
+    let institution = crate::records::load_signer(&dir.join("node-0/validator.key"))?;
+    crate::client::use_seed(&apis[0], &institution.seed);
+    let session = Session::open(crate::client::Http::AS_CURRENT, &apis[0])?;
+    let redirect_uris = ["127.0.0.1", "localhost"]
+        .iter()
+        .map(|host| format!("http://{host}:{DEMO_APP_PORT}/"))
+        .collect();
+    let register = session.sign(
+        &institution,
+        ehrchain_types::Payload::RegisterApp(ehrchain_types::AppRegistration {
+            client_id: DEMO_APP.into(),
+            name: "ehrchain demo app".into(),
+            redirect_uris,
+            jwk: None,
+        }),
+    )?;
+    session.submit_and_wait(&register)?;
+    let patient = identities
+        .iter()
+        .find(|i| i["role"] == "patient" && i["api"] == apis[0].as_str())
+        .context("the demo has a patient at node-0")?;
+    let identity = ehrchain_types::public_key_from_hex(patient["id"].as_str().unwrap_or_default())
+        .context("a patient id")?;
+    let code = ehrchain_api::passkey::write_enrolment_code(
+        &custody_dir(dir, 0)?,
+        &identity,
+        ehrchain_api::ambient::now_ms(),
+        ehrchain_api::passkey::ENROLMENT_CODE_LIFETIME,
+    )?;
+    let browser = ehrchain_api::gateway::Gateway::new(apis[0].clone(), None).browser_url();
+    let enrolment = serde_json::json!({
+        "code": code,
+        "identity": identity.to_string(),
+        "patient": patient["patient"],
+        "enrol_url": format!("{browser}/auth/enrol"),
+        "fhir": format!("{browser}/fhir"),
+        "app": {"client_id": DEMO_APP, "url": format!("http://127.0.0.1:{DEMO_APP_PORT}/")},
+    });
+    crate::config::write_secret(
+        &dir.join("passkey-enrolment.json"),
+        serde_json::to_string_pretty(&enrolment)?.as_bytes(),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! thin `main` over it; the benchmarks (`crates/bench`) reuse its network set-up.
 
 pub mod access;
+pub mod apps;
 pub mod backup;
 pub mod client;
 pub mod config;

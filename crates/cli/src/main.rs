@@ -7,7 +7,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ehrchain_cli::{access, backup, client, config, dev, network, node, records, tls, verify};
+use ehrchain_cli::{
+    access, apps, backup, client, config, dev, network, node, records, tls, verify,
+};
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
@@ -151,6 +153,16 @@ enum Command {
     Governance {
         #[command(subcommand)]
         command: access::GovernanceCommand,
+    },
+    /// SMART apps an institution registers on chain.
+    App {
+        #[command(subcommand)]
+        command: apps::AppCommand,
+    },
+    /// Passkeys: one-time enrolment codes for the people this node holds keys for.
+    Passkey {
+        #[command(subcommand)]
+        command: apps::PasskeyCommand,
     },
 }
 
@@ -352,6 +364,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Auth { command } => return client::auth(command),
         Command::Fhir { command } => return client::fhir(command),
         Command::Governance { command } => return access::governance(command),
+        Command::App { command } => apps::app(command)?,
+        Command::Passkey { command } => apps::passkey(command)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -283,6 +283,15 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
                 std::process::exit(1);
             }
         };
+        let gateway = match client_wasm() {
+            Some(wasm) => gateway.with_client_wasm(wasm),
+            None => {
+                tracing::warn!(
+                    "no client library for browsers (ehrchain_wasm.wasm): the login page offers passkeys only; build it with `cargo build -p ehrchain-wasm --target wasm32-unknown-unknown --profile wasm` or set EHRCHAIN_CLIENT_WASM"
+                );
+                gateway
+            }
+        };
         let state = Arc::new(ApiState {
             chain,
             genesis,
@@ -363,4 +372,30 @@ async fn reload_on_sighup(tls: Arc<ehrchain_api::serve::Tls>) {
             }
         }
     }
+}
+
+/// Largest client library module a node serves.
+const CLIENT_WASM_BYTES_MAX: u64 = 8 * 1024 * 1024;
+
+/// The browser's client library (`crates/wasm`): `EHRCHAIN_CLIENT_WASM`, else beside the
+/// `ehrchain` binary, else where cargo builds it next to that binary's target directory.
+fn client_wasm() -> Option<Vec<u8>> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let candidates = std::env::var_os("EHRCHAIN_CLIENT_WASM")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([
+            dir.join("ehrchain_wasm.wasm"),
+            dir.join("../wasm32-unknown-unknown/wasm/ehrchain_wasm.wasm"),
+        ]);
+    for path in candidates {
+        if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= CLIENT_WASM_BYTES_MAX)
+            && let Ok(bytes) = std::fs::read(&path)
+        {
+            tracing::info!(path = %path.display(), "serving the client library to browsers");
+            return Some(bytes);
+        }
+    }
+    None
 }

@@ -246,6 +246,8 @@ fn limits_hold_against_floods_and_careless_clients() {
                 jti: hex::encode(sha256(&[&iat.unwrap_or(0).to_be_bytes()])),
                 iat,
                 nbf,
+                client_id: None,
+                scope: None,
             },
         );
         let mut response = agent()

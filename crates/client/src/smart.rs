@@ -21,8 +21,61 @@ pub fn client_assertion(seed: &[u8; 32], token_url: &str, now_s: u64) -> Result<
             jti: hex::encode(crate::random16()?),
             iat: Some(now_s),
             nbf: None,
+            client_id: None,
+            scope: None,
         },
     ))
+}
+
+/// Sign the login of a person to a SMART app (SMART App Launch, a self-held key): the
+/// assertion answers the node's `challenge` (its `jti`), names the app and the scopes the
+/// person approved, and is addressed to `token_url`. The node commits it as the person's
+/// on-chain session, so the trail names them and the app.
+pub fn app_login_assertion(
+    seed: &[u8; 32],
+    token_url: &str,
+    challenge: &str,
+    client_id: &str,
+    scope: &str,
+    now_s: u64,
+) -> String {
+    let id = hex::encode(ehrchain_crypto::jwt::public_key(seed));
+    ehrchain_crypto::jwt::sign(
+        seed,
+        &ehrchain_crypto::jwt::Claims {
+            iss: id.clone(),
+            sub: id,
+            aud: token_url.to_string(),
+            exp: now_s + ASSERTION_LIFETIME_S,
+            jti: challenge.to_string(),
+            iat: Some(now_s),
+            nbf: None,
+            client_id: Some(client_id.to_string()),
+            scope: Some(scope.to_string()),
+        },
+    )
+}
+
+/// The identity id of a seed: the lowercase hex of its Ed25519 public key.
+pub fn identity_of_seed(seed: &[u8; 32]) -> String {
+    hex::encode(ehrchain_crypto::jwt::public_key(seed))
+}
+
+/// The seed in a key file's text: 64 hex characters (`ehrchain` key files) or 43 base64url
+/// ones (`identities.json`'s `private_key`), surrounding whitespace ignored.
+pub fn seed_from_key_text(text: &str) -> Result<[u8; 32], Error> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 {
+        hex::decode(text).ok()
+    } else {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+    };
+    bytes
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| Error::Protocol("a key file holds 32 bytes as hex or base64url".into()))
 }
 
 /// The form fields of the token request that carries `assertion`.

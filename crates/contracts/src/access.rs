@@ -313,6 +313,9 @@ pub(crate) fn record_denial(
         | P::RotateKey { .. }
         | P::RegisterClientKey { .. }
         | P::RemoveClientKey { .. }
+        | P::RegisterApp(_)
+        | P::RemoveApp { .. }
+        | P::CloseSession { .. }
         | P::Propose { .. }
         | P::Vote { .. } => Vec::new(),
         P::Anchor { .. } | P::Access { .. } | P::OpenSession { .. } => return false,
@@ -526,6 +529,10 @@ pub fn may_write_record(
 
 /// How long a gateway session lasts, from the block that opens it (block time).
 pub const SESSION_MS: u64 = 15 * 60 * 1000;
+
+/// How long a session lasts when the person approved `offline_access` for a SMART app: the
+/// app's refresh tokens work until then (or until the session is closed).
+pub const OFFLINE_SESSION_MS: u64 = 12 * 60 * 60 * 1000;
 /// How far past block time a client assertion may expire (SMART: at most 5 minutes after it
 /// was made; the rest is room for clock skew and the time to commit).
 pub const ASSERTION_AHEAD_MS: u64 = 10 * 60 * 1000;
@@ -550,6 +557,15 @@ pub(crate) fn actor(
     if view.retired(&session.identity).is_some() || view.identity(&session.identity).is_none() {
         return Err(Rejection::RetiredKey);
     }
+    if session
+        .app
+        .as_deref()
+        .is_some_and(|app| view.app(app).is_none())
+    {
+        return Err(Rejection::Unauthorized(
+            "the app this session was opened for has been removed",
+        ));
+    }
     match payload {
         P::RecordAnchor(_)
         | P::RecordSet(_)
@@ -559,7 +575,8 @@ pub(crate) fn actor(
         | P::BreakGlass { .. }
         | P::ErasePatient { .. }
         | P::AppointGuardian { .. }
-        | P::TrailQuery { .. } => Ok(session.identity),
+        | P::TrailQuery { .. }
+        | P::CloseSession { .. } => Ok(session.identity),
         _ => Err(Rejection::Unauthorized(
             "a gateway session may not carry this operation",
         )),
@@ -622,13 +639,32 @@ pub(crate) fn open_session(
             "this client assertion was already used",
         ));
     }
+    // A login to a SMART app names a registered app; with `offline_access` approved the
+    // session lasts long enough for the app's refresh tokens.
+    let lasts_ms = match &claims.client_id {
+        Some(app) if view.app(app).is_none() => {
+            return Err(Rejection::Unauthorized(
+                "the client assertion names an app no institution registered",
+            ));
+        }
+        Some(_)
+            if claims
+                .scope
+                .as_deref()
+                .is_some_and(|s| s.split_ascii_whitespace().any(|s| s == "offline_access")) =>
+        {
+            OFFLINE_SESSION_MS
+        }
+        _ => SESSION_MS,
+    };
     delta.assertions.insert(hash, signer.clone());
     delta.sessions.insert(
         signer.clone(),
         crate::facts::SessionEntry {
             identity: identity.clone(),
-            expires_ms: at.time_ms.saturating_add(SESSION_MS),
+            expires_ms: at.time_ms.saturating_add(lasts_ms),
             gateway: gateway.clone(),
+            app: claims.client_id,
         },
     );
     Ok(())
@@ -1457,12 +1493,14 @@ mod tests {
         TrailQuery,
         WriteSet,
         RegisterClientKey,
+        RegisterApp,
     }
 
     impl Operation {
-        const ALL: [Self; 21] = [
+        const ALL: [Self; 22] = [
             Self::WriteSet,
             Self::RegisterClientKey,
+            Self::RegisterApp,
             Self::Read,
             Self::WriteVersion,
             Self::WriteRecord,
@@ -1516,6 +1554,8 @@ mod tests {
                 Self::Anchor => true,
                 // Any registered identity, for its own assertions.
                 Self::RegisterClientKey => actor != A::Anonymous,
+                // Member institutions, for the apps their people use.
+                Self::RegisterApp => matches!(actor, A::HomeInstitution | A::OtherInstitution),
                 // The trail: its patient (and guardians) and auditors.
                 Self::TrailQuery => matches!(actor, A::OwnPatient | A::Auditor),
             }
@@ -1620,6 +1660,8 @@ mod tests {
                             jti: "matrix".into(),
                             iat: None,
                             nbf: None,
+                            client_id: None,
+                            scope: None,
                         },
                     );
                     // The signer of an OpenSession is the gateway's fresh session key.
@@ -1647,6 +1689,7 @@ mod tests {
                 Self::RegisterClientKey => Payload::RegisterClientKey {
                     jwk: P384_JWK.as_bytes().to_vec(),
                 },
+                Self::RegisterApp => Payload::RegisterApp(chart_app("matrix-app")),
             };
             (signer, payload)
         }
@@ -2329,6 +2372,8 @@ mod tests {
                     jti: jti.into(),
                     iat: None,
                     nbf: None,
+                    client_id: None,
+                    scope: None,
                 },
             )
             .into_bytes()
@@ -2510,6 +2555,8 @@ mod tests {
             jti: jti.into(),
             iat: None,
             nbf: None,
+            client_id: None,
+            scope: None,
         };
         let signed = format!(
             "{}.{}",
@@ -2533,6 +2580,133 @@ mod tests {
             B64.encode(&bytes[49..])
         )
         .into_bytes()
+    }
+
+    /// A public SMART app registration.
+    fn chart_app(client_id: &str) -> ehrchain_types::AppRegistration {
+        ehrchain_types::AppRegistration {
+            client_id: client_id.into(),
+            name: "Chart App".into(),
+            redirect_uris: vec!["http://localhost:9000/redirect".into()],
+            jwk: None,
+        }
+    }
+
+    #[test]
+    fn app_logins_name_the_app_last_as_approved_and_end_when_closed_or_removed() {
+        let mut w = World::new(Rules::default());
+        let login = |w: &World, app: &str, scope: &str, jti: &str| {
+            use commonware_codec::Encode as _;
+            let seed: [u8; 32] = patient_1().encode().as_ref().try_into().unwrap();
+            let id = hex::encode(patient_1().public_key().as_ref());
+            let assertion = ehrchain_crypto::jwt::sign(
+                &seed,
+                &ehrchain_crypto::jwt::Claims {
+                    iss: id.clone(),
+                    sub: id,
+                    aud: "http://node/auth/token".into(),
+                    exp: (w.time_ms + 120_000) / 1000,
+                    jti: jti.into(),
+                    iat: None,
+                    nbf: None,
+                    client_id: Some(app.into()),
+                    scope: Some(scope.into()),
+                },
+            );
+            Payload::OpenSession {
+                identity: patient_1().public_key(),
+                gateway: hospital_a().public_key(),
+                assertion: assertion.into_bytes(),
+            }
+        };
+        // An app nobody registered logs nobody in.
+        assert!(matches!(
+            w.run(&key(800), login(&w, "chart", "patient/*.rs", "a")),
+            Err(Rejection::Unauthorized(
+                "the client assertion names an app no institution registered"
+            ))
+        ));
+        // Only institutions register apps; another institution cannot take over a client_id.
+        // (A refusal to a registered identity is recorded, with nothing applied.)
+        let _ = w.run(&clinician_a(), Payload::RegisterApp(chart_app("chart")));
+        assert!(w.state.app("chart").is_none());
+        w.ok(&hospital_a(), Payload::RegisterApp(chart_app("chart")));
+        let mut taken = chart_app("chart");
+        taken.name = "Look-alike".into();
+        let _ = w.run(&hospital_b(), Payload::RegisterApp(taken));
+        assert_eq!(
+            w.state.app("chart").map(|a| a.name).as_deref(),
+            Some("Chart App")
+        );
+        assert_eq!(
+            w.state.app("chart").map(|a| a.institution),
+            Some(hospital_a().public_key())
+        );
+        // A short session names the app; offline_access makes it last for refresh tokens.
+        w.ok(&key(801), login(&w, "chart", "patient/*.rs", "b"));
+        let short = w.state.session(&key(801).public_key()).unwrap();
+        assert_eq!(short.app.as_deref(), Some("chart"));
+        assert_eq!(short.expires_ms, w.time_ms + SESSION_MS);
+        w.ok(
+            &key(802),
+            login(&w, "chart", "patient/*.rs offline_access", "c"),
+        );
+        let long = w.state.session(&key(802).public_key()).unwrap();
+        assert_eq!(long.expires_ms, w.time_ms + OFFLINE_SESSION_MS);
+        assert_eq!(
+            w.state
+                .sessions_of(&patient_1().public_key())
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect::<std::collections::BTreeSet<_>>(),
+            [key(801).public_key(), key(802).public_key()].into()
+        );
+        let read = Payload::Access {
+            record: R1,
+            purpose: Purpose::Treatment as u8,
+        };
+        w.ok(&key(801), read.clone());
+        // Another identity cannot end the patient's session; the patient's other session can.
+        let _ = w.run(
+            &clinician_a(),
+            Payload::CloseSession {
+                session: key(801).public_key(),
+            },
+        );
+        w.ok(&key(801), read.clone());
+        w.ok(
+            &key(802),
+            Payload::CloseSession {
+                session: key(801).public_key(),
+            },
+        );
+        assert!(matches!(
+            w.run(&key(801), read.clone()),
+            Err(Rejection::Unauthorized(
+                "the session has ended; ask for a new token"
+            ))
+        ));
+        // Removing the app ends its sessions at once; only its institution may remove it.
+        let _ = w.run(
+            &hospital_b(),
+            Payload::RemoveApp {
+                client_id: "chart".into(),
+            },
+        );
+        assert!(w.state.app("chart").is_some());
+        w.ok(
+            &hospital_a(),
+            Payload::RemoveApp {
+                client_id: "chart".into(),
+            },
+        );
+        assert!(matches!(
+            w.run(&key(802), read),
+            Err(Rejection::Unauthorized(
+                "the app this session was opened for has been removed"
+            ))
+        ));
+        assert!(w.state.app("chart").is_none());
     }
 
     #[test]
@@ -2691,6 +2865,8 @@ mod tests {
                 jti: format!("log-{seed}"),
                 iat: None,
                 nbf: None,
+                client_id: None,
+                scope: None,
             },
         );
         let session = key(seed);

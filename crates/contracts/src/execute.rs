@@ -200,6 +200,69 @@ fn apply_payload(
             }
             delta.client_keys.insert(signer.clone(), keys);
         }
+        Payload::RegisterApp(app) => {
+            if view.identity(signer).map(|i| i.role) != Some(crate::facts::Role::Institution) {
+                return Err(Rejection::Unauthorized(
+                    "only a member institution registers apps",
+                ));
+            }
+            if view
+                .app(&app.client_id)
+                .is_some_and(|known| &known.institution != signer)
+            {
+                return Err(Rejection::Unauthorized(
+                    "this client_id is registered by another institution",
+                ));
+            }
+            let jwk = app
+                .jwk
+                .as_deref()
+                .map(ehrchain_crypto::jwk::ClientJwk::parse)
+                .transpose()
+                .map_err(|_| {
+                    Rejection::Malformed("the app key is not a public RS384 or ES384 JWK")
+                })?;
+            delta.apps.insert(
+                app.client_id.clone(),
+                Some(crate::facts::AppEntry {
+                    institution: signer.clone(),
+                    name: app.name.clone(),
+                    redirect_uris: app.redirect_uris.clone(),
+                    jwk,
+                }),
+            );
+        }
+        Payload::RemoveApp { client_id } => {
+            match view.app(client_id) {
+                Some(app) if &app.institution == signer => {}
+                Some(_) => {
+                    return Err(Rejection::Unauthorized(
+                        "only the institution that registered an app removes it",
+                    ));
+                }
+                None => {
+                    return Err(Rejection::Malformed(
+                        "no app is registered under this client_id",
+                    ));
+                }
+            }
+            delta.apps.insert(client_id.clone(), None);
+        }
+        Payload::CloseSession { session } => {
+            let mut entry = view
+                .session(session)
+                .ok_or(Rejection::Malformed("no session has this key"))?;
+            if &entry.identity != signer {
+                return Err(Rejection::Unauthorized(
+                    "a session is ended by its own identity only",
+                ));
+            }
+            if entry.expires_ms <= at.time_ms {
+                return Err(Rejection::Malformed("the session has already ended"));
+            }
+            entry.expires_ms = at.time_ms;
+            delta.sessions.insert(session.clone(), entry);
+        }
         Payload::ErasePatient { patient } => {
             let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
             if &entry.key != signer && &entry.home != signer {
@@ -326,6 +389,7 @@ pub fn apply(
     delta.assertions.extend(writes.assertions);
     delta.access_logs.extend(writes.access_logs);
     delta.client_keys.extend(writes.client_keys);
+    delta.apps.extend(writes.apps);
     delta.time_ms = at.time_ms;
     delta.nonces.insert(tx.body.signer.clone(), expected + 1);
     Ok(())

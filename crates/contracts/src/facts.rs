@@ -159,6 +159,19 @@ pub struct SessionEntry {
     pub expires_ms: u64,
     /// The member institution whose gateway holds the session key.
     pub gateway: PublicKey,
+    /// The SMART app the person logged in to, by `client_id` (none: a Backend Services
+    /// login by the identity's own program).
+    pub app: Option<String>,
+}
+
+/// A SMART app registered by a member institution (`Payload::RegisterApp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppEntry {
+    pub institution: PublicKey,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    /// A confidential app's key; `None` for a public app.
+    pub jwk: Option<ehrchain_crypto::jwk::ClientJwk>,
 }
 
 /// Where an access event sits on the trail: block height, position of its transaction in the

@@ -12,8 +12,8 @@
 
 use crate::consent::{Grant, GrantId};
 use crate::facts::{
-    AccessEvent, AnchorRecord, BreakGlassEntry, EventKey, Finding, Identity, PatientEntry,
-    Proposal, ProposalStatus, RecordVersion, Role, SessionEntry,
+    AccessEvent, AnchorRecord, AppEntry, BreakGlassEntry, EventKey, Finding, Identity,
+    PatientEntry, Proposal, ProposalStatus, RecordVersion, Role, SessionEntry,
 };
 use ehrchain_crypto::jwk::ClientJwk;
 use ehrchain_types::{Digest, PatientId, ProposalId, PublicKey, RecordId, genesis::Rules, sha256};
@@ -53,6 +53,8 @@ pub trait Reader {
     fn access_log_next(&self, institution: &PublicKey) -> u64;
     /// The client keys (JWKs) an identity registered for its assertions, in registration order.
     fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk>;
+    /// The SMART app registered under `client_id`, if any.
+    fn app(&self, client_id: &str) -> Option<AppEntry>;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -85,6 +87,8 @@ pub struct Delta {
     pub access_logs: BTreeMap<PublicKey, u64>,
     /// Each identity's client keys after this block (the whole list, replaced on change).
     pub client_keys: BTreeMap<PublicKey, Vec<ClientJwk>>,
+    /// SMART apps registered (`Some`) or removed (`None`) by `client_id`.
+    pub apps: BTreeMap<String, Option<AppEntry>>,
     /// Block time of the block these writes belong to.
     pub time_ms: u64,
 }
@@ -285,6 +289,50 @@ impl Delta {
                 key.write(&mut bytes);
             }
         }
+        // Rows added with SMART App Launch, written only when present so that the roots of
+        // blocks before it are unchanged; each opens with a tag, and nothing follows them.
+        let app_sessions: Vec<_> = self
+            .sessions
+            .iter()
+            .filter_map(|(key, s)| s.app.as_ref().map(|app| (key, app)))
+            .collect();
+        if !app_sessions.is_empty() {
+            bytes.push(1);
+            bytes.extend_from_slice(&(app_sessions.len() as u64).to_be_bytes());
+            for (key, app) in app_sessions {
+                bytes.extend_from_slice(key.as_ref());
+                bytes.push(app.len() as u8);
+                bytes.extend_from_slice(app.as_bytes());
+            }
+        }
+        if !self.apps.is_empty() {
+            bytes.push(2);
+            bytes.extend_from_slice(&(self.apps.len() as u64).to_be_bytes());
+            for (client_id, app) in &self.apps {
+                bytes.push(client_id.len() as u8);
+                bytes.extend_from_slice(client_id.as_bytes());
+                let Some(app) = app else {
+                    bytes.push(0);
+                    continue;
+                };
+                bytes.push(1);
+                bytes.extend_from_slice(app.institution.as_ref());
+                bytes.push(app.name.len() as u8);
+                bytes.extend_from_slice(app.name.as_bytes());
+                bytes.push(app.redirect_uris.len() as u8);
+                for uri in &app.redirect_uris {
+                    bytes.extend_from_slice(&(uri.len() as u16).to_be_bytes());
+                    bytes.extend_from_slice(uri.as_bytes());
+                }
+                match &app.jwk {
+                    Some(key) => {
+                        bytes.push(1);
+                        key.write(&mut bytes);
+                    }
+                    None => bytes.push(0),
+                }
+            }
+        }
         sha256(&[&bytes])
     }
 }
@@ -447,6 +495,13 @@ impl<R: Reader> Reader for Layered<'_, R> {
             None => self.base.client_keys(identity),
         }
     }
+
+    fn app(&self, client_id: &str) -> Option<AppEntry> {
+        match self.delta.apps.get(client_id) {
+            Some(app) => app.clone(),
+            None => self.base.app(client_id),
+        }
+    }
 }
 
 /// A member count after the admissions and removals of `deltas`.
@@ -514,6 +569,7 @@ pub struct State {
     assertions: BTreeMap<Digest, PublicKey>,
     access_logs: BTreeMap<PublicKey, u64>,
     client_keys: BTreeMap<PublicKey, Vec<ClientJwk>>,
+    apps: BTreeMap<String, AppEntry>,
     rules: Rules,
     /// Block time of the newest committed block.
     time_ms: u64,
@@ -521,6 +577,8 @@ pub struct State {
     patient_records: BTreeMap<(PatientId, RecordId), ()>,
     /// Derived index: the access events of each patient.
     patient_events: BTreeMap<(PatientId, EventKey), ()>,
+    /// Derived index: the sessions of each identity.
+    identity_sessions: BTreeMap<PublicKey, std::collections::BTreeSet<PublicKey>>,
     /// Derived index: record versions by envelope hash.
     version_hashes: BTreeMap<Digest, (RecordId, u32)>,
     /// Derived index: grants by the end of their validity.
@@ -666,7 +724,13 @@ impl State {
             self.events.insert(key, event);
         }
         self.findings.extend(delta.findings);
-        self.sessions.extend(delta.sessions);
+        for (key, session) in delta.sessions {
+            self.identity_sessions
+                .entry(session.identity.clone())
+                .or_default()
+                .insert(key.clone());
+            self.sessions.insert(key, session);
+        }
         self.assertions.extend(delta.assertions);
         self.access_logs.extend(delta.access_logs);
         for (identity, keys) in delta.client_keys {
@@ -676,7 +740,29 @@ impl State {
                 self.client_keys.insert(identity, keys);
             }
         }
+        for (client_id, app) in delta.apps {
+            match app {
+                Some(app) => self.apps.insert(client_id, app),
+                None => self.apps.remove(&client_id),
+            };
+        }
         self.time_ms = self.time_ms.max(delta.time_ms);
+    }
+
+    /// The sessions ever opened for `identity`, by session key (ended ones too: their
+    /// `expires_ms` says when).
+    pub fn sessions_of(&self, identity: &PublicKey) -> Vec<(PublicKey, SessionEntry)> {
+        self.identity_sessions
+            .get(identity)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.sessions.get(key).map(|s| (key.clone(), s.clone())))
+            .collect()
+    }
+
+    /// Every registered SMART app, by `client_id`.
+    pub fn apps(&self) -> impl Iterator<Item = (&String, &AppEntry)> {
+        self.apps.iter()
     }
 
     /// A patient's access trail, oldest first.
@@ -879,6 +965,10 @@ impl Reader for State {
     fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk> {
         self.client_keys.get(identity).cloned().unwrap_or_default()
     }
+
+    fn app(&self, client_id: &str) -> Option<AppEntry> {
+        self.apps.get(client_id).cloned()
+    }
 }
 
 /// A chain of not-yet-finalized deltas over the finalized state, newest first.
@@ -1018,5 +1108,12 @@ impl Reader for Overlay<'_> {
             .iter()
             .find_map(|d| d.client_keys.get(identity).cloned())
             .unwrap_or_else(|| self.base.client_keys(identity))
+    }
+
+    fn app(&self, client_id: &str) -> Option<AppEntry> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.apps.get(client_id).cloned())
+            .unwrap_or_else(|| self.base.app(client_id))
     }
 }

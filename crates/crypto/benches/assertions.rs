@@ -41,6 +41,8 @@ fn main() {
         jti: "bench".into(),
         iat: None,
         nbf: None,
+        client_id: None,
+        scope: None,
     };
     let compact = |header: &str, sign: &dyn Fn(&[u8]) -> Vec<u8>| {
         let signed = format!(

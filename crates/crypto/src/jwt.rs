@@ -74,6 +74,14 @@ pub struct Claims {
     /// Not before, seconds since the Unix epoch (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// The SMART app the person logs in to (SMART App Launch; RFC 9068 §2.2 names the claim):
+    /// the session the assertion opens names it, so the trail shows which app read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The scopes the person approved for that app (`offline_access` among them makes the
+    /// session long enough for refresh tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// Split and decode an assertion without checking its signature: the caller learns whose
@@ -165,9 +173,36 @@ pub fn verify(
     Ok(parsed.claims)
 }
 
+/// Parse an assertion an app signed for itself (`private_key_jwt`: `iss` and `sub` its
+/// `client_id`) and check its signature with the app's registered `key`; a `kid`, when the
+/// header names one, must be that key's.
+pub fn verify_app(assertion: &str, client_id: &str, key: &ClientJwk) -> Result<Claims, JwtError> {
+    let parsed = parse(assertion)?;
+    if parsed.claims.sub != client_id {
+        return Err(JwtError::Subject);
+    }
+    if parsed.alg != key.key.alg() || parsed.kid.as_ref().is_some_and(|kid| kid != &key.kid) {
+        return Err(JwtError::UnknownKey);
+    }
+    if !key.key.verify(parsed.signed, &parsed.signature) {
+        return Err(JwtError::Signature);
+    }
+    Ok(parsed.claims)
+}
+
 /// Sign `claims` with an Ed25519 seed: what a client does to ask for a token.
 pub fn sign(seed: &[u8; 32], claims: &Claims) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+    sign_token(seed, None, claims)
+}
+
+/// Sign any JSON claims with an Ed25519 seed, the header naming `kid` when given: a node's
+/// OpenID Connect ID token, published with its key at the node's JWKS.
+pub fn sign_token(seed: &[u8; 32], kid: Option<&str>, claims: &impl Serialize) -> String {
+    let header = match kid {
+        Some(kid) => serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+        None => serde_json::json!({"alg": "EdDSA", "typ": "JWT"}),
+    };
+    let header = URL_SAFE_NO_PAD.encode(header.to_string());
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
     let signed = format!("{header}.{payload}");
     let signature = SigningKey::from_bytes(seed).sign(signed.as_bytes());
@@ -196,6 +231,8 @@ mod tests {
             jti: "one".into(),
             iat: None,
             nbf: None,
+            client_id: None,
+            scope: None,
         }
     }
 

@@ -16,6 +16,7 @@
 
 pub mod jwk;
 pub mod jwt;
+pub mod webauthn;
 
 use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit,

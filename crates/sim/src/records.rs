@@ -122,6 +122,8 @@ fn open_session(
             jti: format!("sim-{seed}"),
             iat: None,
             nbf: None,
+            client_id: None,
+            scope: None,
         },
     );
     let session = PrivateKey::from_seed(seed);

@@ -16,8 +16,8 @@ pub use block::{Block, BlockHeader};
 pub use error_code::ErrorCode;
 pub use genesis::Genesis;
 pub use transaction::{
-    ConsentGrant, GovernanceAction, GrantId, PatientId, Payload, ProposalId, RecordAnchor,
-    RecordId, TOMBSTONE_HASH, Transaction, TransactionBody,
+    AppRegistration, ConsentGrant, GovernanceAction, GrantId, PatientId, Payload, ProposalId,
+    RecordAnchor, RecordId, TOMBSTONE_HASH, Transaction, TransactionBody,
 };
 
 pub use commonware_cryptography::{

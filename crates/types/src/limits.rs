@@ -58,3 +58,15 @@ const _: () = assert!(crate::block::HEADER_SIZE_BYTES < BLOCK_SIZE_BYTES_MAX);
 
 /// Highest FHIR resource type code (`ehrchain-fhir` numbers its types 1 to this).
 pub const RESOURCE_TYPE_CODE_MAX: u8 = 11;
+const _: () = assert!(
+    // client_id, name, the redirect URIs and the JWK with their length prefixes.
+    1 + crate::transaction::APP_CLIENT_ID_BYTES_MAX
+        + 1
+        + crate::transaction::APP_NAME_BYTES_MAX
+        + 1
+        + crate::transaction::APP_REDIRECT_URIS_MAX
+            * (2 + crate::transaction::APP_REDIRECT_URI_BYTES_MAX)
+        + 2
+        + crate::transaction::CLIENT_JWK_BYTES_MAX
+        <= PAYLOAD_SIZE_BYTES_MAX
+);

@@ -120,6 +120,133 @@ pub enum Payload {
     /// The signer withdraws one of its client keys by `kid`: assertions it signs no longer
     /// open sessions.
     RemoveClientKey { kid: String },
+    /// A member institution registers a SMART app (or replaces its own registration): the
+    /// `client_id` it logs in as, its display name, the redirect URIs an authorization code
+    /// may be sent to (exact match), and for a confidential app the public JWK its
+    /// `private_key_jwt` assertions are signed with (none: a public app, PKCE only). Every
+    /// node then knows the app; an app nobody registered cannot log anyone in.
+    RegisterApp(AppRegistration),
+    /// The institution that registered an app withdraws it: no new logins, and the sessions
+    /// opened through it end.
+    RemoveApp { client_id: String },
+    /// End a gateway session from the next block: signed by the identity, or by one of its
+    /// own sessions (the session itself when an app's token is revoked).
+    CloseSession { session: PublicKey },
+}
+
+/// A SMART app as an institution registers it (`Payload::RegisterApp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppRegistration {
+    /// ASCII graphic characters, at most [`APP_CLIENT_ID_BYTES_MAX`].
+    pub client_id: String,
+    /// Shown on the consent screen: UTF-8 without control characters, at most
+    /// [`APP_NAME_BYTES_MAX`] bytes. An app's name, never a person's data.
+    pub name: String,
+    /// 1 to [`APP_REDIRECT_URIS_MAX`] absolute `http`/`https` URIs without a fragment, each
+    /// at most [`APP_REDIRECT_URI_BYTES_MAX`] bytes.
+    pub redirect_uris: Vec<String>,
+    /// A confidential app's public JWK (RS384 or ES384), at most [`CLIENT_JWK_BYTES_MAX`]
+    /// bytes; `None` for a public app.
+    pub jwk: Option<Vec<u8>>,
+}
+
+/// Longest app `client_id`.
+pub const APP_CLIENT_ID_BYTES_MAX: usize = 64;
+/// Longest app display name.
+pub const APP_NAME_BYTES_MAX: usize = 64;
+/// Most redirect URIs one app registers.
+pub const APP_REDIRECT_URIS_MAX: usize = 4;
+/// Longest redirect URI.
+pub const APP_REDIRECT_URI_BYTES_MAX: usize = 256;
+
+impl AppRegistration {
+    fn write(&self, out: &mut Vec<u8>) {
+        write_short_text(out, &self.client_id);
+        write_short_text(out, &self.name);
+        out.push(self.redirect_uris.len() as u8);
+        for uri in &self.redirect_uris {
+            out.extend_from_slice(&(uri.len() as u16).to_be_bytes());
+            out.extend_from_slice(uri.as_bytes());
+        }
+        match &self.jwk {
+            Some(jwk) => {
+                out.extend_from_slice(&(jwk.len() as u16).to_be_bytes());
+                out.extend_from_slice(jwk);
+            }
+            None => out.extend_from_slice(&0u16.to_be_bytes()),
+        }
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Result<Self, Error> {
+        let client_id = read_short_text(reader, APP_CLIENT_ID_BYTES_MAX, "app client_id")?;
+        if !client_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::OutOfRange("app client_id text"));
+        }
+        let name = read_short_text(reader, APP_NAME_BYTES_MAX, "app name")?;
+        if name.chars().any(char::is_control) {
+            return Err(Error::OutOfRange("app name text"));
+        }
+        let count = reader.u8()? as usize;
+        if count == 0 || count > APP_REDIRECT_URIS_MAX {
+            return Err(Error::OutOfRange("app redirect URI count"));
+        }
+        let mut redirect_uris = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = reader.u16()? as usize;
+            if len == 0 || len > APP_REDIRECT_URI_BYTES_MAX {
+                return Err(Error::OutOfRange("app redirect URI length"));
+            }
+            let uri = std::str::from_utf8(reader.take(len)?)
+                .map_err(|_| Error::OutOfRange("app redirect URI text"))?;
+            if !is_redirect_uri(uri) || redirect_uris.iter().any(|u: &String| u == uri) {
+                return Err(Error::OutOfRange("app redirect URI"));
+            }
+            redirect_uris.push(uri.to_string());
+        }
+        let len = reader.u16()? as usize;
+        if len > CLIENT_JWK_BYTES_MAX {
+            return Err(Error::OutOfRange("app JWK length"));
+        }
+        let jwk = (len > 0)
+            .then(|| reader.take(len).map(<[u8]>::to_vec))
+            .transpose()?;
+        Ok(Self {
+            client_id,
+            name,
+            redirect_uris,
+            jwk,
+        })
+    }
+}
+
+/// Whether `uri` may be registered as a redirect URI: absolute `http` or `https`, a host,
+/// no fragment (RFC 6749 §3.1.2), no whitespace or control characters.
+pub fn is_redirect_uri(uri: &str) -> bool {
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"));
+    rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+        && !uri.contains('#')
+        && uri.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn write_short_text(out: &mut Vec<u8>, text: &str) {
+    out.push(text.len() as u8);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn read_short_text(
+    reader: &mut Reader<'_>,
+    max: usize,
+    what: &'static str,
+) -> Result<String, Error> {
+    let len = reader.u8()? as usize;
+    if len == 0 || len > max {
+        return Err(Error::OutOfRange(what));
+    }
+    std::str::from_utf8(reader.take(len)?)
+        .map(str::to_string)
+        .map_err(|_| Error::OutOfRange(what))
 }
 
 /// Most versions one `RecordSet` writes (the set must fit one transaction).
@@ -333,6 +460,9 @@ impl Payload {
     const KIND_RECORD_SET: u8 = 19;
     const KIND_REGISTER_CLIENT_KEY: u8 = 20;
     const KIND_REMOVE_CLIENT_KEY: u8 = 21;
+    const KIND_REGISTER_APP: u8 = 22;
+    const KIND_REMOVE_APP: u8 = 23;
+    const KIND_CLOSE_SESSION: u8 = 24;
 
     /// The record versions this payload writes: one for a `RecordAnchor`, each of a
     /// `RecordSet`, none otherwise.
@@ -368,6 +498,9 @@ impl Payload {
             Self::RecordSet(_) => Self::KIND_RECORD_SET,
             Self::RegisterClientKey { .. } => Self::KIND_REGISTER_CLIENT_KEY,
             Self::RemoveClientKey { .. } => Self::KIND_REMOVE_CLIENT_KEY,
+            Self::RegisterApp(_) => Self::KIND_REGISTER_APP,
+            Self::RemoveApp { .. } => Self::KIND_REMOVE_APP,
+            Self::CloseSession { .. } => Self::KIND_CLOSE_SESSION,
         }
     }
 
@@ -408,6 +541,9 @@ impl Payload {
                 out.push(kid.len() as u8);
                 out.extend_from_slice(kid.as_bytes());
             }
+            Self::RegisterApp(app) => app.write(out),
+            Self::RemoveApp { client_id } => write_short_text(out, client_id),
+            Self::CloseSession { session } => out.extend_from_slice(session.as_ref()),
             Self::ErasePatient { patient } => out.extend_from_slice(patient),
             Self::Grant(grant) => {
                 out.extend_from_slice(&grant.id);
@@ -547,6 +683,13 @@ impl Payload {
                     kid: kid.to_string(),
                 }
             }
+            Self::KIND_REGISTER_APP => Self::RegisterApp(AppRegistration::read(&mut reader)?),
+            Self::KIND_REMOVE_APP => Self::RemoveApp {
+                client_id: read_short_text(&mut reader, APP_CLIENT_ID_BYTES_MAX, "app client_id")?,
+            },
+            Self::KIND_CLOSE_SESSION => Self::CloseSession {
+                session: reader.public_key()?,
+            },
             Self::KIND_ERASE_PATIENT => Self::ErasePatient {
                 patient: reader.array()?,
             },
@@ -941,6 +1084,26 @@ pub fn examples(key: &PublicKey) -> Vec<Payload> {
             jwk: br#"{"kty":"EC","crv":"P-384","kid":"k1","x":"x","y":"y"}"#.to_vec(),
         },
         Payload::RemoveClientKey { kid: "k1".into() },
+        Payload::RegisterApp(AppRegistration {
+            client_id: "chart-app".into(),
+            name: "Chart App".into(),
+            redirect_uris: vec!["http://localhost:9000/redirect".into()],
+            jwk: None,
+        }),
+        Payload::RegisterApp(AppRegistration {
+            client_id: "x".repeat(APP_CLIENT_ID_BYTES_MAX),
+            name: "é".repeat(APP_NAME_BYTES_MAX / 2),
+            redirect_uris: (0..APP_REDIRECT_URIS_MAX)
+                .map(|i| format!("https://{i}{}", "a".repeat(APP_REDIRECT_URI_BYTES_MAX - 9)))
+                .collect(),
+            jwk: Some(vec![b'{'; CLIENT_JWK_BYTES_MAX]),
+        }),
+        Payload::RemoveApp {
+            client_id: "chart-app".into(),
+        },
+        Payload::CloseSession {
+            session: key.clone(),
+        },
     ]
 }
 

@@ -13,17 +13,36 @@ use std::sync::Arc;
 pub(super) async fn smart_configuration<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
 ) -> Json<Value> {
+    let gateway = &state.gateway;
+    let browser = gateway.browser_url();
     Json(json!({
-        "token_endpoint": state.gateway.token_url(),
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "issuer": format!("{}/fhir", gateway.public_url),
+        "jwks_uri": format!("{}/auth/jwks", gateway.public_url),
+        // The page people log in on: at a name (not a loopback IP), for passkeys.
+        "authorization_endpoint": format!("{browser}/auth/authorize"),
+        "token_endpoint": gateway.token_url(),
+        "revocation_endpoint": format!("{}/auth/revoke", gateway.public_url),
+        "introspection_endpoint": format!("{}/auth/introspect", gateway.public_url),
+        "management_endpoint": format!("{browser}/auth/sessions"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "RS384", "ES384"],
-        "grant_types_supported": ["client_credentials"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         // SMART v2 resource scopes (and their v1 forms), for any stored or served type.
         "scopes_supported": [
+            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
             "system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs", "patient/*.cruds",
-            "patient/*.rs", "system/*.read", "system/*.write", "system/*.*",
+            "patient/*.rs", "patient/Observation.rs", "patient/Patient.rs",
+            "system/*.read", "system/*.write", "system/*.*",
         ],
-        "capabilities": ["client-confidential-asymmetric", "permission-v2", "permission-v1"],
+        "capabilities": [
+            "launch-standalone", "client-public", "client-confidential-asymmetric",
+            "context-standalone-patient", "sso-openid-connect", "permission-v2",
+            "permission-v1", "permission-patient", "permission-user", "permission-offline",
+            "permission-online",
+        ],
     }))
 }
 
@@ -98,10 +117,15 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR",
                 }]}],
-                "description": "SMART Backend Services: POST a JWT client assertion (EdDSA with the identity key, or RS384/ES384 with a client key registered on chain) to the token endpoint",
+                "description": "SMART App Launch (authorization code with PKCE S256, for apps registered on chain) and SMART Backend Services (a JWT client assertion: EdDSA with the identity key, or RS384/ES384 with a client key registered on chain)",
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": state.gateway.token_url()}],
+                    "extension": [
+                        {"url": "token", "valueUri": state.gateway.token_url()},
+                        {"url": "authorize", "valueUri": format!("{}/auth/authorize", state.gateway.browser_url())},
+                        {"url": "revoke", "valueUri": format!("{}/auth/revoke", state.gateway.public_url)},
+                        {"url": "introspect", "valueUri": format!("{}/auth/introspect", state.gateway.public_url)},
+                    ],
                 }],
             },
             "resource": resources,

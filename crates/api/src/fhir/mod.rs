@@ -225,6 +225,13 @@ async fn negotiate(request: Request, next: Next) -> Response {
         }
         return outcome;
     }
+    let mut response = response;
+    // Health data must not outlive the token that read it: a browser would otherwise keep a
+    // response (heuristically, from its Last-Modified) and serve it again after revocation.
+    response
+        .headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
     response
 }
 

@@ -1,0 +1,44 @@
+// The ehrchain client library (Rust, crates/wasm) in the browser: load the module and call
+// it. Inputs go into the module's memory; each answer is [len u32 LE][status u8][bytes].
+// Keys never leave this page: the module does no I/O.
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+// The module's few imports belong to glue it never calls on these paths: each throws.
+const unused = new Proxy({}, {
+  get: (_, name) => () => { throw new Error(`ehrchain client: ${String(name)} is unavailable`); },
+});
+
+export async function loadClient(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`the client module did not load (${response.status})`);
+  const { instance } = await WebAssembly.instantiate(await response.arrayBuffer(), {
+    __wbindgen_placeholder__: unused,
+    __wbindgen_externref_xform__: unused,
+  });
+  const wasm = instance.exports;
+  const put = (text) => {
+    const bytes = encoder.encode(text);
+    const pointer = wasm.alloc(bytes.length);
+    new Uint8Array(wasm.memory.buffer, pointer, bytes.length).set(bytes);
+    return [pointer, bytes.length];
+  };
+  const call = (name, ...texts) => {
+    const inputs = texts.map(put);
+    const at = wasm[name](...inputs.flat());
+    const view = new DataView(wasm.memory.buffer);
+    const len = view.getUint32(at, true);
+    const status = view.getUint8(at + 4);
+    const text = decoder.decode(new Uint8Array(wasm.memory.buffer, at + 5, len - 5).slice());
+    wasm.release(at, len);
+    for (const [pointer, length] of inputs) wasm.release(pointer, length);
+    if (status !== 0) throw new Error(text);
+    return text;
+  };
+  return {
+    // The identity id (hex public key) of the key in a key file's text.
+    identityOfKey: (keyText) => call('identity_of_key', keyText),
+    // A signed SMART App Launch login: {token_url, challenge, client_id, scope, now_s}.
+    signAppLogin: (keyText, request) => call('sign_app_login', keyText, JSON.stringify(request)),
+  };
+}
