@@ -319,9 +319,12 @@ fn validators_on_four_hosts_survive_cuts_a_split_and_a_restart() {
     let stalled = heights();
     std::thread::sleep(Duration::from_secs(10));
     let after = heights();
+    // A node may still learn a block its partner finalized before the cut (it lagged by
+    // one); none may go beyond the highest block finalized before it.
+    let before = stalled.iter().flatten().max().copied();
     for i in 0..NODES {
-        assert_eq!(
-            stalled[i], after[i],
+        assert!(
+            after[i] <= before,
             "node {i} finalized without a quorum: {stalled:?} then {after:?}"
         );
     }
