@@ -75,13 +75,17 @@ class Launch:
         assert config["app"] == {"client_id": APP, "name": "ehrchain demo app"}, config
         assert [s["scope"] for s in config["scopes"]] == scope.split()
         assert all(s["words"] for s in config["scopes"])
-        who = requests.post(self.browser + "/auth/authorize/who",
-                            json={"request": config["request"], "identity": identity["id"]},
-                            timeout=30)
-        assert who.status_code == 200, who.text
-        approved = approve if approve is not None else scope
         key = Ed25519PrivateKey.from_private_bytes(seed_of(identity))
         now = int(time.time())
+        proof = jwt.encode({
+            "iss": identity["id"], "sub": identity["id"], "aud": config["token_url"],
+            "exp": now + 120, "iat": now, "jti": config["challenge"] + ".who",
+            "client_id": APP, "scope": "",
+        }, key, algorithm="EdDSA")
+        who = requests.post(self.browser + "/auth/authorize/who",
+                            json={"request": config["request"], "proof": proof}, timeout=30)
+        assert who.status_code == 200, who.text
+        approved = approve if approve is not None else scope
         signed = jwt.encode({
             "iss": identity["id"], "sub": identity["id"], "aud": config["token_url"],
             "exp": now + 120, "iat": now, "jti": config["challenge"],

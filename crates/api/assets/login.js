@@ -84,8 +84,15 @@ $('keyfile-form').addEventListener('submit', async (event) => {
     say('Reading your key…', true);
     client = client || await loadClient('/auth/assets/ehrchain_client.wasm');
     const text = await file.text();
-    const identity = client.identityOfKey(text);
-    const who = await post('/auth/authorize/who', { request: config.request, identity });
+    // Proof that this page holds the key, before the node says whose it is.
+    const proof = client.signAppLogin(text, {
+      token_url: config.token_url,
+      challenge: `${config.challenge}.who`,
+      client_id: config.app.client_id,
+      scope: '',
+      now_s: Math.floor(Date.now() / 1000),
+    });
+    const who = await post('/auth/authorize/who', { request: config.request, proof });
     keyText = text;
     via = 'key';
     say('');

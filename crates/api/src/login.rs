@@ -97,7 +97,7 @@ async fn issue_token<B: Blob>(
             "client_assertion is missing",
         )
     })?;
-    let (identity, _claims, role) = check_assertion(state, &assertion)?;
+    let (identity, claims, role) = check_assertion(state, &assertion)?;
     let speaks_for_patient = matches!(
         role,
         ehrchain_contracts::facts::Role::Patient { .. }
@@ -105,6 +105,7 @@ async fn issue_token<B: Blob>(
     );
     let scopes = Scopes::parse(request.scope.as_deref(), speaks_for_patient)
         .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
+    remember_jti(state, &claims)?;
     let key = open_session(state, &identity, assertion).await?;
     let access_token = crate::session::store_token(
         state,
@@ -131,8 +132,9 @@ async fn issue_token<B: Blob>(
 
 /// Check a person's client assertion as every validator will (signature by the identity's
 /// key or a client key it registered, `aud` this token endpoint, `exp` at most 5 minutes
-/// ahead, `iat`/`nbf` not in the future, `jti` not seen here): the identity, the claims
-/// and its role. Errors are OAuth `invalid_client`.
+/// ahead, `iat`/`nbf` not in the future): the identity, the claims and its role. Errors are
+/// OAuth `invalid_client`. The caller, once it accepts the assertion, spends its `jti`
+/// ([`remember_jti`]), so that a request refused for another reason can be sent again.
 pub(crate) fn check_assertion<B: Blob>(
     state: &ApiState<B>,
     assertion: &str,
@@ -166,7 +168,6 @@ pub(crate) fn check_assertion<B: Blob>(
         )));
     }
     check_times(claims.exp, claims.iat, claims.nbf)?;
-    remember_jti(state, &format!("{}:{}", claims.sub, claims.jti), claims.exp)?;
     Ok((identity, claims, role))
 }
 
@@ -192,8 +193,17 @@ pub(crate) fn check_times(exp: u64, iat: Option<u64>, nbf: Option<u64>) -> Resul
     Ok(())
 }
 
-/// Remember an assertion id until its `exp`; refused if it was seen (a replay).
+/// Spend a person's assertion: its `jti` is remembered until its `exp`, and refused if it
+/// was seen (a replay).
 pub(crate) fn remember_jti<B: Blob>(
+    state: &ApiState<B>,
+    claims: &jwt::Claims,
+) -> Result<(), ApiError> {
+    remember_id(state, &format!("{}:{}", claims.sub, claims.jti), claims.exp)
+}
+
+/// Remember an assertion id until `exp`; refused if it was seen (a replay).
+pub(crate) fn remember_id<B: Blob>(
     state: &ApiState<B>,
     id: &str,
     exp: u64,

@@ -106,9 +106,18 @@ fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
+/// Longest enrolment or passkey file read.
+const ENTRY_BYTES_MAX: u64 = 4096;
+
 fn read_json(path: &Path) -> Option<Value> {
-    let bytes = std::fs::read(path).ok()?;
-    (bytes.len() <= 4096).then_some(())?;
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(ENTRY_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= ENTRY_BYTES_MAX).then_some(())?;
     serde_json::from_slice(&bytes).ok()
 }
 

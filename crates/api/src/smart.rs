@@ -20,7 +20,9 @@
 use crate::{
     ApiError, ApiState,
     ambient::{now_ms, random_bytes},
-    login::{TokenRequest, check_assertion, check_times, invalid_client, open_session},
+    login::{
+        TokenRequest, check_assertion, check_times, invalid_client, open_session, remember_jti,
+    },
     scopes::Scopes,
     session::{TOKEN_LIFETIME, Token, caller, drop_session_tokens, session_live, store_token},
     submit::{commit, submit_as},
@@ -201,11 +203,25 @@ fn error_page(error: &str, why: &str) -> Response {
 
 /// Send the browser back to the app with an OAuth error (RFC 6749 §4.1.2.1).
 fn redirect_error(redirect_uri: &str, state: Option<&str>, error: &str, why: &str) -> Response {
-    let mut query = vec![("error", error), ("error_description", why)];
+    Redirect::to(&error_uri(redirect_uri, state, error, why)).into_response()
+}
+
+/// The app's redirect URI with `pairs` and the request's `state` (RFC 6749 §4.1.2).
+fn back_to_app(redirect_uri: &str, state: Option<&str>, pairs: &[(&str, &str)]) -> String {
+    let mut query = pairs.to_vec();
     if let Some(state) = state {
         query.push(("state", state));
     }
-    Redirect::to(&with_query(redirect_uri, &query)).into_response()
+    with_query(redirect_uri, &query)
+}
+
+/// The app's redirect URI carrying an OAuth error.
+fn error_uri(redirect_uri: &str, state: Option<&str>, error: &str, why: &str) -> String {
+    back_to_app(
+        redirect_uri,
+        state,
+        &[("error", error), ("error_description", why)],
+    )
 }
 
 fn with_query(uri: &str, pairs: &[(&str, &str)]) -> String {
@@ -399,7 +415,9 @@ pub fn scope_words(scope: &str) -> String {
 #[derive(serde::Deserialize)]
 struct WhoByKey {
     request: String,
-    identity: String,
+    /// An assertion signed with the person's key, `jti` the request's challenge followed by
+    /// `.who`: the node says whom a key belongs to only to the holder of that key.
+    proof: String,
 }
 
 /// What the consent screen shows of the person who logged in.
@@ -456,9 +474,16 @@ async fn who_by_key<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     Json(body): Json<WhoByKey>,
 ) -> Result<Json<Value>, ApiError> {
-    let identity = ehrchain_types::public_key_from_hex(&body.identity)
-        .ok_or_else(|| bad_request("invalid_request", "identity must be 64 hex characters"))?;
+    let (identity, claims, _) = check_assertion(&state, &body.proof)?;
     let answer = with_pending(&state.gateway.smart, &body.request, |p| {
+        if claims.jti != format!("{}.who", B64.encode(p.challenge))
+            || claims.client_id.as_deref() != Some(&p.client_id)
+        {
+            return Err(invalid_client(
+                "the proof of the key does not answer this request (challenge or app)",
+            ));
+        }
+        remember_jti(&state, &claims)?;
         let answer = who_json(&state, &identity, p)?;
         p.who = Some((identity.clone(), Via::Key));
         Ok(answer)
@@ -533,13 +558,7 @@ async fn approve<B: Blob>(
             "this login expired or is unknown: start again from the app",
         )
     })?;
-    let back = |error: &str, why: &str| {
-        json!({"redirect": with_query(&pending.redirect_uri, &{
-            let mut q = vec![("error", error), ("error_description", why)];
-            if let Some(s) = pending.state.as_deref() { q.push(("state", s)); }
-            q
-        })})
-    };
+    let back = |error: &str, why: &str| json!({"redirect": error_uri(&pending.redirect_uri, pending.state.as_deref(), error, why)});
     let Some((identity, via)) = pending.who.clone() else {
         return Err(bad_request("invalid_request", "log in before approving"));
     };
@@ -581,6 +600,7 @@ async fn approve<B: Blob>(
                     "the signed login does not answer this request (identity, challenge, app or scopes)",
                 ));
             }
+            remember_jti(&state, &claims)?;
             assertion
         }
         Via::Passkey => {
@@ -655,13 +675,12 @@ async fn approve<B: Blob>(
             },
         );
     }
-    let mut query = vec![("code", code.as_str())];
-    if let Some(s) = pending.state.as_deref() {
-        query.push(("state", s));
-    }
-    Ok(Json(
-        json!({"redirect": with_query(&pending.redirect_uri, &query)}),
-    ))
+    let redirect = back_to_app(
+        &pending.redirect_uri,
+        pending.state.as_deref(),
+        &[("code", &code)],
+    );
+    Ok(Json(json!({ "redirect": redirect })))
 }
 
 #[derive(serde::Deserialize)]
@@ -682,16 +701,13 @@ async fn deny<B: Blob>(
         .expect("pending lock")
         .remove(&body.request)
         .ok_or_else(|| bad_request("invalid_request", "this login is unknown"))?;
-    let mut query = vec![
-        ("error", "access_denied"),
-        ("error_description", "the person did not approve"),
-    ];
-    if let Some(s) = pending.state.as_deref() {
-        query.push(("state", s));
-    }
-    Ok(Json(
-        json!({"redirect": with_query(&pending.redirect_uri, &query)}),
-    ))
+    let redirect = error_uri(
+        &pending.redirect_uri,
+        pending.state.as_deref(),
+        "access_denied",
+        "the person did not approve",
+    );
+    Ok(Json(json!({ "redirect": redirect })))
 }
 
 // ---- the token endpoint's grants ----------------------------------------------------------
@@ -743,7 +759,7 @@ fn authenticate_app<B: Blob>(
                 return Err(invalid_client("aud must be this token endpoint"));
             }
             check_times(claims.exp, claims.iat, claims.nbf)?;
-            crate::login::remember_jti(state, &format!("app:{named}:{}", claims.jti), claims.exp)?;
+            crate::login::remember_id(state, &format!("app:{named}:{}", claims.jti), claims.exp)?;
         }
     }
     Ok(named)

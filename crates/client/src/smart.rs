@@ -10,21 +10,35 @@ pub const ASSERTION_LIFETIME_S: u64 = 240;
 /// Sign a client assertion for the identity of `seed`, addressed to `token_url`, issued at
 /// `now_s` (seconds since the Unix epoch).
 pub fn client_assertion(seed: &[u8; 32], token_url: &str, now_s: u64) -> Result<String, Error> {
-    let id = hex::encode(ehrchain_crypto::jwt::public_key(seed));
-    Ok(ehrchain_crypto::jwt::sign(
+    let jti = hex::encode(crate::random16()?);
+    Ok(sign_assertion(seed, token_url, jti, now_s, None, None))
+}
+
+/// Sign an assertion by the identity of `seed` (`iss` and `sub` its id), valid for
+/// [`ASSERTION_LIFETIME_S`] from `now_s`.
+fn sign_assertion(
+    seed: &[u8; 32],
+    token_url: &str,
+    jti: String,
+    now_s: u64,
+    client_id: Option<String>,
+    scope: Option<String>,
+) -> String {
+    let id = identity_of_seed(seed);
+    ehrchain_crypto::jwt::sign(
         seed,
         &ehrchain_crypto::jwt::Claims {
             iss: id.clone(),
             sub: id,
             aud: token_url.to_string(),
             exp: now_s + ASSERTION_LIFETIME_S,
-            jti: hex::encode(crate::random16()?),
+            jti,
             iat: Some(now_s),
             nbf: None,
-            client_id: None,
-            scope: None,
+            client_id,
+            scope,
         },
-    ))
+    )
 }
 
 /// Sign the login of a person to a SMART app (SMART App Launch, a self-held key): the
@@ -39,20 +53,13 @@ pub fn app_login_assertion(
     scope: &str,
     now_s: u64,
 ) -> String {
-    let id = hex::encode(ehrchain_crypto::jwt::public_key(seed));
-    ehrchain_crypto::jwt::sign(
+    sign_assertion(
         seed,
-        &ehrchain_crypto::jwt::Claims {
-            iss: id.clone(),
-            sub: id,
-            aud: token_url.to_string(),
-            exp: now_s + ASSERTION_LIFETIME_S,
-            jti: challenge.to_string(),
-            iat: Some(now_s),
-            nbf: None,
-            client_id: Some(client_id.to_string()),
-            scope: Some(scope.to_string()),
-        },
+        token_url,
+        challenge.to_string(),
+        now_s,
+        Some(client_id.to_string()),
+        Some(scope.to_string()),
     )
 }
 
