@@ -9,6 +9,10 @@
 //    refreshes, revokes, and is refused after revocation.
 // 3. Provider launch: the clinician logs in with their key file, signed in wasm by the
 //    project's Rust client library; the same checks.
+// 4. The other custodial patient makes a key of their own in the browser with an enrolment
+//    code from their home node (node-1): the identity moves to it on chain, the node deletes
+//    its custodial key, the page hands over the key file, and the patient logs in with it
+//    through node-1 (every node knows the app) and reads their record.
 //
 // Usage: node browser.mjs DEV_DIR ARTEFACTS_DIR. Screenshots of each step go to ARTEFACTS_DIR.
 import fs from 'node:fs';
@@ -75,8 +79,8 @@ try {
   await shot('enrolled');
   check(true, 'a passkey was enrolled with the code');
 
-  const launch = async (kind, logIn) => {
-    const app = `http://127.0.0.1:8765/?iss=${encodeURIComponent(demo.fhir)}&patient=${patient.patient}`;
+  const launch = async (kind, logIn, fhir = demo.fhir) => {
+    const app = `http://127.0.0.1:8765/?iss=${encodeURIComponent(fhir)}&patient=${patient.patient}`;
     await page.goto(app);
     await page.getByRole('button', { name: kind === 'patient' ? 'Patient launch' : 'Provider launch' }).click();
     await page.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
@@ -111,6 +115,29 @@ try {
   check(theirs.patient === null && theirs.fhirUser.includes(`/Practitioner/${clinician.id}`), 'provider launch: a practitioner, no patient context', theirs);
   check(theirs.create === 403, 'provider launch: a create beyond the scopes is refused', theirs);
   check(theirs.refreshed && theirs.revoked === 200 && theirs.afterRevoke === 401, 'provider launch: refresh, then refused after revocation', theirs);
+  // 4. A key made in the browser, registered with an enrolment code from node-1.
+  const second = identities.find((i) => i.role === 'patient' && i.id !== patient.id);
+  const secondNode = second.api.replace('https://127.0.0.1', 'https://localhost');
+  const code = execFileSync(process.env.EHRCHAIN_BIN, ['passkey', 'enrolment-code',
+    '--config', path.join(home, 'node-1', 'config.toml'), '--identity', second.id]).toString().trim();
+  await page.goto(`${secondNode}/auth/enrol`);
+  await page.getByLabel('Enrolment code').fill(code);
+  await page.getByRole('button', { name: 'Make my own key in this browser instead' }).click();
+  await page.locator('#saved').waitFor({ state: 'visible', timeout: 60000 });
+  await shot('own-key-made');
+  const custodial = path.join(home, 'node-1', 'data', 'custody', `${second.patient}.key`);
+  const [download] = await Promise.all([page.waitForEvent('download'), page.locator('#download').click()]);
+  const ownKey = path.join(profile, 'own.key');
+  await download.saveAs(ownKey);
+  const ownText = fs.readFileSync(ownKey, 'utf8').trim();
+  check(/^[0-9a-f]{64}$/.test(ownText), 'own key: the page hands over a key file', ownText.length);
+  check(!fs.existsSync(custodial), 'own key: the home node deleted its custodial key', custodial);
+  const own = await launch('patient', async () => {
+    await page.locator('#keyfile').setInputFiles(ownKey);
+    await page.getByRole('button', { name: 'Log in with the key file' }).click();
+  }, `${secondNode}/fhir`);
+  check(!own.error && own.patient === second.patient, 'own key: the patient logs in with the key made in the browser', own);
+  check(own.everything >= 1 && own.revoked === 200 && own.afterRevoke === 401, 'own key: reads, then refused after revocation', own);
   console.log('SMART App Launch in Chromium: all checks passed');
 } finally {
   await browser.close();

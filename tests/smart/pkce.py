@@ -5,11 +5,14 @@ The patient of node-0 logs in to the demo app with their own key (the signature 
 page makes in wasm is made here with PyJWT), approves a subset of what the app asked for, and
 the app exchanges the code, checks the ID token against the node's JWKS, reads
 `Patient/$everything`, is refused beyond its scopes, refreshes (the refresh token rotates),
-lists its session, and is refused after revoking. The OAuth errors the specs name are
-checked on the way: an unregistered redirect URI, a missing and a wrong verifier, a reused
-code, an expired code. A clinician then does a provider launch.
+lists its session, sees the app named on its trail (AuditEvent), and is refused after
+revoking. The OAuth errors the specs name are checked on the way: an unregistered redirect
+URI, a missing and a wrong verifier, a reused code, an expired code. A clinician then does a
+provider launch, and the other institution's clinician sees their app session end at once
+when they rotate their key (`ehrchain identity rotate`) and when their institution removes
+them (`ehrchain identity remove`).
 
-Usage: pkce.py DEV_DIR (the directory `ehrchain dev` filled).
+Usage: pkce.py DEV_DIR (the directory `ehrchain dev` filled); EHRCHAIN_BIN names the CLI.
 """
 import base64
 import hashlib
@@ -17,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -109,6 +113,24 @@ class Launch:
         return requests.post(self.conf["token_endpoint"], data=form, headers=FORM, timeout=30)
 
 
+def cli(*args):
+    done = subprocess.run([os.environ["EHRCHAIN_BIN"], *args], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout
+
+
+def identity_of_key_file(path):
+    seed = bytes.fromhex(open(path).read().strip())
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    return {"id": public.hex(), "private_key": b64url(seed)}
+
+
+def sessions_status(launch, access_token):
+    return requests.get(launch.browser + "/auth/sessions",
+                        headers={"Authorization": "Bearer " + access_token}, timeout=30).status_code
+
+
 def expect_oauth(response, status, error):
     assert response.status_code == status, (status, response.status_code, response.text)
     assert response.json()["error"] == error, response.text
@@ -183,6 +205,20 @@ def main(home):
     assert everything.status_code == 200, everything.text
     bundle = everything.json()
     assert bundle["resourceType"] == "Bundle" and len(bundle["entry"]) > 1, len(bundle.get("entry", []))
+    # The patient's trail names the app their reads went through (once the node has logged them).
+    deadline = time.time() + 60
+    while True:
+        trail = requests.get(f"{fhir}/AuditEvent", params={"patient": patient["patient"], "_count": "50"},
+                             headers=bearer, timeout=30)
+        assert trail.status_code == 200, trail.text
+        apps = [agent["who"] for entry in trail.json().get("entry", [])
+                for agent in entry["resource"].get("agent", [])
+                if agent["type"]["coding"][0]["code"] == "110150"]
+        if apps or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert apps and apps[0]["display"] == "ehrchain demo app", apps
+    assert apps[0]["identifier"]["value"] == APP, apps
     # Beyond its scopes: no create was approved.
     create = requests.post(f"{fhir}/Observation", headers={**bearer, "Content-Type": "application/fhir+json"},
                            json={"resourceType": "Observation", "status": "final",
@@ -238,6 +274,26 @@ def main(home):
     if search.status_code == 403:
         # Refused by the chain's consent rule, not by the token: an OperationOutcome says so.
         assert search.json()["resourceType"] == "OperationOutcome", search.text
+
+    # Rotation and removal end the identity's app sessions at once, on every node.
+    other = next(i for i in identities if i["role"] == "clinician" and i["api"] != patient["api"])
+    _, code, verifier = launch.log_in(other, "openid fhirUser offline_access user/*.rs")
+    before = launch.exchange(code, verifier).json()
+    assert sessions_status(launch, before["access_token"]) == 200
+    rotated_key = os.path.join(home, "identities", "clinician-2-rotated.key")
+    cli("identity", "rotate", "--api", other["api"],
+        "--key", os.path.join(home, "identities", "clinician-2.key"), "--out", rotated_key)
+    assert sessions_status(launch, before["access_token"]) == 401
+    expect_oauth(requests.post(conf["token_endpoint"], data={
+        "grant_type": "refresh_token", "refresh_token": before["refresh_token"],
+        "client_id": APP}, timeout=30), 400, "invalid_grant")
+    rotated = identity_of_key_file(rotated_key)
+    _, code, verifier = launch.log_in(rotated, "openid fhirUser user/*.rs")
+    after_rotation = launch.exchange(code, verifier).json()
+    assert sessions_status(launch, after_rotation["access_token"]) == 200
+    cli("identity", "remove", "--api", other["api"],
+        "--key", os.path.join(home, "node-1", "validator.key"), "--clinician", rotated["id"])
+    assert sessions_status(launch, after_rotation["access_token"]) == 401
 
     # The code taken at the start has waited more than a minute by now.
     time.sleep(max(0, 62 - (time.time() - stale_at)))

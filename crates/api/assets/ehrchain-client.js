@@ -38,6 +38,8 @@ export async function loadClient(url) {
   return {
     // The identity id (hex public key) of the key in a key file's text.
     identityOfKey: (keyText) => call('identity_of_key', keyText),
+    // The public keys of a key file's key: {identity, encryption_key} (hex).
+    describeKey: (keyText) => JSON.parse(call('describe_key', keyText)),
     // A signed SMART App Launch login: {token_url, challenge, client_id, scope, now_s}.
     signAppLogin: (keyText, request) => call('sign_app_login', keyText, JSON.stringify(request)),
   };

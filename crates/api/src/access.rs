@@ -227,6 +227,7 @@ pub fn event_json(position: ehrchain_contracts::facts::EventKey, event: &AccessE
         "outcome": outcome,
         "basis": basis,
         "reason": reason,
+        "app": event.app,
     })
 }
 

@@ -133,6 +133,14 @@ fn code_identity(dir: &Path, code: &str) -> Option<PublicKey> {
     ehrchain_types::public_key_from_hex(entry["identity"].as_str()?)
 }
 
+/// Where a node keeps the custodial signing seed of `identity` of `role`.
+fn custodial_path(dir: &Path, identity: &PublicKey, role: &Role) -> PathBuf {
+    dir.join(match role {
+        Role::Patient { patient } => format!("{}.key", hex::encode(patient)),
+        _ => format!("{identity}.seed"),
+    })
+}
+
 /// The custodial signing seed this node holds for `identity` of `role`, if any.
 pub fn custodial_seed<B: Blob>(
     state: &ApiState<B>,
@@ -140,11 +148,7 @@ pub fn custodial_seed<B: Blob>(
     role: &Role,
 ) -> Option<[u8; 32]> {
     let dir = state.custody_dir.as_ref()?;
-    let file = match role {
-        Role::Patient { patient } => format!("{}.key", hex::encode(patient)),
-        _ => format!("{identity}.seed"),
-    };
-    let seed = crate::gateway::read_hex32(dir.join(file))?;
+    let seed = crate::gateway::read_hex32(custodial_path(dir, identity, role))?;
     // The file must hold this identity's key: a patient's key may have been rotated away.
     (ehrchain_crypto::jwt::public_key(&seed) == identity.as_ref()).then_some(seed)
 }
@@ -222,6 +226,9 @@ pub async fn enrol_options<B: Blob>(
     };
     Ok(Json(json!({
         "enrolment": enrolment,
+        // For a key made in the browser instead: where its proof is addressed.
+        "token_url": state.gateway.token_url(),
+        "wasm": state.gateway.client_wasm.is_some(),
         "publicKey": {
             "challenge": B64.encode(challenge),
             "rp": {"id": rp_id, "name": "ehrchain"},
@@ -232,6 +239,36 @@ pub async fn enrol_options<B: Blob>(
             "timeout": ENROLLING_LIFETIME.as_millis() as u64,
         },
     })))
+}
+
+/// Take an enrolment in progress out (it is answered once), with its code still unused.
+fn take_enrolling<B: Blob>(
+    state: &ApiState<B>,
+    dir: &Path,
+    enrolment: &str,
+) -> Result<Enrolling, ApiError> {
+    let enrolling = state
+        .gateway
+        .smart
+        .enrolments
+        .lock()
+        .expect("enrolment lock")
+        .remove(enrolment)
+        .filter(|e| e.created.elapsed() < ENROLLING_LIFETIME)
+        .ok_or_else(|| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "this enrolment expired: start again",
+            )
+        })?;
+    // The code may have been used by another enrolment meanwhile.
+    if code_identity(dir, &enrolling.code).as_ref() != Some(&enrolling.identity) {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            "the enrolment code was used meanwhile",
+        ));
+    }
+    Ok(enrolling)
 }
 
 #[derive(serde::Deserialize)]
@@ -250,27 +287,7 @@ pub async fn enrol_finish<B: Blob>(
     Json(body): Json<EnrolFinish>,
 ) -> Result<Json<Value>, ApiError> {
     let dir = custody(&state)?;
-    let enrolling = state
-        .gateway
-        .smart
-        .enrolments
-        .lock()
-        .expect("enrolment lock")
-        .remove(&body.enrolment)
-        .filter(|e| e.created.elapsed() < ENROLLING_LIFETIME)
-        .ok_or_else(|| {
-            refused(
-                StatusCode::BAD_REQUEST,
-                "this enrolment expired: start again",
-            )
-        })?;
-    // The code may have been used by another enrolment meanwhile.
-    if code_identity(dir, &enrolling.code).as_ref() != Some(&enrolling.identity) {
-        return Err(refused(
-            StatusCode::FORBIDDEN,
-            "the enrolment code was used meanwhile",
-        ));
-    }
+    let enrolling = take_enrolling(&state, dir, &body.enrolment)?;
     let decode = |text: &str| {
         B64.decode(text).map_err(|_| {
             refused(
@@ -310,6 +327,100 @@ pub async fn enrol_finish<B: Blob>(
     Ok(Json(
         json!({"enrolled": true, "identity": enrolling.identity.to_string()}),
     ))
+}
+
+#[derive(serde::Deserialize)]
+pub struct EnrolKey {
+    enrolment: String,
+    /// The new key's X25519 public key (hex), derived in the browser from the same seed.
+    encryption_key: String,
+    /// A JWT signed by the new key: `sub` its identity id, `aud` this node's token URL,
+    /// `jti` the enrolment's challenge (base64url) followed by `.key`, and `scope`
+    /// `encryption_key:<hex>`, binding both public keys to the one signature.
+    proof: String,
+}
+
+/// `POST /auth/enrol/key`: the person made a key of their own in the browser; move their
+/// identity to it (`RotateKey`, signed with the custodial key), then delete the custodial
+/// key and the code. From then on the node cannot act for them: they log in with their key.
+pub async fn enrol_key<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Json(body): Json<EnrolKey>,
+) -> Result<Json<Value>, ApiError> {
+    let dir = custody(&state)?;
+    let enrolling = take_enrolling(&state, dir, &body.enrolment)?;
+    let bad = |why: &str| refused(StatusCode::BAD_REQUEST, why);
+    let encryption_key: [u8; 32] = hex::decode(&body.encryption_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("encryption_key must be 64 hex characters"))?;
+    let claims = ehrchain_crypto::jwt::parse(&body.proof)
+        .map_err(|e| bad(&format!("the proof of the new key: {e}")))?
+        .claims;
+    let new_key = ehrchain_types::public_key_from_hex(&claims.sub)
+        .ok_or_else(|| bad("the proof's sub must be the new identity id"))?;
+    let raw: [u8; 32] = new_key.as_ref().try_into().expect("32-byte key");
+    let claims = ehrchain_crypto::jwt::verify(&body.proof, &raw, &[])
+        .map_err(|e| bad(&format!("the proof of the new key: {e}")))?;
+    crate::login::check_times(claims.exp, claims.iat, claims.nbf)?;
+    if claims.aud != state.gateway.token_url()
+        || claims.jti != format!("{}.key", B64.encode(enrolling.challenge))
+        || claims.scope.as_deref() != Some(&format!("encryption_key:{}", body.encryption_key))
+    {
+        return Err(bad(
+            "the proof of the new key does not answer this enrolment (audience, challenge or encryption key)",
+        ));
+    }
+    let role = state
+        .chain
+        .read(|s| {
+            use ehrchain_contracts::state::Reader;
+            s.identity(&enrolling.identity).map(|i| i.role)
+        })
+        .ok_or_else(|| refused(StatusCode::FORBIDDEN, "the identity is not registered"))?;
+    let seed = custodial_seed(&state, &enrolling.identity, &role).ok_or_else(|| {
+        refused(
+            StatusCode::FORBIDDEN,
+            "this node no longer holds a key for this identity",
+        )
+    })?;
+    let key = ehrchain_types::private_key_from_seed(&seed).expect("a 32-byte seed");
+    let tx = ehrchain_types::TransactionBody {
+        chain_id: state.genesis.chain_id,
+        signer: enrolling.identity.clone(),
+        nonce: state.chain.next_nonce(&enrolling.identity),
+        payload: ehrchain_types::Payload::RotateKey {
+            new_key: new_key.clone(),
+            encryption_key,
+        },
+    }
+    .sign(&key);
+    state
+        .chain
+        .submit(tx.bytes())
+        .map_err(|e| crate::submit_error(&e))?;
+    crate::submit::commit(&state, &tx).await?;
+    // The identity has moved: the custodial key is retired and must not stay on disk.
+    if let Err(error) =
+        ehrchain_chain::records::shred(&custodial_path(dir, &enrolling.identity, &role))
+    {
+        // A retired key that cannot be deleted: stop, as for any failed storage write.
+        tracing::error!(%error, "cannot delete a custodial key after its person moved to their own; halting the node");
+        std::process::exit(3);
+    }
+    // A code left behind is harmless (its identity is retired), but should not linger.
+    if let Err(error) = std::fs::remove_file(code_path(dir, &enrolling.code)) {
+        tracing::warn!(%error, "cannot delete a used enrolment code");
+    }
+    let patient = match role {
+        Role::Patient { patient } | Role::Guardian { patient } => Some(hex::encode(patient)),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "identity": new_key.to_string(),
+        "previous": enrolling.identity.to_string(),
+        "patient": patient,
+    })))
 }
 
 fn credential_path(dir: &Path, id: &[u8]) -> PathBuf {

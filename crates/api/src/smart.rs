@@ -167,6 +167,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
             "/auth/enrol/finish",
             post(crate::passkey::enrol_finish::<B>),
         )
+        .route("/auth/enrol/key", post(crate::passkey::enrol_key::<B>))
         .route("/auth/assets/{name}", get(asset::<B>))
 }
 

@@ -280,16 +280,7 @@ impl<B: Blob> Records<B> {
             return;
         };
         let path = dir.join(format!("{}.key", hex::encode(patient)));
-        let shredded = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|file| {
-                let len = file.metadata()?.len() as usize;
-                std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; len], 0)?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::remove_file(&path));
-        match shredded {
+        match shred(&path) {
             Ok(()) => tracing::info!("an erased patient's custodial key was deleted"),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => {
@@ -936,6 +927,16 @@ pub async fn run<E, B, S, R>(
             },
         }
     }
+}
+
+/// Overwrite a key file with zeros, sync it, and delete it: a custodial key the node must no
+/// longer hold (an erased patient's, or one its person moved to a key of their own).
+pub fn shred(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let len = file.metadata()?.len() as usize;
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; len], 0)?;
+    file.sync_all()?;
+    std::fs::remove_file(path)
 }
 
 #[cfg(test)]

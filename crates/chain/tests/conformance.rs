@@ -236,6 +236,7 @@ fn delta() -> Delta {
                 outcome,
                 time_ms: 1_700_000_000_100,
                 transaction: digest("read tx"),
+                app: (entry == 1).then(|| "ehrchain-demo".to_string()),
             },
         );
     }
@@ -486,4 +487,20 @@ fn the_cases_decode_back_to_themselves() {
     let upload = Upload::encode(transactions()[2].bytes(), &[wrap(3)], &[9; 50]);
     let decoded = Upload::decode(&upload).unwrap();
     assert_eq!(decoded.wraps, vec![wrap(3)]);
+    // The same cases seed the fuzz corpus (one transaction of every kind, the sample block):
+    // `EHRCHAIN_FUZZ_SEEDS=fuzz/corpus cargo test -p ehrchain-chain --test conformance`.
+    if let Some(dir) = std::env::var_os("EHRCHAIN_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir);
+        let seed = |target: &str, bytes: &[u8]| {
+            let path = dir.join(target);
+            std::fs::create_dir_all(&path).expect("the corpus directory");
+            let name = hex::encode(&sha256(&[bytes]).as_ref()[..20]);
+            std::fs::write(path.join(name), bytes).expect("write a seed");
+        };
+        for tx in transactions() {
+            seed("transaction_decode", tx.bytes());
+        }
+        seed("block_decode", &block.encode());
+        seed("record_upload_decode", &upload);
+    }
 }

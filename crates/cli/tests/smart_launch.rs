@@ -2,9 +2,11 @@
 //! writes a passkey enrolment code; `tests/smart/pkce.py` runs the authorization code flow
 //! with PKCE by hand (`requests`: the OAuth errors for a bad redirect URI, a missing or
 //! wrong verifier, a reused or expired code; ID token, `$everything`, scopes, refresh,
-//! sessions, revocation, a provider launch), and `tests/smart/browser.mjs` runs the npm
-//! `fhirclient` library in headless Chromium: a passkey enrolled and used through the
-//! virtual authenticator, a key file signed in wasm, each launch refreshed and revoked.
+//! sessions, the app named on the trail, revocation, a provider launch, sessions ended by key
+//! rotation and by removal), and `tests/smart/browser.mjs` runs the npm `fhirclient` library
+//! in headless Chromium: a passkey enrolled and used through the virtual authenticator, a
+//! key file signed in wasm, a key made in the browser and registered, each launch refreshed
+//! and revoked.
 //! Screenshots go to `target/artefacts/smart` (or `$EHRCHAIN_ARTEFACTS/smart`).
 
 mod common;
@@ -22,6 +24,7 @@ fn smart_apps_log_people_in_with_pkce_passkeys_and_keys_that_stay_in_the_browser
     let here = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/smart");
     let pkce = Command::new(python)
         .envs(common::ca_env())
+        .env("EHRCHAIN_BIN", common::EXE)
         .arg(format!("{here}/pkce.py"))
         .arg(&dir)
         .output()
@@ -35,6 +38,7 @@ fn smart_apps_log_people_in_with_pkce_passkeys_and_keys_that_stay_in_the_browser
     let browser = pkce.status.success().then(|| {
         Command::new("node")
             .envs(common::ca_env())
+            .env("EHRCHAIN_BIN", common::EXE)
             .arg(format!("{here}/browser.mjs"))
             .arg(&dir)
             .arg(&artefacts)

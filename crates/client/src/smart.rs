@@ -68,6 +68,11 @@ pub fn identity_of_seed(seed: &[u8; 32]) -> String {
     hex::encode(ehrchain_crypto::jwt::public_key(seed))
 }
 
+/// The X25519 public key (lowercase hex) that data keys are wrapped for, of a seed.
+pub fn encryption_key_of_seed(seed: &[u8; 32]) -> String {
+    hex::encode(ehrchain_crypto::EncryptionKey::from_seed(seed).public().0)
+}
+
 /// The seed in a key file's text: 64 hex characters (`ehrchain` key files) or 43 base64url
 /// ones (`identities.json`'s `private_key`), surrounding whitespace ignored.
 pub fn seed_from_key_text(text: &str) -> Result<[u8; 32], Error> {

@@ -189,6 +189,7 @@ pub(crate) fn break_glass(
             outcome: Outcome::Allowed(Basis::BreakGlassOpened { reason, until_ms }),
             time_ms: at.time_ms,
             transaction,
+            app: None,
         },
     );
     delta.findings.insert(
@@ -343,6 +344,7 @@ pub(crate) fn record_denial(
                 outcome: Outcome::Denied(reason),
                 time_ms: at.time_ms,
                 transaction: tx.id(),
+                app: view.session(&tx.body.signer).and_then(|s| s.app),
             },
         );
     }
@@ -780,7 +782,9 @@ fn read_outcome(
     }
 }
 
-/// Decide a read attempt and record it, with any findings.
+/// Decide a read attempt and record it, with any findings; `app` names the SMART app whose
+/// session signed it.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn access(
     view: &impl Reader,
     delta: &mut Delta,
@@ -789,6 +793,7 @@ pub(crate) fn access(
     transaction: Digest,
     record: &RecordId,
     purpose_number: u8,
+    app: Option<String>,
 ) -> Result<(), Rejection> {
     let purpose =
         Purpose::from_number(purpose_number).ok_or(Rejection::Malformed("unknown purpose"))?;
@@ -806,6 +811,7 @@ pub(crate) fn access(
             purpose: purpose_number,
             decided,
             time_ms: at.time_ms,
+            app,
         },
         (at.height, at.index, 0),
         &mut seq,
@@ -822,6 +828,8 @@ struct Read<'a> {
     purpose: u8,
     decided: (PatientId, u8, Outcome),
     time_ms: u64,
+    /// The app whose session made the read, if any.
+    app: Option<String>,
 }
 
 /// Write a decided read's event and its findings (numbered from `seq` within the transaction).
@@ -847,6 +855,7 @@ fn record_read(
             outcome,
             time_ms: read.time_ms,
             transaction,
+            app: read.app,
         },
     );
     let mut findings = Vec::new();
@@ -969,6 +978,7 @@ pub(crate) fn access_log(
                 purpose: entry.purpose,
                 decided: (target.0, target.1, outcome),
                 time_ms: entry.checked_ms,
+                app: view.session(&entry.session).and_then(|s| s.app),
             },
             (at.height, at.index, number as u16),
             &mut seq,
@@ -2666,6 +2676,14 @@ mod tests {
             purpose: Purpose::Treatment as u8,
         };
         w.ok(&key(801), read.clone());
+        // The trail names the app the read went through.
+        let (_, event) = w
+            .state
+            .patient_events(&P1)
+            .into_iter()
+            .last()
+            .expect("the read is on the trail");
+        assert_eq!(event.app.as_deref(), Some("chart"));
         // Another identity cannot end the patient's session; the patient's other session can.
         let _ = w.run(
             &clinician_a(),

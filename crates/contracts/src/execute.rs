@@ -281,7 +281,8 @@ fn apply_payload(
             access::revoke(view, delta, signer, at, patient, grant)?
         }
         Payload::Access { record, purpose } => {
-            access::access(view, delta, signer, at, tx.id(), record, *purpose)?
+            let app = view.session(&tx.body.signer).and_then(|s| s.app);
+            access::access(view, delta, signer, at, tx.id(), record, *purpose, app)?
         }
         Payload::BreakGlass { patient, reason } => {
             access::break_glass(view, delta, signer, at, tx.id(), patient, *reason)?

@@ -339,6 +339,8 @@ pub struct AccessEvent {
     pub outcome: Outcome,
     pub time_ms: u64,
     pub transaction: Digest,
+    /// The SMART app (`client_id`) whose session made the read, when one did.
+    pub app: Option<String>,
 }
 
 /// What automatic supervision found.

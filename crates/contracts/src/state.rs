@@ -333,6 +333,22 @@ impl Delta {
                 }
             }
         }
+        let app_events: Vec<_> = self
+            .events
+            .iter()
+            .filter_map(|(key, e)| e.app.as_ref().map(|app| (key, app)))
+            .collect();
+        if !app_events.is_empty() {
+            bytes.push(3);
+            bytes.extend_from_slice(&(app_events.len() as u64).to_be_bytes());
+            for ((height, index, entry), app) in app_events {
+                bytes.extend_from_slice(&height.to_be_bytes());
+                bytes.extend_from_slice(&index.to_be_bytes());
+                bytes.extend_from_slice(&entry.to_be_bytes());
+                bytes.push(app.len() as u8);
+                bytes.extend_from_slice(app.as_bytes());
+            }
+        }
         sha256(&[&bytes])
     }
 }

@@ -229,6 +229,52 @@ mod tests {
             .to_vec()
     }
 
+    /// Seeds for `fuzz/fuzz_targets/webauthn_ceremony.rs` (its layout: four u16-prefixed
+    /// parts, client data, authenticator data, credential id, public key, then a signature),
+    /// a registration and a login that pass: `EHRCHAIN_FUZZ_SEEDS=fuzz/corpus cargo test -p
+    /// ehrchain-crypto webauthn` (paths from the crate directory: `../../fuzz/corpus`).
+    #[test]
+    fn valid_ceremonies_seed_the_fuzz_corpus() {
+        let Some(dir) = std::env::var_os("EHRCHAIN_FUZZ_SEEDS") else {
+            return;
+        };
+        let key = SigningKey::from_slice(&[7; 32]).unwrap();
+        let challenge = [7u8; 32];
+        let id = [9u8; 32];
+        let seed = |parts: [&[u8]; 4], tail: &[u8]| {
+            let mut out = Vec::new();
+            for part in parts {
+                out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+                out.extend_from_slice(part);
+            }
+            out.extend_from_slice(tail);
+            let path = std::path::Path::new(&dir).join("webauthn_ceremony");
+            std::fs::create_dir_all(&path).unwrap();
+            let name = hex::encode(&Sha256::digest(&out)[..20]);
+            std::fs::write(path.join(name), out).unwrap();
+        };
+        let create = client_data("webauthn.create", &challenge, RP.origin);
+        let attested = authenticator_data("localhost", 0x45, 0, Some(&id));
+        RP.register(&challenge, &create, &attested, &id, &spki(&key), ES256)
+            .unwrap();
+        seed([&create, &attested, &id, &spki(&key)], &[]);
+        let get = client_data("webauthn.get", &challenge, RP.origin);
+        let data = authenticator_data("localhost", 0x05, 2, None);
+        let mut signed = data.clone();
+        signed.extend_from_slice(&Sha256::digest(&get));
+        let signature: p256::ecdsa::Signature = key.sign(&signed);
+        let stored = Credential {
+            public_key: spki(&key),
+            counter: 1,
+        };
+        let der = signature.to_der();
+        assert_eq!(
+            RP.authenticate(&stored, &challenge, &get, &data, der.as_bytes()),
+            Ok(2)
+        );
+        seed([&get, &data, &id, &spki(&key)], der.as_bytes());
+    }
+
     #[test]
     fn a_passkey_enrols_and_logs_in_once_per_challenge_and_counter() {
         let key = SigningKey::from_slice(&[7; 32]).unwrap();

@@ -70,6 +70,25 @@ pub unsafe extern "C" fn identity_of_key(text: *const u8, text_len: usize) -> *m
     answer(result)
 }
 
+/// The public keys of the key in a key file's text, as JSON: `{"identity", "encryption_key"}`
+/// (hex), what registering a key made in the browser puts on chain.
+///
+/// # Safety
+/// `text` must point at `text_len` bytes from [`alloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn describe_key(text: *const u8, text_len: usize) -> *mut u8 {
+    let result = unsafe { input(text, text_len) }.and_then(|text| {
+        let seed = smart::seed_from_key_text(text).map_err(|e| e.to_string())?;
+        Ok(serde_json::json!({
+            "identity": smart::identity_of_seed(&seed),
+            "encryption_key": smart::encryption_key_of_seed(&seed),
+        })
+        .to_string()
+        .into_bytes())
+    });
+    answer(result)
+}
+
 /// Sign a SMART App Launch login with the key in a key file's text. `request` is JSON:
 /// `{"token_url", "challenge", "client_id", "scope", "now_s"}`; the answer is the compact JWT.
 ///

@@ -88,6 +88,23 @@ pub(super) fn audit_event_json<B: Blob>(
         ),
         None => (subtype, "R"),
     };
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+        "who": {"reference": reference_of(role.as_ref(), &event.actor)},
+        "requestor": true,
+    })];
+    // The SMART app the person read through, by its registered name while it is registered.
+    if let Some(client_id) = &event.app {
+        let name = state.chain.read(|s| s.app(client_id).map(|a| a.name));
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+            "who": {
+                "identifier": {"system": "urn:ehrchain:smart-client-id", "value": client_id},
+                "display": name.unwrap_or_else(|| format!("{client_id} (no longer registered)")),
+            },
+            "requestor": false,
+        }));
+    }
     json!({
         "resourceType": "AuditEvent",
         "id": audit_event_id(position, event),
@@ -99,11 +116,7 @@ pub(super) fn audit_event_json<B: Blob>(
         "outcome": outcome,
         "outcomeDesc": description,
         "purposeOfEvent": [{"coding": [{"system": ACT_REASON, "code": purpose}]}],
-        "agent": [{
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
-            "who": {"reference": reference_of(role.as_ref(), &event.actor)},
-            "requestor": true,
-        }],
+        "agent": agents,
         "source": {
             "site": match position.2 {
                 0 => format!("block {} transaction {}", position.0, position.1),
