@@ -8,7 +8,8 @@ the app exchanges the code, checks the ID token against the node's JWKS, reads
 lists its session, sees the app named on its trail (AuditEvent), and is refused after
 revoking. The OAuth errors the specs name are checked on the way: an unregistered redirect
 URI, a missing and a wrong verifier, a reused code, an expired code. A clinician then does a
-provider launch, and the other institution's clinician sees their app session end at once
+provider launch (then another picking a patient for `patient/` scopes, which reach that
+patient alone), and the other institution's clinician sees their app session end at once
 when they rotate their key (`ehrchain identity rotate`) and when their institution removes
 them (`ehrchain identity remove`).
 
@@ -71,7 +72,7 @@ class Launch:
                           response.text, re.S)
         return json.loads(match.group(1))
 
-    def log_in(self, identity, scope, approve=None):
+    def log_in(self, identity, scope, approve=None, patient=None):
         """The page's work: who am I, then sign the approval with my key."""
         verifier, challenge = pkce()
         response, state = self.authorize(scope, challenge)
@@ -95,14 +96,17 @@ class Launch:
             "exp": now + 120, "iat": now, "jti": config["challenge"],
             "client_id": APP, "scope": approved,
         }, key, algorithm="EdDSA")
-        answer = requests.post(self.browser + "/auth/authorize/approve", json={
-            "request": config["request"], "scope": approved, "assertion": signed,
-        }, timeout=60)
+        body = {"request": config["request"], "scope": approved, "assertion": signed}
+        if patient is not None:
+            body["patient"] = patient
+        answer = requests.post(self.browser + "/auth/authorize/approve", json=body, timeout=60)
         assert answer.status_code == 200, answer.text
         redirect = urllib.parse.urlparse(answer.json()["redirect"])
         assert redirect.scheme + "://" + redirect.netloc + redirect.path == REDIRECT
         query = urllib.parse.parse_qs(redirect.query)
         assert query["state"] == [state], query
+        if "error" in query:
+            return who.json(), None, query["error"][0]
         return who.json(), query["code"][0], verifier
 
     def exchange(self, code, verifier, redirect=REDIRECT):
@@ -274,6 +278,28 @@ def main(home):
     if search.status_code == 403:
         # Refused by the chain's consent rule, not by the token: an OperationOutcome says so.
         assert search.json()["resourceType"] == "OperationOutcome", search.text
+
+    # A provider launch asking for a patient in context: the clinician picks one of the
+    # patients offered (their institution's, or who granted them access); patient/ scopes
+    # then reach that patient alone, and a patient not offered cannot be picked.
+    second = next(i for i in identities if i["role"] == "patient" and i["id"] != patient["id"])
+    scope = "launch/patient openid fhirUser patient/Observation.rs patient/Patient.rs"
+    who, refused, error = launch.log_in(clinician, scope, patient=second["patient"])
+    assert refused is None and error == "access_denied", (refused, error)
+    who, code, verifier = launch.log_in(clinician, scope, patient=patient["patient"])
+    offered = [p["id"] for p in who["patients"]]
+    assert patient["patient"] in offered and second["patient"] not in offered, who
+    picked = launch.exchange(code, verifier).json()
+    assert picked["patient"] == patient["patient"], picked
+    assert "/Practitioner/" in picked["fhirUser"], picked
+    in_context = {"Authorization": "Bearer " + picked["access_token"], "Accept": "application/fhir+json"}
+    mine = requests.get(f"{fhir}/Observation", headers=in_context, timeout=60)
+    assert mine.status_code == 200 and mine.json()["entry"], mine.text[:300]
+    assert all(e["resource"]["subject"]["reference"].endswith(patient["patient"])
+               for e in mine.json()["entry"] if e["resource"]["resourceType"] == "Observation")
+    theirs = requests.get(f"{fhir}/Observation", params={"patient": second["patient"]},
+                          headers=in_context, timeout=60)
+    assert theirs.status_code == 403 and "patient" in theirs.text, theirs.text
 
     # Rotation and removal end the identity's app sessions at once, on every node.
     other = next(i for i in identities if i["role"] == "clinician" and i["api"] != patient["api"])

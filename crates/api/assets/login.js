@@ -23,8 +23,27 @@ function showConsent(who) {
     `${config.app.name} would see ${whom}.`;
   if (!who.scopes_fit) {
     $('fit').hidden = false;
-    $('fit').textContent = 'Some requested scopes need a patient context, which your role does not have: untick them.';
+    $('fit').textContent = 'Some requested scopes need a patient context, and there is no patient you can pick: untick them.';
   }
+  // A clinician's app asked for a patient in context: pick one (the chain still decides reads).
+  const picks = who.patients || [];
+  $('pick').hidden = picks.length === 0;
+  const options = $('patients');
+  options.replaceChildren();
+  picks.forEach((p, i) => {
+    const item = document.createElement('li');
+    const radio = document.createElement('input');
+    radio.type = 'radio';
+    radio.name = 'patient';
+    radio.id = `patient-${i}`;
+    radio.value = p.id;
+    radio.checked = i === 0;
+    const label = document.createElement('label');
+    label.htmlFor = radio.id;
+    label.textContent = `Patient ${p.id} (${p.why})`;
+    item.append(radio, label);
+    options.append(item);
+  });
   const list = $('scopes');
   list.replaceChildren();
   config.scopes.forEach((s, i) => {
@@ -104,6 +123,8 @@ $('approve').addEventListener('click', async () => {
   try {
     const scope = [...document.querySelectorAll('#scopes input:checked')].map((b) => b.value).join(' ');
     const body = { request: config.request, scope };
+    const picked = document.querySelector('#patients input:checked');
+    if (picked && !$('pick').hidden) body.patient = picked.value;
     if (via === 'key') {
       body.assertion = client.signAppLogin(keyText, {
         token_url: config.token_url,

@@ -98,12 +98,12 @@ async fn issue_token<B: Blob>(
         )
     })?;
     let (identity, claims, role) = check_assertion(state, &assertion)?;
-    let speaks_for_patient = matches!(
-        role,
-        ehrchain_contracts::facts::Role::Patient { .. }
-            | ehrchain_contracts::facts::Role::Guardian { .. }
-    );
-    let scopes = Scopes::parse(request.scope.as_deref(), speaks_for_patient)
+    let patient = match role {
+        ehrchain_contracts::facts::Role::Patient { patient }
+        | ehrchain_contracts::facts::Role::Guardian { patient } => Some(patient),
+        _ => None,
+    };
+    let scopes = Scopes::parse(request.scope.as_deref(), patient.is_some())
         .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
     remember_jti(state, &claims)?;
     let key = open_session(state, &identity, assertion).await?;
@@ -116,6 +116,7 @@ async fn issue_token<B: Blob>(
             nonce: Arc::new(tokio::sync::Mutex::new(1)),
             expires: Instant::now() + TOKEN_LIFETIME - Duration::from_secs(30),
             app: None,
+            patient,
         },
     )?;
     Ok((

@@ -7,8 +7,10 @@
 //! the on-chain consent rules still decide whether the identity itself may. Both must allow.
 //!
 //! Assumptions: `patient/` scopes need a patient context, which a Backend Services login has
-//! only when the identity is a patient (or guardian), whose own compartment it is; for anyone
-//! else they are refused (`invalid_scope`). Granular scopes (`?category=...`) are refused, not
+//! only when the identity is a patient (or guardian), whose own compartment it is, and a SMART
+//! login also when the person picked a patient on the consent page; without one they are
+//! refused (`invalid_scope`). What only `patient/` scopes allow ([`Scopes::confined`]) holds
+//! for that patient alone (`Token::within`). Granular scopes (`?category=...`) are refused, not
 //! widened. Identity scopes a Backend Services token cannot carry (`openid`, `fhirUser`,
 //! `launch/...`, `offline_access`) are left out of the grant, which the `scope` answer shows.
 //! A request naming no scope gets [`DEFAULT`], the whole of what the identity may do.
@@ -52,6 +54,7 @@ pub enum Context {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Scope {
+    context: Context,
     /// `None` for `*`.
     kind: Option<String>,
     permissions: u8,
@@ -92,7 +95,7 @@ impl Scopes {
                 .ok_or_else(|| format!("scope {scope:?} is not a SMART resource scope"))?;
             if parsed.0 == Context::Patient && !has_patient_context {
                 return Err(format!(
-                    "scope {scope:?} needs a patient context, which only a patient's own login has"
+                    "scope {scope:?} needs a patient context: a patient's own login, or a patient picked at login"
                 ));
             }
             granted.push(parsed.1);
@@ -117,6 +120,16 @@ impl Scopes {
         self.granted.iter().any(|s| {
             s.permissions & permission == permission && s.kind.as_deref().is_none_or(|k| k == kind)
         })
+    }
+
+    /// Whether `permission` on `kind` is granted only by `patient/` scopes: then it holds
+    /// for the login's patient alone (SMART: a patient scope is about the patient in context).
+    pub fn confined(&self, kind: &str, permission: u8) -> bool {
+        let allowing = |s: &&Scope| {
+            s.permissions & permission == permission && s.kind.as_deref().is_none_or(|k| k == kind)
+        };
+        let mut allowed = self.granted.iter().filter(allowing).peekable();
+        allowed.peek().is_some() && allowed.all(|s| s.context == Context::Patient)
     }
 
     /// Whether every permission on every type is granted: what the chain's own API (outside
@@ -161,7 +174,14 @@ fn parse_one(scope: &str) -> Option<(Context, Scope)> {
             bits
         }
     };
-    Some((context, Scope { kind, permissions }))
+    Some((
+        context,
+        Scope {
+            context,
+            kind,
+            permissions,
+        },
+    ))
 }
 
 /// The type and permission a FHIR request needs, from its method and path, or `None` when it
@@ -241,6 +261,17 @@ mod tests {
                 .contains("patient context")
         );
         assert!(Scopes::parse(Some("patient/*.cruds"), true).is_ok());
+    }
+
+    #[test]
+    fn patient_scopes_alone_confine_to_the_patient_in_context() {
+        let mixed = Scopes::parse(Some("patient/*.rs user/Condition.rs"), true).unwrap();
+        assert!(mixed.confined("Observation", READ));
+        assert!(!mixed.confined("Condition", READ));
+        // Not allowed at all is not "confined": the scope check refuses it first.
+        assert!(!mixed.confined("Observation", CREATE));
+        let user = Scopes::parse(Some("user/*.rs"), false).unwrap();
+        assert!(!user.confined("Observation", READ));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Token {
     pub(crate) expires: Instant,
     /// The SMART app the token was issued to (`None`: a Backend Services login).
     pub app: Option<String>,
+    /// The patient in context: a patient's or guardian's own, or the one a clinician picked
+    /// at a SMART login. What only `patient/` scopes allow holds for this patient alone.
+    pub patient: Option<[u8; 16]>,
 }
 
 impl Token {
@@ -48,7 +51,21 @@ impl Token {
             nonce: Arc::new(tokio::sync::Mutex::new(0)),
             expires: Instant::now() + TOKEN_LIFETIME,
             app: None,
+            patient: None,
         }
+    }
+
+    /// 403 `insufficient_scope` when `permission` on `kind` for `patient`'s records rests on
+    /// `patient/` scopes alone and `patient` is not the one in context.
+    pub fn within(&self, kind: &str, permission: u8, patient: &[u8; 16]) -> Result<(), ApiError> {
+        if self.scopes.confined(kind, permission) && self.patient.as_ref() != Some(patient) {
+            return Err(ApiError::fhir(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "insufficient_scope: this login's patient/ scopes cover only the patient it was opened for",
+            ));
+        }
+        Ok(())
     }
 
     /// The session key the gateway signs with for this token.

@@ -41,7 +41,7 @@ use ehrchain_crypto::jwt;
 use ehrchain_types::{Payload, PublicKey};
 use serde_json::{Value, json};
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -120,6 +120,7 @@ impl Grant {
             nonce: self.nonce.clone(),
             expires: Instant::now() + TOKEN_LIFETIME - Duration::from_secs(30),
             app: Some(self.client_id.clone()),
+            patient: self.patient,
         }
     }
 }
@@ -421,6 +422,53 @@ struct WhoByKey {
     proof: String,
 }
 
+/// Most patients the consent page offers a clinician to pick from.
+pub const PICKER_PATIENTS_MAX: usize = 200;
+
+/// Whether a scope request needs a patient in context (`launch/patient`, or a `patient/` scope).
+fn needs_patient<'a>(mut scopes: impl Iterator<Item = &'a str>) -> bool {
+    scopes.any(|s| s == "launch/patient" || s.starts_with("patient/"))
+}
+
+/// The patients a clinician may pick as a login's context: those their institution registered
+/// and those who granted them or their institution access now, by pseudonymous id (names are
+/// in the encrypted records: reading them would be reads of their own, on the trail). The
+/// chain still decides every read; the pick only narrows `patient/` scopes to one patient.
+fn pickable<B: Blob>(state: &ApiState<B>, identity: &PublicKey, role: &Role) -> Vec<Value> {
+    let Role::Clinician { institution } = role else {
+        return Vec::new();
+    };
+    state.chain.read(|s| {
+        use ehrchain_contracts::state::Reader;
+        let now = s.time_ms();
+        let mut why: BTreeMap<[u8; 16], &str> = BTreeMap::new();
+        for (id, entry) in s.patients() {
+            if entry.erased_height.is_none() && &entry.home == institution {
+                why.insert(*id, "registered at your institution");
+            }
+        }
+        for grant in s.all_grants() {
+            let to_them = [identity, institution]
+                .iter()
+                .any(|k| k.as_ref() == grant.grantee.as_slice());
+            let live = grant.revoked_at_ms.is_none()
+                && grant.valid_from_ms <= now
+                && now < grant.valid_until_ms;
+            if to_them
+                && live
+                && s.patient(&grant.patient)
+                    .is_some_and(|p| p.erased_height.is_none())
+            {
+                why.insert(grant.patient, "granted you access");
+            }
+        }
+        why.into_iter()
+            .take(PICKER_PATIENTS_MAX)
+            .map(|(id, why)| json!({"id": hex::encode(id), "why": why}))
+            .collect()
+    })
+}
+
 /// What the consent screen shows of the person who logged in.
 fn who_json<B: Blob>(
     state: &ApiState<B>,
@@ -436,11 +484,19 @@ fn who_json<B: Blob>(
         Role::Institution => ("institution", None),
         Role::Auditor => ("auditor", None),
     };
-    let allowed = Scopes::parse(Some(&pending.requested.join(" ")), patient.is_some()).is_ok();
+    let patients = match patient {
+        None if needs_patient(pending.requested.iter().map(String::as_str)) => {
+            pickable(state, identity, &role)
+        }
+        _ => Vec::new(),
+    };
+    let context = patient.is_some() || !patients.is_empty();
+    let allowed = Scopes::parse(Some(&pending.requested.join(" ")), context).is_ok();
     Ok(json!({
         "identity": identity.to_string(),
         "role": kind,
         "patient": patient,
+        "patients": patients,
         "scopes_fit": allowed,
     }))
 }
@@ -540,6 +596,8 @@ struct Approve {
     scope: String,
     /// For a self-held key: the assertion the page signed in wasm.
     assertion: Option<String>,
+    /// For a clinician whose app asked for a patient in context: the one they picked.
+    patient: Option<String>,
 }
 
 /// `POST /auth/authorize/approve`: open the session and send the browser back with a code.
@@ -578,6 +636,19 @@ async fn approve<B: Blob>(
         .ok_or_else(|| bad_request("access_denied", "this identity is not registered"))?;
     let patient = match role {
         Role::Patient { patient } | Role::Guardian { patient } => Some(patient),
+        _ if needs_patient(approved.split_ascii_whitespace()) => {
+            let picked = body.patient.as_deref().unwrap_or_default();
+            let offered = pickable(&state, &identity, &role)
+                .iter()
+                .any(|p| p["id"] == picked);
+            if !offered {
+                return Ok(Json(back(
+                    "access_denied",
+                    "pick one of the patients offered for the app's patient context",
+                )));
+            }
+            ehrchain_types::id_from_hex(picked)
+        }
         _ => None,
     };
     let scopes = match Scopes::parse(Some(&approved), patient.is_some()) {

@@ -13,6 +13,28 @@ fn submit_failure(error: &SubmitError) -> ApiError {
     crate::submit_error(error).as_fhir("processing")
 }
 
+/// Refuse a write that rests on `patient/` scopes for another patient than the login's.
+fn within_context(token: &Token, payload: &Payload) -> Result<(), ApiError> {
+    use crate::scopes::{CREATE, DELETE, UPDATE};
+    for anchor in payload.record_anchors() {
+        let kind = ehrchain_fhir::ResourceType::from_code(anchor.resource_type)
+            .map_or("Resource", ehrchain_fhir::ResourceType::name);
+        let permission = if anchor.is_tombstone() {
+            DELETE
+        } else if anchor.version == 1 {
+            CREATE
+        } else {
+            UPDATE
+        };
+        token.within(kind, permission, &anchor.patient)?;
+    }
+    match payload {
+        Payload::Grant(grant) => token.within("Consent", CREATE, &grant.patient),
+        Payload::Revoke { patient, .. } => token.within("Consent", UPDATE, patient),
+        _ => Ok(()),
+    }
+}
+
 /// Sign `payload` with the caller's session key and submit it. The nonce advances only when
 /// the node admits the transaction, so a refusal leaves no gap for the next request.
 pub async fn submit_as<B: Blob>(
@@ -20,6 +42,7 @@ pub async fn submit_as<B: Blob>(
     token: &Token,
     payload: Payload,
 ) -> Result<Transaction, ApiError> {
+    within_context(token, &payload)?;
     let mut nonce = token.nonce.lock().await;
     // A session transaction the pool dropped (one that can never apply takes its successors
     // with it) leaves a gap no later nonce can cross: start again after the last one alive.

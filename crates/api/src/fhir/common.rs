@@ -46,16 +46,42 @@ pub(super) fn unavailable(error: ehrchain_storage::Error) -> ApiError {
     )
 }
 
-pub(super) async fn body_bytes(body: Body) -> Result<Bytes> {
-    axum::body::to_bytes(body, FHIR_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| {
+/// Most bytes of a body read in all: past [`FHIR_BODY_BYTES_MAX`] the rest is discarded up
+/// to this, so that a client still sending reads its 413 instead of a reset connection.
+/// Beyond it the connection is closed.
+pub const DRAIN_BYTES_MAX: usize = 2 * FHIR_BODY_BYTES_MAX;
+
+/// A request body of at most [`FHIR_BODY_BYTES_MAX`] bytes; 413 for a longer one.
+pub(super) async fn body_bytes(mut body: Body) -> Result<Bytes> {
+    use http_body_util::BodyExt as _;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
             ApiError::fhir(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-long",
-                &format!("the body is over the limit of {FHIR_BODY_BYTES_MAX} bytes"),
+                StatusCode::BAD_REQUEST,
+                "structure",
+                "the request body could not be read whole",
             )
-        })
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= FHIR_BODY_BYTES_MAX {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen > FHIR_BODY_BYTES_MAX {
+        return Err(ApiError::fhir(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-long",
+            &format!("the body is over the limit of {FHIR_BODY_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(Bytes::from(kept))
 }
 
 pub(super) fn fhir_json(status: StatusCode, value: &Value) -> Response {

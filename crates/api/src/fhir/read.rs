@@ -138,11 +138,57 @@ pub(super) fn decided_here<B: Blob>(
     })
 }
 
+/// Why a read outside the login's patient is refused (it never reaches the chain: the token
+/// forbids it, whatever the contract would say).
+pub(super) const OUTSIDE_PATIENT: &str = "outside-patient-context";
+
 /// Record read attempts and learn their outcome: `Ok(())` allowed. A read this gateway allows
 /// by the contract is journalled in its access log (durable before this returns) and reaches
 /// the chain in the next log batch; any other goes to the chain as its own `Access`
-/// transaction and waits for its outcome there.
+/// transaction and waits for its outcome there. A read the token's `patient/` scopes do not
+/// reach (another patient than the login's) is refused here, unrecorded.
 pub(super) async fn record_reads<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    records: &[[u8; 16]],
+    purpose: Purpose,
+) -> Result<Vec<std::result::Result<(), String>>> {
+    let outside: Vec<bool> = state.chain.read(|s| {
+        records
+            .iter()
+            .map(|record| {
+                s.latest(record).is_some_and(|v| {
+                    let kind = ResourceType::from_code(v.anchor.resource_type)
+                        .map_or("Resource", ResourceType::name);
+                    token
+                        .within(kind, crate::scopes::READ, &v.anchor.patient)
+                        .is_err()
+                })
+            })
+            .collect()
+    });
+    if !outside.contains(&true) {
+        return reads_in_context(state, token, records, purpose).await;
+    }
+    let inside: Vec<[u8; 16]> = records
+        .iter()
+        .zip(&outside)
+        .filter(|(_, out)| !**out)
+        .map(|(r, _)| *r)
+        .collect();
+    let mut decided = reads_in_context(state, token, &inside, purpose)
+        .await?
+        .into_iter();
+    Ok(outside
+        .iter()
+        .map(|out| match out {
+            true => Err(OUTSIDE_PATIENT.to_string()),
+            false => decided.next().expect("one outcome per read in context"),
+        })
+        .collect())
+}
+
+async fn reads_in_context<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
     records: &[[u8; 16]],
@@ -451,6 +497,7 @@ pub(super) async fn everything<B: Blob>(
     let (pairs, ignored) = checked(query_pairs(query)?, &PAGING, &[], &headers)?;
     let (count, offset) = count_param(&pairs)?;
     let patient = id16(&id).ok_or_else(|| not_found("no such Patient"))?;
+    token.within("Patient", crate::scopes::READ, &patient)?;
     let (mut versions, erased) = state.chain.read(|s| {
         let erased = s.patient(&patient).map(|p| p.erased_height.is_some());
         let versions: Vec<RecordVersion> = s

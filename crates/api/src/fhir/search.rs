@@ -180,6 +180,10 @@ pub(super) async fn find<B: Blob>(
     let patient = match (patient_param(pairs), &role) {
         (Some(p), _) => id16(p).ok_or_else(|| invalid("patient must be a Patient id"))?,
         (None, Some(Role::Patient { patient } | Role::Guardian { patient })) => *patient,
+        // A clinician's SMART login with a patient picked: that patient's records.
+        (None, _) if kind != ResourceType::Patient && token.patient.is_some() => {
+            token.patient.expect("checked")
+        }
         (None, _) if kind == ResourceType::Patient => pairs
             .iter()
             .find(|(k, _)| k == "_id")
@@ -208,6 +212,7 @@ pub(super) async fn find<B: Blob>(
         }
         (None, _) => return Err(invalid("a search names its patient (patient= or subject=)")),
     };
+    token.within(kind.name(), crate::scopes::SEARCH, &patient)?;
     let ids: Vec<[u8; 16]> = pairs
         .iter()
         .filter(|(k, _)| k == "_id")
