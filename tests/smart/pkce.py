@@ -5,8 +5,8 @@ The patient of node-0 logs in to the demo app with their own key (the signature 
 page makes in wasm is made here with PyJWT), approves a subset of what the app asked for, and
 the app exchanges the code, checks the ID token against the node's JWKS, reads
 `Patient/$everything`, is refused beyond its scopes, refreshes (the refresh token rotates),
-lists its session, sees the app named on its trail (AuditEvent), and is refused after
-revoking. The OAuth errors the specs name are checked on the way: an unregistered redirect
+lists its sessions and ends another of them, sees the app named on its trail (AuditEvent),
+and is refused after revoking. The OAuth errors the specs name are checked on the way: an unregistered redirect
 URI, a missing and a wrong verifier, a reused code, an expired code. A clinician then does a
 provider launch (then another picking a patient for `patient/` scopes, which reach that
 patient alone), and the other institution's clinician sees their app session end at once
@@ -236,6 +236,16 @@ def main(home):
     mine = [s for s in sessions["sessions"] if s["current"]]
     assert mine and mine[0]["app"] == APP and mine[0]["active"], sessions
     assert mine[0]["app_name"] == "ehrchain demo app"
+    # The patient ends another of their app sessions from this one: that one stops, this goes on.
+    _, other_code, other_verifier = launch.log_in(patient, "patient/Patient.rs")
+    other = launch.exchange(other_code, other_verifier).json()
+    theirs = requests.get(launch.browser + "/auth/sessions",
+                          headers={"Authorization": "Bearer " + other["access_token"]}, timeout=30).json()
+    other_key = next(s["session"] for s in theirs["sessions"] if s["current"])
+    ended = requests.post(f"{launch.browser}/auth/sessions/{other_key}/end", headers=bearer, timeout=60)
+    assert ended.status_code == 200, ended.text
+    assert sessions_status(launch, other["access_token"]) == 401
+    assert sessions_status(launch, token["access_token"]) == 200
     # Refresh: a new access token and a new refresh token; the old one is spent.
     refreshed = requests.post(conf["token_endpoint"], data={
         "grant_type": "refresh_token", "refresh_token": token["refresh_token"], "client_id": APP,
@@ -269,6 +279,10 @@ def main(home):
     assert who["role"] == "clinician" and who["patient"] is None, who
     provider = launch.exchange(code, verifier).json()
     assert "patient" not in provider and "/Practitioner/" in provider["fhirUser"], provider
+    # Nobody ends another identity's session.
+    stranger = requests.post(f"{launch.browser}/auth/sessions/{mine[0]['session']}/end",
+                             headers={"Authorization": "Bearer " + provider["access_token"]}, timeout=30)
+    assert stranger.status_code == 404, stranger.text
     metadata = requests.get(f"{fhir}/metadata", timeout=30)
     assert metadata.status_code == 200
     search = requests.get(f"{fhir}/Observation", params={"patient": patient["patient"]},
