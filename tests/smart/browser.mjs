@@ -16,50 +16,25 @@
 //
 // Usage: node browser.mjs DEV_DIR ARTEFACTS_DIR. Screenshots of each step go to ARTEFACTS_DIR.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { serve } from './serve.mjs';
+import { launch as launchChromium, check } from '../browser.mjs';
 
 const [home, artefacts] = process.argv.slice(2);
-const modules = process.env.EHRCHAIN_NODE_MODULES
-  || path.join(process.env.HOME, '.cache/ehrchain/npm/node_modules');
-const { chromium } = await import(path.join(modules, 'playwright-core/index.mjs'));
 const demo = JSON.parse(fs.readFileSync(path.join(home, 'passkey-enrolment.json'), 'utf8'));
 const identities = JSON.parse(fs.readFileSync(path.join(home, 'identities.json'), 'utf8'));
 const patient = identities.find((i) => i.id === demo.identity);
 const clinician = identities.find((i) => i.role === 'clinician' && i.api === patient.api);
 const clinicianKey = path.join(home, 'identities', 'clinician-1.key');
-fs.mkdirSync(artefacts, { recursive: true });
-
-function check(condition, what, detail) {
-  if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
-  console.log(`ok: ${what}`);
-}
-
-// Trust the dev network's CA in a fresh NSS database (Chromium on Linux reads $HOME/.pki).
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ehrchain-chromium-'));
-const nss = `sql:${path.join(profile, '.pki/nssdb')}`;
-fs.mkdirSync(path.join(profile, '.pki/nssdb'), { recursive: true });
-execFileSync('certutil', ['-d', nss, '-N', '--empty-password']);
-execFileSync('certutil', ['-d', nss, '-A', '-t', 'C,,', '-n', 'ehrchain-dev', '-i', path.join(home, 'tls/ca.pem')]);
 
 const server = await serve(8765);
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  env: { ...process.env, HOME: profile },
-});
-let step = 0;
+const { browser, profile, shooter, close } = await launchChromium(home, artefacts);
 try {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on('console', (message) => console.log(`page: ${message.text()}`));
-  const shot = async (name) => {
-    step += 1;
-    await page.screenshot({ path: path.join(artefacts, `${String(step).padStart(2, '0')}-${name}.png`), fullPage: true });
-  };
+  const shot = shooter(page);
   const cdp = await context.newCDPSession(page);
   await cdp.send('WebAuthn.enable');
   await cdp.send('WebAuthn.addVirtualAuthenticator', {
@@ -140,7 +115,6 @@ try {
   check(own.everything >= 1 && own.revoked === 200 && own.afterRevoke === 401, 'own key: reads, then refused after revocation', own);
   console.log('SMART App Launch in Chromium: all checks passed');
 } finally {
-  await browser.close();
+  await close();
   server.close();
-  fs.rmSync(profile, { recursive: true, force: true });
 }

@@ -18,6 +18,7 @@ pub mod serve;
 pub mod session;
 pub mod smart;
 pub mod submit;
+pub mod ui;
 
 use axum::{
     Json, Router,
@@ -86,6 +87,7 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .merge(protected)
         .merge(fhir::routes::<B>(state.clone()))
         .merge(smart::routes::<B>().layer(DefaultBodyLimit::max(64 * 1024)))
+        .merge(ui::routes::<B>())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             smart::cors::<B>,

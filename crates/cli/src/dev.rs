@@ -306,6 +306,25 @@ fn prepare_smart(dir: &Path, apis: &[String], identities: &[serde_json::Value]) 
         }),
     )?;
     session.submit_and_wait(&register)?;
+    // The nodes' own web UI, at each node's address (as the browser names it).
+    let portal = session.sign(
+        &institution,
+        ehrchain_types::Payload::RegisterApp(ehrchain_types::AppRegistration {
+            client_id: ehrchain_api::ui::PORTAL_APP.into(),
+            name: "ehrchain patient portal".into(),
+            redirect_uris: apis
+                .iter()
+                .take(ehrchain_types::transaction::APP_REDIRECT_URIS_MAX)
+                .map(|api| {
+                    let browser =
+                        ehrchain_api::gateway::Gateway::new(api.clone(), None).browser_url();
+                    format!("{browser}/")
+                })
+                .collect(),
+            jwk: None,
+        }),
+    )?;
+    session.submit_and_wait(&portal)?;
     let patient = identities
         .iter()
         .find(|i| i["role"] == "patient" && i["api"] == apis[0].as_str())

@@ -1,0 +1,321 @@
+// The patient portal: the record as a timeline, the grants with a form to give and a button to
+// revoke, and the access history from the chain's trail. Everything is FHIR with the token
+// from the node's SMART login; the chain decides each read, and the page only shows it.
+import { logIn, finishLogIn, currentToken, logOut } from '/ui/auth.js';
+import { describe, dateOf, day } from '/ui/render.js';
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, text, attrs = {}) => {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+  return node;
+};
+let token = null;
+let directory = null;
+let records = [];
+let events = [];
+
+// Anything slower than half a second shows the busy mark; errors are said in plain words.
+let busyTimer = null;
+function say(text, busy = false) {
+  clearTimeout(busyTimer);
+  $('status').textContent = text;
+  if (busy) busyTimer = setTimeout(() => document.body.setAttribute('aria-busy', 'true'), 500);
+  else document.body.setAttribute('aria-busy', 'false');
+}
+const fail = (error) => say(`That did not work: ${error.message}`);
+
+const plain = (outcome) => (outcome.issue || [])
+  .map((i) => i.diagnostics || (i.details || {}).text).filter(Boolean).join('; ');
+
+async function call(path, init = {}) {
+  const headers = { Accept: 'application/fhir+json', Authorization: `Bearer ${token.access_token}` };
+  if (init.body) headers['Content-Type'] = 'application/fhir+json';
+  const response = await fetch(path, { ...init, headers });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    sessionStorage.removeItem('ehrchain-token');
+    showLoggedOut();
+    throw new Error('your session has ended; log in again');
+  }
+  if (!response.ok) throw new Error(plain(body) || body.error_description || `the node answered ${response.status}`);
+  return body;
+}
+const fhir = (path, init) => call(`/fhir/${path}`, init);
+
+// Every page of a search, up to `max` entries.
+async function everyEntry(path, max = 1000) {
+  const entries = [];
+  let next = path;
+  while (next && entries.length < max) {
+    const bundle = await fhir(next);
+    entries.push(...(bundle.entry || []).filter((e) => e.resource && e.resource.resourceType !== 'OperationOutcome'));
+    const link = (bundle.link || []).find((l) => l.relation === 'next');
+    next = link ? link.url.slice(link.url.indexOf('/fhir/') + 6) : null;
+  }
+  return entries;
+}
+
+// ---- who is who ------------------------------------------------------------------------
+async function loadDirectory() {
+  directory = directory || await call('/ui/directory');
+  return directory;
+}
+function nameOf(reference) {
+  const [kind, id] = String(reference || '').split('/');
+  if (!id) return reference || 'unknown';
+  if (token.patient && kind === 'Patient' && id === token.patient) return 'you';
+  const institutions = (directory || {}).institutions || [];
+  const institution = (key) => (institutions.find((i) => i.id === key) || {}).name || `member ${key.slice(0, 8)}…`;
+  if (kind === 'Organization') return institution(id);
+  const clinician = ((directory || {}).clinicians || []).find((c) => c.id === id);
+  if (clinician) return `Clinician ${id.slice(0, 8)}… at ${institution(clinician.institution)}`;
+  return `${kind} ${id.slice(0, 8)}…`;
+}
+
+// ---- tabs ------------------------------------------------------------------------------
+const views = { record: showRecord, grants: showGrants, history: showHistory };
+function select(name) {
+  for (const tab of document.querySelectorAll('[role="tab"]')) {
+    const on = tab.getAttribute('aria-controls') === name;
+    tab.setAttribute('aria-selected', String(on));
+    tab.tabIndex = on ? 0 : -1;
+    $(tab.getAttribute('aria-controls')).hidden = !on;
+  }
+  views[name]().catch(fail);
+}
+$('tabs').addEventListener('click', (event) => {
+  const tab = event.target.closest('[role="tab"]');
+  if (tab) select(tab.getAttribute('aria-controls'));
+});
+$('tabs').addEventListener('keydown', (event) => {
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  const at = tabs.indexOf(document.activeElement);
+  if (at < 0 || !['ArrowLeft', 'ArrowRight'].includes(event.key)) return;
+  const next = tabs[(at + (event.key === 'ArrowRight' ? 1 : tabs.length - 1)) % tabs.length];
+  next.focus();
+  select(next.getAttribute('aria-controls'));
+});
+
+// ---- the record ------------------------------------------------------------------------
+async function showRecord() {
+  say('Loading your record…', true);
+  const started = performance.now();
+  records = (await everyEntry(`Patient/${token.patient}/$everything?_count=100`)).map((e) => e.resource);
+  const types = [...new Set(records.map((r) => r.resourceType))].sort();
+  const select = $('record-type');
+  const chosen = select.value;
+  select.replaceChildren(el('option', 'All types', { value: '' }), ...types.map((t) => el('option', t, { value: t })));
+  select.value = types.includes(chosen) ? chosen : '';
+  drawTimeline();
+  window.__timings = { ...(window.__timings || {}), record_ms: performance.now() - started };
+  say('');
+}
+
+function drawTimeline() {
+  const started = performance.now();
+  const type = $('record-type').value;
+  const from = $('record-from').value;
+  const to = $('record-to').value;
+  const shown = records
+    .filter((r) => !type || r.resourceType === type)
+    .filter((r) => { const d = day(dateOf(r)); return (!from || d >= from) && (!to || d <= to); })
+    .sort((a, b) => String(dateOf(b)).localeCompare(String(dateOf(a))));
+  $('record-count').textContent = `${shown.length} of ${records.length} records`;
+  const items = shown.map((r) => {
+    const { title, facts } = describe(r);
+    const item = el('li');
+    const article = el('article');
+    article.append(el('h3', title));
+    const version = (r.meta || {}).versionId;
+    article.append(el('p', `${r.resourceType} · ${day(dateOf(r)) || 'no date'}${version ? ` · version ${version}` : ''}`, { class: 'meta' }));
+    if (facts.length) {
+      const list = el('dl');
+      for (const [label, value] of facts) list.append(el('dt', label), el('dd', value));
+      article.append(list);
+    }
+    const raw = el('details');
+    raw.append(el('summary', 'The record as stored (FHIR JSON)'), el('pre', JSON.stringify(r, null, 2)));
+    article.append(raw);
+    item.append(article);
+    return item;
+  });
+  $('timeline').replaceChildren(...items);
+  window.__timings = { ...(window.__timings || {}), timeline_render_ms: performance.now() - started, timeline_items: items.length };
+}
+$('record-filter').addEventListener('input', drawTimeline);
+
+// ---- grants ----------------------------------------------------------------------------
+const PURPOSES = { TREAT: 'treatment', ETREAT: 'emergency treatment', HRESCH: 'research', HPAYMT: 'payment', HOPERAT: 'operations', PATRQT: 'your own request' };
+const GRANTABLE = ['Observation', 'Condition', 'MedicationRequest', 'AllergyIntolerance', 'Immunization', 'Procedure', 'Encounter', 'DiagnosticReport', 'DocumentReference', 'CarePlan'];
+
+async function showGrants() {
+  say('Loading who can see your record…', true);
+  const people = await loadDirectory();
+  const grantee = $('grantee');
+  if (!grantee.options.length) {
+    const institutions = people.institutions.map((i) => el('option', i.name, { value: `Organization/${i.id}` }));
+    const clinicians = people.clinicians.map((c) => el('option', nameOf(`Practitioner/${c.id}`), { value: `Practitioner/${c.id}` }));
+    const group = (label, options) => { const g = el('optgroup', null, { label }); g.append(...options); return g; };
+    grantee.append(group('Clinicians', clinicians), group('Institutions', institutions));
+    $('grant-types').replaceChildren(...GRANTABLE.map((t) => {
+      const label = el('label');
+      const box = el('input', null, { type: 'checkbox', value: t });
+      label.append(box, ` ${t}`);
+      return label;
+    }));
+    const inAYear = new Date(Date.now() + 365 * 24 * 3600 * 1000);
+    $('until').value = inAYear.toISOString().slice(0, 10);
+  }
+  const grants = (await everyEntry(`Consent?patient=${token.patient}`)).map((e) => e.resource);
+  $('grant-rows').replaceChildren(...grants.map((consent) => {
+    const provision = consent.provision || {};
+    const whom = ((provision.actor || [])[0] || {}).reference || {};
+    const row = el('tr');
+    const classes = (provision.class || []).map((c) => c.code).join(', ') || 'all records';
+    const purposes = (provision.purpose || []).map((p) => PURPOSES[p.code] || p.code).join(', ') || 'any purpose';
+    row.append(el('td', nameOf(whom.reference)), el('td', classes), el('td', purposes),
+      el('td', day((provision.period || {}).end)), el('td', consent.status));
+    const cell = el('td');
+    if (consent.status === 'active') {
+      const button = el('button', 'Revoke', { type: 'button', class: 'secondary', 'aria-label': `Revoke access of ${nameOf(whom.reference)}` });
+      button.addEventListener('click', () => revoke(consent.id, nameOf(whom.reference)).catch(fail));
+      cell.append(button);
+    }
+    row.append(cell);
+    return row;
+  }));
+  say(grants.length ? '' : 'You have given no one access yet.');
+}
+
+$('grant-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  try {
+    const whom = $('grantee').value;
+    const types = [...document.querySelectorAll('#grant-types input:checked')].map((b) => b.value);
+    const purpose = $('purpose').value;
+    const until = $('until').value;
+    if (!until || until <= new Date().toISOString().slice(0, 10)) throw new Error('choose an end date in the future');
+    const provision = {
+      type: 'permit',
+      period: { start: new Date().toISOString(), end: `${until}T23:59:59Z` },
+      actor: [{
+        role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] },
+        reference: { reference: whom },
+      }],
+      action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
+    };
+    if (purpose) provision.purpose = [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: purpose }];
+    if (types.length) provision.class = types.map((t) => ({ system: 'http://hl7.org/fhir/resource-types', code: t }));
+    say('Recording the access on the chain…', true);
+    await fhir('Consent', {
+      method: 'POST',
+      body: JSON.stringify({
+        resourceType: 'Consent', status: 'active',
+        scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+        category: [{ coding: [{ system: 'http://loinc.org', code: '59284-0' }] }],
+        patient: { reference: `Patient/${token.patient}` },
+        provision,
+      }),
+    });
+    await showGrants();
+    say(`Access given to ${nameOf(whom)}: ${types.join(', ') || 'all records'}, until ${until}.`);
+  } catch (error) { fail(error); }
+});
+
+async function revoke(id, whom) {
+  say('Revoking on the chain…', true);
+  const consent = await fhir(`Consent/${id}`);
+  consent.status = 'inactive';
+  await fhir(`Consent/${id}`, { method: 'PUT', body: JSON.stringify(consent) });
+  await showGrants();
+  say(`Revoked: ${whom} can no longer open your records. Any later attempt appears under "Who looked" as refused.`);
+}
+
+// ---- access history --------------------------------------------------------------------
+async function showHistory() {
+  say('Loading the access history from the chain…', true);
+  await loadDirectory();
+  events = (await everyEntry(`AuditEvent?patient=${token.patient}&_count=100`, 500)).map((e) => e.resource);
+  drawHistory();
+  say('');
+}
+
+const isBreakGlass = (e) => (e.purposeOfEvent || []).some((p) => (p.coding || []).some((c) => c.code === 'ETREAT'))
+  || (e.subtype || []).some((s) => s.code === 'ETREAT');
+
+function shownEvents() {
+  const outcome = $('history-outcome').value;
+  const glass = $('history-glass').checked;
+  return events.filter((e) => (!outcome || e.outcome === outcome) && (!glass || isBreakGlass(e)));
+}
+
+function drawHistory() {
+  $('history-rows').replaceChildren(...shownEvents().map((e) => {
+    const row = el('tr');
+    const glass = isBreakGlass(e);
+    if (glass) row.className = 'break-glass';
+    const reader = (e.agent || [])[0] || {};
+    const app = (e.agent || []).find((a) => ((a.type || {}).coding || [])[0]?.code === '110150');
+    const what = ((e.entity || [])[1] || {}).what;
+    const purpose = ((e.purposeOfEvent || [])[0]?.coding || [])[0]?.code;
+    row.append(el('td', String(e.recorded || '').replace('T', ' ').slice(0, 19)),
+      el('td', nameOf((reader.who || {}).reference)),
+      el('td', app ? app.who.display : 'direct'),
+      el('td', what ? what.reference.split('/')[0] : (glass ? 'break-glass opened' : '')));
+    const why = el('td', PURPOSES[purpose] || purpose || '');
+    if (glass) why.prepend(el('span', '⚠ Emergency access: ', { class: 'flag' }));
+    row.append(why);
+    row.append(el('td', e.outcome === '0' ? 'allowed' : `refused (${String(e.outcomeDesc || '').replace('denied: ', '')})`,
+      e.outcome === '0' ? {} : { class: 'denied' }));
+    return row;
+  }));
+}
+$('history-filter').addEventListener('input', drawHistory);
+$('history-export').addEventListener('click', () => {
+  const bundle = { resourceType: 'Bundle', type: 'collection', entry: shownEvents().map((resource) => ({ resource })) };
+  const link = el('a', null, { download: 'access-history.json' });
+  link.href = URL.createObjectURL(new Blob([JSON.stringify(bundle, null, 2)], { type: 'application/fhir+json' }));
+  link.click();
+  URL.revokeObjectURL(link.href);
+});
+
+// ---- log in and out --------------------------------------------------------------------
+function showLoggedOut() {
+  $('welcome').hidden = false;
+  $('tabs').hidden = true;
+  $('log-out').hidden = true;
+  $('who').textContent = '';
+  for (const panel of ['record', 'grants', 'history']) $(panel).hidden = true;
+}
+
+function showLoggedIn() {
+  $('welcome').hidden = true;
+  $('tabs').hidden = false;
+  $('log-out').hidden = false;
+  $('who').textContent = token.patient ? `Patient ${token.patient}` : 'Logged in';
+  select('record');
+}
+
+$('log-in').addEventListener('click', () => logIn().catch(fail));
+$('log-out').addEventListener('click', async () => {
+  await logOut();
+  token = null;
+  showLoggedOut();
+  say('You are logged out; your session is ended on the chain.');
+});
+
+(async () => {
+  try {
+    token = (await finishLogIn()) || currentToken();
+  } catch (error) {
+    fail(error);
+  }
+  if (!token) return showLoggedOut();
+  if (!token.patient) {
+    showLoggedOut();
+    return say('This portal is for patients: the login has no patient. Clinicians use their charting app.');
+  }
+  showLoggedIn();
+})();

@@ -1,0 +1,107 @@
+//! The web UI every node serves at `/`: plain ES modules and one stylesheet, compiled into the
+//! binary (no CDN, no remote font, no build step), logging in through the node's own SMART
+//! App Launch as the app [`PORTAL_APP`], which an institution registers with the node's URL as
+//! its redirect URI (`ehrchain dev` does it for every dev node).
+//!
+//! The pages talk FHIR with the token they got (`$everything`, `Consent`, `AuditEvent`), and
+//! the one JSON call here: [`directory`], the institutions and clinicians a patient may grant
+//! access to, by name where the chain has one (institutions' genesis names) and by key.
+
+use crate::{ApiError, ApiState, session::caller};
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use commonware_runtime::Blob;
+use ehrchain_contracts::facts::Role;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// The `client_id` of the node's own web UI.
+pub const PORTAL_APP: &str = "ehrchain-portal";
+/// Most clinicians the directory lists.
+pub const DIRECTORY_CLINICIANS_MAX: usize = 1_000;
+
+pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
+    Router::new()
+        .route("/", get(index::<B>))
+        .route("/ui/directory", get(directory::<B>))
+        .route("/ui/{name}", get(asset::<B>))
+}
+
+async fn index<B: Blob>(State(_state): State<Arc<ApiState<B>>>) -> Response {
+    let mut response = Html(include_str!("../assets/ui/index.html")).into_response();
+    crate::smart::secure_page_headers(response.headers_mut());
+    response
+}
+
+async fn asset<B: Blob>(
+    State(_state): State<Arc<ApiState<B>>>,
+    Path(name): Path<String>,
+) -> Response {
+    let (kind, body) = match name.as_str() {
+        "portal.js" => ("text/javascript", include_str!("../assets/ui/portal.js")),
+        "auth.js" => ("text/javascript", include_str!("../assets/ui/auth.js")),
+        "render.js" => ("text/javascript", include_str!("../assets/ui/render.js")),
+        "portal.css" => ("text/css", include_str!("../assets/ui/portal.css")),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /ui/directory`, with any live token: who a grant can name. Institutions by their
+/// genesis name (members admitted later by key), clinicians by key and institution. Nothing
+/// here is about a patient.
+async fn directory<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    caller(&state, &headers)?;
+    let named: std::collections::BTreeMap<String, String> = state
+        .genesis
+        .validators
+        .iter()
+        .map(|v| (v.public_key.to_lowercase(), v.name.clone()))
+        .collect();
+    let (institutions, clinicians) = state.chain.read(|s| {
+        use ehrchain_contracts::state::Reader;
+        let mut institutions = Vec::new();
+        let mut clinicians = Vec::new();
+        for (key, identity) in s.identities() {
+            if s.retired(key).is_some() {
+                continue;
+            }
+            match &identity.role {
+                Role::Institution => {
+                    let id = key.to_string();
+                    let name = named
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("Member {}", &id[..8]));
+                    institutions.push(json!({"id": id, "name": name}));
+                }
+                Role::Clinician { institution } if clinicians.len() < DIRECTORY_CLINICIANS_MAX => {
+                    clinicians.push(
+                        json!({"id": key.to_string(), "institution": institution.to_string()}),
+                    );
+                }
+                _ => {}
+            }
+        }
+        (institutions, clinicians)
+    });
+    Ok(Json(
+        json!({"institutions": institutions, "clinicians": clinicians}),
+    ))
+}

@@ -1,0 +1,41 @@
+// Headless Chromium for the browser journeys (Debian chromium, driven by playwright-core),
+// trusting the dev network's CA in a throw-away NSS database (Chromium on Linux reads
+// $HOME/.pki), with screenshots numbered in the order they are taken.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+
+const modules = process.env.EHRCHAIN_NODE_MODULES
+  || path.join(process.env.HOME, '.cache/ehrchain/npm/node_modules');
+
+export async function launch(home, artefacts) {
+  const { chromium } = await import(path.join(modules, 'playwright-core/index.mjs'));
+  fs.mkdirSync(artefacts, { recursive: true });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ehrchain-chromium-'));
+  const nss = `sql:${path.join(profile, '.pki/nssdb')}`;
+  fs.mkdirSync(path.join(profile, '.pki/nssdb'), { recursive: true });
+  execFileSync('certutil', ['-d', nss, '-N', '--empty-password']);
+  execFileSync('certutil', ['-d', nss, '-A', '-t', 'C,,', '-n', 'ehrchain-dev', '-i', path.join(home, 'tls/ca.pem')]);
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    env: { ...process.env, HOME: profile },
+  });
+  let step = 0;
+  const shooter = (page) => async (name) => {
+    step += 1;
+    await page.screenshot({ path: path.join(artefacts, `${String(step).padStart(2, '0')}-${name}.png`), fullPage: true });
+  };
+  const close = async () => {
+    await browser.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  };
+  return { browser, profile, shooter, close };
+}
+
+export function check(condition, what, detail) {
+  if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
+  console.log(`ok: ${what}`);
+}

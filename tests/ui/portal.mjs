@@ -1,0 +1,125 @@
+// The patient portal every node serves at `/`, in headless Chromium against `ehrchain dev`:
+// the patient logs in through the node's own SMART login (their key file, signed in wasm),
+// reads the record as a timeline, grants the clinician of another institution access to
+// Observations, and sees that clinician's read on the trail; then revokes, and the
+// clinician's next attempt appears as refused. Screenshots of each step go to ARTEFACTS_DIR.
+//
+// Usage: node portal.mjs DEV_DIR ARTEFACTS_DIR (EHRCHAIN_BIN names the CLI).
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { launch, check } from '../browser.mjs';
+
+const [home, artefacts] = process.argv.slice(2);
+const identities = JSON.parse(fs.readFileSync(path.join(home, 'identities.json'), 'utf8'));
+const patient = identities.find((i) => i.role === 'patient');
+const home0 = patient.api.replace('https://127.0.0.1', 'https://localhost');
+const clinician = identities.find((i) => i.role === 'clinician' && i.api !== patient.api);
+const clinicianKey = path.join(home, 'identities', `clinician-${identities.filter((i) => i.role === 'clinician').indexOf(clinician) + 1}.key`);
+const patientKey = path.join(home, 'identities', 'patient-1.key');
+
+// The clinician, from their own node, as their charting software would.
+const token = execFileSync(process.env.EHRCHAIN_BIN, ['auth', 'token', '--api', clinician.api, '--key', clinicianKey]).toString().trim();
+async function clinicianReads() {
+  const response = await fetch(`${clinician.api}/fhir/Observation?patient=${patient.patient}&_count=5`, {
+    headers: { Authorization: `Bearer ${token}`, Accept: 'application/fhir+json' },
+  });
+  return response.status;
+}
+async function until(what, check, seconds = 60) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+const { browser, shooter, close } = await launch(home, artefacts);
+try {
+  const page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
+  page.on('console', (message) => console.log(`page: ${message.text()}`));
+  page.on('response', (r) => { if (r.status() >= 400) console.log(`page: ${r.status()} ${r.url().split('?')[0]}`); });
+  const shot = shooter(page);
+
+  // Log in through the node's own SMART login, with the key file signed in wasm.
+  const started = Date.now();
+  await page.goto(`${home0}/`);
+  const firstLoad = Date.now() - started;
+  await shot('portal-welcome');
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
+  await page.locator('#keyfile').setInputFiles(patientKey);
+  await page.getByRole('button', { name: 'Log in with the key file' }).click();
+  await page.locator('#consent').waitFor({ state: 'visible', timeout: 30000 });
+  await shot('portal-consent');
+  await page.getByRole('button', { name: 'Approve' }).click();
+  await page.waitForURL(`${home0}/`, { timeout: 60000 });
+
+  // The record, as a person reads it.
+  await page.locator('#timeline li').first().waitFor({ timeout: 60000 });
+  const count = await page.locator('#timeline li').count();
+  check(count > 10, 'the record shows as a timeline', count);
+  const observation = await page.locator('#timeline li', { hasText: 'Observation ·' }).first().textContent();
+  check(/Value/.test(observation), 'an observation shows its value, not JSON', observation.slice(0, 200));
+  await page.getByLabel('Type').selectOption('Observation');
+  const only = await page.locator('#timeline li .meta').allTextContents();
+  check(only.length > 0 && only.every((m) => m.startsWith('Observation')), 'the timeline filters by type', only.length);
+  await shot('portal-record');
+  const timings = await page.evaluate(() => window.__timings);
+  console.log(`measured: first load ${firstLoad} ms, record ${Math.round(timings.record_ms)} ms, timeline of ${timings.timeline_items} rendered in ${Math.round(timings.timeline_render_ms)} ms`);
+
+  // Grant the other institution's clinician access to Observations.
+  check(await clinicianReads() === 403, 'before any grant the clinician is refused', null);
+  await page.getByRole('tab', { name: 'Who can see it' }).click();
+  await page.locator('#grantee option').first().waitFor({ state: 'attached', timeout: 30000 });
+  await page.locator('#grantee').selectOption(`Practitioner/${clinician.id}`);
+  await page.getByLabel('Observation', { exact: true }).check();
+  await page.getByLabel('For what purpose').selectOption('TREAT');
+  await page.getByRole('button', { name: 'Give access' }).click();
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Access given'), null, { timeout: 60000 });
+  await shot('portal-granted');
+  // The data keys reach the clinician's node within seconds (503 until then).
+  await until('the clinician reading under the grant', async () => (await clinicianReads()) === 200);
+  check(true, 'the clinician reads under the grant', null);
+
+  // The patient sees the read on the trail (once the clinician's node has logged it).
+  const who = `Clinician ${clinician.id.slice(0, 8)}`;
+  const historyRow = async (outcome) => {
+    await page.getByRole('tab', { name: 'Who can see it' }).click();
+    await page.getByRole('tab', { name: 'Who looked' }).click();
+    await page.locator('#history-rows tr').first().waitFor({ timeout: 30000 });
+    const rows = await page.locator('#history-rows tr').allTextContents();
+    return rows.some((r) => r.includes(who) && r.includes(outcome));
+  };
+  await until('the read on the trail', () => historyRow('allowed'), 90);
+  await shot('portal-history-read');
+  check(true, 'the patient sees the clinician\'s read in the history', null);
+
+  // Revoke; the clinician's next attempt is refused and appears as refused.
+  await page.getByRole('tab', { name: 'Who can see it' }).click();
+  await page.getByRole('button', { name: `Revoke access of ${who}` }).first().click();
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Revoked'), null, { timeout: 60000 });
+  await shot('portal-revoked');
+  await until('the clinician refused after revocation', async () => (await clinicianReads()) === 403, 30);
+  await until('the refusal on the trail', () => historyRow('refused'), 90);
+  await shot('portal-history-refused');
+  check(true, 'the refused attempt after revocation appears in the history', null);
+
+  // At phone width the page still works in one column.
+  await page.setViewportSize({ width: 390, height: 800 });
+  await shot('portal-phone');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 1, 'no horizontal scrolling at phone width', overflow);
+  console.log('The patient portal in Chromium: all checks passed');
+} catch (error) {
+  // What the person saw when it failed, for the report.
+  for (const page of browser.contexts().flatMap((c) => c.pages())) {
+    console.log(`page status: ${await page.locator('#status').textContent().catch(() => '?')}`);
+    await page.screenshot({ path: path.join(artefacts, 'failure.png'), fullPage: true }).catch(() => {});
+  }
+  throw error;
+} finally {
+  await close();
+}
