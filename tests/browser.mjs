@@ -39,3 +39,19 @@ export function check(condition, what, detail) {
   if (!condition) throw new Error(`${what}: ${JSON.stringify(detail)}`);
   console.log(`ok: ${what}`);
 }
+
+// axe-core in the page (evaluated through DevTools, so the page's CSP stays as it is): no
+// violation of serious or critical impact (WCAG 2.1 A and AA rules), or the test fails naming them.
+export async function accessible(page, what) {
+  const source = fs.readFileSync(path.join(modules, 'axe-core/axe.min.js'), 'utf8');
+  await page.evaluate(source);
+  const violations = await page.evaluate(async () => {
+    const results = await window.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+    });
+    return results.violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => ({ rule: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(' ')) }));
+  });
+  check(violations.length === 0, `${what}: no serious or critical accessibility violation (axe-core)`, violations);
+}

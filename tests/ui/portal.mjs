@@ -8,7 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { launch, check } from '../browser.mjs';
+import { launch, check, accessible } from '../browser.mjs';
 
 const [home, artefacts] = process.argv.slice(2);
 const identities = JSON.parse(fs.readFileSync(path.join(home, 'identities.json'), 'utf8'));
@@ -48,12 +48,14 @@ try {
   await page.goto(`${home0}/`);
   const firstLoad = Date.now() - started;
   await shot('portal-welcome');
+  await accessible(page, 'the welcome page');
   await page.getByRole('button', { name: 'Log in' }).click();
   await page.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
   await page.locator('#keyfile').setInputFiles(patientKey);
   await page.getByRole('button', { name: 'Log in with the key file' }).click();
   await page.locator('#consent').waitFor({ state: 'visible', timeout: 30000 });
   await shot('portal-consent');
+  await accessible(page, 'the login and consent page');
   await page.getByRole('button', { name: 'Approve' }).click();
   await page.waitForURL(`${home0}/`, { timeout: 60000 });
 
@@ -63,10 +65,17 @@ try {
   check(count > 10, 'the record shows as a timeline', count);
   const observation = await page.locator('#timeline li', { hasText: 'Observation ·' }).first().textContent();
   check(/Value/.test(observation), 'an observation shows its value, not JSON', observation.slice(0, 200));
-  await page.getByLabel('Type').selectOption('Observation');
+  // Its integrity: the version's inclusion proof checked in the browser, in wasm.
+  const first = page.locator('#timeline li').first();
+  await first.getByRole('button', { name: /on the chain/ }).click();
+  await first.locator('.proof.checked, .proof.denied').waitFor({ timeout: 60000 });
+  const proof = await first.locator('.proof').textContent();
+  check(proof.includes('finalized') && proof.includes('checked in this browser'), 'a record\'s proof is checked in the browser', proof);
+  await page.locator('#record-type').selectOption('Observation');
   const only = await page.locator('#timeline li .meta').allTextContents();
   check(only.length > 0 && only.every((m) => m.startsWith('Observation')), 'the timeline filters by type', only.length);
   await shot('portal-record');
+  await accessible(page, 'the record');
   const timings = await page.evaluate(() => window.__timings);
   console.log(`measured: first load ${firstLoad} ms, record ${Math.round(timings.record_ms)} ms, timeline of ${timings.timeline_items} rendered in ${Math.round(timings.timeline_render_ms)} ms`);
 
@@ -80,6 +89,7 @@ try {
   await page.getByRole('button', { name: 'Give access' }).click();
   await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Access given'), null, { timeout: 60000 });
   await shot('portal-granted');
+  await accessible(page, 'who can see it');
   // The data keys reach the clinician's node within seconds (503 until then).
   await until('the clinician reading under the grant', async () => (await clinicianReads()) === 200);
   check(true, 'the clinician reads under the grant', null);
@@ -95,6 +105,7 @@ try {
   };
   await until('the read on the trail', () => historyRow('allowed'), 90);
   await shot('portal-history-read');
+  await accessible(page, 'who looked');
   check(true, 'the patient sees the clinician\'s read in the history', null);
 
   // Revoke; the clinician's next attempt is refused and appears as refused.

@@ -4,19 +4,28 @@
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-// The module's few imports belong to glue it never calls on these paths: each throws.
+// The module's few imports belong to wasm-bindgen glue it never calls on these paths, so
+// each throws; except randomness (getrandom's `crypto.getRandomValues(buf)`, whose raw
+// import takes the buffer as pointer and length), which batched signature checks need.
+let memory = null;
 const unused = new Proxy({}, {
   get: (_, name) => () => { throw new Error(`ehrchain client: ${String(name)} is unavailable`); },
+});
+const placeholder = new Proxy({}, {
+  get: (_, name) => (String(name).startsWith('__wbg_getRandomValues_')
+    ? (pointer, len) => { crypto.getRandomValues(new Uint8Array(memory.buffer, pointer, len)); }
+    : unused[name]),
 });
 
 export async function loadClient(url) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`the client module did not load (${response.status})`);
   const { instance } = await WebAssembly.instantiate(await response.arrayBuffer(), {
-    __wbindgen_placeholder__: unused,
+    __wbindgen_placeholder__: placeholder,
     __wbindgen_externref_xform__: unused,
   });
   const wasm = instance.exports;
+  memory = wasm.memory;
   const put = (text) => {
     const bytes = encoder.encode(text);
     const pointer = wasm.alloc(bytes.length);
@@ -40,6 +49,12 @@ export async function loadClient(url) {
     identityOfKey: (keyText) => call('identity_of_key', keyText),
     // The public keys of a key file's key: {identity, encryption_key} (hex).
     describeKey: (keyText) => JSON.parse(call('describe_key', keyText)),
+    // An inclusion proof (a proof file or a Provenance) checked against a genesis, offline:
+    // {transaction, height, block, finalized_height}, or an error saying why not.
+    verifyProof: (genesisText, proofText) => {
+      const seed = Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, '0')).join('');
+      return JSON.parse(call('verify_proof', genesisText, proofText, seed));
+    },
     // A signed SMART App Launch login: {token_url, challenge, client_id, scope, now_s}.
     signAppLogin: (keyText, request) => call('sign_app_login', keyText, JSON.stringify(request)),
   };

@@ -3,9 +3,11 @@
 //! App Launch as the app [`PORTAL_APP`], which an institution registers with the node's URL as
 //! its redirect URI (`ehrchain dev` does it for every dev node).
 //!
-//! The pages talk FHIR with the token they got (`$everything`, `Consent`, `AuditEvent`), and
-//! the one JSON call here: [`directory`], the institutions and clinicians a patient may grant
-//! access to, by name where the chain has one (institutions' genesis names) and by key.
+//! The pages talk FHIR with the token they got (`$everything`, `Consent`, `AuditEvent`,
+//! `Provenance`), and two JSON calls here: [`directory`], the institutions and clinicians a
+//! patient may grant access to, by name where the chain has one (institutions' genesis names)
+//! and by key; and [`genesis`], which the page checks each record's inclusion proof against
+//! with the Rust client in wasm.
 
 use crate::{ApiError, ApiState, session::caller};
 use axum::{
@@ -29,6 +31,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
     Router::new()
         .route("/", get(index::<B>))
         .route("/ui/directory", get(directory::<B>))
+        .route("/ui/genesis", get(genesis::<B>))
         .route("/ui/{name}", get(asset::<B>))
 }
 
@@ -58,6 +61,13 @@ async fn asset<B: Blob>(
         body,
     )
         .into_response()
+}
+
+/// `GET /ui/genesis`: the genesis this node runs, which the page checks proofs against in
+/// wasm. Public (validator keys and names); the page keeps the first one it saw and refuses
+/// to check against another (trust on first use: compare it with the consortium's own copy).
+async fn genesis<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<ehrchain_types::Genesis> {
+    Json(state.genesis.clone())
 }
 
 /// `GET /ui/directory`, with any live token: who a grant can name. Institutions by their

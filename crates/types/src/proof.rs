@@ -111,6 +111,17 @@ fn hex_bytes(text: &str, what: &'static str) -> Result<Vec<u8>, ProofError> {
 impl InclusionProof {
     /// Check the proof against the validator set of `genesis`, with no network access.
     pub fn verify(&self, genesis: &Genesis) -> Result<Verified, ProofError> {
+        self.verify_with(genesis, &mut rand::rng())
+    }
+
+    /// [`Self::verify`] with the randomness that batches the certificate's signature checks
+    /// given: it must be unpredictable to whoever made the proof (a browser seeds it from
+    /// WebCrypto, where the thread RNG has no source).
+    pub fn verify_with<R: rand::CryptoRng>(
+        &self,
+        genesis: &Genesis,
+        rng: &mut R,
+    ) -> Result<Verified, ProofError> {
         if self.chain_id != genesis.chain_id {
             return Err(ProofError::WrongChain(self.chain_id, genesis.chain_id));
         }
@@ -177,15 +188,21 @@ impl InclusionProof {
             if epoch_root(&root, handoff.epoch, &next) != header.state_root {
                 return Err(ProofError::BadHandoff(handoff.epoch));
             }
-            certified(&handoff.finalization, &header, &validators, epoch_blocks)
-                .map_err(|_| ProofError::BadHandoff(handoff.epoch))?;
+            certified(
+                &handoff.finalization,
+                &header,
+                &validators,
+                epoch_blocks,
+                rng,
+            )
+            .map_err(|_| ProofError::BadHandoff(handoff.epoch))?;
             validators = next;
             epoch = handoff.epoch;
         }
         if last.height / epoch_blocks < epoch {
             return Err(ProofError::Malformed("epochs beyond the block"));
         }
-        certified(&self.finalization, last, &validators, epoch_blocks)?;
+        certified(&self.finalization, last, &validators, epoch_blocks, rng)?;
         Ok(Verified {
             transaction,
             height: first.height,
@@ -201,6 +218,7 @@ fn certified(
     header: &BlockHeader,
     validators: &[PublicKey],
     epoch_blocks: u64,
+    rng: &mut impl rand::CryptoRng,
 ) -> Result<(), ProofError> {
     let participants = commonware_utils::ordered::Set::try_from(validators.to_vec())
         .map_err(|_| ProofError::Malformed("validators"))?;
@@ -217,8 +235,7 @@ fn certified(
     if finalization.proposal.round.epoch().get() != header.height / epoch_blocks {
         return Err(ProofError::BadFinalization);
     }
-    let mut rng = rand::rng();
-    if !finalization.verify(&mut rng, &verifier, &commonware_parallel::Sequential) {
+    if !finalization.verify(rng, &verifier, &commonware_parallel::Sequential) {
         return Err(ProofError::BadFinalization);
     }
     Ok(())

@@ -127,3 +127,49 @@ pub unsafe extern "C" fn sign_app_login(
     })();
     answer(result)
 }
+
+/// Check an inclusion proof (a proof file's JSON, or a FHIR `Provenance` carrying one) against
+/// a genesis document, with no network: the answer is JSON `{"transaction", "height",
+/// "block", "finalized_height"}` for a transaction in a block that more than two thirds of the
+/// validators finalized, following each certified change of the validator set.
+///
+/// `seed` is 64 hex characters of fresh randomness (the page's `crypto.getRandomValues`): it
+/// randomizes the batched signature check, so it must be unpredictable to the proof's maker.
+///
+/// # Safety
+/// `genesis`, `proof` and `seed` must point at `genesis_len`, `proof_len` and `seed_len`
+/// bytes from [`alloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn verify_proof(
+    genesis: *const u8,
+    genesis_len: usize,
+    proof: *const u8,
+    proof_len: usize,
+    seed: *const u8,
+    seed_len: usize,
+) -> *mut u8 {
+    let result = (|| {
+        let seed: [u8; 32] = hex::decode(unsafe { input(seed, seed_len) }?)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "the seed is 64 hex characters".to_string())?;
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_seed(seed);
+        let genesis =
+            ehrchain_client::proof::genesis(unsafe { input(genesis, genesis_len) }?.as_bytes())
+                .map_err(|e| e.to_string())?;
+        let proof = ehrchain_client::proof::parse(unsafe { input(proof, proof_len) }?.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let verified = proof
+            .verify_with(&genesis, &mut rng)
+            .map_err(|e| e.to_string())?;
+        Ok(serde_json::json!({
+            "transaction": hex::encode(verified.transaction),
+            "height": verified.height,
+            "block": hex::encode(verified.block),
+            "finalized_height": verified.finalized_height,
+        })
+        .to_string()
+        .into_bytes())
+    })();
+    answer(result)
+}

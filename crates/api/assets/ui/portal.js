@@ -135,6 +135,13 @@ function drawTimeline() {
       for (const [label, value] of facts) list.append(el('dt', label), el('dd', value));
       article.append(list);
     }
+    const proof = el('p', null, { class: 'proof' });
+    const verify = el('button', 'Check on the chain', { type: 'button', class: 'secondary', 'aria-label': `Check on the chain: ${title}` });
+    verify.addEventListener('click', () => checkOnChain(r, proof).catch((error) => {
+      proof.textContent = `Not checked: ${error.message}`;
+      proof.className = 'proof denied';
+    }));
+    article.append(verify, proof);
     const raw = el('details');
     raw.append(el('summary', 'The record as stored (FHIR JSON)'), el('pre', JSON.stringify(r, null, 2)));
     article.append(raw);
@@ -145,6 +152,38 @@ function drawTimeline() {
   window.__timings = { ...(window.__timings || {}), timeline_render_ms: performance.now() - started, timeline_items: items.length };
 }
 $('record-filter').addEventListener('input', drawTimeline);
+
+// ---- integrity: the version's inclusion proof, checked here in wasm --------------------
+let client = null;
+let genesisText = null;
+async function trustedGenesis() {
+  if (genesisText) return genesisText;
+  const text = await (await fetch('/ui/genesis')).text();
+  const digest = Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))),
+    (b) => b.toString(16).padStart(2, '0')).join('');
+  const known = localStorage.getItem('ehrchain-genesis-sha256');
+  if (known && known !== digest) {
+    throw new Error('this node now shows another genesis than the one this browser first saw: ask your institution');
+  }
+  localStorage.setItem('ehrchain-genesis-sha256', digest);
+  genesisText = text;
+  return text;
+}
+
+async function checkOnChain(resource, where) {
+  where.textContent = 'Checking its proof…';
+  const version = (resource.meta || {}).versionId || '1';
+  const provenance = await fhir(`Provenance/${resource.id}-${version}`);
+  const genesis = await trustedGenesis();
+  if (!client) {
+    const { loadClient } = await import('/auth/assets/ehrchain-client.js');
+    client = await loadClient('/auth/assets/ehrchain_client.wasm');
+  }
+  const verified = client.verifyProof(genesis, JSON.stringify(provenance));
+  const author = nameOf(((provenance.agent || [])[0]?.who || {}).reference);
+  where.textContent = `✔ Version ${version} by ${author}, ${day(provenance.recorded)}: anchored in block ${verified.height} and finalized by the consortium's validators (proof checked in this browser).`;
+  where.className = 'proof checked';
+}
 
 // ---- grants ----------------------------------------------------------------------------
 const PURPOSES = { TREAT: 'treatment', ETREAT: 'emergency treatment', HRESCH: 'research', HPAYMT: 'payment', HOPERAT: 'operations', PATRQT: 'your own request' };
