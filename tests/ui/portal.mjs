@@ -1,8 +1,10 @@
 // The patient portal every node serves at `/`, in headless Chromium against `ehrchain dev`:
 // the patient logs in through the node's own SMART login (their key file, signed in wasm),
-// reads the record as a timeline, grants the clinician of another institution access to
-// Observations, and sees that clinician's read on the trail; then revokes, and the
-// clinician's next attempt appears as refused. Screenshots of each step go to ARTEFACTS_DIR.
+// reads the record as a timeline (each version's proof checked in wasm), grants the clinician
+// of another institution access to Observations, and sees that clinician's read on the trail;
+// then revokes, and the clinician's next attempt appears as refused. Then the mode (custodial),
+// the download of the whole record, phone width, and erasure. Every page is checked by
+// axe-core. Screenshots of each step go to ARTEFACTS_DIR.
 //
 // Usage: node portal.mjs DEV_DIR ARTEFACTS_DIR (EHRCHAIN_BIN names the CLI).
 import fs from 'node:fs';
@@ -118,11 +120,38 @@ try {
   await shot('portal-history-refused');
   check(true, 'the refused attempt after revocation appears in the history', null);
 
+  // The mode is said: this patient's home node keeps their key.
+  const header = await page.locator('#who').textContent();
+  check(header.includes('keeps your key'), 'the page says the patient is custodial', header);
+  // The whole record downloads as a FHIR Bundle.
+  await page.getByRole('tab', { name: 'My record' }).click();
+  await page.locator('#timeline li').first().waitFor({ timeout: 60000 });
+  const [bundleFile] = await Promise.all([page.waitForEvent('download'),
+    page.getByRole('button', { name: 'Download my whole record (FHIR Bundle)' }).click()]);
+  const bundle = JSON.parse(fs.readFileSync(await bundleFile.path(), 'utf8'));
+  check(bundle.resourceType === 'Bundle' && bundle.entry.length >= count,
+    'the whole record downloads as a FHIR Bundle', bundle.entry.length);
+
   // At phone width the page still works in one column.
   await page.setViewportSize({ width: 390, height: 800 });
   await shot('portal-phone');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 1, 'no horizontal scrolling at phone width', overflow);
+  // Erasure, last: the page says exactly what happens, asks for the patient id, and then
+  // the record is gone on every node while the trail stays.
+  await page.setViewportSize({ width: 1100, height: 900 });
+  await page.locator('#erasure summary').click();
+  await page.getByLabel(/To confirm, type your patient id/).fill('not my id');
+  await page.getByRole('button', { name: 'Erase my record' }).click();
+  await page.waitForFunction(() => document.getElementById('status').textContent.includes('type the patient id'), null, { timeout: 30000 });
+  await page.getByLabel(/To confirm, type your patient id/).fill(patient.patient);
+  await page.getByRole('button', { name: 'Erase my record' }).click();
+  await page.waitForFunction(() => document.getElementById('status').textContent.startsWith('Your record is erased'), null, { timeout: 60000 });
+  await shot('portal-erased');
+  const gone = await fetch(`${clinician.api}/fhir/Patient/${patient.patient}/$everything`, {
+    headers: { Authorization: `Bearer ${token}`, Accept: 'application/fhir+json' },
+  });
+  check(gone.status === 410, 'after erasure the record is gone (410)', gone.status);
   console.log('The patient portal in Chromium: all checks passed');
 } catch (error) {
   // What the person saw when it failed, for the report.

@@ -1280,13 +1280,19 @@ async fn asset<B: Blob>(
         },
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
+    asset_response(kind, body)
+}
+
+/// A page's script, style or module: revalidated on each load (a node upgrade changes it),
+/// never sniffed as another type.
+pub(crate) fn asset_response(kind: &'static str, body: impl Into<axum::body::Body>) -> Response {
     (
         [
             (header::CONTENT_TYPE, kind),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        body,
+        body.into(),
     )
         .into_response()
 }

@@ -13,7 +13,7 @@ use crate::{ApiError, ApiState, session::caller};
 use axum::{
     Json, Router,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
@@ -32,6 +32,8 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/", get(index::<B>))
         .route("/ui/directory", get(directory::<B>))
         .route("/ui/genesis", get(genesis::<B>))
+        .route("/ui/me", get(me::<B>))
+        .route("/ui/erase", axum::routing::post(erase::<B>))
         .route("/ui/{name}", get(asset::<B>))
 }
 
@@ -52,15 +54,7 @@ async fn asset<B: Blob>(
         "portal.css" => ("text/css", include_str!("../assets/ui/portal.css")),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    (
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response()
+    crate::smart::asset_response(kind, body)
 }
 
 /// `GET /ui/genesis`: the genesis this node runs, which the page checks proofs against in
@@ -68,6 +62,76 @@ async fn asset<B: Blob>(
 /// to check against another (trust on first use: compare it with the consortium's own copy).
 async fn genesis<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> Json<ehrchain_types::Genesis> {
     Json(state.genesis.clone())
+}
+
+/// `GET /ui/me`: who the token is, and whether this node keeps their key (custodial) or they
+/// hold their own, which the portal tells them.
+async fn me<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    let role = state
+        .chain
+        .read(|s| {
+            use ehrchain_contracts::state::Reader;
+            s.identity(&token.identity).map(|i| i.role)
+        })
+        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "this identity is not registered"))?;
+    let custodial = crate::passkey::custodial_seed(&state, &token.identity, &role).is_some();
+    Ok(Json(json!({
+        "identity": token.identity.to_string(),
+        "role": role.name(),
+        "patient": token.patient.map(hex::encode),
+        "custodial": custodial,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct Erase {
+    /// The patient id, typed by the person to confirm.
+    confirm: String,
+}
+
+/// `POST /ui/erase`: a patient (or guardian) asks, from this node's own UI only, for the
+/// erasure of the patient's records (`ErasePatient`, signed by their session): every node
+/// deletes the ciphertexts and keys; the chain keeps pseudonymous ids, hashes and the trail.
+/// Another app's token cannot ask, whatever its scopes: erasure is not a FHIR interaction a
+/// SMART scope names.
+async fn erase<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Json(body): Json<Erase>,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    if token.app.as_deref() != Some(PORTAL_APP) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "erasure is asked for from the node's own portal",
+        ));
+    }
+    let patient = token.patient.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only a patient's or guardian's login asks for erasure",
+        )
+    })?;
+    if body.confirm.trim() != hex::encode(patient) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "type the patient id exactly to confirm the erasure",
+        ));
+    }
+    let tx = crate::submit::submit_as(
+        &state,
+        &token,
+        ehrchain_types::Payload::ErasePatient { patient },
+    )
+    .await?;
+    let location = crate::submit::commit(&state, &tx).await?;
+    Ok(Json(
+        json!({"erased": hex::encode(patient), "height": location.height}),
+    ))
 }
 
 /// `GET /ui/directory`, with any live token: who a grant can name. Institutions by their

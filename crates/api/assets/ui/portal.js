@@ -31,7 +31,7 @@ const plain = (outcome) => (outcome.issue || [])
 
 async function call(path, init = {}) {
   const headers = { Accept: 'application/fhir+json', Authorization: `Bearer ${token.access_token}` };
-  if (init.body) headers['Content-Type'] = 'application/fhir+json';
+  if (init.body) headers['Content-Type'] = path.startsWith('/fhir/') ? 'application/fhir+json' : 'application/json';
   const response = await fetch(path, { ...init, headers });
   const body = await response.json().catch(() => ({}));
   if (response.status === 401) {
@@ -39,7 +39,10 @@ async function call(path, init = {}) {
     showLoggedOut();
     throw new Error('your session has ended; log in again');
   }
-  if (!response.ok) throw new Error(plain(body) || body.error_description || `the node answered ${response.status}`);
+  if (!response.ok) {
+    const why = plain(body) || body.error_description || (typeof body.error === 'string' ? body.error : '');
+    throw new Error(why || `the node answered ${response.status}`);
+  }
   return body;
 }
 const fhir = (path, init) => call(`/fhir/${path}`, init);
@@ -102,7 +105,8 @@ $('tabs').addEventListener('keydown', (event) => {
 async function showRecord() {
   say('Loading your record…', true);
   const started = performance.now();
-  records = (await everyEntry(`Patient/${token.patient}/$everything?_count=100`)).map((e) => e.resource);
+  records = (await everyEntry(`Patient/${token.patient}/$everything?_count=100`, 10000)).map((e) => e.resource);
+  $('erasure').hidden = records.length === 0;
   const types = [...new Set(records.map((r) => r.resourceType))].sort();
   const select = $('record-type');
   const chosen = select.value;
@@ -152,6 +156,30 @@ function drawTimeline() {
   window.__timings = { ...(window.__timings || {}), timeline_render_ms: performance.now() - started, timeline_items: items.length };
 }
 $('record-filter').addEventListener('input', drawTimeline);
+
+// ---- download and erasure --------------------------------------------------------------
+function download(name, type, text) {
+  const link = el('a', null, { download: name });
+  link.href = URL.createObjectURL(new Blob([text], { type }));
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+$('download-bundle').addEventListener('click', () => download('my-record.json', 'application/fhir+json',
+  JSON.stringify({ resourceType: 'Bundle', type: 'collection', entry: records.map((resource) => ({ resource })) }, null, 2)));
+$('download-ndjson').addEventListener('click', () => download('my-record.ndjson', 'application/fhir+ndjson',
+  records.map((r) => JSON.stringify(r)).join('\n') + '\n'));
+
+$('erase-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  try {
+    say('Asking every node to erase your record…', true);
+    const answer = await call('/ui/erase', { method: 'POST', body: JSON.stringify({ confirm: $('erase-confirm').value }) });
+    records = [];
+    $('timeline').replaceChildren();
+    $('record-count').textContent = '';
+    say(`Your record is erased (block ${answer.height}): its content and keys are deleted on every node. The trail of who opened it stays.`);
+  } catch (error) { fail(error); }
+});
 
 // ---- integrity: the version's inclusion proof, checked here in wasm --------------------
 let client = null;
@@ -333,7 +361,13 @@ function showLoggedIn() {
   $('welcome').hidden = true;
   $('tabs').hidden = false;
   $('log-out').hidden = false;
-  $('who').textContent = token.patient ? `Patient ${token.patient}` : 'Logged in';
+  $('who').textContent = `Patient ${token.patient}`;
+  $('erase-id').textContent = token.patient;
+  call('/ui/me').then((me) => {
+    $('who').textContent = `Patient ${token.patient} · ${me.custodial
+      ? 'your home institution keeps your key for you'
+      : 'you hold your own key: this node keeps none of yours'}`;
+  }).catch(fail);
   select('record');
 }
 
