@@ -69,10 +69,7 @@ impl Caller {
 
     /// The patient the caller is or speaks for, if any.
     pub fn patient(&self) -> Option<[u8; 16]> {
-        match &self.role {
-            Some(Role::Patient { patient } | Role::Guardian { patient }) => Some(*patient),
-            _ => None,
-        }
+        self.role.as_ref().and_then(Role::patient)
     }
 
     /// Whether `key` is the caller: their identity key or the session key they sign with.

@@ -86,8 +86,8 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/metrics", get(metrics::<B>))
         .merge(protected)
         .merge(fhir::routes::<B>(state.clone()))
-        .merge(smart::routes::<B>().layer(DefaultBodyLimit::max(64 * 1024)))
-        .merge(ui::routes::<B>())
+        .merge(smart::routes::<B>().layer(DefaultBodyLimit::max(smart::AUTH_BODY_BYTES_MAX)))
+        .merge(ui::routes::<B>().layer(DefaultBodyLimit::max(smart::AUTH_BODY_BYTES_MAX)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             smart::cors::<B>,

@@ -98,11 +98,7 @@ async fn issue_token<B: Blob>(
         )
     })?;
     let (identity, claims, role) = check_assertion(state, &assertion)?;
-    let patient = match role {
-        ehrchain_contracts::facts::Role::Patient { patient }
-        | ehrchain_contracts::facts::Role::Guardian { patient } => Some(patient),
-        _ => None,
-    };
+    let patient = role.patient();
     let scopes = Scopes::parse(request.scope.as_deref(), patient.is_some())
         .map_err(|why| ApiError::oauth(StatusCode::BAD_REQUEST, "invalid_scope", why))?;
     remember_jti(state, &claims)?;

@@ -412,10 +412,7 @@ pub async fn enrol_key<B: Blob>(
     if let Err(error) = std::fs::remove_file(code_path(dir, &enrolling.code)) {
         tracing::warn!(%error, "cannot delete a used enrolment code");
     }
-    let patient = match role {
-        Role::Patient { patient } | Role::Guardian { patient } => Some(hex::encode(patient)),
-        _ => None,
-    };
+    let patient = role.patient().map(hex::encode);
     Ok(Json(json!({
         "identity": new_key.to_string(),
         "previous": enrolling.identity.to_string(),

@@ -106,15 +106,10 @@ pub fn caller<B: Blob>(state: &ApiState<B>, headers: &HeaderMap) -> Result<Arc<T
 pub fn session_live<B: Blob>(state: &ApiState<B>, key: &PublicKey) -> bool {
     state.chain.read(|s| {
         use ehrchain_contracts::state::Reader;
-        s.session(key).is_some_and(|session| {
-            session.expires_ms > s.time_ms()
-                && s.identity(&session.identity).is_some()
-                && s.retired(&session.identity).is_none()
-                && session
-                    .app
-                    .as_deref()
-                    .is_none_or(|app| s.app(app).is_some())
-        })
+        matches!(
+            ehrchain_contracts::access::live_session(s, key, s.time_ms()),
+            Ok(Some(_))
+        )
     })
 }
 

@@ -58,6 +58,12 @@ pub const CODE_LIFETIME: Duration = Duration::from_secs(60);
 pub const REFRESH_TOKENS_MAX: usize = 10_000;
 /// Longest `state`, `nonce` or `code_challenge` parameter read.
 pub const PARAMETER_BYTES_MAX: usize = 512;
+/// How long the assertion a node signs for a passkey login is valid: it is committed at once.
+pub const CUSTODIAL_ASSERTION_LIFETIME_S: u64 = 120;
+/// Longest request body of the login, enrolment and portal endpoints (small JSON or forms).
+pub const AUTH_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Most sessions `GET /auth/sessions` lists: the newest.
+pub const SESSIONS_LISTED_MAX: usize = 100;
 
 /// The node's SMART App Launch state: requests, codes and refresh tokens in flight.
 #[derive(Default)]
@@ -89,6 +95,8 @@ struct Pending {
     /// Signed by the person (as the assertion's `jti`) or by their passkey.
     challenge: [u8; 32],
     who: Option<(PublicKey, Via)>,
+    /// The patients offered to a clinician for the login's patient context (`pickable`).
+    offered: Vec<[u8; 16]>,
     created: Instant,
 }
 
@@ -342,6 +350,7 @@ async fn authorize<B: Blob>(
                 requested: requested.clone(),
                 challenge,
                 who: None,
+                offered: Vec::new(),
                 created: Instant::now(),
             },
         );
@@ -434,7 +443,11 @@ fn needs_patient<'a>(mut scopes: impl Iterator<Item = &'a str>) -> bool {
 /// and those who granted them or their institution access now, by pseudonymous id (names are
 /// in the encrypted records: reading them would be reads of their own, on the trail). The
 /// chain still decides every read; the pick only narrows `patient/` scopes to one patient.
-fn pickable<B: Blob>(state: &ApiState<B>, identity: &PublicKey, role: &Role) -> Vec<Value> {
+fn pickable<B: Blob>(
+    state: &ApiState<B>,
+    identity: &PublicKey,
+    role: &Role,
+) -> Vec<([u8; 16], &'static str)> {
     let Role::Clinician { institution } = role else {
         return Vec::new();
     };
@@ -462,19 +475,18 @@ fn pickable<B: Blob>(state: &ApiState<B>, identity: &PublicKey, role: &Role) -> 
                 why.insert(grant.patient, "granted you access");
             }
         }
-        why.into_iter()
-            .take(PICKER_PATIENTS_MAX)
-            .map(|(id, why)| json!({"id": hex::encode(id), "why": why}))
-            .collect()
+        why.into_iter().take(PICKER_PATIENTS_MAX).collect()
     })
 }
 
-/// What the consent screen shows of the person who logged in.
+/// What the consent screen shows of the person who logged in, for a request asking for
+/// `requested`, and the patients offered to pick from. Computed outside the lock on the
+/// requests in progress: the picker reads the chain's state.
 fn who_json<B: Blob>(
     state: &ApiState<B>,
     identity: &PublicKey,
-    pending: &Pending,
-) -> Result<Value, ApiError> {
+    requested: &[String],
+) -> Result<(Value, Vec<[u8; 16]>), ApiError> {
     let role = role_of(state, identity)
         .ok_or_else(|| bad_request("access_denied", "this identity is not registered"))?;
     let (kind, patient) = match role {
@@ -485,20 +497,46 @@ fn who_json<B: Blob>(
         Role::Auditor => ("auditor", None),
     };
     let patients = match patient {
-        None if needs_patient(pending.requested.iter().map(String::as_str)) => {
+        None if needs_patient(requested.iter().map(String::as_str)) => {
             pickable(state, identity, &role)
         }
         _ => Vec::new(),
     };
     let context = patient.is_some() || !patients.is_empty();
-    let allowed = Scopes::parse(Some(&pending.requested.join(" ")), context).is_ok();
-    Ok(json!({
+    let allowed = Scopes::parse(Some(&requested.join(" ")), context).is_ok();
+    let answer = json!({
         "identity": identity.to_string(),
         "role": kind,
         "patient": patient,
-        "patients": patients,
+        "patients": patients
+            .iter()
+            .map(|(id, why)| json!({"id": hex::encode(id), "why": why}))
+            .collect::<Vec<_>>(),
         "scopes_fit": allowed,
-    }))
+    });
+    Ok((answer, patients.into_iter().map(|(id, _)| id).collect()))
+}
+
+/// Record who logged in on a request (and the patients offered them), if the request is
+/// still the one whose `challenge` they answered.
+fn logged_in(
+    smart: &Smart,
+    request: &str,
+    challenge: [u8; 32],
+    who: (PublicKey, Via),
+    offered: Vec<[u8; 16]>,
+) -> Result<(), ApiError> {
+    with_pending(smart, request, |p| {
+        if p.challenge != challenge {
+            return Err(bad_request(
+                "invalid_request",
+                "the login changed meanwhile",
+            ));
+        }
+        p.who = Some(who);
+        p.offered = offered;
+        Ok(())
+    })
 }
 
 fn role_of<B: Blob>(state: &ApiState<B>, identity: &PublicKey) -> Option<Role> {
@@ -532,7 +570,7 @@ async fn who_by_key<B: Blob>(
     Json(body): Json<WhoByKey>,
 ) -> Result<Json<Value>, ApiError> {
     let (identity, claims, _) = check_assertion(&state, &body.proof)?;
-    let answer = with_pending(&state.gateway.smart, &body.request, |p| {
+    let (challenge, requested) = with_pending(&state.gateway.smart, &body.request, |p| {
         if claims.jti != format!("{}.who", B64.encode(p.challenge))
             || claims.client_id.as_deref() != Some(&p.client_id)
         {
@@ -540,11 +578,17 @@ async fn who_by_key<B: Blob>(
                 "the proof of the key does not answer this request (challenge or app)",
             ));
         }
-        remember_jti(&state, &claims)?;
-        let answer = who_json(&state, &identity, p)?;
-        p.who = Some((identity.clone(), Via::Key));
-        Ok(answer)
+        Ok((p.challenge, p.requested.clone()))
     })?;
+    remember_jti(&state, &claims)?;
+    let (answer, offered) = who_json(&state, &identity, &requested)?;
+    logged_in(
+        &state.gateway.smart,
+        &body.request,
+        challenge,
+        (identity, Via::Key),
+        offered,
+    )?;
     Ok(Json(answer))
 }
 
@@ -562,7 +606,9 @@ async fn who_by_passkey<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     Json(body): Json<WhoByPasskey>,
 ) -> Result<Json<Value>, ApiError> {
-    let challenge = with_pending(&state.gateway.smart, &body.request, |p| Ok(p.challenge))?;
+    let (challenge, requested) = with_pending(&state.gateway.smart, &body.request, |p| {
+        Ok((p.challenge, p.requested.clone()))
+    })?;
     let decode = |text: &str| {
         B64.decode(text)
             .map_err(|_| bad_request("invalid_request", "the passkey answer is not base64url"))
@@ -575,17 +621,14 @@ async fn who_by_passkey<B: Blob>(
         &decode(&body.authenticator_data)?,
         &decode(&body.signature)?,
     )?;
-    let answer = with_pending(&state.gateway.smart, &body.request, |p| {
-        if p.challenge != challenge {
-            return Err(bad_request(
-                "invalid_request",
-                "the login changed meanwhile",
-            ));
-        }
-        let answer = who_json(&state, &identity, p)?;
-        p.who = Some((identity.clone(), Via::Passkey));
-        Ok(answer)
-    })?;
+    let (answer, offered) = who_json(&state, &identity, &requested)?;
+    logged_in(
+        &state.gateway.smart,
+        &body.request,
+        challenge,
+        (identity, Via::Passkey),
+        offered,
+    )?;
     Ok(Json(answer))
 }
 
@@ -634,22 +677,23 @@ async fn approve<B: Blob>(
     let approved = approved.join(" ");
     let role = role_of(&state, &identity)
         .ok_or_else(|| bad_request("access_denied", "this identity is not registered"))?;
-    let patient = match role {
-        Role::Patient { patient } | Role::Guardian { patient } => Some(patient),
-        _ if needs_patient(approved.split_ascii_whitespace()) => {
-            let picked = body.patient.as_deref().unwrap_or_default();
-            let offered = pickable(&state, &identity, &role)
-                .iter()
-                .any(|p| p["id"] == picked);
-            if !offered {
+    let patient = match role.patient() {
+        Some(patient) => Some(patient),
+        None if needs_patient(approved.split_ascii_whitespace()) => {
+            let picked = body
+                .patient
+                .as_deref()
+                .and_then(ehrchain_types::id_from_hex)
+                .filter(|id| pending.offered.contains(id));
+            if picked.is_none() {
                 return Ok(Json(back(
                     "access_denied",
                     "pick one of the patients offered for the app's patient context",
                 )));
             }
-            ehrchain_types::id_from_hex(picked)
+            picked
         }
-        _ => None,
+        None => None,
     };
     let scopes = match Scopes::parse(Some(&approved), patient.is_some()) {
         Ok(scopes) if !approved.is_empty() => scopes,
@@ -683,20 +727,14 @@ async fn approve<B: Blob>(
                         "this node no longer holds the key it acts with",
                     )
                 })?;
-            let now_s = now_ms() / 1000;
-            jwt::sign(
+            jwt::sign_assertion(
                 &seed,
-                &jwt::Claims {
-                    iss: identity.to_string(),
-                    sub: identity.to_string(),
-                    aud: state.gateway.token_url(),
-                    exp: now_s + 120,
-                    jti: challenge,
-                    iat: Some(now_s),
-                    nbf: None,
-                    client_id: Some(pending.client_id.clone()),
-                    scope: Some(approved.clone()),
-                },
+                &state.gateway.token_url(),
+                challenge,
+                now_ms() / 1000,
+                CUSTODIAL_ASSERTION_LIFETIME_S,
+                Some(pending.client_id.clone()),
+                Some(approved.clone()),
             )
         }
     };
@@ -1213,8 +1251,11 @@ async fn sessions<B: Blob>(
     let list = state.chain.read(|s| {
         use ehrchain_contracts::state::Reader;
         let now = s.time_ms();
-        s.sessions_of(&me.identity)
+        let mut sessions = s.sessions_of(&me.identity);
+        sessions.sort_by_key(|(key, session)| std::cmp::Reverse((session.expires_ms, key.clone())));
+        sessions
             .into_iter()
+            .take(SESSIONS_LISTED_MAX)
             .map(|(key, session)| {
                 json!({
                     "session": key.to_string(),

@@ -83,13 +83,7 @@ pub fn app(command: AppCommand) -> Result<()> {
                 }
             }
             let jwk = jwk
-                .map(|path| {
-                    let text = std::fs::read(&path)
-                        .with_context(|| format!("cannot read the JWK {}", path.display()))?;
-                    ehrchain_crypto::jwk::ClientJwk::parse(&text)
-                        .with_context(|| format!("{} is not a key we accept", path.display()))?;
-                    anyhow::Ok(text)
-                })
+                .map(|path| crate::records::read_client_jwk(&path).map(|(text, _)| text))
                 .transpose()?;
             let what = format!(
                 "app {client_id} ({})",

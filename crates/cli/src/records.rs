@@ -556,6 +556,18 @@ pub fn record(command: RecordCommand) -> Result<ExitCode> {
 /// Make a new key file at `out`, have the holder of key file `key` (an institution, a patient,
 /// a guardian, or the identity itself) sign the payload `register` builds for it, and wait
 /// until that is final.
+/// A public JWK file (RS384 or ES384), read and checked here first (its size too) for a
+/// precise message; every validator checks it again.
+pub(crate) fn read_client_jwk(
+    path: &std::path::Path,
+) -> Result<(Vec<u8>, ehrchain_crypto::jwk::ClientJwk)> {
+    let text =
+        std::fs::read(path).with_context(|| format!("cannot read the JWK {}", path.display()))?;
+    let parsed = ehrchain_crypto::jwk::ClientJwk::parse(&text)
+        .with_context(|| format!("{} is not a client key we accept", path.display()))?;
+    Ok((text, parsed))
+}
+
 fn register_new(
     api: &str,
     key: &std::path::Path,
@@ -729,11 +741,7 @@ pub fn identity(command: IdentityCommand) -> Result<ExitCode> {
             );
         }
         IdentityCommand::AddClientKey { api, key, jwk } => {
-            let text = std::fs::read(&jwk)
-                .with_context(|| format!("cannot read the JWK {}", jwk.display()))?;
-            // Checked here first (its size too) for a precise message; every validator checks it again.
-            let parsed = ehrchain_crypto::jwk::ClientJwk::parse(&text)
-                .with_context(|| format!("{} is not a client key we accept", jwk.display()))?;
+            let (text, parsed) = read_client_jwk(&jwk)?;
             let session = Session::open(crate::client::Http::AS_CURRENT, &api)?;
             let signer = crate::records::load_signer(&key)?;
             let (tx, status) = session.send(

@@ -24,20 +24,14 @@ fn sign_assertion(
     client_id: Option<String>,
     scope: Option<String>,
 ) -> String {
-    let id = identity_of_seed(seed);
-    ehrchain_crypto::jwt::sign(
+    ehrchain_crypto::jwt::sign_assertion(
         seed,
-        &ehrchain_crypto::jwt::Claims {
-            iss: id.clone(),
-            sub: id,
-            aud: token_url.to_string(),
-            exp: now_s + ASSERTION_LIFETIME_S,
-            jti,
-            iat: Some(now_s),
-            nbf: None,
-            client_id,
-            scope,
-        },
+        token_url,
+        jti,
+        now_s,
+        ASSERTION_LIFETIME_S,
+        client_id,
+        scope,
     )
 }
 

@@ -539,19 +539,19 @@ pub const OFFLINE_SESSION_MS: u64 = 12 * 60 * 60 * 1000;
 /// was made; the rest is room for clock skew and the time to commit).
 pub const ASSERTION_AHEAD_MS: u64 = 10 * 60 * 1000;
 
-/// Who a transaction acts for: its signer, or, when the signer is a live gateway session key,
-/// the session's identity. A session carries only record and consent operations.
-pub(crate) fn actor(
+/// The session of `key` if it may still act at `time_ms` (`None`: `key` is no session key),
+/// or why not: it ended (closed or expired), its identity was rotated away or removed, or
+/// its app was removed. The one statement of a live session: validators judge transactions
+/// by it, and gateways their tokens (`api::session::session_live`).
+pub fn live_session(
     view: &impl Reader,
-    at: At,
-    signer: &PublicKey,
-    payload: &ehrchain_types::Payload,
-) -> Result<PublicKey, Rejection> {
-    use ehrchain_types::Payload as P;
-    let Some(session) = view.session(signer) else {
-        return Ok(signer.clone());
+    key: &PublicKey,
+    time_ms: u64,
+) -> Result<Option<crate::facts::SessionEntry>, Rejection> {
+    let Some(session) = view.session(key) else {
+        return Ok(None);
     };
-    if at.time_ms >= session.expires_ms {
+    if time_ms >= session.expires_ms {
         return Err(Rejection::Unauthorized(
             "the session has ended; ask for a new token",
         ));
@@ -568,6 +568,21 @@ pub(crate) fn actor(
             "the app this session was opened for has been removed",
         ));
     }
+    Ok(Some(session))
+}
+
+/// Who a transaction acts for: its signer, or, when the signer is a live gateway session key,
+/// the session's identity. A session carries only record and consent operations.
+pub(crate) fn actor(
+    view: &impl Reader,
+    at: At,
+    signer: &PublicKey,
+    payload: &ehrchain_types::Payload,
+) -> Result<PublicKey, Rejection> {
+    use ehrchain_types::Payload as P;
+    let Some(session) = live_session(view, signer, at.time_ms)? else {
+        return Ok(signer.clone());
+    };
     match payload {
         P::RecordAnchor(_)
         | P::RecordSet(_)

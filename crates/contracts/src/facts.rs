@@ -107,6 +107,14 @@ impl Role {
         }
     }
 
+    /// The patient a patient or guardian speaks for; `None` for every other role.
+    pub fn patient(&self) -> Option<PatientId> {
+        match self {
+            Self::Patient { patient } | Self::Guardian { patient } => Some(*patient),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Institution => "institution",

@@ -190,6 +190,36 @@ pub fn verify_app(assertion: &str, client_id: &str, key: &ClientJwk) -> Result<C
     Ok(parsed.claims)
 }
 
+/// Sign a login assertion by the identity of `seed` (`iss` and `sub` its id in hex),
+/// addressed to `aud`, issued at `now_s` and valid for `lifetime_s`: a Backend Services
+/// client assertion (no `client_id`, no `scope`), or a person's SMART App Launch login,
+/// whether the person's browser signs it or their home node with the key it keeps.
+pub fn sign_assertion(
+    seed: &[u8; 32],
+    aud: &str,
+    jti: String,
+    now_s: u64,
+    lifetime_s: u64,
+    client_id: Option<String>,
+    scope: Option<String>,
+) -> String {
+    let id = hex_lower(&public_key(seed));
+    sign(
+        seed,
+        &Claims {
+            iss: id.clone(),
+            sub: id,
+            aud: aud.to_string(),
+            exp: now_s + lifetime_s,
+            jti,
+            iat: Some(now_s),
+            nbf: None,
+            client_id,
+            scope,
+        },
+    )
+}
+
 /// Sign `claims` with an Ed25519 seed: what a client does to ask for a token.
 pub fn sign(seed: &[u8; 32], claims: &Claims) -> String {
     sign_token(seed, None, claims)
