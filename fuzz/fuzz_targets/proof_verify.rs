@@ -1,6 +1,7 @@
 //! Untrusted proof files checked offline: malformed proofs are refused, never a panic. The
 //! client library's reader (`client::proof::parse`: a proof file or a FHIR `Provenance` with
-//! the proof in base64) is driven with the same bytes.
+//! the proof in base64) is driven with the same bytes, and so is a block's finality proof
+//! (`client::proof::parse_block`, what the block explorer checks in the browser).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -22,5 +23,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(proof) = ehrchain_client::proof::parse(data) {
         let _ = proof.verify(&genesis);
+    }
+    if let Ok(proof) = ehrchain_client::proof::parse_block(data) {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+        let _ = proof.verify_with(&genesis, &mut rng);
     }
 });

@@ -51,7 +51,7 @@ try {
   const firstLoad = Date.now() - started;
   await shot('portal-welcome');
   await accessible(page, 'the welcome page');
-  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.getByRole('button', { name: 'Log in', exact: true }).click();
   await page.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
   await page.locator('#keyfile').setInputFiles(patientKey);
   await page.getByRole('button', { name: 'Log in with the key file' }).click();

@@ -17,6 +17,9 @@ const placeholder = new Proxy({}, {
     : unused[name]),
 });
 
+// 32 bytes of WebCrypto randomness, in hex: what batches a certificate's signature checks.
+const freshSeed = () => Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, '0')).join('');
+
 export async function loadClient(url) {
   const response = await fetch(url);
   if (!response.ok) throw new Error(`the client module did not load (${response.status})`);
@@ -51,10 +54,10 @@ export async function loadClient(url) {
     describeKey: (keyText) => JSON.parse(call('describe_key', keyText)),
     // An inclusion proof (a proof file or a Provenance) checked against a genesis, offline:
     // {transaction, height, block, finalized_height}, or an error saying why not.
-    verifyProof: (genesisText, proofText) => {
-      const seed = Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, '0')).join('');
-      return JSON.parse(call('verify_proof', genesisText, proofText, seed));
-    },
+    verifyProof: (genesisText, proofText) => JSON.parse(call('verify_proof', genesisText, proofText, freshSeed())),
+    // A block's finality proof (GET /chain/blocks/{height}/proof) checked against a genesis,
+    // offline: {height, block, finalized_height, validators}, or an error saying why not.
+    verifyBlock: (genesisText, proofText) => JSON.parse(call('verify_block', genesisText, proofText, freshSeed())),
     // A signed SMART App Launch login: {token_url, challenge, client_id, scope, now_s}.
     signAppLogin: (keyText, request) => call('sign_app_login', keyText, JSON.stringify(request)),
   };

@@ -74,6 +74,7 @@ pub fn router<B: Blob>(state: Arc<ApiState<B>>) -> Router {
         .route("/chain/transactions/batch", post(submit_batch::<B>))
         .route("/chain/transactions/{hash}", get(transaction::<B>))
         .route("/chain/blocks/{height}/transactions", get(block_ids::<B>))
+        .route("/chain/blocks/{height}/proof", get(block_proof::<B>))
         .route("/chain/accounts/{key}", get(account::<B>))
         .merge(records::routes::<B>())
         .merge(access::routes::<B>())
@@ -583,6 +584,22 @@ pub fn denial<B: Blob>(
             _ => None,
         },
     )
+}
+
+/// `GET /chain/blocks/{height}/proof`: the block's finality proof (its header, the headers up
+/// to a certified one, the certificate and the validator-set changes), which a block explorer
+/// checks against the genesis with no trust in this node. 404 while no certificate covers it.
+async fn block_proof<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    Path(height): Path<u64>,
+) -> Result<Json<ehrchain_types::proof::BlockProof>> {
+    match ehrchain_chain::proofs::block_proof(&state.chain, &state.genesis, height).await? {
+        Some((_, proof)) => Ok(Json(proof)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no finalization certificate covers this block yet",
+        )),
+    }
 }
 
 /// Build an inclusion proof; `None` while no finalization certificate covers the block yet.

@@ -443,7 +443,7 @@ fn needs_patient<'a>(mut scopes: impl Iterator<Item = &'a str>) -> bool {
 /// and those who granted them or their institution access now, by pseudonymous id (names are
 /// in the encrypted records: reading them would be reads of their own, on the trail). The
 /// chain still decides every read; the pick only narrows `patient/` scopes to one patient.
-fn pickable<B: Blob>(
+pub(crate) fn pickable<B: Blob>(
     state: &ApiState<B>,
     identity: &PublicKey,
     role: &Role,

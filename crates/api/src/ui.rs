@@ -34,6 +34,16 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/ui/genesis", get(genesis::<B>))
         .route("/ui/me", get(me::<B>))
         .route("/ui/erase", axum::routing::post(erase::<B>))
+        .route("/ui/patients", get(patients::<B>))
+        .route("/ui/break-glass", axum::routing::post(break_glass::<B>))
+        .route(
+            "/ui/clinicians",
+            get(clinicians::<B>).post(enrol_clinician::<B>),
+        )
+        .route(
+            "/ui/clinicians/{key}/remove",
+            axum::routing::post(remove_clinician::<B>),
+        )
         .route("/ui/{name}", get(asset::<B>))
 }
 
@@ -52,6 +62,10 @@ async fn asset<B: Blob>(
         "auth.js" => ("text/javascript", include_str!("../assets/ui/auth.js")),
         "render.js" => ("text/javascript", include_str!("../assets/ui/render.js")),
         "portal.css" => ("text/css", include_str!("../assets/ui/portal.css")),
+        "common.js" => ("text/javascript", include_str!("../assets/ui/common.js")),
+        "workspace.js" => ("text/javascript", include_str!("../assets/ui/workspace.js")),
+        "console.js" => ("text/javascript", include_str!("../assets/ui/console.js")),
+        "operator.js" => ("text/javascript", include_str!("../assets/ui/operator.js")),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     crate::smart::asset_response(kind, body)
@@ -101,9 +115,10 @@ struct Erase {
 async fn erase<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
-    Json(body): Json<Erase>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let token = caller(&state, &headers)?;
+    let body: Erase = json_body(&body)?;
     if token.app.as_deref() != Some(PORTAL_APP) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -177,5 +192,257 @@ async fn directory<B: Blob>(
     });
     Ok(Json(
         json!({"institutions": institutions, "clinicians": clinicians}),
+    ))
+}
+
+/// A JSON body, read only once the caller is known (so that no one learns anything about
+/// the endpoint without a token, not even how it parses).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde's message may quote the input: it is not echoed.
+    serde_json::from_slice(body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is not the JSON this endpoint takes (see docs/API.md)",
+        )
+    })
+}
+
+fn forbidden(why: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, why)
+}
+
+/// The role on chain of the token's identity.
+fn role_of<B: Blob>(state: &ApiState<B>, token: &crate::session::Token) -> Result<Role, ApiError> {
+    state
+        .chain
+        .read(|s| {
+            use ehrchain_contracts::state::Reader;
+            s.identity(&token.identity).map(|i| i.role)
+        })
+        .ok_or_else(|| forbidden("this identity is not registered"))
+}
+
+/// `GET /ui/patients`, a clinician's token: the patients they may open now without breaking
+/// the glass (registered at their institution, or who granted them or it access), and why.
+/// Ids only; the workspace reads each one's `Patient` resource through FHIR, on the trail.
+async fn patients<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    let role = role_of(&state, &token)?;
+    if !matches!(role, Role::Clinician { .. }) {
+        return Err(forbidden("only a clinician has a patient list"));
+    }
+    let list: Vec<Value> = crate::smart::pickable(&state, &token.identity, &role)
+        .into_iter()
+        .map(|(patient, why)| json!({"patient": hex::encode(patient), "why": why}))
+        .collect();
+    Ok(Json(json!({"patients": list})))
+}
+
+#[derive(serde::Deserialize)]
+struct BreakGlass {
+    patient: String,
+    /// A code of `GET /access/reasons` (`break_glass`).
+    reason: u8,
+}
+
+/// `POST /ui/break-glass`, a clinician's token: open `patient`'s record in an emergency
+/// (`BreakGlass`, signed by their session, committed). The chain time-boxes it, flags it to
+/// the patient and to the auditors, and the answer says until when it runs.
+async fn break_glass<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    let body: BreakGlass = json_body(&body)?;
+    if !matches!(role_of(&state, &token)?, Role::Clinician { .. }) {
+        return Err(forbidden("only an enrolled clinician breaks the glass"));
+    }
+    let patient = ehrchain_types::id_from_hex(&body.patient).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the patient id is 32 hex characters",
+        )
+    })?;
+    let tx = crate::submit::submit_as(
+        &state,
+        &token,
+        ehrchain_types::Payload::BreakGlass {
+            patient,
+            reason: body.reason,
+        },
+    )
+    .await?;
+    let location = crate::submit::commit(&state, &tx).await?;
+    let entry = state.chain.read(|s| {
+        use ehrchain_contracts::state::Reader;
+        s.break_glass(&token.identity, &patient)
+    });
+    let entry = entry.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "the emergency access did not open; see the trail",
+        )
+    })?;
+    Ok(Json(json!({
+        "patient": body.patient,
+        "reason": entry.reason,
+        "opened_ms": entry.opened_ms,
+        "until_ms": entry.until_ms,
+        "height": location.height,
+    })))
+}
+
+/// The token of this node's own institution, whose custody directory enrolment writes to:
+/// another member's login here cannot enrol or remove this institution's clinicians.
+fn own_institution<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+) -> Result<Arc<crate::session::Token>, ApiError> {
+    use commonware_cryptography::Signer as _;
+    let token = caller(state, headers)?;
+    let ours = state
+        .gateway
+        .institution
+        .as_ref()
+        .is_some_and(|account| account.key.public_key() == token.identity);
+    if !ours || !matches!(role_of(state, &token)?, Role::Institution) {
+        return Err(forbidden(
+            "only this node's institution manages its clinicians here",
+        ));
+    }
+    Ok(token)
+}
+
+/// `GET /ui/clinicians`, this node's institution: its enrolled clinicians, and whether this
+/// node keeps each one's key (then they log in with a passkey from an enrolment code).
+async fn clinicians<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let token = own_institution(&state, &headers)?;
+    let list: Vec<(ehrchain_types::PublicKey, Role)> = state.chain.read(|s| {
+        use ehrchain_contracts::state::Reader;
+        s.identities()
+            .filter(|(key, identity)| {
+                s.retired(key).is_none()
+                    && matches!(&identity.role, Role::Clinician { institution } if *institution == token.identity)
+            })
+            .take(DIRECTORY_CLINICIANS_MAX)
+            .map(|(key, identity)| (key.clone(), identity.role.clone()))
+            .collect()
+    });
+    let list: Vec<Value> = list
+        .iter()
+        .map(|(key, role)| {
+            json!({
+                "id": key.to_string(),
+                "custodial": crate::passkey::custodial_seed(&state, key, role).is_some(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"clinicians": list})))
+}
+
+/// `POST /ui/clinicians`, this node's institution: enrol a new clinician. The node makes
+/// their key (kept in its custody directory, as a patient's custodial key), signs
+/// `EnrollClinician` with the institution's key, and answers a one-time code with which
+/// the clinician enrols a passkey at `/auth/enrol`. The code is shown once and not kept.
+async fn enrol_clinician<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    use commonware_cryptography::Signer as _;
+    own_institution(&state, &headers)?;
+    let dir = state
+        .custody_dir
+        .clone()
+        .ok_or_else(|| forbidden("this node keeps no keys for anyone"))?;
+    let seed: [u8; 32] = crate::ambient::random_bytes();
+    let key = ehrchain_types::private_key_from_seed(&seed).expect("a 32-byte seed");
+    let clinician = key.public_key();
+    let encryption = ehrchain_crypto::EncryptionKey::from_seed(&seed);
+    let store = |name: String, secret: &[u8; 32]| {
+        crate::gateway::write_secret(&dir.join(name), secret).map_err(|error| {
+            tracing::error!(%error, "cannot write a clinician's custodial key");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the node cannot store the clinician's key",
+            )
+        })
+    };
+    store(format!("{clinician}.seed"), &seed)?;
+    store(format!("{clinician}.enc"), &encryption.secret_bytes())?;
+    // Signed with the institution's own key, which this node holds: a gateway session may not
+    // carry a change of roles (the chain refuses it), and the caller has just proved to be
+    // that institution.
+    let tx = crate::submit::submit_as_institution(
+        &state,
+        ehrchain_types::Payload::EnrollClinician {
+            clinician: clinician.clone(),
+            encryption_key: encryption.public().0,
+        },
+    )
+    .await?;
+    crate::submit::commit(&state, &tx).await?;
+    let code = crate::passkey::write_enrolment_code(
+        &dir,
+        &clinician,
+        crate::ambient::now_ms(),
+        crate::passkey::ENROLMENT_CODE_LIFETIME,
+    )
+    .map_err(|error| {
+        tracing::error!(%error, "cannot write an enrolment code");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node cannot store the enrolment code",
+        )
+    })?;
+    Ok(Json(json!({
+        "id": clinician.to_string(),
+        "code": code,
+        "enrol_url": format!("{}/auth/enrol", state.gateway.browser_url()),
+        "expires_days": crate::passkey::ENROLMENT_CODE_LIFETIME.as_secs() / 86_400,
+    })))
+}
+
+/// `POST /ui/clinicians/{key}/remove`, this node's institution: remove one of its clinicians
+/// (`RemoveClinician`, signed with the institution's key and committed; their sessions end
+/// with it), then delete the keys this node
+/// kept for them.
+async fn remove_clinician<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    own_institution(&state, &headers)?;
+    let clinician = ehrchain_types::public_key_from_hex(&key)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "the key is 64 hex characters"))?;
+    let tx = crate::submit::submit_as_institution(
+        &state,
+        ehrchain_types::Payload::RemoveClinician {
+            clinician: clinician.clone(),
+        },
+    )
+    .await?;
+    let location = crate::submit::commit(&state, &tx).await?;
+    if let Some(dir) = &state.custody_dir {
+        for name in [format!("{clinician}.seed"), format!("{clinician}.enc")] {
+            let path = dir.join(name);
+            if path.exists()
+                && let Err(error) = ehrchain_chain::records::shred(&path)
+            {
+                // A removed person's key that cannot be deleted: stop, as for any failed
+                // storage write.
+                tracing::error!(%error, "cannot delete a removed clinician's key; halting the node");
+                std::process::exit(3);
+            }
+        }
+    }
+    Ok(Json(
+        json!({"removed": clinician.to_string(), "height": location.height}),
     ))
 }

@@ -6,7 +6,7 @@ use commonware_codec::{Decode, Encode};
 use commonware_runtime::Blob;
 use ehrchain_types::{
     Block, Digest, Genesis, PublicKey, merkle,
-    proof::{EpochHandoff, Finalization, InclusionProof, PROOF_HEADERS_MAX},
+    proof::{BlockProof, EpochHandoff, Finalization, InclusionProof, PROOF_HEADERS_MAX},
 };
 
 /// Why a stored block could not be served.
@@ -47,9 +47,31 @@ pub async fn inclusion_proof<B: Blob>(
     height: u64,
     index: u32,
 ) -> Result<Option<InclusionProof>, BlockError> {
-    let (block, mut finalization) = load_block(chain, height).await?;
+    let Some((block, proof)) = block_proof(chain, genesis, height).await? else {
+        return Ok(None);
+    };
     let merkle_path =
         merkle::prove(&block.transaction_ids(), index).ok_or(BlockError::Damaged(height))?;
+    Ok(Some(InclusionProof {
+        chain_id: proof.chain_id,
+        transaction: hex::encode(id),
+        position: index,
+        merkle_path: hex::encode(merkle_path),
+        headers: proof.headers,
+        finalization: proof.finalization,
+        epochs: proof.epochs,
+    }))
+}
+
+/// Build the finality proof of the block at `height` (its header, the headers up to the
+/// first certified one, that certificate and the validator-set changes), with the block;
+/// `None` while no finalization certificate covers it yet.
+pub async fn block_proof<B: Blob>(
+    chain: &Chain<B>,
+    genesis: &Genesis,
+    height: u64,
+) -> Result<Option<(Block, BlockProof)>, BlockError> {
+    let (block, mut finalization) = load_block(chain, height).await?;
     let mut headers = vec![hex::encode(block.header.encode())];
     let mut next = height + 1;
     while finalization.is_empty() {
@@ -108,13 +130,13 @@ pub async fn inclusion_proof<B: Blob>(
             finalization: reencode(&certificate, boundary_height)?,
         });
     }
-    Ok(Some(InclusionProof {
-        chain_id: genesis.chain_id,
-        transaction: hex::encode(id),
-        position: index,
-        merkle_path: hex::encode(merkle_path),
-        headers,
-        finalization,
-        epochs,
-    }))
+    Ok(Some((
+        block,
+        BlockProof {
+            chain_id: genesis.chain_id,
+            headers,
+            finalization,
+            epochs,
+        },
+    )))
 }

@@ -214,6 +214,35 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
         ("GET", format!("{api}/identities/{clinician_1_key}"), ALL),
         (
             "GET",
+            format!("{api}/chain/blocks/{anchored_at}/proof"),
+            ALL,
+        ),
+        // The web UI's own endpoints: the role decides, after the token.
+        ("GET", format!("{api}/ui/me"), ALL),
+        ("GET", format!("{api}/ui/directory"), ALL),
+        (
+            "GET",
+            format!("{api}/ui/patients"),
+            [401, 403, 403, 200, 200, 403, 403],
+        ),
+        (
+            "POST",
+            format!("{api}/ui/break-glass"),
+            [401, 400, 400, 400, 400, 400, 400],
+        ),
+        (
+            "GET",
+            format!("{api}/ui/clinicians"),
+            [401, 403, 403, 403, 403, 403, 200],
+        ),
+        (
+            "POST",
+            // Another institution's clinician: only the chain can refuse institution 0.
+            format!("{api}/ui/clinicians/{clinician_2}/remove"),
+            [401, 403, 403, 403, 403, 403, 403],
+        ),
+        (
+            "GET",
             format!("{api}/fhir/Provenance?target=Observation/{record}"),
             RECORD,
         ),
@@ -244,7 +273,10 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
             }
             // What a 200 reveals.
             let text = body.to_string();
-            if route.starts_with("/chain/blocks/") && !route.ends_with("/transactions") {
+            if route.starts_with("/chain/blocks/")
+                && !route.ends_with("/transactions")
+                && !route.ends_with("/proof")
+            {
                 let sees = [false, true, false, true, false, true, true][actor];
                 if text.contains(&p1) != sees {
                     mismatches.push(format!(

@@ -5,7 +5,7 @@
 use crate::Error;
 use ehrchain_types::Genesis;
 /// Checked offline with [`InclusionProof::verify`] against a genesis.
-pub use ehrchain_types::proof::{InclusionProof, ProofError, Verified};
+pub use ehrchain_types::proof::{BlockProof, InclusionProof, ProofError, Verified, VerifiedBlock};
 
 /// Largest proof document read (a proof file or a FHIR `Provenance` carrying one): 1,024
 /// headers and thousands of validator-set changes fit well inside it.
@@ -31,6 +31,14 @@ pub fn parse(document: &[u8]) -> Result<InclusionProof, Error> {
             .map_err(|_| Error::Invalid("signature.data is not an inclusion proof".into()));
     }
     serde_json::from_value(value).map_err(|_| Error::Invalid("not a proof file".into()))
+}
+
+/// A block's finality proof from its JSON, as `GET /chain/blocks/{height}/proof` serves it.
+pub fn parse_block(document: &[u8]) -> Result<BlockProof, Error> {
+    if document.len() > PROOF_DOCUMENT_BYTES_MAX {
+        return Err(Error::Invalid("the proof document is too large".into()));
+    }
+    serde_json::from_slice(document).map_err(|_| Error::Invalid("not a block proof".into()))
 }
 
 /// A genesis document (`genesis.json`), with its validator keys checked.

@@ -712,6 +712,8 @@ pub struct MembershipOutcome {
     /// after both changes.
     pub genesis: Genesis,
     pub proof: ehrchain_types::proof::InclusionProof,
+    /// The finality proof of that transaction's block, as the block explorer fetches it.
+    pub block_proof: ehrchain_types::proof::BlockProof,
     /// Whether validator 0 still stores the consensus journal of epoch 0 (deleted two epochs
     /// after it ended) and of its current epoch.
     pub journals: (bool, bool),
@@ -919,6 +921,11 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             }
             context.sleep(Duration::from_millis(50)).await;
         };
+        let (_, block_proof) =
+            ehrchain_chain::proofs::block_proof(&chains[&4], &genesis, location.height)
+                .await
+                .expect("the block is stored")
+                .expect("a certificate covers it, as it covers the transaction");
 
         let mut outcome_chains = BTreeMap::new();
         for (index, chain) in &chains {
@@ -988,6 +995,7 @@ pub fn run_membership(seed: u64, epoch_blocks: u64) -> MembershipOutcome {
             progress_after_removal,
             genesis,
             proof,
+            block_proof,
         }
     })
 }

@@ -175,6 +175,31 @@ fn governance_changes_the_validator_set_at_epoch_boundaries() {
         let mut forged = outcome.proof.clone();
         forged.epochs[1].validators.swap(0, 1);
         assert!(forged.verify(&outcome.genesis).is_err(), "seed {seed}");
+        // The block's own finality proof (the explorer's) verifies the same way, names the
+        // same block, and fails without the handoffs or with another block's certificate.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        let block = outcome
+            .block_proof
+            .verify_with(&outcome.genesis, &mut rng)
+            .expect("block proof verifies");
+        assert_eq!(
+            (block.height, block.block),
+            (verified.height, verified.block),
+            "seed {seed}"
+        );
+        assert!(block.validators >= 4, "seed {seed}");
+        let mut stripped = outcome.block_proof.clone();
+        stripped.epochs.clear();
+        assert!(
+            stripped.verify_with(&outcome.genesis, &mut rng).is_err(),
+            "seed {seed}"
+        );
+        let mut other = outcome.block_proof.clone();
+        other.finalization = outcome.block_proof.epochs[0].finalization.clone();
+        assert!(
+            other.verify_with(&outcome.genesis, &mut rng).is_err(),
+            "seed {seed}"
+        );
         let replay = ehrchain_sim::run_membership(seed, epoch_blocks);
         assert_eq!(
             outcome.trace, replay.trace,

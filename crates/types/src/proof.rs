@@ -125,19 +125,9 @@ impl InclusionProof {
         if self.chain_id != genesis.chain_id {
             return Err(ProofError::WrongChain(self.chain_id, genesis.chain_id));
         }
-        if self.headers.is_empty() || self.headers.len() > PROOF_HEADERS_MAX {
-            return Err(ProofError::Malformed("header count"));
-        }
         let transaction =
             digest_from_hex(&self.transaction).ok_or(ProofError::Malformed("transaction"))?;
-        let headers = self
-            .headers
-            .iter()
-            .map(|h| {
-                BlockHeader::decode(&hex_bytes(h, "header")?)
-                    .map_err(|_| ProofError::Malformed("header"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let headers = decode_headers(&self.headers)?;
         let first = &headers[0];
         if first.chain_id != genesis.chain_id {
             return Err(ProofError::WrongChain(first.chain_id, genesis.chain_id));
@@ -145,64 +135,8 @@ impl InclusionProof {
         let path = hex_bytes(&self.merkle_path, "merkle path")?;
         merkle::verify(&path, &transaction, self.position, &first.tx_root)
             .map_err(|_| ProofError::NotIncluded)?;
-        for (index, pair) in headers.windows(2).enumerate() {
-            if pair[1].parent != pair[0].digest() || pair[1].height != pair[0].height + 1 {
-                return Err(ProofError::BrokenLink(index + 1));
-            }
-        }
+        finality(&headers, &self.finalization, &self.epochs, genesis, rng)?;
         let last = headers.last().expect("non-empty");
-        let epoch_blocks = genesis.rules.epoch_blocks.max(1);
-        let mut validators = genesis
-            .validator_keys()
-            .map_err(|_| ProofError::Malformed("genesis validators"))?;
-        let mut epoch = 0;
-        if self.epochs.len() > PROOF_EPOCHS_MAX {
-            return Err(ProofError::Malformed("epoch count"));
-        }
-        for handoff in &self.epochs {
-            if handoff.epoch <= epoch
-                || handoff.validators.is_empty()
-                || handoff.validators.len() > crate::limits::VALIDATORS_MAX
-            {
-                return Err(ProofError::Malformed("epochs"));
-            }
-            let header = BlockHeader::decode(&hex_bytes(&handoff.boundary_header, "header")?)
-                .map_err(|_| ProofError::Malformed("header"))?;
-            if header.chain_id != genesis.chain_id {
-                return Err(ProofError::WrongChain(header.chain_id, genesis.chain_id));
-            }
-            if header.height.checked_add(1) != handoff.epoch.checked_mul(epoch_blocks) {
-                return Err(ProofError::BadHandoff(handoff.epoch));
-            }
-            let next = handoff
-                .validators
-                .iter()
-                .map(|k| crate::public_key_from_hex(k))
-                .collect::<Option<Vec<_>>>()
-                .ok_or(ProofError::Malformed("validator key"))?;
-            if next.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(ProofError::Malformed("validators not sorted"));
-            }
-            let root =
-                digest_from_hex(&handoff.state_root).ok_or(ProofError::Malformed("state root"))?;
-            if epoch_root(&root, handoff.epoch, &next) != header.state_root {
-                return Err(ProofError::BadHandoff(handoff.epoch));
-            }
-            certified(
-                &handoff.finalization,
-                &header,
-                &validators,
-                epoch_blocks,
-                rng,
-            )
-            .map_err(|_| ProofError::BadHandoff(handoff.epoch))?;
-            validators = next;
-            epoch = handoff.epoch;
-        }
-        if last.height / epoch_blocks < epoch {
-            return Err(ProofError::Malformed("epochs beyond the block"));
-        }
-        certified(&self.finalization, last, &validators, epoch_blocks, rng)?;
         Ok(Verified {
             transaction,
             height: first.height,
@@ -210,6 +144,139 @@ impl InclusionProof {
             finalized_height: last.height,
         })
     }
+}
+
+/// Check that `headers` link one to the next and that `finalization` certifies the last of
+/// them, signed by the validators of its epoch as reached from the genesis set through the
+/// certified changes in `epochs`. Answers how many validators signed for that epoch.
+fn finality<R: rand::CryptoRng>(
+    headers: &[BlockHeader],
+    finalization: &str,
+    epochs: &[EpochHandoff],
+    genesis: &Genesis,
+    rng: &mut R,
+) -> Result<usize, ProofError> {
+    for (index, pair) in headers.windows(2).enumerate() {
+        if pair[1].parent != pair[0].digest() || pair[1].height != pair[0].height + 1 {
+            return Err(ProofError::BrokenLink(index + 1));
+        }
+    }
+    let last = headers.last().expect("non-empty");
+    let epoch_blocks = genesis.rules.epoch_blocks.max(1);
+    let mut validators = genesis
+        .validator_keys()
+        .map_err(|_| ProofError::Malformed("genesis validators"))?;
+    let mut epoch = 0;
+    if epochs.len() > PROOF_EPOCHS_MAX {
+        return Err(ProofError::Malformed("epoch count"));
+    }
+    for handoff in epochs {
+        if handoff.epoch <= epoch
+            || handoff.validators.is_empty()
+            || handoff.validators.len() > crate::limits::VALIDATORS_MAX
+        {
+            return Err(ProofError::Malformed("epochs"));
+        }
+        let header = BlockHeader::decode(&hex_bytes(&handoff.boundary_header, "header")?)
+            .map_err(|_| ProofError::Malformed("header"))?;
+        if header.chain_id != genesis.chain_id {
+            return Err(ProofError::WrongChain(header.chain_id, genesis.chain_id));
+        }
+        if header.height.checked_add(1) != handoff.epoch.checked_mul(epoch_blocks) {
+            return Err(ProofError::BadHandoff(handoff.epoch));
+        }
+        let next = handoff
+            .validators
+            .iter()
+            .map(|k| crate::public_key_from_hex(k))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(ProofError::Malformed("validator key"))?;
+        if next.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(ProofError::Malformed("validators not sorted"));
+        }
+        let root =
+            digest_from_hex(&handoff.state_root).ok_or(ProofError::Malformed("state root"))?;
+        if epoch_root(&root, handoff.epoch, &next) != header.state_root {
+            return Err(ProofError::BadHandoff(handoff.epoch));
+        }
+        certified(
+            &handoff.finalization,
+            &header,
+            &validators,
+            epoch_blocks,
+            rng,
+        )
+        .map_err(|_| ProofError::BadHandoff(handoff.epoch))?;
+        validators = next;
+        epoch = handoff.epoch;
+    }
+    if last.height / epoch_blocks < epoch {
+        return Err(ProofError::Malformed("epochs beyond the block"));
+    }
+    certified(finalization, last, &validators, epoch_blocks, rng)?;
+    Ok(validators.len())
+}
+
+/// A block's finality proof, as served by `GET /chain/blocks/{height}/proof` and checked by
+/// the block explorer in the browser: the block's header, each following header up to one
+/// that carries a certificate, that certificate, and every change of the validator set.
+/// Every field is hex.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockProof {
+    pub chain_id: u64,
+    pub headers: Vec<String>,
+    pub finalization: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<EpochHandoff>,
+}
+
+/// What a verified block proof establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBlock {
+    pub height: u64,
+    pub block: Digest,
+    pub finalized_height: u64,
+    /// The validators of the certified block's epoch, more than two thirds of whom signed.
+    pub validators: usize,
+}
+
+impl BlockProof {
+    /// Check the proof against the validator set of `genesis`, with no network access;
+    /// `rng` as for [`InclusionProof::verify_with`].
+    pub fn verify_with<R: rand::CryptoRng>(
+        &self,
+        genesis: &Genesis,
+        rng: &mut R,
+    ) -> Result<VerifiedBlock, ProofError> {
+        if self.chain_id != genesis.chain_id {
+            return Err(ProofError::WrongChain(self.chain_id, genesis.chain_id));
+        }
+        let headers = decode_headers(&self.headers)?;
+        let first = &headers[0];
+        if first.chain_id != genesis.chain_id {
+            return Err(ProofError::WrongChain(first.chain_id, genesis.chain_id));
+        }
+        let validators = finality(&headers, &self.finalization, &self.epochs, genesis, rng)?;
+        Ok(VerifiedBlock {
+            height: first.height,
+            block: first.digest(),
+            finalized_height: headers.last().expect("non-empty").height,
+            validators,
+        })
+    }
+}
+
+fn decode_headers(headers: &[String]) -> Result<Vec<BlockHeader>, ProofError> {
+    if headers.is_empty() || headers.len() > PROOF_HEADERS_MAX {
+        return Err(ProofError::Malformed("header count"));
+    }
+    headers
+        .iter()
+        .map(|h| {
+            BlockHeader::decode(&hex_bytes(h, "header")?)
+                .map_err(|_| ProofError::Malformed("header"))
+        })
+        .collect()
 }
 
 /// Check that `finalization` (hex) certifies `header` in its epoch, signed by `validators`.

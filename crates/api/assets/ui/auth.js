@@ -2,7 +2,10 @@
 // node's own web UI (client_id ehrchain-portal). Randomness and SHA-256 come from WebCrypto;
 // the token lives in this tab's sessionStorage only, and logging out revokes it on chain.
 export const CLIENT_ID = 'ehrchain-portal';
-export const SCOPE = 'openid fhirUser launch/patient patient/*.rs patient/Consent.cru';
+// A patient's (or guardian's) login: their own compartment, and their consents.
+export const PATIENT_SCOPE = 'openid fhirUser launch/patient patient/*.rs patient/Consent.cru';
+// A login at work (clinician, auditor, institution): what the chain lets the identity do.
+export const STAFF_SCOPE = 'openid fhirUser user/*.cruds';
 
 const b64u = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes)))
   .replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
@@ -15,7 +18,7 @@ async function configuration() {
   return response.json();
 }
 
-export async function logIn() {
+export async function logIn(scope) {
   const conf = await configuration();
   const verifier = random(32);
   const challenge = b64u(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
@@ -23,7 +26,7 @@ export async function logIn() {
   sessionStorage.setItem('ehrchain-login', JSON.stringify({ verifier, state }));
   const url = new URL(conf.authorization_endpoint);
   url.search = new URLSearchParams({
-    response_type: 'code', client_id: CLIENT_ID, redirect_uri: redirectUri(), scope: SCOPE,
+    response_type: 'code', client_id: CLIENT_ID, redirect_uri: redirectUri(), scope,
     state, aud: `${location.origin}/fhir`, code_challenge: challenge, code_challenge_method: 'S256',
   });
   location.assign(url.toString());

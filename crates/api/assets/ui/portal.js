@@ -1,105 +1,17 @@
 // The patient portal: the record as a timeline, the grants with a form to give and a button to
 // revoke, and the access history from the chain's trail. Everything is FHIR with the token
 // from the node's SMART login; the chain decides each read, and the page only shows it.
-import { logIn, finishLogIn, currentToken, logOut } from '/ui/auth.js';
+import { logIn, finishLogIn, currentToken, logOut, PATIENT_SCOPE, STAFF_SCOPE } from '/ui/auth.js';
 import { describe, dateOf, day } from '/ui/render.js';
+import {
+  $, el, session, say, fail, call, fhir, everyEntry, loadDirectory, nameOf, tabs, download,
+  wasmClient, trustedGenesis,
+} from '/ui/common.js';
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, text, attrs = {}) => {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = text;
-  Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
-  return node;
-};
 let token = null;
-let directory = null;
 let records = [];
 let events = [];
-
-// Anything slower than half a second shows the busy mark; errors are said in plain words.
-let busyTimer = null;
-function say(text, busy = false) {
-  clearTimeout(busyTimer);
-  $('status').textContent = text;
-  if (busy) busyTimer = setTimeout(() => document.body.setAttribute('aria-busy', 'true'), 500);
-  else document.body.setAttribute('aria-busy', 'false');
-}
-const fail = (error) => say(`That did not work: ${error.message}`);
-
-const plain = (outcome) => (outcome.issue || [])
-  .map((i) => i.diagnostics || (i.details || {}).text).filter(Boolean).join('; ');
-
-async function call(path, init = {}) {
-  const headers = { Accept: 'application/fhir+json', Authorization: `Bearer ${token.access_token}` };
-  if (init.body) headers['Content-Type'] = path.startsWith('/fhir/') ? 'application/fhir+json' : 'application/json';
-  const response = await fetch(path, { ...init, headers });
-  const body = await response.json().catch(() => ({}));
-  if (response.status === 401) {
-    sessionStorage.removeItem('ehrchain-token');
-    showLoggedOut();
-    throw new Error('your session has ended; log in again');
-  }
-  if (!response.ok) {
-    const why = plain(body) || body.error_description || (typeof body.error === 'string' ? body.error : '');
-    throw new Error(why || `the node answered ${response.status}`);
-  }
-  return body;
-}
-const fhir = (path, init) => call(`/fhir/${path}`, init);
-
-// Every page of a search, up to `max` entries.
-async function everyEntry(path, max = 1000) {
-  const entries = [];
-  let next = path;
-  while (next && entries.length < max) {
-    const bundle = await fhir(next);
-    entries.push(...(bundle.entry || []).filter((e) => e.resource && e.resource.resourceType !== 'OperationOutcome'));
-    const link = (bundle.link || []).find((l) => l.relation === 'next');
-    next = link ? link.url.slice(link.url.indexOf('/fhir/') + 6) : null;
-  }
-  return entries;
-}
-
-// ---- who is who ------------------------------------------------------------------------
-async function loadDirectory() {
-  directory = directory || await call('/ui/directory');
-  return directory;
-}
-function nameOf(reference) {
-  const [kind, id] = String(reference || '').split('/');
-  if (!id) return reference || 'unknown';
-  if (token.patient && kind === 'Patient' && id === token.patient) return 'you';
-  const institutions = (directory || {}).institutions || [];
-  const institution = (key) => (institutions.find((i) => i.id === key) || {}).name || `member ${key.slice(0, 8)}…`;
-  if (kind === 'Organization') return institution(id);
-  const clinician = ((directory || {}).clinicians || []).find((c) => c.id === id);
-  if (clinician) return `Clinician ${id.slice(0, 8)}… at ${institution(clinician.institution)}`;
-  return `${kind} ${id.slice(0, 8)}…`;
-}
-
-// ---- tabs ------------------------------------------------------------------------------
-const views = { record: showRecord, grants: showGrants, history: showHistory };
-function select(name) {
-  for (const tab of document.querySelectorAll('[role="tab"]')) {
-    const on = tab.getAttribute('aria-controls') === name;
-    tab.setAttribute('aria-selected', String(on));
-    tab.tabIndex = on ? 0 : -1;
-    $(tab.getAttribute('aria-controls')).hidden = !on;
-  }
-  views[name]().catch(fail);
-}
-$('tabs').addEventListener('click', (event) => {
-  const tab = event.target.closest('[role="tab"]');
-  if (tab) select(tab.getAttribute('aria-controls'));
-});
-$('tabs').addEventListener('keydown', (event) => {
-  const tabs = [...document.querySelectorAll('[role="tab"]')];
-  const at = tabs.indexOf(document.activeElement);
-  if (at < 0 || !['ArrowLeft', 'ArrowRight'].includes(event.key)) return;
-  const next = tabs[(at + (event.key === 'ArrowRight' ? 1 : tabs.length - 1)) % tabs.length];
-  next.focus();
-  select(next.getAttribute('aria-controls'));
-});
+const select = tabs($('tabs'), { record: showRecord, grants: showGrants, history: showHistory });
 
 // ---- the record ------------------------------------------------------------------------
 async function showRecord() {
@@ -108,10 +20,10 @@ async function showRecord() {
   records = (await everyEntry(`Patient/${token.patient}/$everything?_count=100`, 10000)).map((e) => e.resource);
   $('erasure').hidden = records.length === 0;
   const types = [...new Set(records.map((r) => r.resourceType))].sort();
-  const select = $('record-type');
-  const chosen = select.value;
-  select.replaceChildren(el('option', 'All types', { value: '' }), ...types.map((t) => el('option', t, { value: t })));
-  select.value = types.includes(chosen) ? chosen : '';
+  const chooser = $('record-type');
+  const chosen = chooser.value;
+  chooser.replaceChildren(el('option', 'All types', { value: '' }), ...types.map((t) => el('option', t, { value: t })));
+  chooser.value = types.includes(chosen) ? chosen : '';
   drawTimeline();
   window.__timings = { ...(window.__timings || {}), record_ms: performance.now() - started };
   say('');
@@ -158,12 +70,6 @@ function drawTimeline() {
 $('record-filter').addEventListener('input', drawTimeline);
 
 // ---- download and erasure --------------------------------------------------------------
-function download(name, type, text) {
-  const link = el('a', null, { download: name });
-  link.href = URL.createObjectURL(new Blob([text], { type }));
-  link.click();
-  URL.revokeObjectURL(link.href);
-}
 $('download-bundle').addEventListener('click', () => download('my-record.json', 'application/fhir+json',
   JSON.stringify({ resourceType: 'Bundle', type: 'collection', entry: records.map((resource) => ({ resource })) }, null, 2)));
 $('download-ndjson').addEventListener('click', () => download('my-record.ndjson', 'application/fhir+ndjson',
@@ -182,32 +88,12 @@ $('erase-form').addEventListener('submit', async (event) => {
 });
 
 // ---- integrity: the version's inclusion proof, checked here in wasm --------------------
-let client = null;
-let genesisText = null;
-async function trustedGenesis() {
-  if (genesisText) return genesisText;
-  const text = await (await fetch('/ui/genesis')).text();
-  const digest = Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text))),
-    (b) => b.toString(16).padStart(2, '0')).join('');
-  const known = localStorage.getItem('ehrchain-genesis-sha256');
-  if (known && known !== digest) {
-    throw new Error('this node now shows another genesis than the one this browser first saw: ask your institution');
-  }
-  localStorage.setItem('ehrchain-genesis-sha256', digest);
-  genesisText = text;
-  return text;
-}
-
 async function checkOnChain(resource, where) {
   where.textContent = 'Checking its proof…';
   const version = (resource.meta || {}).versionId || '1';
   const provenance = await fhir(`Provenance/${resource.id}-${version}`);
   const genesis = await trustedGenesis();
-  if (!client) {
-    const { loadClient } = await import('/auth/assets/ehrchain-client.js');
-    client = await loadClient('/auth/assets/ehrchain_client.wasm');
-  }
-  const verified = client.verifyProof(genesis, JSON.stringify(provenance));
+  const verified = (await wasmClient()).verifyProof(genesis, JSON.stringify(provenance));
   const author = nameOf(((provenance.agent || [])[0]?.who || {}).reference);
   where.textContent = `✔ Version ${version} by ${author}, ${day(provenance.recorded)}: anchored in block ${verified.height} and finalized by the consortium's validators (proof checked in this browser).`;
   where.className = 'proof checked';
@@ -342,36 +228,49 @@ function drawHistory() {
 $('history-filter').addEventListener('input', drawHistory);
 $('history-export').addEventListener('click', () => {
   const bundle = { resourceType: 'Bundle', type: 'collection', entry: shownEvents().map((resource) => ({ resource })) };
-  const link = el('a', null, { download: 'access-history.json' });
-  link.href = URL.createObjectURL(new Blob([JSON.stringify(bundle, null, 2)], { type: 'application/fhir+json' }));
-  link.click();
-  URL.revokeObjectURL(link.href);
+  download('access-history.json', 'application/fhir+json', JSON.stringify(bundle, null, 2));
 });
 
-// ---- log in and out --------------------------------------------------------------------
+// ---- log in and out, and which page a login gets -------------------------------------
+const PANELS = ['record', 'grants', 'history', 'w-patients', 'w-chart', 'w-write', 'a-findings', 'a-trail',
+  'a-governance', 'a-blocks', 'o-health', 'o-clinicians'];
+const TABLISTS = ['tabs', 'tabs-clinician', 'tabs-auditor', 'tabs-operator'];
 function showLoggedOut() {
   $('welcome').hidden = false;
-  $('tabs').hidden = true;
   $('log-out').hidden = true;
   $('who').textContent = '';
-  for (const panel of ['record', 'grants', 'history']) $(panel).hidden = true;
+  for (const id of [...TABLISTS, ...PANELS]) $(id).hidden = true;
 }
+session.onEnded = showLoggedOut;
 
-function showLoggedIn() {
-  $('welcome').hidden = true;
+function showPatient(me) {
   $('tabs').hidden = false;
-  $('log-out').hidden = false;
-  $('who').textContent = `Patient ${token.patient}`;
+  $('who').textContent = `Patient ${token.patient} · ${me.custodial
+    ? 'your home institution keeps your key for you'
+    : 'you hold your own key: this node keeps none of yours'}`;
   $('erase-id').textContent = token.patient;
-  call('/ui/me').then((me) => {
-    $('who').textContent = `Patient ${token.patient} · ${me.custodial
-      ? 'your home institution keeps your key for you'
-      : 'you hold your own key: this node keeps none of yours'}`;
-  }).catch(fail);
   select('record');
 }
 
-$('log-in').addEventListener('click', () => logIn().catch(fail));
+async function showLoggedIn() {
+  $('welcome').hidden = true;
+  $('log-out').hidden = false;
+  say('Opening your session…', true);
+  const me = await call('/ui/me');
+  session.me = me;
+  say('');
+  if (token.patient && (me.role === 'patient' || me.role === 'guardian')) return showPatient(me);
+  const pages = { clinician: '/ui/workspace.js', auditor: '/ui/console.js', institution: '/ui/operator.js' };
+  if (!pages[me.role]) {
+    showLoggedOut();
+    return say('This login has no page here: patients log in as patients, staff at work.');
+  }
+  const { show } = await import(pages[me.role]);
+  return show(me);
+}
+
+$('log-in').addEventListener('click', () => logIn(PATIENT_SCOPE).catch(fail));
+$('log-in-work').addEventListener('click', () => logIn(STAFF_SCOPE).catch(fail));
 $('log-out').addEventListener('click', async () => {
   await logOut();
   token = null;
@@ -385,10 +284,7 @@ $('log-out').addEventListener('click', async () => {
   } catch (error) {
     fail(error);
   }
+  session.token = token;
   if (!token) return showLoggedOut();
-  if (!token.patient) {
-    showLoggedOut();
-    return say('This portal is for patients: the login has no patient. Clinicians use their charting app.');
-  }
-  showLoggedIn();
+  return showLoggedIn().catch((error) => { showLoggedOut(); fail(error); });
 })();
