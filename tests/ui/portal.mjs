@@ -3,7 +3,8 @@
 // reads the record as a timeline (each version's proof checked in wasm), grants the clinician
 // of another institution access to Observations, and sees that clinician's read on the trail;
 // then revokes, and the clinician's next attempt appears as refused. Then the mode (custodial),
-// the download of the whole record, phone width, and erasure. Every page is checked by
+// the download of the whole record, phone width, a guardian appointed with a key made in the
+// browser who logs in with it and sees the record, and erasure. Every page is checked by
 // axe-core. Screenshots of each step go to ARTEFACTS_DIR.
 //
 // Usage: node portal.mjs DEV_DIR ARTEFACTS_DIR (EHRCHAIN_BIN names the CLI).
@@ -137,6 +138,37 @@ try {
   await shot('portal-phone');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   check(overflow <= 1, 'no horizontal scrolling at phone width', overflow);
+  // A guardian: the patient appoints one with a key made in the browser and hands over the
+  // key file; the guardian logs in with it and sees the patient's record.
+  await page.setViewportSize({ width: 1100, height: 900 });
+  await page.getByRole('tab', { name: 'Who can see it' }).click();
+  await page.getByRole('button', { name: /Appoint a guardian/ }).click();
+  await page.waitForFunction(() => /appointed/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  const [guardianFile] = await Promise.all([page.waitForEvent('download'), page.locator('#guardian-file').click()]);
+  const guardianKey = path.join(artefacts, 'guardian.key');
+  await guardianFile.saveAs(guardianKey);
+  check((await page.locator('#guardian-list li').allTextContents()).some((t) => t.startsWith('Guardian ')),
+    'the appointed guardian is listed', null);
+  await shot('portal-guardian-appointed');
+  await accessible(page, 'the guardians');
+  const guardianPage = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
+  await guardianPage.goto(`${home0}/`);
+  await guardianPage.getByRole('button', { name: 'Log in', exact: true }).click();
+  await guardianPage.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
+  await guardianPage.locator('#keyfile').setInputFiles(guardianKey);
+  await guardianPage.getByRole('button', { name: 'Log in with the key file' }).click();
+  await guardianPage.locator('#consent').waitFor({ state: 'visible', timeout: 30000 });
+  await guardianPage.getByRole('button', { name: 'Approve' }).click();
+  await guardianPage.waitForURL(`${home0}/`, { timeout: 60000 });
+  await guardianPage.locator('#timeline li').first().waitFor({ timeout: 60000 });
+  const guardianHeader = await guardianPage.locator('#who').textContent();
+  check(guardianHeader.startsWith(`Guardian of patient ${patient.patient}`) && await guardianPage.locator('#timeline li').count() >= count,
+    'the guardian logs in with the key file and sees the patient\'s record', guardianHeader);
+  await shooter(guardianPage)('portal-guardian-record');
+  fs.rmSync(guardianKey);
+  await page.getByRole('tab', { name: 'My record' }).click();
+  await page.locator('#timeline li').first().waitFor({ timeout: 60000 });
+
   // Erasure, last: the page says exactly what happens, asks for the patient id, and then
   // the record is gone on every node while the trail stays.
   await page.setViewportSize({ width: 1100, height: 900 });

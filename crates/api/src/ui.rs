@@ -35,6 +35,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/ui/me", get(me::<B>))
         .route("/ui/erase", axum::routing::post(erase::<B>))
         .route("/ui/patients", get(patients::<B>))
+        .route("/ui/guardians", axum::routing::post(appoint_guardian::<B>))
         .route("/ui/break-glass", axum::routing::post(break_glass::<B>))
         .route(
             "/ui/clinicians",
@@ -93,11 +94,23 @@ async fn me<B: Blob>(
         })
         .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "this identity is not registered"))?;
     let custodial = crate::passkey::custodial_seed(&state, &token.identity, &role).is_some();
+    // The patient's guardians, for the patient and their guardians alone.
+    let guardians: Vec<String> = role
+        .patient()
+        .and_then(|patient| {
+            state.chain.read(|s| {
+                use ehrchain_contracts::state::Reader;
+                s.patient(&patient)
+                    .map(|p| p.guardians.iter().map(ToString::to_string).collect())
+            })
+        })
+        .unwrap_or_default();
     Ok(Json(json!({
         "identity": token.identity.to_string(),
         "role": role.name(),
         "patient": token.patient.map(hex::encode),
         "custodial": custodial,
+        "guardians": guardians,
     })))
 }
 
@@ -444,5 +457,49 @@ async fn remove_clinician<B: Blob>(
     }
     Ok(Json(
         json!({"removed": clinician.to_string(), "height": location.height}),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct Guardian {
+    /// The guardian's identity (Ed25519 public key) and X25519 key, in hex: a key the page
+    /// made for them in the browser, or one they made themselves.
+    identity: String,
+    encryption_key: String,
+}
+
+/// `POST /ui/guardians`, the patient's own login: appoint a guardian (`AppointGuardian`,
+/// signed by the patient's session, committed). The guardian then logs in with their key and
+/// acts for the patient: the record, grants, the trail.
+async fn appoint_guardian<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    let body: Guardian = json_body(&body)?;
+    let Role::Patient { patient } = role_of(&state, &token)? else {
+        return Err(forbidden("only the patient appoints a guardian"));
+    };
+    let bad = |why: &str| ApiError::new(StatusCode::BAD_REQUEST, why);
+    let guardian = ehrchain_types::public_key_from_hex(&body.identity)
+        .ok_or_else(|| bad("the guardian's identity is 64 hex characters"))?;
+    let encryption_key: [u8; 32] = hex::decode(&body.encryption_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("the guardian's encryption key is 64 hex characters"))?;
+    let tx = crate::submit::submit_as(
+        &state,
+        &token,
+        ehrchain_types::Payload::AppointGuardian {
+            patient,
+            guardian: guardian.clone(),
+            encryption_key,
+        },
+    )
+    .await?;
+    let location = crate::submit::commit(&state, &tx).await?;
+    Ok(Json(
+        json!({"guardian": guardian.to_string(), "height": location.height}),
     ))
 }

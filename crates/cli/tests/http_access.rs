@@ -231,6 +231,11 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
             [401, 400, 400, 400, 400, 400, 400],
         ),
         (
+            "POST",
+            format!("{api}/ui/guardians"),
+            [401, 400, 400, 400, 400, 400, 400],
+        ),
+        (
             "GET",
             format!("{api}/ui/clinicians"),
             [401, 403, 403, 403, 403, 403, 200],

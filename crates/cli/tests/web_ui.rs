@@ -3,7 +3,8 @@
 //! every login goes through the node's own SMART login with the person's key file.
 //! - `tests/ui/portal.mjs`: a patient reads the record as a timeline, grants a clinician of
 //!   another institution access to Observations and sees the read on the trail, then revokes
-//!   and sees the refused attempt; downloads, phone width, erasure.
+//!   and sees the refused attempt; downloads, phone width, a guardian appointed with a key
+//!   made in the browser who then logs in and sees the record, erasure.
 //! - `tests/ui/staff.mjs`: a clinician charts a patient and writes through a form, is refused
 //!   another institution's patient and breaks the glass, which that patient sees flagged; the
 //!   auditor finds the finding and checks a block's certificate in wasm; an operator reads the

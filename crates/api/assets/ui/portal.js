@@ -139,6 +139,7 @@ async function showGrants() {
     row.append(cell);
     return row;
   }));
+  drawGuardians();
   say(grants.length ? '' : 'You have given no one access yet.');
 }
 
@@ -174,6 +175,34 @@ $('grant-form').addEventListener('submit', async (event) => {
     });
     await showGrants();
     say(`Access given to ${nameOf(whom)}: ${types.join(', ') || 'all records'}, until ${until}.`);
+  } catch (error) { fail(error); }
+});
+
+// ---- guardians -------------------------------------------------------------------------
+function drawGuardians() {
+  const guardians = (session.me || {}).guardians || [];
+  $('guardian-list').replaceChildren(...(guardians.length ? guardians.map((g) => el('li', `Guardian ${g.slice(0, 12)}…`))
+    : [el('li', 'No guardian.')]));
+  // Only the patient appoints; a guardian sees who the guardians are.
+  $('guardian-make').hidden = (session.me || {}).role !== 'patient';
+}
+$('guardian-make').addEventListener('click', async () => {
+  try {
+    // The guardian's key: 32 bytes from WebCrypto; its public keys from the Rust client in
+    // wasm. The seed leaves this page only as the file the patient hands over.
+    const seed = crypto.getRandomValues(new Uint8Array(32));
+    const keyText = Array.from(seed, (b) => b.toString(16).padStart(2, '0')).join('');
+    seed.fill(0);
+    const keys = (await wasmClient()).describeKey(keyText);
+    say('Appointing your guardian on the chain…', true);
+    await call('/ui/guardians', { method: 'POST', body: JSON.stringify({ identity: keys.identity, encryption_key: keys.encryption_key }) });
+    session.me = await call('/ui/me');
+    drawGuardians();
+    const link = $('guardian-file');
+    link.href = URL.createObjectURL(new Blob([`${keyText}\n`], { type: 'application/octet-stream' }));
+    link.download = `ehrchain-guardian-${keys.identity.slice(0, 12)}.key`;
+    $('guardian-made').hidden = false;
+    say(`Guardian ${keys.identity.slice(0, 12)}… appointed. Hand them the key file.`);
   } catch (error) { fail(error); }
 });
 
@@ -245,7 +274,8 @@ session.onEnded = showLoggedOut;
 
 function showPatient(me) {
   $('tabs').hidden = false;
-  $('who').textContent = `Patient ${token.patient} · ${me.custodial
+  const who = me.role === 'guardian' ? `Guardian of patient ${token.patient}` : `Patient ${token.patient}`;
+  $('who').textContent = `${who} · ${me.custodial
     ? 'your home institution keeps your key for you'
     : 'you hold your own key: this node keeps none of yours'}`;
   $('erase-id').textContent = token.patient;
