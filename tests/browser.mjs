@@ -55,3 +55,17 @@ export async function accessible(page, what) {
   });
   check(violations.length === 0, `${what}: no serious or critical accessibility violation (axe-core)`, violations);
 }
+
+// Log in at a node's web UI with a key file, through the node's own SMART login: `button`
+// names the welcome page's login button (a getByRole name option), then the consent is
+// approved and the page is back at the node.
+export async function logInWithKey(page, origin, keyFile, button) {
+  await page.goto(`${origin}/`);
+  await page.getByRole('button', button).click();
+  await page.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
+  await page.locator('#keyfile').setInputFiles(keyFile);
+  await page.getByRole('button', { name: 'Log in with the key file' }).click();
+  await page.locator('#consent').waitFor({ state: 'visible', timeout: 30000 });
+  await page.getByRole('button', { name: 'Approve' }).click();
+  await page.waitForURL(`${origin}/`, { timeout: 60000 });
+}

@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { launch, check, accessible } from '../browser.mjs';
+import { launch, check, accessible, logInWithKey } from '../browser.mjs';
 
 const [home, artefacts] = process.argv.slice(2);
 const identities = JSON.parse(fs.readFileSync(path.join(home, 'identities.json'), 'utf8'));
@@ -152,14 +152,7 @@ try {
   await shot('portal-guardian-appointed');
   await accessible(page, 'the guardians');
   const guardianPage = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
-  await guardianPage.goto(`${home0}/`);
-  await guardianPage.getByRole('button', { name: 'Log in', exact: true }).click();
-  await guardianPage.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
-  await guardianPage.locator('#keyfile').setInputFiles(guardianKey);
-  await guardianPage.getByRole('button', { name: 'Log in with the key file' }).click();
-  await guardianPage.locator('#consent').waitFor({ state: 'visible', timeout: 30000 });
-  await guardianPage.getByRole('button', { name: 'Approve' }).click();
-  await guardianPage.waitForURL(`${home0}/`, { timeout: 60000 });
+  await logInWithKey(guardianPage, home0, guardianKey, { name: 'Log in', exact: true });
   await guardianPage.locator('#timeline li').first().waitFor({ timeout: 60000 });
   const guardianHeader = await guardianPage.locator('#who').textContent();
   check(guardianHeader.startsWith(`Guardian of patient ${patient.patient}`) && await guardianPage.locator('#timeline li').count() >= count,

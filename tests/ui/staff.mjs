@@ -13,7 +13,7 @@
 // Usage: node staff.mjs DEV_DIR ARTEFACTS_DIR
 import fs from 'node:fs';
 import path from 'node:path';
-import { launch, check, accessible } from '../browser.mjs';
+import { launch, check, accessible, logInWithKey } from '../browser.mjs';
 
 const [home, artefacts] = process.argv.slice(2);
 const identities = JSON.parse(fs.readFileSync(path.join(home, 'identities.json'), 'utf8'));
@@ -33,14 +33,7 @@ async function logIn(api, keyFile, work = true) {
   pages.push(page);
   page.on('console', (message) => console.log(`page: ${message.text()}`));
   page.on('response', (r) => { if (r.status() >= 400) console.log(`page: ${r.status()} ${r.url().split('?')[0]}`); });
-  await page.goto(`${localhost(api)}/`);
-  await page.getByRole('button', work ? { name: 'Log in at work' } : { name: 'Log in', exact: true }).click();
-  await page.waitForURL(/\/auth\/authorize/, { timeout: 30000 });
-  await page.locator('#keyfile').setInputFiles(keyFile);
-  await page.getByRole('button', { name: 'Log in with the key file' }).click();
-  await page.locator('#consent').waitFor({ state: 'visible', timeout: 30000 });
-  await page.getByRole('button', { name: 'Approve' }).click();
-  await page.waitForURL(`${localhost(api)}/`, { timeout: 60000 });
+  await logInWithKey(page, localhost(api), keyFile, work ? { name: 'Log in at work' } : { name: 'Log in', exact: true });
   return page;
 }
 const statusIs = (page, pattern, timeout = 60000) => page.waitForFunction(

@@ -387,8 +387,13 @@ async fn enrol_clinician<B: Blob>(
             )
         })
     };
-    store(format!("{clinician}.seed"), &seed)?;
-    store(format!("{clinician}.enc"), &encryption.secret_bytes())?;
+    // Keys of an identity that never made it on chain do not stay on disk.
+    let abandon = |error: ApiError| {
+        shred_custody(&dir, &clinician);
+        error
+    };
+    store(format!("{clinician}.seed"), &seed).map_err(abandon)?;
+    store(format!("{clinician}.enc"), &encryption.secret_bytes()).map_err(abandon)?;
     // Signed with the institution's own key, which this node holds: a gateway session may not
     // carry a change of roles (the chain refuses it), and the caller has just proved to be
     // that institution.
@@ -399,8 +404,17 @@ async fn enrol_clinician<B: Blob>(
             encryption_key: encryption.public().0,
         },
     )
-    .await?;
-    crate::submit::commit(&state, &tx).await?;
+    .await
+    .map_err(abandon)?;
+    if let Err(error) = crate::submit::commit(&state, &tx).await {
+        // Refused for good: abandon the keys. Not final in time: it may still commit, so the
+        // keys stay for the identity it would be.
+        return Err(if state.chain.rejection(&tx.id()).is_some() {
+            abandon(error)
+        } else {
+            error
+        });
+    }
     let code = crate::passkey::write_enrolment_code(
         &dir,
         &clinician,
@@ -443,17 +457,7 @@ async fn remove_clinician<B: Blob>(
     .await?;
     let location = crate::submit::commit(&state, &tx).await?;
     if let Some(dir) = &state.custody_dir {
-        for name in [format!("{clinician}.seed"), format!("{clinician}.enc")] {
-            let path = dir.join(name);
-            if path.exists()
-                && let Err(error) = ehrchain_chain::records::shred(&path)
-            {
-                // A removed person's key that cannot be deleted: stop, as for any failed
-                // storage write.
-                tracing::error!(%error, "cannot delete a removed clinician's key; halting the node");
-                std::process::exit(3);
-            }
-        }
+        shred_custody(dir, &clinician);
     }
     Ok(Json(
         json!({"removed": clinician.to_string(), "height": location.height}),
@@ -502,4 +506,18 @@ async fn appoint_guardian<B: Blob>(
     Ok(Json(
         json!({"guardian": guardian.to_string(), "height": location.height}),
     ))
+}
+
+/// Delete the keys this node keeps for `clinician` (signing seed and decryption key), where
+/// present. One that cannot be deleted halts the node, as any failed storage write does.
+fn shred_custody(dir: &std::path::Path, clinician: &ehrchain_types::PublicKey) {
+    for name in [format!("{clinician}.seed"), format!("{clinician}.enc")] {
+        let path = dir.join(name);
+        if path.exists()
+            && let Err(error) = ehrchain_chain::records::shred(&path)
+        {
+            tracing::error!(%error, "cannot delete a clinician's custodial key; halting the node");
+            std::process::exit(3);
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! proof, so a patient or an auditor can check it on their own machine or in the browser.
 
 use crate::Error;
-use ehrchain_types::Genesis;
+pub use ehrchain_types::Genesis;
 /// Checked offline with [`InclusionProof::verify`] against a genesis.
 pub use ehrchain_types::proof::{BlockProof, InclusionProof, ProofError, Verified, VerifiedBlock};
 

@@ -122,16 +122,10 @@ impl InclusionProof {
         genesis: &Genesis,
         rng: &mut R,
     ) -> Result<Verified, ProofError> {
-        if self.chain_id != genesis.chain_id {
-            return Err(ProofError::WrongChain(self.chain_id, genesis.chain_id));
-        }
+        let headers = headers_of(self.chain_id, &self.headers, genesis)?;
+        let first = &headers[0];
         let transaction =
             digest_from_hex(&self.transaction).ok_or(ProofError::Malformed("transaction"))?;
-        let headers = decode_headers(&self.headers)?;
-        let first = &headers[0];
-        if first.chain_id != genesis.chain_id {
-            return Err(ProofError::WrongChain(first.chain_id, genesis.chain_id));
-        }
         let path = hex_bytes(&self.merkle_path, "merkle path")?;
         merkle::verify(&path, &transaction, self.position, &first.tx_root)
             .map_err(|_| ProofError::NotIncluded)?;
@@ -248,14 +242,8 @@ impl BlockProof {
         genesis: &Genesis,
         rng: &mut R,
     ) -> Result<VerifiedBlock, ProofError> {
-        if self.chain_id != genesis.chain_id {
-            return Err(ProofError::WrongChain(self.chain_id, genesis.chain_id));
-        }
-        let headers = decode_headers(&self.headers)?;
+        let headers = headers_of(self.chain_id, &self.headers, genesis)?;
         let first = &headers[0];
-        if first.chain_id != genesis.chain_id {
-            return Err(ProofError::WrongChain(first.chain_id, genesis.chain_id));
-        }
         let validators = finality(&headers, &self.finalization, &self.epochs, genesis, rng)?;
         Ok(VerifiedBlock {
             height: first.height,
@@ -264,6 +252,25 @@ impl BlockProof {
             validators,
         })
     }
+}
+
+/// The headers of a proof for chain `chain_id`, decoded, the first one on the genesis's chain.
+fn headers_of(
+    chain_id: u64,
+    headers: &[String],
+    genesis: &Genesis,
+) -> Result<Vec<BlockHeader>, ProofError> {
+    if chain_id != genesis.chain_id {
+        return Err(ProofError::WrongChain(chain_id, genesis.chain_id));
+    }
+    let headers = decode_headers(headers)?;
+    if headers[0].chain_id != genesis.chain_id {
+        return Err(ProofError::WrongChain(
+            headers[0].chain_id,
+            genesis.chain_id,
+        ));
+    }
+    Ok(headers)
 }
 
 fn decode_headers(headers: &[String]) -> Result<Vec<BlockHeader>, ProofError> {

@@ -150,9 +150,7 @@ pub unsafe extern "C" fn verify_proof(
 ) -> *mut u8 {
     let result = (|| {
         let mut rng = rng_of(unsafe { input(seed, seed_len) }?)?;
-        let genesis =
-            ehrchain_client::proof::genesis(unsafe { input(genesis, genesis_len) }?.as_bytes())
-                .map_err(|e| e.to_string())?;
+        let genesis = genesis_of(unsafe { input(genesis, genesis_len) }?)?;
         let proof = ehrchain_client::proof::parse(unsafe { input(proof, proof_len) }?.as_bytes())
             .map_err(|e| e.to_string())?;
         let verified = proof
@@ -190,9 +188,7 @@ pub unsafe extern "C" fn verify_block(
 ) -> *mut u8 {
     let result = (|| {
         let mut rng = rng_of(unsafe { input(seed, seed_len) }?)?;
-        let genesis =
-            ehrchain_client::proof::genesis(unsafe { input(genesis, genesis_len) }?.as_bytes())
-                .map_err(|e| e.to_string())?;
+        let genesis = genesis_of(unsafe { input(genesis, genesis_len) }?)?;
         let proof =
             ehrchain_client::proof::parse_block(unsafe { input(proof, proof_len) }?.as_bytes())
                 .map_err(|e| e.to_string())?;
@@ -209,6 +205,11 @@ pub unsafe extern "C" fn verify_block(
         .into_bytes())
     })();
     answer(result)
+}
+
+/// A genesis document from the page, its validator keys checked.
+fn genesis_of(text: &str) -> Result<ehrchain_client::proof::Genesis, String> {
+    ehrchain_client::proof::genesis(text.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// The batch-verification randomness of a proof check, from 64 hex characters the page drew
