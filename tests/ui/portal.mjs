@@ -4,7 +4,9 @@
 // of another institution access to Observations, and sees that clinician's read on the trail;
 // then revokes, and the clinician's next attempt appears as refused. Then the mode (custodial),
 // the download of the whole record, phone width, a guardian appointed with a key made in the
-// browser who logs in with it and sees the record, and erasure. Every page is checked by
+// browser who logs in with it and sees the record, a patient who holds their own key opening
+// their record in the browser (the node served ciphertext only, and logged each read), and
+// erasure. Every page is checked by
 // axe-core. Screenshots of each step go to ARTEFACTS_DIR.
 //
 // Usage: node portal.mjs DEV_DIR ARTEFACTS_DIR (EHRCHAIN_BIN names the CLI).
@@ -161,6 +163,56 @@ try {
   fs.rmSync(guardianKey);
   await page.getByRole('tab', { name: 'My record' }).click();
   await page.locator('#timeline li').first().waitFor({ timeout: 60000 });
+
+  // A patient who holds their own key: the node sends their record encrypted, the page opens
+  // it in wasm with the key file they choose (never sent), and the node's access log names
+  // each read. Every response the browser got is kept, to show that none carried plaintext.
+  const ownPatient = identities.find((i) => i.role === 'patient' && i.custodial === false);
+  const ownKeyFile = path.join(home, 'identities', `patient-${identities.filter((i) => i.role === 'patient').indexOf(ownPatient) + 1}.key`);
+  const ownHome = ownPatient.api.replace('https://127.0.0.1', 'https://localhost');
+  const ownPage = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage();
+  const served = [];
+  const sent = [];
+  ownPage.on('response', (r) => served.push(r.body().then((b) => [r.url(), b.toString('latin1')], () => [r.url(), ''])));
+  ownPage.on('request', (r) => sent.push(r.postData() || ''));
+  await logInWithKey(ownPage, ownHome, ownKeyFile, { name: 'Log in', exact: true });
+  await ownPage.locator('#own-key-file').waitFor({ state: 'visible', timeout: 60000 });
+  const ownHeader = await ownPage.locator('#who').textContent();
+  check(ownHeader.includes('you hold your own key'), 'the page says the patient holds their own key', ownHeader);
+  await shooter(ownPage)('portal-own-key-asked');
+  await accessible(ownPage, 'the own-key record page');
+  await ownPage.locator('#own-key-file').setInputFiles(ownKeyFile);
+  await ownPage.waitForFunction(() => /opened in this browser with your key/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  const opened = await ownPage.locator('#timeline li').count();
+  const raw = (await ownPage.locator('#timeline pre').allTextContents()).map((t) => JSON.parse(t));
+  check(opened >= 5 && raw.some((r) => r.resourceType === 'Patient'), 'the own-key patient\'s record opens in the browser', opened);
+  await shooter(ownPage)('portal-own-key-opened');
+  // What the page shows came out of wasm: the strings only the plaintext holds (names, codes,
+  // values, dates) appear in no response the node sent, and the key file in no request.
+  const secrets = [...new Set(raw.flatMap((r) => [
+    ...(r.name || []).map((n) => n.family),
+    (r.code || {}).text, ...(((r.code || {}).coding) || []).map((c) => c.display),
+    r.birthDate, r.effectiveDateTime,
+  ]).filter((v) => typeof v === 'string' && v.length >= 6))];
+  const bodies = await Promise.all(served);
+  check(secrets.length >= 3, 'the opened record has strings to look for', secrets);
+  check(bodies.some(([url]) => url.includes('/ui/sealed')) && !bodies.some(([url]) => url.includes('$everything')),
+    'the record came as /ui/sealed ciphertext, not through $everything', bodies.map(([u]) => u.split('?')[0]));
+  const leaks = secrets.filter((secret) => bodies.some(([, body]) => body.includes(secret)));
+  check(leaks.length === 0, 'the node served ciphertext only: no plaintext in any response', leaks);
+  const keyText = fs.readFileSync(ownKeyFile, 'utf8').trim();
+  check(!sent.some((body) => body.includes(keyText)), 'the key file is never sent', null);
+  // The node's access log names each of these reads, as the chain's trail shows the auditor.
+  const auditorToken = execFileSync(process.env.EHRCHAIN_BIN, ['auth', 'token', '--api', ownPatient.api,
+    '--key', path.join(home, 'auditor.key')]).toString().trim();
+  const ids = raw.map((r) => r.id);
+  const logged = await until('the own-key reads on the trail', async () => {
+    const trail = await (await fetch(`${ownPatient.api}/patients/${ownPatient.patient}/access?limit=500`, {
+      headers: { Authorization: `Bearer ${auditorToken}` } })).json();
+    const reads = (trail.events || []).filter((e) => e.actor === ownPatient.id && e.outcome === 'allowed' && ids.includes(e.record));
+    return new Set(reads.map((e) => e.record)).size === ids.length ? reads : null;
+  }, 90);
+  check(logged.every((e) => e.purpose === 'PATRQT'), 'the access log names every read, by the patient, for their own request', logged.length);
 
   // Erasure, last: the page says exactly what happens, asks for the patient id, and then
   // the record is gone on every node while the trail stays.

@@ -58,6 +58,9 @@ export async function loadClient(url) {
     // A block's finality proof (GET /chain/blocks/{height}/proof) checked against a genesis,
     // offline: {height, block, finalized_height, validators}, or an error saying why not.
     verifyBlock: (genesisText, proofText) => JSON.parse(call('verify_block', genesisText, proofText, freshSeed())),
+    // A page of the patient's own sealed record (GET /ui/sealed, as text) opened with the key
+    // in a key file's text: {resources: [FHIR resource], failed: [{record, reason}]}.
+    openSealed: (keyText, pageText) => JSON.parse(call('open_sealed', keyText, pageText)),
     // A signed SMART App Launch login: {token_url, challenge, client_id, scope, now_s}.
     signAppLogin: (keyText, request) => call('sign_app_login', keyText, JSON.stringify(request)),
   };

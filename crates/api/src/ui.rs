@@ -35,6 +35,7 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/ui/me", get(me::<B>))
         .route("/ui/erase", axum::routing::post(erase::<B>))
         .route("/ui/patients", get(patients::<B>))
+        .route("/ui/sealed", get(sealed::<B>))
         .route("/ui/guardians", axum::routing::post(appoint_guardian::<B>))
         .route("/ui/break-glass", axum::routing::post(break_glass::<B>))
         .route(
@@ -252,6 +253,44 @@ async fn patients<B: Blob>(
         .map(|(patient, why)| json!({"patient": hex::encode(patient), "why": why}))
         .collect();
     Ok(Json(json!({"patients": list})))
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "sealed_page")]
+    count: usize,
+}
+
+fn sealed_page() -> usize {
+    crate::fhir::SEALED_PAGE_MAX
+}
+
+/// `GET /ui/sealed?offset=&count=`, a patient who holds their own key: a page of their record
+/// as ciphertext (each envelope with the wrap of its key for them), which the portal opens in
+/// the browser with the `client` crate in wasm. The node decides and records each read as it
+/// does any other, and decrypts nothing.
+async fn sealed<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    let Role::Patient { patient } = role_of(&state, &token)? else {
+        return Err(forbidden(
+            "the sealed record is the patient's own: their key opens it",
+        ));
+    };
+    let axum::extract::Query(page) = query.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "offset and count are whole numbers",
+        )
+    })?;
+    Ok(Json(
+        crate::fhir::sealed(&state, &token, &patient, page.offset, page.count).await?,
+    ))
 }
 
 #[derive(serde::Deserialize)]

@@ -210,13 +210,19 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         }));
         clinicians.push((clinician, seed));
     }
-    for (home, api) in apis.iter().enumerate().take(homes) {
+    // One custodial patient at each of the first two nodes (their home node keeps their key),
+    // and a third who holds their own key (the portal opens their record in the browser).
+    let patients = (0..homes)
+        .map(|home| (home, true, 24))
+        .chain([(0, false, 8)]);
+    for (number, (home, custodial, records)) in patients.enumerate() {
+        let api = &apis[home];
         let institution =
             crate::records::load_signer(&dir.join(format!("node-{home}/validator.key")))?;
         crate::client::use_seed(api, &institution.seed);
         let session = Session::open(crate::client::Http::AS_CURRENT, api)?;
         let seed = crate::config::random_seed();
-        crate::config::write_key(&keys.join(format!("patient-{}.key", home + 1)), &seed)?;
+        crate::config::write_key(&keys.join(format!("patient-{}.key", number + 1)), &seed)?;
         let patient = Signer::from_seed(&seed);
         let id: [u8; 16] = crate::config::random_seed()[..16].try_into().expect("16");
         let register = session.sign(
@@ -230,20 +236,23 @@ fn fill_demo(dir: &Path, apis: &[String]) -> Result<usize> {
         session.submit_and_wait(&register)?;
         let patient_id = hex::encode(id);
         // Custodial: the home node holds the patient's key too.
-        ehrchain_api::gateway::write_secret(
-            &custody_dir(dir, home)?.join(format!("{patient_id}.key")),
-            &seed,
-        )?;
+        if custodial {
+            ehrchain_api::gateway::write_secret(
+                &custody_dir(dir, home)?.join(format!("{patient_id}.key")),
+                &seed,
+            )?;
+        }
         identities.push(serde_json::json!({
             "id": patient.public.to_string(),
             "role": "patient",
             "api": api,
             "institution": institution.public.to_string(),
             "patient": patient_id,
+            "custodial": custodial,
             "private_key": base64url(&seed),
         }));
         let (author, _) = &clinicians[home];
-        let synthetic = generator.patient(&patient_id, 24);
+        let synthetic = generator.patient(&patient_id, records);
         for resource in std::iter::once(synthetic.patient).chain(synthetic.records) {
             let json = serde_json::to_vec_pretty(&resource)?;
             let checked = check(&json)?;

@@ -225,6 +225,12 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
             format!("{api}/ui/patients"),
             [401, 403, 403, 200, 200, 403, 403],
         ),
+        // A patient's own record, sealed for their key: the patient alone.
+        (
+            "GET",
+            format!("{api}/ui/sealed?count=5"),
+            [401, 200, 200, 403, 403, 403, 403],
+        ),
         (
             "POST",
             format!("{api}/ui/break-glass"),

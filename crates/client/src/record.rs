@@ -120,6 +120,44 @@ pub fn open(
     Ok(ehrchain_crypto::open(&key, binding, envelope)?)
 }
 
+/// Open one entry of a sealed page (`GET /ui/sealed`, JSON) with the patient's own key: check
+/// the envelope against its hash and open it ([`open`]), and answer the FHIR resource as a
+/// FHIR server would serve it (the server's `id` and `meta.versionId`/`lastUpdated`).
+pub fn open_sealed(reader: &Signer, entry: &serde_json::Value) -> Result<String, Error> {
+    use base64::Engine as _;
+    let bad = |what: &str| Error::Protocol(format!("a sealed record has no valid {what}"));
+    let text = |name: &str| entry[name].as_str().ok_or_else(|| bad(name));
+    let bytes = |name: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(text(name)?)
+            .map_err(|_| bad(name))
+    };
+    let id16 = |name: &str| ehrchain_types::id_from_hex(text(name)?).ok_or_else(|| bad(name));
+    let record = id16("record")?;
+    let version = entry["version"]
+        .as_u64()
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| bad("version"))?;
+    let hash: [u8; 32] = hex::decode(text("ciphertext_hash")?)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| bad("ciphertext_hash"))?;
+    let binding = Binding {
+        record,
+        version,
+        patient: id16("patient")?,
+    };
+    let wrap = Wrap::decode(&bytes("wrap")?).map_err(|_| bad("wrap"))?;
+    let plain = open(reader, &binding, &hash, &bytes("envelope")?, &wrap)?;
+    ehrchain_fhir::raw::present(
+        &plain,
+        &hex::encode(record),
+        &version.to_string(),
+        text("last_updated")?,
+    )
+    .ok_or_else(|| Error::Protocol("a stored record is not a JSON object".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +208,28 @@ mod tests {
             Err(Error::Protocol(_))
         ));
         assert!(check(b"{\"resourceType\":\"Observation\"}").is_err());
+        // The same version as a sealed page serves it, opened and presented.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut entry = serde_json::json!({
+            "record": hex::encode(prepared.record),
+            "version": 1,
+            "patient": id,
+            "last_updated": "2026-12-04T00:00:00.005Z",
+            "ciphertext_hash": hex::encode(hash),
+            "envelope": b64.encode(&upload.envelope),
+            "wrap": b64.encode(wrap.encode()),
+        });
+        let served: serde_json::Value =
+            serde_json::from_str(&open_sealed(&patient, &entry).unwrap()).unwrap();
+        assert_eq!(served["id"], hex::encode(prepared.record));
+        assert_eq!(served["meta"]["versionId"], "1");
+        assert_eq!(served["status"], "final");
+        assert!(open_sealed(&stranger, &entry).is_err());
+        entry["version"] = 2.into();
+        assert!(
+            open_sealed(&patient, &entry).is_err(),
+            "bound to its version"
+        );
     }
 }

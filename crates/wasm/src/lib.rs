@@ -207,6 +207,56 @@ pub unsafe extern "C" fn verify_block(
     answer(result)
 }
 
+/// Open a page of the patient's own sealed record (`GET /ui/sealed`, its JSON) with the key in
+/// a key file's text, here in the browser: the answer is JSON `{"resources": [..],
+/// "failed": [{"record", "reason"}]}`, each resource as a FHIR server serves it. An entry the
+/// node refused (`denied`) or that does not open (a wrong key, bytes that do not match their
+/// hash) is listed in `failed` with its reason.
+///
+/// # Safety
+/// `text` and `page` must point at `text_len` and `page_len` bytes from [`alloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn open_sealed(
+    text: *const u8,
+    text_len: usize,
+    page: *const u8,
+    page_len: usize,
+) -> *mut u8 {
+    let result = (|| {
+        let seed = smart::seed_from_key_text(unsafe { input(text, text_len) }?)
+            .map_err(|e| e.to_string())?;
+        let reader = ehrchain_client::Signer::from_seed(&seed);
+        let page: serde_json::Value = serde_json::from_str(unsafe { input(page, page_len) }?)
+            .map_err(|_| "the page is not JSON".to_string())?;
+        let entries = page["entries"]
+            .as_array()
+            .ok_or_else(|| "the page has no entries".to_string())?;
+        let mut resources = Vec::with_capacity(entries.len());
+        let mut failed = Vec::new();
+        for entry in entries {
+            let record = entry["record"].clone();
+            if let Some(reason) = entry["denied"].as_str() {
+                failed.push(serde_json::json!({"record": record, "reason": reason}));
+                continue;
+            }
+            match ehrchain_client::record::open_sealed(&reader, entry) {
+                Ok(resource) => resources.push(resource),
+                Err(error) => {
+                    failed.push(serde_json::json!({"record": record, "reason": error.to_string()}))
+                }
+            }
+        }
+        // Each resource is already JSON text: spliced in, not parsed again.
+        let mut out = String::from("{\"resources\":[");
+        out.push_str(&resources.join(","));
+        out.push_str("],\"failed\":");
+        out.push_str(&serde_json::Value::from(failed).to_string());
+        out.push('}');
+        Ok(out.into_bytes())
+    })();
+    answer(result)
+}
+
 /// A genesis document from the page, its validator keys checked.
 fn genesis_of(text: &str) -> Result<ehrchain_client::proof::Genesis, String> {
     ehrchain_client::proof::genesis(text.as_bytes()).map_err(|e| e.to_string())

@@ -11,13 +11,23 @@ import {
 let token = null;
 let records = [];
 let events = [];
+// A patient who holds their own key: its text, in this page's memory only, once chosen.
+let ownKey = null;
 const select = tabs($('tabs'), { record: showRecord, grants: showGrants, history: showHistory });
 
 // ---- the record ------------------------------------------------------------------------
 async function showRecord() {
+  const selfHeld = session.me.role === 'patient' && !session.me.custodial;
+  $('own-key').hidden = !selfHeld;
+  if (selfHeld && !ownKey) {
+    records = [];
+    drawTimeline();
+    return say('Choose your key file to open your record.');
+  }
   say('Loading your record…', true);
   const started = performance.now();
-  records = (await everyEntry(`Patient/${token.patient}/$everything?_count=100`, 10000)).map((e) => e.resource);
+  records = selfHeld ? await openSealed()
+    : (await everyEntry(`Patient/${token.patient}/$everything?_count=100`, 10000)).map((e) => e.resource);
   $('erasure').hidden = records.length === 0;
   const types = [...new Set(records.map((r) => r.resourceType))].sort();
   const chooser = $('record-type');
@@ -29,6 +39,38 @@ async function showRecord() {
   say('');
 }
 
+// The whole record as ciphertext, page by page (GET /ui/sealed), opened here with the key the
+// patient chose: the Rust client in wasm checks each envelope against its hash and opens it.
+async function openSealed() {
+  const client = await wasmClient();
+  const opened = [];
+  const failed = [];
+  for (let offset = 0; ; ) {
+    const page = await call(`/ui/sealed?offset=${offset}&count=100`);
+    const { resources, failed: refused } = client.openSealed(ownKey, JSON.stringify(page));
+    opened.push(...resources);
+    failed.push(...refused);
+    offset += page.entries.length;
+    if (!page.entries.length || offset >= page.total) break;
+  }
+  $('record-count').dataset.opened = 'browser';
+  if (failed.length) say(`${failed.length} records did not open with this key (${[...new Set(failed.map((f) => f.reason))].join('; ')}).`);
+  return opened;
+}
+
+$('own-key-file').addEventListener('change', async (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  try {
+    const text = await file.text();
+    const client = await wasmClient();
+    if (client.identityOfKey(text) !== session.me.identity) throw new Error('this key file is not yours: it is another identity\'s');
+    ownKey = text;
+    await showRecord();
+    say(`${records.length} records opened in this browser with your key; the node sent them encrypted.`);
+  } catch (error) { fail(error); }
+});
+
 function drawTimeline() {
   const started = performance.now();
   const type = $('record-type').value;
@@ -38,7 +80,7 @@ function drawTimeline() {
     .filter((r) => !type || r.resourceType === type)
     .filter((r) => { const d = day(dateOf(r)); return (!from || d >= from) && (!to || d <= to); })
     .sort((a, b) => String(dateOf(b)).localeCompare(String(dateOf(a))));
-  $('record-count').textContent = `${shown.length} of ${records.length} records`;
+  $('record-count').textContent = `${shown.length} of ${records.length} records${ownKey ? ', opened in this browser with your key' : ''}`;
   const items = shown.map((r) => {
     const { title, facts } = describe(r);
     const item = el('li');
@@ -304,6 +346,7 @@ $('log-in-work').addEventListener('click', () => logIn(STAFF_SCOPE).catch(fail))
 $('log-out').addEventListener('click', async () => {
   await logOut();
   token = null;
+  ownKey = null;
   showLoggedOut();
   say('You are logged out; your session is ended on the chain.');
 });

@@ -28,6 +28,7 @@ mod discovery;
 mod params;
 mod provenance;
 mod read;
+pub(crate) use read::{SEALED_PAGE_MAX, sealed};
 mod search;
 mod time;
 mod write;

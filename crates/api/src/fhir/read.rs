@@ -497,41 +497,7 @@ pub(super) async fn everything<B: Blob>(
     let (pairs, ignored) = checked(query_pairs(query)?, &PAGING, &[], &headers)?;
     let (count, offset) = count_param(&pairs)?;
     let patient = id16(&id).ok_or_else(|| not_found("no such Patient"))?;
-    token.within("Patient", crate::scopes::READ, &patient)?;
-    let (mut versions, erased) = state.chain.read(|s| {
-        let erased = s.patient(&patient).map(|p| p.erased_height.is_some());
-        let versions: Vec<RecordVersion> = s
-            .patient_records(&patient)
-            .into_iter()
-            .filter_map(|r| s.versions(&r).pop())
-            .filter(|v| !v.anchor.is_tombstone())
-            // Only the types the token's scopes let it read (the Patient's own was checked
-            // before the handler ran).
-            .filter(|v| {
-                ResourceType::from_code(v.anchor.resource_type)
-                    .is_some_and(|t| token.scopes.allows(t.name(), crate::scopes::READ))
-            })
-            .collect();
-        (versions, erased)
-    });
-    match erased {
-        None => return Err(not_found("no such Patient")),
-        Some(true) => {
-            return Err(ApiError::fhir(
-                StatusCode::GONE,
-                "deleted",
-                "the patient's records were erased",
-            ));
-        }
-        Some(false) => {}
-    }
-    // The Patient first, then newest first.
-    versions.sort_by_key(|v| {
-        (
-            v.anchor.resource_type != ResourceType::Patient.code(),
-            std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)),
-        )
-    });
+    let versions = whole_record(&state, &token, &patient)?;
     let total = versions.len();
     let page: Vec<RecordVersion> = versions.into_iter().skip(offset).take(count).collect();
     let records: Vec<[u8; 16]> = page.iter().map(|v| v.anchor.record).collect();
@@ -564,6 +530,130 @@ pub(super) async fn everything<B: Blob>(
         (offset, count),
         total,
         entries,
+    ))
+}
+
+/// The latest version of each of `patient`'s records that the token's scopes reach: the
+/// Patient first, then newest first (`$everything`'s order, and the portal's sealed pages').
+fn whole_record<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    patient: &[u8; 16],
+) -> Result<Vec<RecordVersion>> {
+    token.within("Patient", crate::scopes::READ, patient)?;
+    let (mut versions, erased) = state.chain.read(|s| {
+        let erased = s.patient(patient).map(|p| p.erased_height.is_some());
+        let versions: Vec<RecordVersion> = s
+            .patient_records(patient)
+            .into_iter()
+            .filter_map(|r| s.versions(&r).pop())
+            .filter(|v| !v.anchor.is_tombstone())
+            // Only the types the token's scopes let it read (the Patient's own was checked
+            // above).
+            .filter(|v| {
+                ResourceType::from_code(v.anchor.resource_type)
+                    .is_some_and(|t| token.scopes.allows(t.name(), crate::scopes::READ))
+            })
+            .collect();
+        (versions, erased)
+    });
+    match erased {
+        None => return Err(not_found("no such Patient")),
+        Some(true) => {
+            return Err(ApiError::fhir(
+                StatusCode::GONE,
+                "deleted",
+                "the patient's records were erased",
+            ));
+        }
+        Some(false) => {}
+    }
+    versions.sort_by_key(|v| {
+        (
+            v.anchor.resource_type != ResourceType::Patient.code(),
+            std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)),
+        )
+    });
+    Ok(versions)
+}
+
+/// Most sealed records in one page of [`sealed`].
+pub const SEALED_PAGE_MAX: usize = 100;
+
+/// A page of a patient's own record, sealed: each latest version's envelope and the wrap of
+/// its data key for the patient's own encryption key, for a patient who holds their key and
+/// opens their record in the browser (the `client` crate in wasm). Each read is decided and
+/// recorded exactly as `$everything`'s are; nothing here is decrypted.
+pub(crate) async fn sealed<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    patient: &[u8; 16],
+    offset: usize,
+    count: usize,
+) -> Result<serde_json::Value> {
+    use base64::Engine as _;
+    let count = count.min(SEALED_PAGE_MAX);
+    let versions = whole_record(state, token, patient)?;
+    let total = versions.len();
+    let page: Vec<RecordVersion> = versions.into_iter().skip(offset).take(count).collect();
+    let records: Vec<[u8; 16]> = page.iter().map(|v| v.anchor.record).collect();
+    let reader = state
+        .chain
+        .read(|s| s.identity(&token.identity).map(|i| i.encryption_key))
+        .ok_or_else(|| forbidden("this identity is not registered"))?;
+    let role = role_of(state, &token.identity);
+    let outcomes = record_reads(state, token, &records, purpose_for(role.as_ref())).await?;
+    let mut entries = Vec::with_capacity(page.len());
+    for (version, outcome) in page.iter().zip(&outcomes) {
+        let record = hex::encode(version.anchor.record);
+        if let Err(reason) = outcome {
+            entries.push(json!({"record": record, "denied": reason}));
+            continue;
+        }
+        let hash: [u8; 32] = version
+            .anchor
+            .ciphertext_hash
+            .as_ref()
+            .try_into()
+            .expect("32");
+        let (envelope, wraps) = stored(state, &hash).await?;
+        let Some(wrap) = wraps.iter().find(|w| w.recipient.0 == reader) else {
+            entries.push(json!({"record": record, "denied": "no-key-for-reader"}));
+            continue;
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        entries.push(json!({
+            "record": record,
+            "version": version.anchor.version,
+            "patient": hex::encode(version.anchor.patient),
+            "resource_type": ResourceType::from_code(version.anchor.resource_type)
+                .map_or("Resource", ResourceType::name),
+            "last_updated": instant(version.anchor.timestamp_ms),
+            "author": version.author.to_string(),
+            "ciphertext_hash": hex::encode(hash),
+            "envelope": b64.encode(&envelope),
+            "wrap": b64.encode(wrap.encode()),
+        }));
+    }
+    Ok(json!({"total": total, "offset": offset, "count": count, "entries": entries}))
+}
+
+/// A version's envelope and wraps from this node's store, waiting a little for one still on
+/// its way from its author's node.
+async fn stored<B: Blob>(
+    state: &ApiState<B>,
+    hash: &[u8; 32],
+) -> Result<(Vec<u8>, Vec<ehrchain_crypto::Wrap>)> {
+    for _ in 0..50 {
+        if let Some(found) = state.store.get(hash).await.map_err(unavailable)? {
+            return Ok(found);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(ApiError::fhir(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "transient",
+        "this node does not hold the record yet; retry shortly",
     ))
 }
 
