@@ -4,7 +4,7 @@
 // of another institution access to Observations, and sees that clinician's read on the trail;
 // then revokes, and the clinician's next attempt appears as refused. Then the mode (custodial),
 // the download of the whole record, phone width, a guardian appointed with a key made in the
-// browser who logs in with it and sees the record, a patient who holds their own key opening
+// browser who logs in with it and sees the record until the patient removes them, a patient who holds their own key opening
 // their record in the browser (the node served ciphertext only, and logged each read), and
 // erasure. Every page is checked by
 // axe-core. Screenshots of each step go to ARTEFACTS_DIR.
@@ -160,6 +160,17 @@ try {
   check(guardianHeader.startsWith(`Guardian of patient ${patient.patient}`) && await guardianPage.locator('#timeline li').count() >= count,
     'the guardian logs in with the key file and sees the patient\'s record', guardianHeader);
   await shooter(guardianPage)('portal-guardian-record');
+  // The patient removes the guardian: their key stops working, and their page no longer
+  // shows the record.
+  await page.getByRole('button', { name: /^Remove guardian / }).click();
+  await page.waitForFunction(() => /removed/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  check((await page.locator('#guardian-list').textContent()).includes('No guardian'), 'the removed guardian is no longer listed', null);
+  await shot('portal-guardian-removed');
+  await guardianPage.reload();
+  await guardianPage.waitForFunction(() => /did not work|ended|log in/i.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  const afterRemoval = await guardianPage.locator('#status').textContent();
+  check(await guardianPage.locator('#timeline li').count() === 0, 'the removed guardian no longer sees the record', afterRemoval);
+  await shooter(guardianPage)('portal-guardian-refused');
   fs.rmSync(guardianKey);
   await page.getByRole('tab', { name: 'My record' }).click();
   await page.locator('#timeline li').first().waitFor({ timeout: 60000 });

@@ -163,6 +163,7 @@ pub fn concerns(caller: &Caller, signer: &PublicKey, payload: &ehrchain_types::P
         | P::Revoke { patient, .. }
         | P::BreakGlass { patient, .. }
         | P::AppointGuardian { patient, .. }
+        | P::RemoveGuardian { patient, .. }
         | P::RecoverKey { patient, .. }
         | P::TrailQuery { patient } => *patient,
         P::RecordAnchor(anchor) => anchor.patient,

@@ -270,6 +270,11 @@ fn payload_json(payload: &Payload) -> Value {
             "guardian": guardian.to_string(),
             "encryption_key": hex::encode(encryption_key),
         }),
+        Payload::RemoveGuardian { patient, guardian } => json!({
+            "kind": "remove_guardian",
+            "patient": hex::encode(patient),
+            "guardian": guardian.to_string(),
+        }),
         Payload::Propose { proposal, action } => json!({
             "kind": "propose",
             "proposal": hex::encode(proposal),

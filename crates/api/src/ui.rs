@@ -37,6 +37,10 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         .route("/ui/patients", get(patients::<B>))
         .route("/ui/sealed", get(sealed::<B>))
         .route("/ui/guardians", axum::routing::post(appoint_guardian::<B>))
+        .route(
+            "/ui/guardians/{key}/remove",
+            axum::routing::post(remove_guardian::<B>),
+        )
         .route("/ui/break-glass", axum::routing::post(break_glass::<B>))
         .route(
             "/ui/clinicians",
@@ -544,6 +548,58 @@ async fn appoint_guardian<B: Blob>(
     let location = crate::submit::commit(&state, &tx).await?;
     Ok(Json(
         json!({"guardian": guardian.to_string(), "height": location.height}),
+    ))
+}
+
+/// `POST /ui/guardians/{key}/remove`, the patient's own login: remove a guardian
+/// (`RemoveGuardian`, signed by the patient's session, committed). The chain retires the
+/// guardian's key, so their sessions end and nothing they sign applies.
+async fn remove_guardian<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    let Role::Patient { patient } = role_of(&state, &token)? else {
+        return Err(forbidden("only the patient removes a guardian"));
+    };
+    let guardian = ehrchain_types::public_key_from_hex(&key).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the guardian's identity is 64 hex characters",
+        )
+    })?;
+    let is_guardian = |state: &ApiState<B>| {
+        state.chain.read(|s| {
+            use ehrchain_contracts::state::Reader;
+            s.patient(&patient)
+                .is_some_and(|p| p.guardians.contains(&guardian))
+        })
+    };
+    if !is_guardian(&state) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "that key is not one of your guardians",
+        ));
+    }
+    let tx = crate::submit::submit_as(
+        &state,
+        &token,
+        ehrchain_types::Payload::RemoveGuardian {
+            patient,
+            guardian: guardian.clone(),
+        },
+    )
+    .await?;
+    let location = crate::submit::commit(&state, &tx).await?;
+    if is_guardian(&state) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the guardian was not removed; see the trail",
+        ));
+    }
+    Ok(Json(
+        json!({"removed": guardian.to_string(), "height": location.height}),
     ))
 }
 

@@ -241,6 +241,12 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
             format!("{api}/ui/guardians"),
             [401, 400, 400, 400, 400, 400, 400],
         ),
+        // Not a guardian of anyone: the patient learns so; anyone else may not remove one.
+        (
+            "POST",
+            format!("{api}/ui/guardians/{clinician_1_key}/remove"),
+            [401, 404, 404, 403, 403, 403, 403],
+        ),
         (
             "GET",
             format!("{api}/ui/clinicians"),

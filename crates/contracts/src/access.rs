@@ -65,6 +65,35 @@ pub(crate) fn appoint_guardian(
     Ok(())
 }
 
+/// The patient removes a guardian they appointed: the guardian leaves the patient's entry (so
+/// grants, revocations and reads as guardian end) and the guardian's key is retired, which
+/// ends its sessions and refuses anything it signs from then on.
+pub(crate) fn remove_guardian(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    patient: &PatientId,
+    guardian: &PublicKey,
+) -> Result<(), Rejection> {
+    let mut entry = view.patient(patient).ok_or(Rejection::UnknownPatient)?;
+    if entry.erased_height.is_some() {
+        return Err(Rejection::PatientErased);
+    }
+    if &entry.key != signer {
+        return Err(Rejection::Unauthorized(
+            "only the patient removes a guardian",
+        ));
+    }
+    let Some(position) = entry.guardians.iter().position(|g| g == guardian) else {
+        return Err(Rejection::Malformed("not a guardian of this patient"));
+    };
+    entry.guardians.remove(position);
+    delta.patients.insert(*patient, entry);
+    delta.retired.insert(guardian.clone(), at.height);
+    Ok(())
+}
+
 pub(crate) fn grant(
     view: &impl Reader,
     delta: &mut Delta,
@@ -304,6 +333,7 @@ pub(crate) fn record_denial(
         P::Revoke { patient, .. }
         | P::BreakGlass { patient, .. }
         | P::AppointGuardian { patient, .. }
+        | P::RemoveGuardian { patient, .. }
         | P::ErasePatient { patient }
         | P::RecoverKey { patient, .. }
         | P::TrailQuery { patient } => vec![(*patient, None)],
@@ -592,6 +622,7 @@ pub(crate) fn actor(
         | P::BreakGlass { .. }
         | P::ErasePatient { .. }
         | P::AppointGuardian { .. }
+        | P::RemoveGuardian { .. }
         | P::TrailQuery { .. }
         | P::CloseSession { .. } => Ok(session.identity),
         _ => Err(Rejection::Unauthorized(
@@ -1505,6 +1536,7 @@ mod tests {
         Revoke,
         BreakGlass,
         AppointGuardian,
+        RemoveGuardian,
         Erase,
         RecoverKey,
         RegisterPatient,
@@ -1522,7 +1554,8 @@ mod tests {
     }
 
     impl Operation {
-        const ALL: [Self; 22] = [
+        const ALL: [Self; 23] = [
+            Self::RemoveGuardian,
             Self::WriteSet,
             Self::RegisterClientKey,
             Self::RegisterApp,
@@ -1556,7 +1589,9 @@ mod tests {
                 Self::WriteVersion | Self::WriteRecord | Self::Delete | Self::WriteSet => {
                     matches!(actor, A::HomeInstitution | A::Consented)
                 }
-                Self::Grant | Self::Revoke | Self::AppointGuardian => actor == A::OwnPatient,
+                Self::Grant | Self::Revoke | Self::AppointGuardian | Self::RemoveGuardian => {
+                    actor == A::OwnPatient
+                }
                 // Any enrolled clinician, consent or not: that is what break-glass is for.
                 Self::BreakGlass => {
                     matches!(actor, A::Consented | A::NoConsent | A::Expired | A::Revoked)
@@ -1638,6 +1673,10 @@ mod tests {
                     patient: P1,
                     guardian: key(50).public_key(),
                     encryption_key: [0x50; 32],
+                },
+                Self::RemoveGuardian => Payload::RemoveGuardian {
+                    patient: P1,
+                    guardian: key(55).public_key(),
                 },
                 Self::Erase => Payload::ErasePatient { patient: P1 },
                 Self::RecoverKey => Payload::RecoverKey {
@@ -1725,9 +1764,18 @@ mod tests {
 
     /// Patient 1 granted `Consented` (clinician B) read and write on everything, `Expired`
     /// a grant that ran out by block time and `Revoked` one that it took back; `NoConsent` is
-    /// enrolled at hospital B with nothing. Hospital A has an open proposal.
+    /// enrolled at hospital B with nothing. Hospital A has an open proposal. Patient 1 has
+    /// appointed a guardian (key 55).
     fn matrix_world() -> World {
         let mut w = World::new(Rules::default());
+        w.ok(
+            &patient_1(),
+            Payload::AppointGuardian {
+                patient: P1,
+                guardian: key(55).public_key(),
+                encryption_key: [0x55; 32],
+            },
+        );
         for (seed, enc) in [(12, 0xB2), (13, 0xB3), (14, 0xB4)] {
             w.ok(
                 &hospital_b(),
@@ -2101,6 +2149,37 @@ mod tests {
                 encryption_key: [1; 32],
             },
         );
+    }
+
+    #[test]
+    fn a_removed_guardian_no_longer_acts_for_the_patient() {
+        let mut w = World::new(Rules::default());
+        let appoint = Payload::AppointGuardian {
+            patient: P1,
+            guardian: guardian_1().public_key(),
+            encryption_key: [0xD1; 32],
+        };
+        w.ok(&patient_1(), appoint);
+        assert_eq!(
+            w.read(&guardian_1(), R1),
+            Ok(Outcome::Allowed(Basis::Guardian))
+        );
+        let remove = Payload::RemoveGuardian {
+            patient: P1,
+            guardian: guardian_1().public_key(),
+        };
+        // Only the patient removes: not the guardian, not the home institution.
+        for other in [guardian_1(), hospital_a(), patient_2()] {
+            // Refused (a registered identity's attempt is recorded as denied on the trail).
+            let _ = w.run(&other, remove.clone());
+            assert_eq!(w.state.patient(&P1).unwrap().guardians.len(), 1);
+        }
+        w.ok(&patient_1(), remove.clone());
+        assert!(w.state.patient(&P1).unwrap().guardians.is_empty());
+        // The guardian's key is retired: no read, no grant, no second removal.
+        assert_eq!(w.read(&guardian_1(), R1), Err(Rejection::RetiredKey));
+        assert!(w.run(&patient_1(), remove).is_err());
+        assert_eq!(w.read(&patient_1(), R1), Ok(Outcome::Allowed(Basis::Owner)));
     }
 
     #[test]

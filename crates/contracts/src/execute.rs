@@ -292,6 +292,9 @@ fn apply_payload(
             guardian,
             encryption_key,
         } => access::appoint_guardian(view, delta, signer, patient, guardian, encryption_key)?,
+        Payload::RemoveGuardian { patient, guardian } => {
+            access::remove_guardian(view, delta, signer, at, patient, guardian)?
+        }
         Payload::RotateKey {
             new_key,
             encryption_key,

@@ -132,6 +132,12 @@ pub enum Payload {
     /// End a gateway session from the next block: signed by the identity, or by one of its
     /// own sessions (the session itself when an app's token is revoked).
     CloseSession { session: PublicKey },
+    /// A patient removes a guardian they appointed: the guardian no longer acts for them, and
+    /// the guardian's key (and its sessions) is retired.
+    RemoveGuardian {
+        patient: PatientId,
+        guardian: PublicKey,
+    },
 }
 
 /// A SMART app as an institution registers it (`Payload::RegisterApp`).
@@ -463,6 +469,7 @@ impl Payload {
     const KIND_REGISTER_APP: u8 = 22;
     const KIND_REMOVE_APP: u8 = 23;
     const KIND_CLOSE_SESSION: u8 = 24;
+    const KIND_REMOVE_GUARDIAN: u8 = 25;
 
     /// The record versions this payload writes: one for a `RecordAnchor`, each of a
     /// `RecordSet`, none otherwise.
@@ -501,6 +508,7 @@ impl Payload {
             Self::RegisterApp(_) => Self::KIND_REGISTER_APP,
             Self::RemoveApp { .. } => Self::KIND_REMOVE_APP,
             Self::CloseSession { .. } => Self::KIND_CLOSE_SESSION,
+            Self::RemoveGuardian { .. } => Self::KIND_REMOVE_GUARDIAN,
         }
     }
 
@@ -544,6 +552,10 @@ impl Payload {
             Self::RegisterApp(app) => app.write(out),
             Self::RemoveApp { client_id } => write_short_text(out, client_id),
             Self::CloseSession { session } => out.extend_from_slice(session.as_ref()),
+            Self::RemoveGuardian { patient, guardian } => {
+                out.extend_from_slice(patient);
+                out.extend_from_slice(guardian.as_ref());
+            }
             Self::ErasePatient { patient } => out.extend_from_slice(patient),
             Self::Grant(grant) => {
                 out.extend_from_slice(&grant.id);
@@ -730,6 +742,10 @@ impl Payload {
             Self::KIND_BREAK_GLASS => Self::BreakGlass {
                 patient: reader.array()?,
                 reason: reader.u8()?,
+            },
+            Self::KIND_REMOVE_GUARDIAN => Self::RemoveGuardian {
+                patient: reader.array()?,
+                guardian: reader.public_key()?,
             },
             Self::KIND_APPOINT_GUARDIAN => Self::AppointGuardian {
                 patient: reader.array()?,
@@ -1012,6 +1028,10 @@ pub fn examples(key: &PublicKey) -> Vec<Payload> {
             patient: [1; 16],
             guardian: key.clone(),
             encryption_key: [6; 32],
+        },
+        Payload::RemoveGuardian {
+            patient: [1; 16],
+            guardian: key.clone(),
         },
         Payload::RotateKey {
             new_key: key.clone(),

@@ -223,8 +223,16 @@ $('grant-form').addEventListener('submit', async (event) => {
 // ---- guardians -------------------------------------------------------------------------
 function drawGuardians() {
   const guardians = (session.me || {}).guardians || [];
-  $('guardian-list').replaceChildren(...(guardians.length ? guardians.map((g) => el('li', `Guardian ${g.slice(0, 12)}…`))
-    : [el('li', 'No guardian.')]));
+  const patient = (session.me || {}).role === 'patient';
+  $('guardian-list').replaceChildren(...(guardians.length ? guardians.map((g) => {
+    const item = el('li', `Guardian ${g.slice(0, 12)}… `);
+    if (patient) {
+      const remove = el('button', 'Remove', { type: 'button', class: 'secondary', 'aria-label': `Remove guardian ${g.slice(0, 12)}` });
+      remove.addEventListener('click', () => removeGuardian(g).catch(fail));
+      item.append(remove);
+    }
+    return item;
+  }) : [el('li', 'No guardian.')]));
   // Only the patient appoints; a guardian sees who the guardians are.
   $('guardian-make').hidden = (session.me || {}).role !== 'patient';
 }
@@ -247,6 +255,15 @@ $('guardian-make').addEventListener('click', async () => {
     say(`Guardian ${keys.identity.slice(0, 12)}… appointed. Hand them the key file.`);
   } catch (error) { fail(error); }
 });
+
+async function removeGuardian(guardian) {
+  say('Removing your guardian on the chain…', true);
+  await call(`/ui/guardians/${guardian}/remove`, { method: 'POST' });
+  session.me = await call('/ui/me');
+  drawGuardians();
+  $('guardian-made').hidden = true;
+  say(`Guardian ${guardian.slice(0, 12)}… removed: their key no longer works, and their sessions are ended.`);
+}
 
 async function revoke(id, whom) {
   say('Revoking on the chain…', true);
