@@ -7,6 +7,8 @@ fuzz_target!(|data: &[u8]| {
     match decode_message(data) {
         Some(Message::Request(items)) => assert!(items.len() <= FETCH_ITEMS_MAX),
         Some(Message::Response(items)) => assert!(items.len() <= FETCH_ITEMS_MAX),
+        Some(Message::KeyRequest(items)) => assert!(items.len() <= FETCH_ITEMS_MAX),
+        Some(Message::KeyResponse(items)) => assert!(items.len() <= FETCH_ITEMS_MAX),
         None => {}
     }
 });

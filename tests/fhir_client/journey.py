@@ -459,6 +459,34 @@ def main(path):
     bundled_patient = answer["entry"][0]["response"]["location"].split("/")[1]
     bundled = fhir_a.resources("Observation").search(patient=bundled_patient).fetch_all()
     assert len(bundled) == 2 and all(o["subject"]["reference"] == "Patient/" + bundled_patient for o in bundled)
+    # A patient with more records of a type than one search used to open (200): a content
+    # search filters them all through the node's index, and paging follows `next` to the end.
+    created = requests.post(api_a + "/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Manyrecords"}], "birthDate": "1970-01-01"},
+                            headers={**auth_a, "Content-Type": FHIR_JSON}, timeout=60)
+    assert created.status_code == 201, created.text
+    many_patient = created.json()["id"]
+    many = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0" if i % 26 == 0 else "8867-4"}]},
+                          "subject": {"reference": "Patient/" + many_patient},
+                          "effectiveDateTime": f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}", "valueQuantity": {"value": 60 + i % 40}},
+             "request": {"method": "POST", "url": "Observation"}}
+            for i in range(260)
+        ],
+    }
+    answer = requests.post(api_a + "/fhir", json=many, headers={**auth_a, "Content-Type": FHIR_JSON}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    assert all(e["response"]["status"] == "201 Created" for e in answer.json()["entry"]), answer.text[:500]
+    glucose = fhir_a.resources("Observation").search(patient=many_patient, code="http://loinc.org|2339-0").fetch_all()
+    assert len(glucose) == 10, len(glucose)
+    heart_rates = fhir_a.resources("Observation").search(patient=many_patient, code="8867-4").limit(50).fetch_all()
+    assert len(heart_rates) == 250 and len({r.id for r in heart_rates}) == 250, len(heart_rates)
+    first = requests.get(f"{api_a}/fhir/Observation?patient={many_patient}&code=8867-4&_count=50", headers=auth_a, timeout=60).json()
+    assert first["total"] == 250 and any(link["relation"] == "next" for link in first["link"]), first["link"]
+
     # An invalid entry fails the whole transaction, and nothing of it is stored.
     transaction["entry"][2]["resource"].pop("status")
     refused = expect_outcome(requests.post(api_a + "/fhir", json=transaction, headers={**auth_a, "Content-Type": FHIR_JSON}, timeout=60), 422)
@@ -478,6 +506,17 @@ def main(path):
     ).json()
     validate(page)
     assert page["total"] == 2 and len(page["entry"]) == 1
+    # The same search in the patient's compartment, and as POST _search with a form.
+    compartment = requests.get(f"{api_a}/fhir/Patient/{patient_id}/Observation", headers=auth_a, timeout=60)
+    assert compartment.status_code == 200, compartment.text
+    compartment = validate(compartment.json())
+    assert compartment["total"] == 2 and sorted(e["resource"]["id"] for e in compartment["entry"]) == sorted(r.id for r in found), compartment
+    expect_outcome(requests.get(f"{api_a}/fhir/Patient/{patient_id}/Observation?patient={patient_id}", headers=auth_a, timeout=60), 400)
+    posted = requests.post(f"{api_a}/fhir/Observation/_search", data={"patient": patient_id, "code": "http://loinc.org|8867-4"}, headers=auth_a, timeout=60)
+    assert posted.status_code == 200, posted.text
+    posted = validate(posted.json())
+    assert [e["resource"]["id"] for e in posted["entry"]] == [observations[0].id], posted
+    expect_outcome(requests.post(f"{api_a}/fhir/Observation/_search", json={"patient": patient_id}, headers=auth_a, timeout=60), 415)
     assert any(link["relation"] == "next" for link in page["link"])
 
     # Errors: malformed JSON 400, invalid resource 422, too large 413.

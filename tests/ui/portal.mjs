@@ -84,6 +84,20 @@ try {
   const timings = await page.evaluate(() => window.__timings);
   console.log(`measured: first load ${firstLoad} ms, record ${Math.round(timings.record_ms)} ms, timeline of ${timings.timeline_items} rendered in ${Math.round(timings.timeline_render_ms)} ms`);
 
+  // By keyboard alone: the tabs follow the arrow keys, and Tab moves on into the chosen
+  // panel with a visible focus ring.
+  await page.getByRole('tab', { name: 'My record' }).focus();
+  await page.keyboard.press('ArrowRight');
+  const moved = await page.evaluate(() => [document.activeElement.textContent.trim(), document.activeElement.getAttribute('aria-selected'), !document.getElementById('grants').hidden]);
+  check(moved[0] === 'Who can see it' && moved[1] === 'true' && moved[2], 'the tabs follow the arrow keys', moved);
+  await page.keyboard.press('ArrowLeft');
+  await page.keyboard.press('Tab');
+  const into = await page.evaluate(() => {
+    const at = document.activeElement;
+    return [at.closest('[role="tabpanel"]')?.id, at.tagName, getComputedStyle(at).outlineStyle];
+  });
+  check(into[0] === 'record' && into[2] !== 'none', 'Tab moves into the chosen panel, with a visible focus', into);
+
   // Grant the other institution's clinician access to Observations.
   check(await clinicianReads() === 403, 'before any grant the clinician is refused', null);
   await page.getByRole('tab', { name: 'Who can see it' }).click();

@@ -35,6 +35,8 @@ pub struct Gateway {
     /// Without one, every read waits for its own `Access` transaction to commit.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub metrics: GatewayMetrics,
+    /// The search fields of the record versions this node has opened (`fhir::index`).
+    pub search_index: crate::fhir::index::SearchIndex,
 }
 
 /// What the gateway counts, where it happens.
@@ -99,6 +101,7 @@ impl Gateway {
             custody_keys: Mutex::default(),
             access_log: None,
             metrics: GatewayMetrics::detached(),
+            search_index: Default::default(),
         }
     }
 

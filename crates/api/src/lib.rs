@@ -60,6 +60,9 @@ pub struct ApiState<B: Blob> {
     pub connections: Arc<serve::Connections>,
     /// Record blobs of final blocks this node does not hold yet (kept by the records keeper).
     pub blobs_missing: commonware_runtime::telemetry::metrics::Gauge,
+    /// Data keys this node holds none for, asked of a patient's home node over the p2p
+    /// network (a break-glass read of another institution's patient).
+    pub releases: Option<ehrchain_chain::records::Releases>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;

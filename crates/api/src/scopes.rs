@@ -209,6 +209,10 @@ pub fn needed(method: &Method, path: &str) -> Option<(String, u8)> {
         (2, "GET") => READ,
         (2, "PUT" | "PATCH") => UPDATE,
         (2, "DELETE") => DELETE,
+        // A compartment search (`Patient/{id}/Observation`) is a search of that type.
+        (3, "GET") if kind == "Patient" && is_scoped_type(segments[2]) => {
+            return Some((segments[2].to_owned(), SEARCH));
+        }
         // `_history`, `_history/{vid}`, `$everything` (whose other types are filtered by scope).
         (3 | 4, "GET" | "POST") => READ,
         _ => return None,
@@ -312,6 +316,11 @@ mod tests {
         assert_eq!(
             needed(&get, "/fhir/Patient/p/$everything"),
             Some(("Patient".into(), READ))
+        );
+        // A compartment search needs the searched type's scope, not Patient's.
+        assert_eq!(
+            needed(&get, "/fhir/Patient/p/Observation"),
+            Some(("Observation".into(), SEARCH))
         );
         assert_eq!(
             needed(&get, "/fhir/AuditEvent"),

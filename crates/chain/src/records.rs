@@ -26,6 +26,7 @@ use ehrchain_contracts::{
 use ehrchain_crypto::{EncryptionPublicKey, Share, WRAP_BYTES, Wrap, envelope_hash};
 use ehrchain_storage::BlobStore;
 use ehrchain_types::{Block, Digest, PatientId, Payload, PublicKey, RecordId};
+use futures::channel::{mpsc, oneshot};
 use std::{
     collections::BTreeMap,
     sync::Arc,
@@ -71,6 +72,15 @@ pub const STAGED_AGE_MAX: Duration = Duration::from_secs(600);
 
 const REQUEST: u8 = 1;
 const RESPONSE: u8 = 2;
+const KEY_REQUEST: u8 = 3;
+const KEY_RESPONSE: u8 = 4;
+
+/// Most key releases a gateway may have waiting on this keeper at once; an ask beyond it is
+/// answered "no key" at once rather than queued.
+pub const RELEASES_PENDING_MAX: usize = 256;
+
+/// How long a key release asked of a patient's home node is waited for.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a node still needs: a record version's envelope and wraps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,6 +107,47 @@ fn encode_request(items: &[Wanted]) -> Vec<u8> {
 pub enum Message {
     Request(Vec<([u8; 32], RecordId, u32)>),
     Response(Vec<([u8; 32], Vec<u8>, Vec<Wrap>)>),
+    /// Release the data keys of these versions to these readers (`KeyAsk`).
+    KeyRequest(Vec<KeyAsk>),
+    /// Data keys released, each wrapped for the reader it was asked for.
+    KeyResponse(Vec<([u8; 32], Wrap)>),
+}
+
+/// One key asked of a patient's home node: a version (by envelope hash, record and version)
+/// and the identity of the clinician reading it. The home node releases the version's data
+/// key, wrapped for that clinician's encryption key, only if the consent contract allows the
+/// clinician's emergency read now and the clinician belongs to the asking node's institution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyAsk {
+    pub hash: [u8; 32],
+    pub record: RecordId,
+    pub version: u32,
+    /// The reader's Ed25519 identity key.
+    pub reader: [u8; 32],
+}
+
+fn encode_key_request(items: &[KeyAsk]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + items.len() * 84);
+    out.push(KEY_REQUEST);
+    out.extend_from_slice(&(items.len() as u16).to_be_bytes());
+    for item in items {
+        out.extend_from_slice(&item.hash);
+        out.extend_from_slice(&item.record);
+        out.extend_from_slice(&item.version.to_be_bytes());
+        out.extend_from_slice(&item.reader);
+    }
+    out
+}
+
+fn encode_key_response(items: &[([u8; 32], Wrap)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + items.len() * (32 + WRAP_BYTES));
+    out.push(KEY_RESPONSE);
+    out.extend_from_slice(&(items.len() as u16).to_be_bytes());
+    for (hash, wrap) in items {
+        out.extend_from_slice(hash);
+        out.extend_from_slice(&wrap.encode());
+    }
+    out
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -162,6 +213,27 @@ pub fn decode_message(bytes: &[u8]) -> Option<Message> {
             }
             Message::Response(items)
         }
+        KEY_REQUEST => {
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                items.push(KeyAsk {
+                    hash: cursor.array()?,
+                    record: cursor.array()?,
+                    version: u32::from_be_bytes(cursor.array()?),
+                    reader: cursor.array()?,
+                });
+            }
+            Message::KeyRequest(items)
+        }
+        KEY_RESPONSE => {
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                let hash: [u8; 32] = cursor.array()?;
+                let wrap = Wrap::decode(cursor.take(WRAP_BYTES)?).ok()?;
+                items.push((hash, wrap));
+            }
+            Message::KeyResponse(items)
+        }
         _ => return None,
     };
     cursor.0.is_empty().then_some(message)
@@ -195,6 +267,7 @@ struct KeeperMetrics {
     fetched: Counter,
     refused: Counter,
     served: Counter,
+    released: Counter,
 }
 
 impl KeeperMetrics {
@@ -204,6 +277,7 @@ impl KeeperMetrics {
             fetched: Registered::detached(Default::default()),
             refused: Registered::detached(Default::default()),
             served: Registered::detached(Default::default()),
+            released: Registered::detached(Default::default()),
         }
     }
 
@@ -222,6 +296,10 @@ impl KeeperMetrics {
                 "Record blobs from peers refused because they do not match their anchor.",
             ),
             served: context.counter("blobs_served", "Record blobs sent to peers that asked."),
+            released: context.counter(
+                "keys_released",
+                "Data keys released to peers, rewrapped for their clinicians' allowed emergency reads.",
+            ),
         }
     }
 }
@@ -249,6 +327,47 @@ pub struct Records<B: Blob> {
     expired_until_ms: u64,
     /// The node's custody directory: an erased patient's custodial seed is deleted from it.
     custody: Option<std::path::PathBuf>,
+    /// This node's institution's X25519 key, with which it releases data keys to the readers
+    /// of other institutions that the contract allows (see [`KeyAsk`]).
+    release_key: Option<ehrchain_crypto::EncryptionKey>,
+    /// The gateway's asks for keys this node does not hold (taken by [`run`]).
+    asks: Option<mpsc::Receiver<Ask>>,
+    /// Asks sent to a patient's home node and not yet answered, by (envelope hash, reader's
+    /// encryption key); at most [`RELEASES_PENDING_MAX`].
+    pending: BTreeMap<([u8; 32], [u8; 32]), Pending>,
+}
+
+/// A gateway's ask, with where its answer goes.
+type Ask = (KeyAsk, oneshot::Sender<Option<Wrap>>);
+
+/// A key release asked of a peer for this node's gateway.
+struct Pending {
+    ask: KeyAsk,
+    peer: PublicKey,
+    first: SystemTime,
+    sent: SystemTime,
+    replies: Vec<oneshot::Sender<Option<Wrap>>>,
+}
+
+/// How often an unanswered key release is asked again (the home node may not have applied
+/// the block that allows the read yet).
+const RELEASE_ASK_AGAIN: Duration = Duration::from_millis(400);
+
+/// The gateway's handle on the keeper's key releases: ask for the data key of a version this
+/// node holds no key for, released by the patient's home node if the contract allows the read.
+#[derive(Clone)]
+pub struct Releases {
+    sender: mpsc::Sender<Ask>,
+}
+
+impl Releases {
+    /// The data key of `ask`, wrapped for its reader, or `None` if it was refused, not
+    /// answered within [`RELEASE_WAIT`], or too many asks are waiting.
+    pub async fn ask(&self, ask: KeyAsk) -> Option<Wrap> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.clone().try_send((ask, reply)).ok()?;
+        answer.await.ok().flatten()
+    }
 }
 
 impl<B: Blob> Records<B> {
@@ -265,7 +384,149 @@ impl<B: Blob> Records<B> {
             waiting_wraps: BTreeMap::new(),
             expired_until_ms: 0,
             custody: None,
+            release_key: None,
+            asks: None,
+            pending: BTreeMap::new(),
         }
+    }
+
+    /// Release data keys with `institution_key` to readers of other institutions that the
+    /// contract allows, and ask other nodes for keys this one lacks: the handle is the
+    /// gateway's.
+    pub fn with_releases(
+        mut self,
+        institution_key: ehrchain_crypto::EncryptionKey,
+    ) -> (Self, Releases) {
+        let (sender, receiver) = mpsc::channel(RELEASES_PENDING_MAX);
+        self.release_key = Some(institution_key);
+        self.asks = Some(receiver);
+        (self, Releases { sender })
+    }
+
+    /// A gateway's ask: sent to the patient's home node (the request to send is returned), or
+    /// answered "none" at once when there is no such node, reader or version, or too many
+    /// asks wait.
+    fn on_ask(
+        &mut self,
+        now: SystemTime,
+        ask: KeyAsk,
+        reply: oneshot::Sender<Option<Wrap>>,
+    ) -> Option<(PublicKey, Vec<u8>)> {
+        let target = self.chain.read(|s| {
+            let version = s.version_by_hash(&ask.hash)?;
+            if version.anchor.record != ask.record || version.anchor.version != ask.version {
+                return None;
+            }
+            let home = s.patient(&version.anchor.patient)?.home.clone();
+            let reader = ehrchain_types::decode_public_key(ask.reader).ok()?;
+            Some((home, s.identity(&reader)?.encryption_key))
+        });
+        let Some((home, recipient)) = target.filter(|(home, _)| *home != self.me) else {
+            let _ = reply.send(None);
+            return None;
+        };
+        if let Some(pending) = self.pending.get_mut(&(ask.hash, recipient)) {
+            pending.replies.push(reply);
+            return None;
+        }
+        if self.pending.len() >= RELEASES_PENDING_MAX {
+            let _ = reply.send(None);
+            return None;
+        }
+        self.pending.insert(
+            (ask.hash, recipient),
+            Pending {
+                ask,
+                peer: home.clone(),
+                first: now,
+                sent: now,
+                replies: vec![reply],
+            },
+        );
+        Some((home, encode_key_request(&[ask])))
+    }
+
+    /// Give up on asks older than [`RELEASE_WAIT`] (their gateways hear "none"); ask again
+    /// for those unanswered for [`RELEASE_ASK_AGAIN`].
+    fn ask_again(&mut self, now: SystemTime) -> Vec<(PublicKey, Vec<u8>)> {
+        let age = |at: SystemTime| now.duration_since(at).unwrap_or_default();
+        self.pending.retain(|_, p| age(p.first) < RELEASE_WAIT);
+        self.pending
+            .values_mut()
+            .filter(|p| age(p.sent) >= RELEASE_ASK_AGAIN)
+            .map(|p| {
+                p.sent = now;
+                (p.peer.clone(), encode_key_request(&[p.ask]))
+            })
+            .collect()
+    }
+
+    /// Keys a peer released: each goes to the gateway asks waiting for it, if that peer is
+    /// the one asked.
+    fn on_released(&mut self, peer: &PublicKey, items: Vec<([u8; 32], Wrap)>) {
+        for (hash, wrap) in items {
+            let key = (hash, wrap.recipient.0);
+            if self.pending.get(&key).is_some_and(|p| &p.peer == peer)
+                && let Some(pending) = self.pending.remove(&key)
+            {
+                for reply in pending.replies {
+                    let _ = reply.send(Some(wrap.clone()));
+                }
+            }
+        }
+    }
+
+    /// Answer a peer's key request: for each ask the contract allows (see
+    /// [`releasable`]), the data key unwrapped with a key this node holds (its
+    /// institution's, or the patient's custodial key) and wrapped for the reader. Others are
+    /// left out. The data key exists only in this function's memory.
+    async fn release(&self, peer: &PublicKey, items: Vec<KeyAsk>) -> Vec<u8> {
+        let mut released = Vec::new();
+        for ask in items {
+            let Some((patient, recipient)) = self.chain.read(|s| releasable(s, peer, &ask)) else {
+                tracing::warn!(%peer, "a peer asked for a key the contract does not release to it");
+                continue;
+            };
+            let wraps = match self.store.get(&ask.hash).await {
+                Ok(Some((_, wraps))) => wraps,
+                Ok(None) => continue,
+                Err(e) => halt(e),
+            };
+            let custodial = self.custody.as_ref().and_then(|dir| {
+                let text =
+                    std::fs::read_to_string(dir.join(format!("{}.key", hex::encode(patient))))
+                        .ok()?;
+                let seed: [u8; 32] = hex::decode(text.trim()).ok()?.try_into().ok()?;
+                Some(ehrchain_crypto::EncryptionKey::from_seed(&seed))
+            });
+            let binding = ehrchain_crypto::Binding {
+                record: ask.record,
+                version: ask.version,
+                patient,
+            };
+            let data_key = self
+                .release_key
+                .iter()
+                .chain(custodial.iter())
+                .find_map(|key| {
+                    let wrap = wraps.iter().find(|w| w.recipient == key.public())?;
+                    ehrchain_crypto::unwrap(wrap, key, &binding, &ask.hash).ok()
+                });
+            let Some(data_key) = data_key else {
+                continue;
+            };
+            match ehrchain_crypto::wrap(
+                &data_key,
+                &EncryptionPublicKey(recipient),
+                &binding,
+                &ask.hash,
+            ) {
+                Ok(wrap) => released.push((ask.hash, wrap)),
+                Err(error) => tracing::warn!(%error, "cannot wrap a released key for its reader"),
+            }
+        }
+        self.metrics.released.inc_by(released.len() as u64);
+        encode_key_response(&released)
     }
 
     /// Delete erased patients' custodial seeds (`<patient id>.key`) from `dir`.
@@ -870,6 +1131,7 @@ pub async fn run<E, B, S, R>(
 {
     records.reconcile().await;
     records.publish_missing();
+    let mut asks = records.asks.take();
     let mut heights = records.chain.subscribe();
     let mut done = records.chain.status().height;
     let start = context.current();
@@ -889,6 +1151,9 @@ pub async fn run<E, B, S, R>(
                 }
                 if now >= fetch_at {
                     for (peer, request) in records.next_requests(now) {
+                        let _ = sender.send(Recipients::One(peer), request, false);
+                    }
+                    for (peer, request) in records.ask_again(now) {
                         let _ = sender.send(Recipients::One(peer), request, false);
                     }
                     fetch_at = now + FETCH_INTERVAL;
@@ -914,6 +1179,12 @@ pub async fn run<E, B, S, R>(
                     records.on_block(&block).await;
                 }
             },
+            ask = next_ask(&mut asks) => {
+                let (ask, reply) = ask;
+                if let Some((peer, request)) = records.on_ask(context.current(), ask, reply) {
+                    let _ = sender.send(Recipients::One(peer), request, false);
+                }
+            },
             message = receiver.recv() => {
                 let Ok((peer, bytes)) = message else { return };
                 match decode_message(bytes.as_ref()) {
@@ -922,11 +1193,63 @@ pub async fn run<E, B, S, R>(
                         let _ = sender.send(Recipients::One(peer), answer, false);
                     }
                     Some(Message::Response(items)) => records.accept(items).await,
+                    Some(Message::KeyRequest(items)) => {
+                        let answer = records.release(&peer, items).await;
+                        let _ = sender.send(Recipients::One(peer), answer, false);
+                    }
+                    Some(Message::KeyResponse(items)) => records.on_released(&peer, items),
                     None => tracing::warn!(%peer, "malformed blob-channel message"),
                 }
             },
         }
     }
+}
+
+/// The gateway's next ask; never, once there is no gateway (or it is gone).
+async fn next_ask(asks: &mut Option<mpsc::Receiver<Ask>>) -> Ask {
+    use futures::StreamExt as _;
+    if let Some(receiver) = asks
+        && let Some(ask) = receiver.next().await
+    {
+        return ask;
+    }
+    *asks = None;
+    futures::future::pending().await
+}
+
+/// May this node release `ask`'s data key to `peer`? Only for a version of the record it
+/// names, to a clinician of `peer`'s institution whose emergency read of the record the
+/// consent contract allows now (a break-glass in its time box, or a grant); then the
+/// patient and the reader's encryption key. The rule a gateway applies before it serves a
+/// read: a member releases nothing to a peer that the peer's own clinician could not read.
+fn releasable(state: &State, peer: &PublicKey, ask: &KeyAsk) -> Option<(PatientId, [u8; 32])> {
+    use ehrchain_contracts::{
+        consent::Purpose,
+        facts::{Outcome, Role},
+    };
+    let version = state.version_by_hash(&ask.hash)?;
+    if version.anchor.record != ask.record || version.anchor.version != ask.version {
+        return None;
+    }
+    let reader = ehrchain_types::decode_public_key(ask.reader).ok()?;
+    if state.retired(&reader).is_some() {
+        return None;
+    }
+    let identity = state.identity(&reader)?;
+    if !matches!(&identity.role, Role::Clinician { institution } if institution == peer) {
+        return None;
+    }
+    let (_, _, outcome) = ehrchain_contracts::access::decide_read(
+        state,
+        &reader,
+        &identity,
+        &ask.record,
+        Purpose::Emergency,
+        state.time_ms(),
+    )
+    .ok()?;
+    matches!(outcome, Outcome::Allowed(_))
+        .then_some((version.anchor.patient, identity.encryption_key))
 }
 
 /// Overwrite a key file with zeros, sync it, and delete it: a custodial key the node must no
@@ -953,6 +1276,92 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_released_only_for_an_allowed_read_by_the_asking_institutions_clinician() {
+        use commonware_cryptography::Signer as _;
+        use ehrchain_contracts::{execute::apply, facts::At, state::Delta};
+        use ehrchain_types::{PrivateKey, RecordAnchor, TransactionBody};
+        let (a, b) = (PrivateKey::from_seed(1), PrivateKey::from_seed(2));
+        let mut state = State::new(
+            &[(a.public_key(), [0xA1; 32]), (b.public_key(), [0xB1; 32])],
+            &[],
+            Default::default(),
+        );
+        let (author, reader) = (PrivateKey::from_seed(3), PrivateKey::from_seed(4));
+        let (patient, record, hash) = ([7; 16], [8; 16], [9; 32]);
+        let mut nonces = BTreeMap::new();
+        let mut height = 0;
+        let mut run = |state: &mut State, key: &PrivateKey, payload: Payload| {
+            let nonce = nonces.entry(key.public_key()).or_insert(0u64);
+            let tx = TransactionBody {
+                chain_id: 1,
+                signer: key.public_key(),
+                nonce: *nonce,
+                payload,
+            }
+            .sign(key);
+            *nonce += 1;
+            height += 1;
+            let at = At {
+                height,
+                time_ms: 1_000 * height,
+                index: 0,
+            };
+            let mut delta = Delta::default();
+            apply(state, &mut delta, at, &tx).expect("applies");
+            state.commit(delta);
+        };
+        for (institution, clinician, encryption_key) in [(&a, &author, 0x33), (&b, &reader, 0x44)] {
+            let payload = Payload::EnrollClinician {
+                clinician: clinician.public_key(),
+                encryption_key: [encryption_key; 32],
+            };
+            run(&mut state, institution, payload);
+        }
+        let payload = Payload::RegisterPatient {
+            patient,
+            key: PrivateKey::from_seed(5).public_key(),
+            encryption_key: [0x55; 32],
+        };
+        run(&mut state, &a, payload);
+        let anchor = RecordAnchor {
+            record,
+            version: 1,
+            patient,
+            resource_type: 2,
+            ciphertext_hash: Digest::from(hash),
+            ciphertext_size: 100,
+            timestamp_ms: 0,
+        };
+        run(&mut state, &author, Payload::RecordAnchor(anchor));
+        let ask = KeyAsk {
+            hash,
+            record,
+            version: 1,
+            reader: ehrchain_contracts::facts::key_bytes(&reader.public_key()),
+        };
+        // No consent and no break-glass: nothing is released.
+        assert_eq!(releasable(&state, &b.public_key(), &ask), None);
+        let glass = Payload::BreakGlass {
+            patient,
+            reason: ehrchain_contracts::facts::BREAK_GLASS_REASONS[0].0,
+        };
+        run(&mut state, &reader, glass);
+        // Under break-glass, to the reader's own institution, for the reader's key only.
+        assert_eq!(
+            releasable(&state, &b.public_key(), &ask),
+            Some((patient, [0x44; 32]))
+        );
+        assert_eq!(releasable(&state, &a.public_key(), &ask), None);
+        let other_version = KeyAsk { version: 2, ..ask };
+        assert_eq!(releasable(&state, &b.public_key(), &other_version), None);
+        let other_hash = KeyAsk {
+            hash: [1; 32],
+            ..ask
+        };
+        assert_eq!(releasable(&state, &b.public_key(), &other_hash), None);
+    }
+
+    #[test]
     fn messages_round_trip_and_garbage_is_refused() {
         let request = encode_request(&[Wanted {
             hash: [1; 32],
@@ -971,6 +1380,27 @@ mod tests {
         );
         for cut in 0..response.len() {
             assert!(decode_message(&response[..cut]).is_none());
+        }
+        let ask = KeyAsk {
+            hash: [1; 32],
+            record: [2; 16],
+            version: 3,
+            reader: [4; 32],
+        };
+        let request = encode_key_request(&[ask]);
+        assert_eq!(
+            decode_message(&request),
+            Some(Message::KeyRequest(vec![ask]))
+        );
+        let wrap = Wrap::decode(&[8; WRAP_BYTES]).unwrap();
+        let released = encode_key_response(&[([6; 32], wrap.clone())]);
+        assert_eq!(
+            decode_message(&released),
+            Some(Message::KeyResponse(vec![([6; 32], wrap)]))
+        );
+        for cut in 0..released.len() {
+            assert!(decode_message(&released[..cut]).is_none());
+            assert!(decode_message(&request[..cut.min(request.len() - 1)]).is_none());
         }
         assert!(decode_message(&[9, 0, 0]).is_none());
         let mut too_many = vec![REQUEST];

@@ -249,10 +249,11 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
         let metrics = context.child("ehrchain");
         chain.register_metrics(&metrics);
         store.register_metrics(&metrics.child("storage"));
-        let keeper =
+        let (keeper, releases) =
             ehrchain_chain::records::Records::new(chain.clone(), store.clone(), me.clone())
                 .with_custody(config.data_dir.join("custody"))
-                .with_metrics(&metrics);
+                .with_metrics(&metrics)
+                .with_releases(institution_key.clone());
         let blobs_missing = keeper.missing_gauge();
         // The keeper's store writes and flushes block: it gets a thread of its own.
         context
@@ -304,6 +305,7 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
                 &metrics.child("api"),
             )),
             blobs_missing,
+            releases: Some(releases),
         });
         if let (Some(log), Some(account)) = (&state.gateway.access_log, &state.gateway.institution) {
             context.child("access_log_batcher").spawn({
@@ -311,6 +313,16 @@ pub fn run(config_path: &std::path::Path) -> Result<()> {
                 move |context| ehrchain_api::access_log::run(context, chain, log, account)
             });
         }
+        // An erased patient's entries leave the search index within seconds.
+        tokio::spawn({
+            let state = state.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    ehrchain_api::fhir::index::drop_erased(&state);
+                }
+            }
+        });
         let connections = state.connections.clone();
         let app = router(state);
         let listener = match tokio::net::TcpListener::bind(config.api_listen).await {

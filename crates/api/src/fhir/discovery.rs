@@ -130,6 +130,8 @@ pub(super) async fn metadata<B: Blob>(State(state): State<Arc<ApiState<B>>>) -> 
             },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            // `Patient/{id}/{type}` searches the patient's compartment.
+            "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
         }],
     });
     fhir_json(StatusCode::OK, &statement)

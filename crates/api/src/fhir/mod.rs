@@ -25,6 +25,7 @@ mod bundle;
 mod common;
 mod consent;
 mod discovery;
+pub mod index;
 mod params;
 mod provenance;
 mod read;

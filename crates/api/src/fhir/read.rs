@@ -321,8 +321,26 @@ pub(super) async fn reveal<B: Blob>(
                     }
                 }
                 if !shared {
+                    // No key here (another institution's patient, read under break-glass):
+                    // the patient's home node releases one if the contract allows the read.
+                    if let Some(wrap) = released(state, identity, version, hash).await {
+                        for key in &held {
+                            if let Ok(data_key) =
+                                ehrchain_crypto::unwrap(&wrap, key, &binding, &hash)
+                            {
+                                return ehrchain_crypto::open(&data_key, &binding, &envelope)
+                                    .map_err(|_| {
+                                        ApiError::fhir(
+                                            StatusCode::INTERNAL_SERVER_ERROR,
+                                            "exception",
+                                            "a stored record does not decrypt",
+                                        )
+                                    });
+                            }
+                        }
+                    }
                     return Err(forbidden(
-                        "this node holds no key that opens this record for you; use your institution's node",
+                        "this node holds no key that opens this record for you, and the patient's home institution released none; retry shortly",
                     ));
                 }
                 if tries >= 30 {
@@ -346,6 +364,57 @@ pub(super) async fn reveal<B: Blob>(
         tries += 1;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Open `version` with a key this node holds (its institution's, the patient's custodial key,
+/// or `identity`'s), for the search index: nothing is disclosed, so no read is recorded.
+/// `None` when no such key opens it (or its envelope is not here yet).
+pub(super) async fn open_held<B: Blob>(
+    state: &ApiState<B>,
+    identity: &PublicKey,
+    version: &RecordVersion,
+) -> Result<Option<Vec<u8>>> {
+    let hash: [u8; 32] = version
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32");
+    let Some((envelope, wraps)) = state.store.get(&hash).await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let binding = Binding {
+        record: version.anchor.record,
+        version: version.anchor.version,
+        patient: version.anchor.patient,
+    };
+    let held = gateway::held_keys(state, identity, &version.anchor.patient);
+    Ok(held.iter().find_map(|key| {
+        let wrap = wraps.iter().find(|w| w.recipient == key.public())?;
+        let data_key = ehrchain_crypto::unwrap(wrap, key, &binding, &hash).ok()?;
+        ehrchain_crypto::open(&data_key, &binding, &envelope).ok()
+    }))
+}
+
+/// The data key of `version` wrapped for `identity`, released by the patient's home node
+/// (which checks the consent contract itself), if this node asks for releases.
+async fn released<B: Blob>(
+    state: &ApiState<B>,
+    identity: &PublicKey,
+    version: &RecordVersion,
+    hash: [u8; 32],
+) -> Option<ehrchain_crypto::Wrap> {
+    let releases = state.releases.as_ref()?;
+    let ask = ehrchain_chain::records::KeyAsk {
+        hash,
+        record: version.anchor.record,
+        version: version.anchor.version,
+        reader: ehrchain_contracts::facts::key_bytes(identity),
+    };
+    tokio::time::timeout(ehrchain_chain::records::RELEASE_WAIT, releases.ask(ask))
+        .await
+        .ok()
+        .flatten()
 }
 
 pub(super) fn versions_of<B: Blob>(
@@ -481,6 +550,13 @@ pub(super) async fn instance_operation<B: Blob>(
     match operation.as_str() {
         "_history" if method == axum::http::Method::GET => history(state, headers, kind, id).await,
         "$everything" if kind == "Patient" => everything(state, headers, id, query).await,
+        other
+            if kind == "Patient"
+                && method == axum::http::Method::GET
+                && resource_type(other).is_ok() =>
+        {
+            super::search::compartment(&state.0, &headers, id, other, query.0).await
+        }
         _ => Err(not_found("unknown operation; see /fhir/metadata")),
     }
 }

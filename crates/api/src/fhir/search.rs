@@ -5,9 +5,9 @@ use super::{
     common::{Entry, Result, SEARCH_READS_MAX, id16, invalid, role_of},
     params::{
         PAGING, checked, count_param, date_matches, outcome_entry, patient_param, query_pairs,
-        searchset, token_matches,
+        searchset,
     },
-    read::{denied, present, purpose_for, record_reads, resource_type, reveal},
+    read::{denied, open_held, present, purpose_for, record_reads, resource_type, reveal},
     time::instant,
 };
 use crate::{ApiState, session::Token, session::caller};
@@ -133,18 +133,82 @@ pub(super) async fn search<B: Blob>(
     Path(kind): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    let token = caller(&state, &headers)?;
-    let kind = resource_type(&kind)?;
+    search_query(&state, &headers, &kind, query).await
+}
+
+/// `GET /fhir/Patient/{id}/{kind}`: search in the patient's compartment, the same search as
+/// `GET /fhir/{kind}?patient={id}` (the patient goes in the path, so not in the query too).
+pub(super) async fn compartment<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    patient: String,
+    kind: &str,
+    query: Option<String>,
+) -> Result<Response> {
+    let pairs = query_pairs(query)?;
+    if pairs.iter().any(|(k, _)| k == "patient" || k == "subject") {
+        return Err(invalid(
+            "a compartment search names its patient in the path; leave out patient= and subject=",
+        ));
+    }
+    let pairs: Vec<(String, String)> = std::iter::once(("patient".to_string(), patient))
+        .chain(pairs)
+        .collect();
+    let query =
+        serde_urlencoded::to_string(&pairs).map_err(|_| invalid("malformed query string"))?;
+    search_query(state, headers, kind, Some(query)).await
+}
+
+/// `POST /fhir/{kind}/_search`: the search whose parameters come as a form
+/// (`application/x-www-form-urlencoded`), with any in the URL.
+pub(super) async fn search_form<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    kind: &str,
+    query: Option<String>,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(crate::ApiError::fhir(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "POST _search takes its parameters as application/x-www-form-urlencoded",
+        ));
+    }
+    let bytes = super::common::body_bytes(body).await?;
+    let body = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid("the search parameters are not UTF-8"))?
+        .trim();
+    let query = [query.as_deref().unwrap_or(""), body]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("&");
+    search_query(state, headers, kind, Some(query)).await
+}
+
+async fn search_query<B: Blob>(
+    state: &ApiState<B>,
+    headers: &HeaderMap,
+    kind: &str,
+    query: Option<String>,
+) -> Result<Response> {
+    let token = caller(state, headers)?;
+    let kind = resource_type(kind)?;
     let params = search_params(kind);
     let names: Vec<&str> = params.iter().map(|p| p.name).chain(PAGING).collect();
     let (pairs, ignored) = checked(
         query_pairs(query)?,
         &names,
         &["date", "_lastUpdated"],
-        &headers,
+        headers,
     )?;
     let (count, offset) = count_param(&pairs)?;
-    let (total, page) = find(&state, &token, kind, &pairs, (count, offset)).await?;
+    let (total, page) = find(state, &token, kind, &pairs, (count, offset)).await?;
     let base = &state.gateway.public_url;
     let entries: Vec<Entry> = page
         .into_iter()
@@ -248,62 +312,181 @@ pub(super) async fn find<B: Blob>(
         .filter(|(k, _)| matches!(k.as_str(), "code" | "category" | "date" | "identifier"))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    // Without content filters only the page is read; with them, everything (bounded) is.
-    let (to_read, paged_already) = if content.is_empty() {
-        let total = candidates.len();
-        (
-            candidates
-                .into_iter()
-                .skip(offset)
-                .take(count)
-                .collect::<Vec<_>>(),
-            Some(total),
-        )
-    } else {
-        if candidates.len() > SEARCH_READS_MAX {
-            return Err(invalid(&format!(
-                "more than {SEARCH_READS_MAX} records to filter; narrow the search (_lastUpdated, _id)"
-            )));
-        }
-        (candidates, None)
-    };
+    let purpose = purpose_for(role.as_ref());
+    if !content.is_empty() {
+        return by_content(state, token, candidates, &content, purpose, (count, offset)).await;
+    }
+    // Without content filters only the page is read.
+    let total = candidates.len();
+    let to_read: Vec<RecordVersion> = candidates.into_iter().skip(offset).take(count).collect();
     let records: Vec<[u8; 16]> = to_read.iter().map(|v| v.anchor.record).collect();
-    let outcomes = record_reads(state, token, &records, purpose_for(role.as_ref())).await?;
+    let outcomes = record_reads(state, token, &records, purpose).await?;
     if !outcomes.is_empty() && outcomes.iter().all(|o| o.is_err()) {
         let reason = outcomes[0].clone().err().unwrap_or_default();
         return Err(denied(&reason));
     }
-    let mut matches = Vec::new();
+    let mut page = Vec::new();
     for (version, outcome) in to_read.iter().zip(&outcomes) {
-        if outcome.is_err() {
-            continue;
+        if outcome.is_ok() {
+            let plain = reveal(state, &token.identity, version).await?;
+            page.push((version.clone(), present(&plain, version)?));
         }
-        let plain = reveal(state, &token.identity, version).await?;
-        if !content.is_empty() {
-            // Stored records passed validation when written: only their index is needed.
-            let Some(resource) = serde_json::from_slice(&plain)
-                .ok()
-                .and_then(|value| ehrchain_fhir::validate_value(value).ok())
-            else {
-                continue;
-            };
-            let keep = content.iter().all(|(k, v)| match *k {
-                "code" => token_matches(v, &resource.codes),
-                "identifier" => token_matches(v, &resource.identifiers),
-                "category" => token_matches(v, &resource.categories),
-                _ => date_matches(v, resource.date.as_deref()),
-            });
-            if !keep {
+    }
+    Ok((total, page))
+}
+
+/// A search with content parameters: the candidates the searcher may read now (the contract's
+/// rule on this node's final state) are filtered by the node's search index (`index`), and
+/// only the page of hits is read, each read recorded, then disclosed. No cap on candidates; a
+/// version no key here opens (its shared keys still on their way, or one the patient's home
+/// node must release) is read and filtered as before, at most [`SEARCH_READS_MAX`] of them.
+async fn by_content<B: Blob>(
+    state: &ApiState<B>,
+    token: &Token,
+    candidates: Vec<RecordVersion>,
+    content: &[(&str, &str)],
+    purpose: ehrchain_contracts::consent::Purpose,
+    (count, offset): (usize, usize),
+) -> Result<(usize, Vec<(RecordVersion, Box<RawValue>)>)> {
+    let may_read: std::collections::BTreeSet<[u8; 16]> = state.chain.read(|s| {
+        let Some(identity) = s
+            .identity(&token.identity)
+            .filter(|_| s.retired(&token.identity).is_none())
+        else {
+            return Default::default();
+        };
+        let now = s.time_ms();
+        candidates
+            .iter()
+            .map(|v| v.anchor.record)
+            .filter(|record| {
+                ehrchain_contracts::access::decide_read(
+                    s,
+                    &token.identity,
+                    &identity,
+                    record,
+                    purpose,
+                    now,
+                )
+                .is_ok_and(|(_, _, outcome)| outcome.allowed())
+            })
+            .collect()
+    });
+    if may_read.is_empty() {
+        // Nothing here the searcher may read: the refusal is recorded (on a bounded sample)
+        // and answered as any refused read is; no candidates, an empty result.
+        let sample: Vec<[u8; 16]> = candidates
+            .iter()
+            .take(SEARCH_READS_MAX)
+            .map(|v| v.anchor.record)
+            .collect();
+        let outcomes = record_reads(state, token, &sample, purpose).await?;
+        if let Some(Err(reason)) = outcomes.first()
+            && outcomes.iter().all(|o| o.is_err())
+        {
+            return Err(denied(reason));
+        }
+        if !outcomes.is_empty() {
+            return Err(crate::ApiError::fhir(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "consent changed during the search; retry",
+            ));
+        }
+        return Ok((0, Vec::new()));
+    }
+    let index = &state.gateway.search_index;
+    let mut hits: Vec<(RecordVersion, Option<Box<RawValue>>)> = Vec::new();
+    let mut unindexed = Vec::new();
+    for version in candidates
+        .into_iter()
+        .filter(|v| may_read.contains(&v.anchor.record))
+    {
+        let hash = hash_of(&version);
+        let fields = match index.get(&hash) {
+            Some(fields) => Some(fields),
+            None => open_held(state, &token.identity, &version)
+                .await?
+                .map(|plain| indexed(state, &version, &plain)),
+        };
+        match fields {
+            Some(fields) if fields.matches(content) => hits.push((version, None)),
+            Some(_) => {}
+            None => unindexed.push(version),
+        }
+    }
+    if unindexed.len() > SEARCH_READS_MAX {
+        return Err(invalid(&format!(
+            "more than {SEARCH_READS_MAX} records whose keys are still reaching this node; retry shortly, or narrow the search (_lastUpdated, _id)"
+        )));
+    }
+    if !unindexed.is_empty() {
+        let records: Vec<[u8; 16]> = unindexed.iter().map(|v| v.anchor.record).collect();
+        let outcomes = record_reads(state, token, &records, purpose).await?;
+        for (version, outcome) in unindexed.iter().zip(&outcomes) {
+            if outcome.is_err() {
                 continue;
             }
+            let plain = reveal(state, &token.identity, version).await?;
+            if indexed(state, version, &plain).matches(content) {
+                hits.push((version.clone(), Some(present(&plain, version)?)));
+            }
         }
-        matches.push((version.clone(), present(&plain, version)?));
     }
-    Ok(match paged_already {
-        Some(total) => (total, matches),
-        None => (
-            matches.len(),
-            matches.into_iter().skip(offset).take(count).collect(),
-        ),
-    })
+    // One order for both kinds of hit: newest first, as every search sorts.
+    hits.sort_by_key(|(v, _)| std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)));
+    let total = hits.len();
+    let page: Vec<_> = hits.into_iter().skip(offset).take(count).collect();
+    // The page's indexed hits are read now: each recorded on the trail, then disclosed.
+    let to_read: Vec<[u8; 16]> = page
+        .iter()
+        .filter(|(_, served)| served.is_none())
+        .map(|(v, _)| v.anchor.record)
+        .collect();
+    let mut outcomes = record_reads(state, token, &to_read, purpose)
+        .await?
+        .into_iter();
+    let mut out = Vec::with_capacity(page.len());
+    for (version, served) in page {
+        match served {
+            Some(resource) => out.push((version, resource)),
+            None => {
+                if outcomes.next().is_some_and(|o| o.is_ok()) {
+                    let plain = reveal(state, &token.identity, &version).await?;
+                    let resource = present(&plain, &version)?;
+                    out.push((version, resource));
+                }
+            }
+        }
+    }
+    Ok((total, out))
+}
+
+fn hash_of(version: &RecordVersion) -> [u8; 32] {
+    version
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32-byte digest")
+}
+
+/// Index an opened version: its search fields, kept for the next search. Stored records
+/// passed validation when written; one that no longer parses matches no content filter.
+fn indexed<B: Blob>(
+    state: &ApiState<B>,
+    version: &RecordVersion,
+    plain: &[u8],
+) -> Arc<super::index::Fields> {
+    let fields = serde_json::from_slice(plain)
+        .ok()
+        .and_then(|value| ehrchain_fhir::validate_value(value).ok())
+        .map(|resource| super::index::Fields::of(&resource))
+        .unwrap_or_else(super::index::Fields::none);
+    let fields = Arc::new(fields);
+    state
+        .gateway
+        .search_index
+        .insert(hash_of(version), version.anchor.patient, fields.clone());
+    fields
 }

@@ -615,8 +615,12 @@ pub(super) async fn validate_operation<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
     headers: HeaderMap,
     Path((kind, operation)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: Body,
 ) -> Result<Response> {
+    if operation == "_search" {
+        return super::search::search_form(&state, &headers, &kind, query, body).await;
+    }
     caller(&state, &headers)?;
     let kind = resource_type(&kind)?;
     if operation != "$validate" {
