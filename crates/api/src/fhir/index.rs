@@ -52,6 +52,11 @@ impl Fields {
         }
     }
 
+    /// The clinical date, as written (ISO 8601 text, so it sorts as text within a precision).
+    pub fn date(&self) -> Option<&str> {
+        self.date.as_deref()
+    }
+
     /// Does this version match every content filter (`(name, value)`, names among `code`,
     /// `category`, `identifier` and `date`)?
     pub fn matches(&self, filters: &[(&str, &str)]) -> bool {

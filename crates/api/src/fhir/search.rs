@@ -136,6 +136,9 @@ pub(super) async fn search<B: Blob>(
     search_query(&state, &headers, &kind, query).await
 }
 
+/// The result parameters a search takes beside paging (see [`Order`]).
+const RESULTS: [&str; 3] = ["_sort", "_summary", "_total"];
+
 /// `GET /fhir/Patient/{id}/{kind}`: search in the patient's compartment, the same search as
 /// `GET /fhir/{kind}?patient={id}` (the patient goes in the path, so not in the query too).
 pub(super) async fn compartment<B: Blob>(
@@ -200,7 +203,12 @@ async fn search_query<B: Blob>(
     let token = caller(state, headers)?;
     let kind = resource_type(kind)?;
     let params = search_params(kind);
-    let names: Vec<&str> = params.iter().map(|p| p.name).chain(PAGING).collect();
+    let names: Vec<&str> = params
+        .iter()
+        .map(|p| p.name)
+        .chain(PAGING)
+        .chain(RESULTS)
+        .collect();
     let (pairs, ignored) = checked(
         query_pairs(query)?,
         &names,
@@ -208,6 +216,8 @@ async fn search_query<B: Blob>(
         headers,
     )?;
     let (count, offset) = count_param(&pairs)?;
+    // Result parameters are checked before anything is looked up, whatever matches.
+    Order::of(&pairs, kind)?;
     let (total, page) = find(state, &token, kind, &pairs, (count, offset)).await?;
     let base = &state.gateway.public_url;
     let entries: Vec<Entry> = page
@@ -313,38 +323,129 @@ pub(super) async fn find<B: Blob>(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let purpose = purpose_for(role.as_ref());
-    if !content.is_empty() {
-        return by_content(state, token, candidates, &content, purpose, (count, offset)).await;
-    }
-    // Without content filters only the page is read.
-    let total = candidates.len();
-    let to_read: Vec<RecordVersion> = candidates.into_iter().skip(offset).take(count).collect();
-    let records: Vec<[u8; 16]> = to_read.iter().map(|v| v.anchor.record).collect();
-    let outcomes = record_reads(state, token, &records, purpose).await?;
-    if !outcomes.is_empty() && outcomes.iter().all(|o| o.is_err()) {
-        let reason = outcomes[0].clone().err().unwrap_or_default();
-        return Err(denied(&reason));
-    }
-    let mut page = Vec::new();
-    for (version, outcome) in to_read.iter().zip(&outcomes) {
-        if outcome.is_ok() {
-            let plain = reveal(state, &token.identity, version).await?;
-            page.push((version.clone(), present(&plain, version)?));
-        }
-    }
-    Ok((total, page))
+    let order = Order::of(pairs, kind)?;
+    select(
+        state,
+        token,
+        candidates,
+        &content,
+        &order,
+        purpose,
+        (count, offset),
+    )
+    .await
 }
 
-/// A search with content parameters: the candidates the searcher may read now (the contract's
-/// rule on this node's final state) are filtered by the node's search index (`index`), and
-/// only the page of hits is read, each read recorded, then disclosed. No cap on candidates; a
+/// How a search's results are ordered and what it answers (`_sort`, `_summary`, `_total`).
+pub(super) struct Order {
+    /// Sort keys in order, each with whether it descends; empty: newest first.
+    keys: Vec<(SortKey, bool)>,
+    /// `_summary=count`: the total only, nothing read.
+    count_only: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SortKey {
+    /// The clinical date (from the search index).
+    Date,
+    LastUpdated,
+    Id,
+}
+
+impl Order {
+    fn of(pairs: &[(String, String)], kind: ResourceType) -> Result<Self> {
+        let mut keys = Vec::new();
+        let dated = search_params(kind).iter().any(|p| p.name == "date");
+        for (_, value) in pairs.iter().filter(|(k, _)| k == "_sort") {
+            for key in value.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+                let (descending, name) = match key.strip_prefix('-') {
+                    Some(name) => (true, name),
+                    None => (false, key),
+                };
+                let key = match name {
+                    "date" if dated => SortKey::Date,
+                    "_lastUpdated" => SortKey::LastUpdated,
+                    "_id" => SortKey::Id,
+                    _ => {
+                        return Err(invalid(&format!(
+                            "_sort takes {}_lastUpdated and _id (each with - for descending)",
+                            if dated { "date, " } else { "" }
+                        )));
+                    }
+                };
+                keys.push((key, descending));
+            }
+        }
+        let count_only = match pairs.iter().rfind(|(k, _)| k == "_summary") {
+            None => false,
+            Some((_, v)) if v == "count" => true,
+            Some((_, v)) if v == "false" => false,
+            Some(_) => return Err(invalid("_summary takes count or false")),
+        };
+        if let Some((_, v)) = pairs.iter().rfind(|(k, _)| k == "_total")
+            && !matches!(v.as_str(), "none" | "estimate" | "accurate")
+        {
+            return Err(invalid("_total takes none, estimate or accurate"));
+        }
+        Ok(Self { keys, count_only })
+    }
+
+    fn needs_index(&self) -> bool {
+        self.keys.iter().any(|(k, _)| *k == SortKey::Date)
+    }
+
+    /// Compare two hits by the sort keys, then newest first (a total order).
+    fn compare(
+        &self,
+        (a, a_date): (&RecordVersion, Option<&str>),
+        (b, b_date): (&RecordVersion, Option<&str>),
+    ) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        for (key, descending) in &self.keys {
+            let ordering = match key {
+                // A hit without a date sorts last either way.
+                SortKey::Date => match (a_date, b_date) {
+                    (Some(x), Some(y)) => x.cmp(y),
+                    (Some(_), None) => return Ordering::Less,
+                    (None, Some(_)) => return Ordering::Greater,
+                    (None, None) => Ordering::Equal,
+                },
+                SortKey::LastUpdated => a.anchor.timestamp_ms.cmp(&b.anchor.timestamp_ms),
+                SortKey::Id => a.anchor.record.cmp(&b.anchor.record),
+            };
+            let ordering = if *descending {
+                ordering.reverse()
+            } else {
+                ordering
+            };
+            if ordering.is_ne() {
+                return ordering;
+            }
+        }
+        (b.anchor.timestamp_ms, b.anchor.record).cmp(&(a.anchor.timestamp_ms, a.anchor.record))
+    }
+}
+
+/// One search hit: the version, its indexed fields (when the search needed them) and the
+/// resource as served (when it was read already, to filter it).
+type Hit = (
+    RecordVersion,
+    Option<Arc<super::index::Fields>>,
+    Option<Box<RawValue>>,
+);
+
+/// Answer a search: the candidates the searcher may read now (the contract's rule on this
+/// node's final state), filtered by content parameters and sorted by date through the node's
+/// search index (`index`); only the page of hits is read, each read recorded, then disclosed,
+/// so `total` and the paging links count only what the searcher may read. No cap; a
 /// version no key here opens (its shared keys still on their way, or one the patient's home
 /// node must release) is read and filtered as before, at most [`SEARCH_READS_MAX`] of them.
-async fn by_content<B: Blob>(
+async fn select<B: Blob>(
     state: &ApiState<B>,
     token: &Token,
     candidates: Vec<RecordVersion>,
     content: &[(&str, &str)],
+    order: &Order,
     purpose: ehrchain_contracts::consent::Purpose,
     (count, offset): (usize, usize),
 ) -> Result<(usize, Vec<(RecordVersion, Box<RawValue>)>)> {
@@ -396,12 +497,17 @@ async fn by_content<B: Blob>(
         return Ok((0, Vec::new()));
     }
     let index = &state.gateway.search_index;
-    let mut hits: Vec<(RecordVersion, Option<Box<RawValue>>)> = Vec::new();
+    let use_index = !content.is_empty() || order.needs_index();
+    let mut hits: Vec<Hit> = Vec::new();
     let mut unindexed = Vec::new();
     for version in candidates
         .into_iter()
         .filter(|v| may_read.contains(&v.anchor.record))
     {
+        if !use_index {
+            hits.push((version, None, None));
+            continue;
+        }
         let hash = hash_of(&version);
         let fields = match index.get(&hash) {
             Some(fields) => Some(fields),
@@ -410,7 +516,7 @@ async fn by_content<B: Blob>(
                 .map(|plain| indexed(state, &version, &plain)),
         };
         match fields {
-            Some(fields) if fields.matches(content) => hits.push((version, None)),
+            Some(fields) if fields.matches(content) => hits.push((version, Some(fields), None)),
             Some(_) => {}
             None => unindexed.push(version),
         }
@@ -428,26 +534,39 @@ async fn by_content<B: Blob>(
                 continue;
             }
             let plain = reveal(state, &token.identity, version).await?;
-            if indexed(state, version, &plain).matches(content) {
-                hits.push((version.clone(), Some(present(&plain, version)?)));
+            let fields = indexed(state, version, &plain);
+            if fields.matches(content) {
+                hits.push((
+                    version.clone(),
+                    Some(fields),
+                    Some(present(&plain, version)?),
+                ));
             }
         }
     }
-    // One order for both kinds of hit: newest first, as every search sorts.
-    hits.sort_by_key(|(v, _)| std::cmp::Reverse((v.anchor.timestamp_ms, v.anchor.record)));
+    // One order for every kind of hit: the `_sort` keys, then newest first.
+    hits.sort_by(|(a, a_fields, _), (b, b_fields, _)| {
+        order.compare(
+            (a, a_fields.as_ref().and_then(|f| f.date())),
+            (b, b_fields.as_ref().and_then(|f| f.date())),
+        )
+    });
     let total = hits.len();
+    if order.count_only {
+        return Ok((total, Vec::new()));
+    }
     let page: Vec<_> = hits.into_iter().skip(offset).take(count).collect();
-    // The page's indexed hits are read now: each recorded on the trail, then disclosed.
+    // The page's hits not read yet are read now: each recorded on the trail, then disclosed.
     let to_read: Vec<[u8; 16]> = page
         .iter()
-        .filter(|(_, served)| served.is_none())
-        .map(|(v, _)| v.anchor.record)
+        .filter(|(_, _, served)| served.is_none())
+        .map(|(v, _, _)| v.anchor.record)
         .collect();
     let mut outcomes = record_reads(state, token, &to_read, purpose)
         .await?
         .into_iter();
     let mut out = Vec::with_capacity(page.len());
-    for (version, served) in page {
+    for (version, _, served) in page {
         match served {
             Some(resource) => out.push((version, resource)),
             None => {
