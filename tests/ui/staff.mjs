@@ -116,6 +116,7 @@ try {
   const flagged = await portal.locator('#history-rows tr.break-glass').first().textContent();
   check(flagged.includes('Emergency access') && flagged.includes(clinician.id.slice(0, 8)),
     'the patient sees the break-glass flagged, with who opened it', flagged);
+  check(flagged.includes('awaiting an auditor'), 'the patient sees the opening awaits review', flagged);
   await patientShot('portal-break-glass-flagged');
   await accessible(portal, 'the flagged history');
 
@@ -137,6 +138,20 @@ try {
   await audit.locator('#a-find-institution').selectOption('');
   await auditShot('console-findings');
   await accessible(audit, 'the findings');
+  // The auditor reviews the opening (on chain, once); the patient's history says so.
+  await audit.locator('#a-find-kind').selectOption('break-glass');
+  await audit.locator('#a-find-rows tr').first().getByRole('button', { name: /^Justified:/ }).click();
+  await audit.waitForFunction(() => /^Reviewed: Justified/.test(document.getElementById('status').textContent), null, { timeout: 60000 });
+  const reviewed = await audit.locator('#a-find-rows tr').first().textContent();
+  check(reviewed.includes('Justified (') && await audit.locator('#a-find-rows tr').first().getByRole('button').count() === 0,
+    'the auditor reviews the break-glass finding once', reviewed);
+  await auditShot('console-reviewed');
+  await portal.reload();
+  await portal.getByRole('tab', { name: 'Who looked' }).click();
+  await portal.locator('#history-rows tr.break-glass').first().waitFor({ timeout: 60000 });
+  const afterReview = await portal.locator('#history-rows tr.break-glass').first().textContent();
+  check(afterReview.includes('reviewed: justified'), 'the patient sees the auditor\'s review of the opening', afterReview);
+  await patientShot('portal-break-glass-reviewed');
   await audit.getByRole('tab', { name: 'Trail' }).click();
   await audit.locator('#a-trail-rows tr').first().waitFor({ timeout: 60000 });
   const trailText = await audit.locator('#a-trail-rows').textContent();

@@ -196,7 +196,11 @@ fn purpose_code(number: u8) -> &'static str {
 }
 
 /// An access event as JSON.
-pub fn event_json(position: ehrchain_contracts::facts::EventKey, event: &AccessEvent) -> Value {
+pub fn event_json(
+    state: &ehrchain_contracts::state::State,
+    position: ehrchain_contracts::facts::EventKey,
+    event: &AccessEvent,
+) -> Value {
     let (outcome, basis, reason) = match &event.outcome {
         Outcome::Allowed(basis) => {
             let basis = match basis {
@@ -205,9 +209,13 @@ pub fn event_json(position: ehrchain_contracts::facts::EventKey, event: &AccessE
                 Basis::Author => json!({"kind": "author"}),
                 Basis::Consent(id) => json!({"kind": "consent", "grant": hex::encode(id)}),
                 Basis::BreakGlass => json!({"kind": "break-glass"}),
-                Basis::BreakGlassOpened { reason, until_ms } => {
-                    json!({"kind": "break-glass-opened", "reason": reason, "until_ms": until_ms})
-                }
+                // The opening's finding is at the same position; its review, once made.
+                Basis::BreakGlassOpened { reason, until_ms } => json!({
+                    "kind": "break-glass-opened",
+                    "reason": reason,
+                    "until_ms": until_ms,
+                    "review": review_json(state.review_of(&(position.0, position.1, 0))),
+                }),
             };
             ("allowed", basis, Value::Null)
         }
@@ -231,7 +239,23 @@ pub fn event_json(position: ehrchain_contracts::facts::EventKey, event: &AccessE
     })
 }
 
-fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
+/// A finding's review: `pending` until an auditor made it.
+fn review_json(review: Option<&ehrchain_contracts::facts::Review>) -> Value {
+    match review {
+        None => json!({"state": "pending"}),
+        Some(review) => json!({
+            "state": review.verdict.code(),
+            "auditor": review.auditor.to_string(),
+            "time_ms": review.time_ms,
+        }),
+    }
+}
+
+fn finding_json(
+    position: (u64, u32, u8),
+    finding: &Finding,
+    review: Option<&ehrchain_contracts::facts::Review>,
+) -> Value {
     let detail = match finding.kind {
         FindingKind::DeniedAccess(reason) => json!({"reason": reason.code()}),
         FindingKind::BreakGlass { reason } => json!({"reason": reason}),
@@ -245,6 +269,8 @@ fn finding_json(position: (u64, u32, u8), finding: &Finding) -> Value {
     json!({
         "height": position.0,
         "index": position.1,
+        "seq": position.2,
+        "review": review_json(review),
         "kind": finding.kind.code(),
         "detail": detail,
         "actor": finding.actor.to_string(),
@@ -296,7 +322,7 @@ async fn patient_trail<B: Blob>(
             .into_iter()
             .filter(|(p, _)| page.admits(p.0))
             .take(page.limit())
-            .map(|(p, e)| event_json(p, e))
+            .map(|(p, e)| event_json(s, p, e))
             .collect();
         Some(json!({"patient": hex::encode(id), "events": events}))
     });
@@ -325,7 +351,7 @@ async fn all_events<B: Blob>(
         s.events()
             .filter(|(p, _)| page.admits(p.0))
             .take(page.limit())
-            .map(|(p, e)| event_json(*p, e))
+            .map(|(p, e)| event_json(s, *p, e))
             .collect()
     });
     Ok(Json(json!({"events": events})))
@@ -355,7 +381,7 @@ async fn one_event<B: Blob>(
                 .filter(|e| {
                     caller.is_auditor() || caller.is(&e.actor) || caller.speaks_for(&e.patient)
                 })
-                .map(|e| event_json((location.height, location.index, 0), e))
+                .map(|e| event_json(s, (location.height, location.index, 0), e))
         })
         .map(Json)
         .ok_or_else(not_found)
@@ -371,7 +397,7 @@ async fn findings<B: Blob>(
         s.findings()
             .filter(|(p, _)| page.admits(p.0))
             .take(page.limit())
-            .map(|(p, f)| finding_json(*p, f))
+            .map(|(p, f)| finding_json(*p, f, s.review_of(p)))
             .collect()
     });
     Ok(Json(json!({"findings": findings})))

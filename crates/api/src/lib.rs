@@ -278,6 +278,16 @@ fn payload_json(payload: &Payload) -> Value {
             "patient": hex::encode(patient),
             "guardian": guardian.to_string(),
         }),
+        Payload::ReviewFinding {
+            height,
+            index,
+            seq,
+            verdict,
+        } => json!({
+            "kind": "review_finding",
+            "finding": {"height": height, "index": index, "seq": seq},
+            "verdict": verdict,
+        }),
         Payload::Propose { proposal, action } => json!({
             "kind": "propose",
             "proposal": hex::encode(proposal),

@@ -43,6 +43,10 @@ pub fn routes<B: Blob>() -> Router<Arc<ApiState<B>>> {
         )
         .route("/ui/break-glass", axum::routing::post(break_glass::<B>))
         .route(
+            "/ui/findings/{height}/{index}/{seq}/review",
+            axum::routing::post(review_finding::<B>),
+        )
+        .route(
             "/ui/clinicians",
             get(clinicians::<B>).post(enrol_clinician::<B>),
         )
@@ -348,6 +352,77 @@ async fn break_glass<B: Blob>(
         "reason": entry.reason,
         "opened_ms": entry.opened_ms,
         "until_ms": entry.until_ms,
+        "height": location.height,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct ReviewBody {
+    /// `justified` or `not-justified`.
+    verdict: String,
+}
+
+/// `POST /ui/findings/{height}/{index}/{seq}/review` `{verdict}`, an auditor's token: review
+/// a finding (`ReviewFinding`, signed by the auditor's session, committed). Once per finding.
+async fn review_finding<B: Blob>(
+    State(state): State<Arc<ApiState<B>>>,
+    headers: HeaderMap,
+    Path((height, index, seq)): Path<(u64, u32, u8)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let token = caller(&state, &headers)?;
+    if role_of(&state, &token)? != Role::Auditor {
+        return Err(forbidden("only an auditor reviews a finding"));
+    }
+    let body: ReviewBody = json_body(&body)?;
+    let verdict = match body.verdict.as_str() {
+        "justified" => ehrchain_contracts::facts::Verdict::Justified,
+        "not-justified" => ehrchain_contracts::facts::Verdict::NotJustified,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the verdict is justified or not-justified",
+            ));
+        }
+    };
+    let key = (height, index, seq);
+    let (exists, reviewed) = state.chain.read(|s| {
+        (
+            s.findings().any(|(k, _)| *k == key),
+            s.review_of(&key).is_some(),
+        )
+    });
+    if !exists {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such finding"));
+    }
+    if reviewed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "that finding is reviewed already",
+        ));
+    }
+    let tx = crate::submit::submit_as(
+        &state,
+        &token,
+        ehrchain_types::Payload::ReviewFinding {
+            height,
+            index,
+            seq,
+            verdict: verdict as u8,
+        },
+    )
+    .await?;
+    let location = crate::submit::commit(&state, &tx).await?;
+    let review = state.chain.read(|s| s.review_of(&key).cloned());
+    let review = review.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "the review was not recorded; see the trail",
+        )
+    })?;
+    Ok(Json(json!({
+        "verdict": review.verdict.code(),
+        "time_ms": review.time_ms,
         "height": location.height,
     })))
 }

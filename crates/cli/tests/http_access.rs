@@ -236,6 +236,12 @@ fn every_route_answers_each_caller_only_what_it_may_see() {
             format!("{api}/ui/break-glass"),
             [401, 400, 400, 400, 400, 400, 400],
         ),
+        // A review names a finding: only an auditor, and there is none at block 0.
+        (
+            "POST",
+            format!("{api}/ui/findings/0/0/0/review"),
+            [401, 403, 403, 403, 403, 400, 403],
+        ),
         (
             "POST",
             format!("{api}/ui/guardians"),

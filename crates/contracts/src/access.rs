@@ -94,6 +94,41 @@ pub(crate) fn remove_guardian(
     Ok(())
 }
 
+/// An auditor reviews a finding: once, with a verdict code.
+pub(crate) fn review_finding(
+    view: &impl Reader,
+    delta: &mut Delta,
+    signer: &PublicKey,
+    at: At,
+    key: crate::facts::FindingKey,
+    verdict: u8,
+) -> Result<(), Rejection> {
+    let auditor = view
+        .identity(signer)
+        .is_some_and(|i| i.role == Role::Auditor);
+    if !auditor || view.retired(signer).is_some() {
+        return Err(Rejection::Unauthorized("only an auditor reviews a finding"));
+    }
+    let verdict = crate::facts::Verdict::from_u8(verdict).ok_or(Rejection::Malformed(
+        "a verdict is 1 (justified) or 2 (not justified)",
+    ))?;
+    if view.finding_at(&key).is_none() {
+        return Err(Rejection::Malformed("no finding at that position"));
+    }
+    if view.review(&key).is_some() {
+        return Err(Rejection::Malformed("that finding is reviewed already"));
+    }
+    delta.reviews.insert(
+        key,
+        crate::facts::Review {
+            auditor: signer.clone(),
+            verdict,
+            time_ms: at.time_ms,
+        },
+    );
+    Ok(())
+}
+
 pub(crate) fn grant(
     view: &impl Reader,
     delta: &mut Delta,
@@ -348,7 +383,8 @@ pub(crate) fn record_denial(
         | P::RemoveApp { .. }
         | P::CloseSession { .. }
         | P::Propose { .. }
-        | P::Vote { .. } => Vec::new(),
+        | P::Vote { .. }
+        | P::ReviewFinding { .. } => Vec::new(),
         P::Anchor { .. } | P::Access { .. } | P::OpenSession { .. } => return false,
     };
     let Ok(actor) = actor(view, at, &tx.body.signer, &tx.body.payload) else {
@@ -623,6 +659,7 @@ pub(crate) fn actor(
         | P::ErasePatient { .. }
         | P::AppointGuardian { .. }
         | P::RemoveGuardian { .. }
+        | P::ReviewFinding { .. }
         | P::TrailQuery { .. }
         | P::CloseSession { .. } => Ok(session.identity),
         _ => Err(Rejection::Unauthorized(
@@ -2148,6 +2185,55 @@ mod tests {
                 new_key: key(130).public_key(),
                 encryption_key: [1; 32],
             },
+        );
+    }
+
+    #[test]
+    fn an_auditor_reviews_a_break_glass_finding_once() {
+        let mut w = World::new(Rules::default());
+        w.ok(
+            &clinician_b(),
+            Payload::BreakGlass {
+                patient: P1,
+                reason: BREAK_GLASS_REASONS[0].0,
+            },
+        );
+        let (&(height, index, seq), finding) = w
+            .state
+            .findings()
+            .find(|(_, f)| matches!(f.kind, FindingKind::BreakGlass { .. }))
+            .expect("a break-glass finding");
+        assert_eq!(finding.actor, clinician_b().public_key());
+        let review = |verdict| Payload::ReviewFinding {
+            height,
+            index,
+            seq,
+            verdict,
+        };
+        // Only an auditor reviews: not the clinician, the patient or an institution.
+        for other in [clinician_b(), patient_1(), hospital_a()] {
+            let _ = w.run(&other, review(1));
+            assert!(w.state.review_of(&(height, index, seq)).is_none());
+        }
+        assert!(w.run(&auditor(), review(3)).is_err(), "no such verdict");
+        let elsewhere = Payload::ReviewFinding {
+            height: height + 100,
+            index,
+            seq,
+            verdict: 1,
+        };
+        assert!(w.run(&auditor(), elsewhere).is_err(), "no such finding");
+        w.ok(&auditor(), review(1));
+        let done = w.state.review_of(&(height, index, seq)).expect("reviewed");
+        assert_eq!(
+            (done.auditor.clone(), done.verdict),
+            (auditor().public_key(), crate::facts::Verdict::Justified)
+        );
+        // Once: a second review is refused and changes nothing.
+        assert!(w.run(&auditor(), review(2)).is_err());
+        assert_eq!(
+            w.state.review_of(&(height, index, seq)).unwrap().verdict,
+            crate::facts::Verdict::Justified
         );
     }
 

@@ -295,6 +295,12 @@ fn apply_payload(
         Payload::RemoveGuardian { patient, guardian } => {
             access::remove_guardian(view, delta, signer, at, patient, guardian)?
         }
+        Payload::ReviewFinding {
+            height,
+            index,
+            seq,
+            verdict,
+        } => access::review_finding(view, delta, signer, at, (*height, *index, *seq), *verdict)?,
         Payload::RotateKey {
             new_key,
             encryption_key,
@@ -389,6 +395,7 @@ pub fn apply(
     delta.members.extend(writes.members);
     delta.events.extend(writes.events);
     delta.findings.extend(writes.findings);
+    delta.reviews.extend(writes.reviews);
     delta.sessions.extend(writes.sessions);
     delta.assertions.extend(writes.assertions);
     delta.access_logs.extend(writes.access_logs);

@@ -419,6 +419,42 @@ pub struct Finding {
     pub transaction: Digest,
 }
 
+/// Where a finding sits on the chain: (height, position in block, sequence).
+pub type FindingKey = (u64, u32, u8);
+
+/// An auditor's review of a finding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Review {
+    pub auditor: PublicKey,
+    pub verdict: Verdict,
+    /// Block time of the review.
+    pub time_ms: u64,
+}
+
+/// What the auditor concluded (a code on chain, never free text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Justified = 1,
+    NotJustified = 2,
+}
+
+impl Verdict {
+    pub fn from_u8(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Justified),
+            2 => Some(Self::NotJustified),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Justified => "justified",
+            Self::NotJustified => "not-justified",
+        }
+    }
+}
+
 /// An open break-glass access of one clinician to one patient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakGlassEntry {

@@ -12,8 +12,8 @@
 
 use crate::consent::{Grant, GrantId};
 use crate::facts::{
-    AccessEvent, AnchorRecord, AppEntry, BreakGlassEntry, EventKey, Finding, Identity,
-    PatientEntry, Proposal, ProposalStatus, RecordVersion, Role, SessionEntry,
+    AccessEvent, AnchorRecord, AppEntry, BreakGlassEntry, EventKey, Finding, FindingKey, Identity,
+    PatientEntry, Proposal, ProposalStatus, RecordVersion, Review, Role, SessionEntry,
 };
 use ehrchain_crypto::jwk::ClientJwk;
 use ehrchain_types::{Digest, PatientId, ProposalId, PublicKey, RecordId, genesis::Rules, sha256};
@@ -55,6 +55,10 @@ pub trait Reader {
     fn client_keys(&self, identity: &PublicKey) -> Vec<ClientJwk>;
     /// The SMART app registered under `client_id`, if any.
     fn app(&self, client_id: &str) -> Option<AppEntry>;
+    /// A supervision finding, by its position.
+    fn finding_at(&self, key: &FindingKey) -> Option<Finding>;
+    /// The auditor's review of a finding, once it has one.
+    fn review(&self, key: &FindingKey) -> Option<Review>;
 }
 
 /// The writes of one block, keyed for deterministic ordering.
@@ -79,6 +83,8 @@ pub struct Delta {
     pub events: BTreeMap<EventKey, AccessEvent>,
     /// Supervision findings, by (height, position in block, sequence).
     pub findings: BTreeMap<(u64, u32, u8), Finding>,
+    /// Auditors' reviews of findings, by the finding's position.
+    pub reviews: BTreeMap<FindingKey, Review>,
     /// Gateway sessions, by session key.
     pub sessions: BTreeMap<PublicKey, SessionEntry>,
     /// Client assertions that opened a session (SHA-256), with the session key.
@@ -333,6 +339,19 @@ impl Delta {
                 }
             }
         }
+        // Added with finding reviews: written only when present (tag 3), as above.
+        if !self.reviews.is_empty() {
+            bytes.push(3);
+            bytes.extend_from_slice(&(self.reviews.len() as u64).to_be_bytes());
+            for ((height, index, seq), review) in &self.reviews {
+                bytes.extend_from_slice(&height.to_be_bytes());
+                bytes.extend_from_slice(&index.to_be_bytes());
+                bytes.push(*seq);
+                bytes.extend_from_slice(review.auditor.as_ref());
+                bytes.push(review.verdict as u8);
+                bytes.extend_from_slice(&review.time_ms.to_be_bytes());
+            }
+        }
         let app_events: Vec<_> = self
             .events
             .iter()
@@ -518,6 +537,20 @@ impl<R: Reader> Reader for Layered<'_, R> {
             None => self.base.app(client_id),
         }
     }
+
+    fn finding_at(&self, key: &FindingKey) -> Option<Finding> {
+        match self.delta.findings.get(key) {
+            Some(finding) => Some(finding.clone()),
+            None => self.base.finding_at(key),
+        }
+    }
+
+    fn review(&self, key: &FindingKey) -> Option<Review> {
+        match self.delta.reviews.get(key) {
+            Some(review) => Some(review.clone()),
+            None => self.base.review(key),
+        }
+    }
 }
 
 /// A member count after the admissions and removals of `deltas`.
@@ -581,6 +614,7 @@ pub struct State {
     members: std::collections::BTreeSet<PublicKey>,
     events: BTreeMap<EventKey, AccessEvent>,
     findings: BTreeMap<(u64, u32, u8), Finding>,
+    reviews: BTreeMap<FindingKey, Review>,
     sessions: BTreeMap<PublicKey, SessionEntry>,
     assertions: BTreeMap<Digest, PublicKey>,
     access_logs: BTreeMap<PublicKey, u64>,
@@ -740,6 +774,7 @@ impl State {
             self.events.insert(key, event);
         }
         self.findings.extend(delta.findings);
+        self.reviews.extend(delta.reviews);
         for (key, session) in delta.sessions {
             self.identity_sessions
                 .entry(session.identity.clone())
@@ -817,6 +852,11 @@ impl State {
     /// Every supervision finding, oldest first.
     pub fn findings(&self) -> impl Iterator<Item = (&(u64, u32, u8), &Finding)> {
         self.findings.iter()
+    }
+
+    /// The review of a finding, once an auditor made it.
+    pub fn review_of(&self, key: &FindingKey) -> Option<&Review> {
+        self.reviews.get(key)
     }
 
     /// Grants whose validity ends in `(after_ms, until_ms]`, with their patient.
@@ -985,6 +1025,14 @@ impl Reader for State {
     fn app(&self, client_id: &str) -> Option<AppEntry> {
         self.apps.get(client_id).cloned()
     }
+
+    fn finding_at(&self, key: &FindingKey) -> Option<Finding> {
+        self.findings.get(key).cloned()
+    }
+
+    fn review(&self, key: &FindingKey) -> Option<Review> {
+        self.reviews.get(key).cloned()
+    }
 }
 
 /// A chain of not-yet-finalized deltas over the finalized state, newest first.
@@ -1131,5 +1179,19 @@ impl Reader for Overlay<'_> {
             .iter()
             .find_map(|d| d.apps.get(client_id).cloned())
             .unwrap_or_else(|| self.base.app(client_id))
+    }
+
+    fn finding_at(&self, key: &FindingKey) -> Option<Finding> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.findings.get(key).cloned())
+            .or_else(|| self.base.finding_at(key))
+    }
+
+    fn review(&self, key: &FindingKey) -> Option<Review> {
+        self.deltas
+            .iter()
+            .find_map(|d| d.reviews.get(key).cloned())
+            .or_else(|| self.base.review(key))
     }
 }

@@ -138,6 +138,15 @@ pub enum Payload {
         patient: PatientId,
         guardian: PublicKey,
     },
+    /// An auditor reviews a supervision finding (a break-glass opening above all), named by
+    /// its position on the chain: justified (1) or not justified (2). A code, not free text,
+    /// since free text can carry PHI. Once per finding.
+    ReviewFinding {
+        height: u64,
+        index: u32,
+        seq: u8,
+        verdict: u8,
+    },
 }
 
 /// A SMART app as an institution registers it (`Payload::RegisterApp`).
@@ -470,6 +479,7 @@ impl Payload {
     const KIND_REMOVE_APP: u8 = 23;
     const KIND_CLOSE_SESSION: u8 = 24;
     const KIND_REMOVE_GUARDIAN: u8 = 25;
+    const KIND_REVIEW_FINDING: u8 = 26;
 
     /// The record versions this payload writes: one for a `RecordAnchor`, each of a
     /// `RecordSet`, none otherwise.
@@ -509,6 +519,7 @@ impl Payload {
             Self::RemoveApp { .. } => Self::KIND_REMOVE_APP,
             Self::CloseSession { .. } => Self::KIND_CLOSE_SESSION,
             Self::RemoveGuardian { .. } => Self::KIND_REMOVE_GUARDIAN,
+            Self::ReviewFinding { .. } => Self::KIND_REVIEW_FINDING,
         }
     }
 
@@ -555,6 +566,17 @@ impl Payload {
             Self::RemoveGuardian { patient, guardian } => {
                 out.extend_from_slice(patient);
                 out.extend_from_slice(guardian.as_ref());
+            }
+            Self::ReviewFinding {
+                height,
+                index,
+                seq,
+                verdict,
+            } => {
+                out.extend_from_slice(&height.to_be_bytes());
+                out.extend_from_slice(&index.to_be_bytes());
+                out.push(*seq);
+                out.push(*verdict);
             }
             Self::ErasePatient { patient } => out.extend_from_slice(patient),
             Self::Grant(grant) => {
@@ -746,6 +768,12 @@ impl Payload {
             Self::KIND_REMOVE_GUARDIAN => Self::RemoveGuardian {
                 patient: reader.array()?,
                 guardian: reader.public_key()?,
+            },
+            Self::KIND_REVIEW_FINDING => Self::ReviewFinding {
+                height: reader.u64()?,
+                index: reader.u32()?,
+                seq: reader.u8()?,
+                verdict: reader.u8()?,
             },
             Self::KIND_APPOINT_GUARDIAN => Self::AppointGuardian {
                 patient: reader.array()?,
@@ -1032,6 +1060,12 @@ pub fn examples(key: &PublicKey) -> Vec<Payload> {
         Payload::RemoveGuardian {
             patient: [1; 16],
             guardian: key.clone(),
+        },
+        Payload::ReviewFinding {
+            height: 7,
+            index: 2,
+            seq: 0,
+            verdict: 1,
         },
         Payload::RotateKey {
             new_key: key.clone(),

@@ -10,12 +10,14 @@ import {
 let findings = [];
 let trail = [];
 let directory = null;
+let myIdentity = null;
 const select = tabs($('tabs-auditor'), {
   'a-findings': showFindings, 'a-trail': showTrail, 'a-governance': showGovernance, 'a-blocks': showBlocks,
 });
 
 export async function show(me) {
   directory = await loadDirectory();
+  myIdentity = me.identity;
   $('who').textContent = `Auditor ${me.identity.slice(0, 8)}…`;
   $('tabs-auditor').hidden = false;
   select('a-findings');
@@ -38,7 +40,7 @@ async function allPages(path, field, max = 20000) {
     const page = (await call(`${path}?limit=1000${after === null ? '' : `&after=${after}`}`))[field];
     let fresh = 0;
     for (const item of page) {
-      const key = `${item.height}.${item.index}.${item.entry ?? 0}`;
+      const key = `${item.height}.${item.index}.${item.entry ?? item.seq ?? 0}`;
       if (!seen.has(key)) { seen.add(key); out.push(item); fresh += 1; }
     }
     if (page.length < 1000 || !fresh) break;
@@ -85,9 +87,33 @@ function drawFindings() {
     const institution = institutionOf(f.actor);
     row.append(el('td', when(f.time_ms)), el('td', KINDS[f.kind] || f.kind), el('td', keyName(f.actor)),
       el('td', institution ? institutionName(institution) : ''), el('td', f.patient ? `${f.patient.slice(0, 8)}…` : ''),
-      el('td', detail), el('td', `block ${f.height}`));
+      el('td', detail), el('td', `block ${f.height}`), reviewCell(f));
     return row;
   }));
+}
+
+// A finding's review: the verdict once made (on chain, once), else two buttons.
+const VERDICTS = { justified: 'Justified', 'not-justified': 'Not justified' };
+function reviewCell(f) {
+  const cell = el('td');
+  const review = f.review || { state: 'pending' };
+  if (review.state !== 'pending') {
+    cell.textContent = `${VERDICTS[review.state] || review.state} (${keyName(review.auditor)}, ${when(review.time_ms)})`;
+    return cell;
+  }
+  for (const [verdict, label] of Object.entries(VERDICTS)) {
+    const button = el('button', label, { type: 'button', class: 'secondary', 'aria-label': `${label}: review the finding of block ${f.height}` });
+    button.addEventListener('click', () => submitReview(f, verdict).catch(fail));
+    cell.append(button, ' ');
+  }
+  return cell;
+}
+async function submitReview(f, verdict) {
+  say('Recording the review on the chain…', true);
+  const done = await call(`/ui/findings/${f.height}/${f.index}/${f.seq}/review`, { method: 'POST', body: JSON.stringify({ verdict }) });
+  f.review = { state: done.verdict, auditor: myIdentity, time_ms: done.time_ms };
+  drawFindings();
+  say(`Reviewed: ${VERDICTS[done.verdict]}. The patient sees it in their access history.`);
 }
 $('a-find-filter').addEventListener('input', drawFindings);
 $('a-find-export').addEventListener('click', () => download('findings.json', 'application/json', JSON.stringify(shownFindings(), null, 2)));

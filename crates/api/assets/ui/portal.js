@@ -292,6 +292,8 @@ function shownEvents() {
   return events.filter((e) => (!outcome || e.outcome === outcome) && (!glass || isBreakGlass(e)));
 }
 
+const REVIEWS = { pending: 'awaiting an auditor\'s review', justified: 'reviewed: justified', 'not-justified': 'reviewed: not justified' };
+
 function drawHistory() {
   $('history-rows').replaceChildren(...shownEvents().map((e) => {
     const row = el('tr');
@@ -307,6 +309,8 @@ function drawHistory() {
       el('td', what ? what.reference.split('/')[0] : (glass ? 'break-glass opened' : '')));
     const why = el('td', PURPOSES[purpose] || purpose || '');
     if (glass) why.prepend(el('span', '⚠ Emergency access: ', { class: 'flag' }));
+    const review = (e.extension || []).find((x) => x.url.endsWith('/break-glass-review'));
+    if (review) why.append(el('span', ` · ${REVIEWS[review.valueCode] || review.valueCode}`, { class: 'review' }));
     row.append(why);
     row.append(el('td', e.outcome === '0' ? 'allowed' : `refused (${String(e.outcomeDesc || '').replace('denied: ', '')})`,
       e.outcome === '0' ? {} : { class: 'denied' }));

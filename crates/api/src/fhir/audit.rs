@@ -105,7 +105,21 @@ pub(super) fn audit_event_json<B: Blob>(
             "requestor": false,
         }));
     }
-    json!({
+    // A break-glass opening carries the auditors' review of it: pending until one is made.
+    let review = matches!(
+        event.outcome,
+        Outcome::Allowed(ehrchain_contracts::facts::Basis::BreakGlassOpened { .. })
+    )
+    .then(|| {
+        let review = state
+            .chain
+            .read(|s| s.review_of(&(position.0, position.1, 0)).map(|r| r.verdict));
+        json!([{
+            "url": BREAK_GLASS_REVIEW,
+            "valueCode": review.map_or("pending", |v| v.code()),
+        }])
+    });
+    let mut resource = json!({
         "resourceType": "AuditEvent",
         "id": audit_event_id(position, event),
         "meta": {"profile": ["https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read"]},
@@ -126,8 +140,17 @@ pub(super) fn audit_event_json<B: Blob>(
             "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
         },
         "entity": entities,
-    })
+    });
+    if let Some(review) = review {
+        resource["extension"] = review;
+    }
+    resource
 }
+
+/// The extension on a break-glass opening's AuditEvent that says whether an auditor reviewed
+/// it: `pending`, `justified` or `not-justified`.
+pub const BREAK_GLASS_REVIEW: &str =
+    "https://ehrchain.org/fhir/StructureDefinition/break-glass-review";
 
 pub(super) async fn audit_events<B: Blob>(
     State(state): State<Arc<ApiState<B>>>,
