@@ -271,12 +271,7 @@ pub(super) async fn reveal<B: Blob>(
     identity: &PublicKey,
     version: &RecordVersion,
 ) -> Result<Vec<u8>> {
-    let hash: [u8; 32] = version
-        .anchor
-        .ciphertext_hash
-        .as_ref()
-        .try_into()
-        .expect("32");
+    let hash = hash_of(version);
     let binding = Binding {
         record: version.anchor.record,
         version: version.anchor.version,
@@ -366,6 +361,16 @@ pub(super) async fn reveal<B: Blob>(
     }
 }
 
+/// The envelope hash a version anchors.
+pub(super) fn hash_of(version: &RecordVersion) -> [u8; 32] {
+    version
+        .anchor
+        .ciphertext_hash
+        .as_ref()
+        .try_into()
+        .expect("32-byte digest")
+}
+
 /// Open `version` with a key this node holds (its institution's, the patient's custodial key,
 /// or `identity`'s), for the search index: nothing is disclosed, so no read is recorded.
 /// `None` when no such key opens it (or its envelope is not here yet).
@@ -374,12 +379,7 @@ pub(super) async fn open_held<B: Blob>(
     identity: &PublicKey,
     version: &RecordVersion,
 ) -> Result<Option<Vec<u8>>> {
-    let hash: [u8; 32] = version
-        .anchor
-        .ciphertext_hash
-        .as_ref()
-        .try_into()
-        .expect("32");
+    let hash = hash_of(version);
     let Some((envelope, wraps)) = state.store.get(&hash).await.map_err(unavailable)? else {
         return Ok(None);
     };
@@ -686,12 +686,7 @@ pub(crate) async fn sealed<B: Blob>(
             entries.push(json!({"record": record, "denied": reason}));
             continue;
         }
-        let hash: [u8; 32] = version
-            .anchor
-            .ciphertext_hash
-            .as_ref()
-            .try_into()
-            .expect("32");
+        let hash = hash_of(version);
         let (envelope, wraps) = stored(state, &hash).await?;
         let Some(wrap) = wraps.iter().find(|w| w.recipient.0 == reader) else {
             entries.push(json!({"record": record, "denied": "no-key-for-reader"}));

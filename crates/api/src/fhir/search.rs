@@ -7,7 +7,7 @@ use super::{
         PAGING, checked, count_param, date_matches, outcome_entry, patient_param, query_pairs,
         searchset,
     },
-    read::{denied, open_held, present, purpose_for, record_reads, resource_type, reveal},
+    read::{denied, hash_of, open_held, present, purpose_for, record_reads, resource_type, reveal},
     time::instant,
 };
 use crate::{ApiState, session::Token, session::caller};
@@ -579,15 +579,6 @@ async fn select<B: Blob>(
         }
     }
     Ok((total, out))
-}
-
-fn hash_of(version: &RecordVersion) -> [u8; 32] {
-    version
-        .anchor
-        .ciphertext_hash
-        .as_ref()
-        .try_into()
-        .expect("32-byte digest")
 }
 
 /// Index an opened version: its search fields, kept for the next search. Stored records
